@@ -1,0 +1,1 @@
+"""dp's benchmarks: `make bench` (or `python -m bench [NAME ...]`)."""

@@ -1,0 +1,214 @@
+"""The exceptions dp raises.
+
+Every error derives from `DPError`, carries the offending names as attributes, and says in its
+message what is wrong, where, and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class DPError(Exception):
+    """Root of every error dp raises on purpose."""
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+class TaskDefinitionError(DPError):
+    """A `@task` declaration is invalid (bad option, bad name, unsupported signature)."""
+
+    def __init__(self, task_name: str, problem: str) -> None:
+        self.task_name = task_name
+        self.problem = problem
+        super().__init__(f"task {task_name!r}: {problem}")
+
+
+class DuplicateTaskError(DPError):
+    """A different function was registered under a name that is already taken."""
+
+    def __init__(self, name: str, existing: str, new: str) -> None:
+        self.name = name
+        self.existing = existing
+        self.new = new
+        super().__init__(
+            f"task {name!r} is already registered by {existing}; {new} cannot take the same "
+            f"name. Rename one of them with @task(name=...)."
+        )
+
+
+class TaskNotFoundError(DPError, KeyError):
+    """A task name was looked up that no registered task has."""
+
+    def __init__(self, name: str, suggestions: Sequence[str] = (), referenced_by: str = "") -> None:
+        self.name = name
+        self.suggestions = tuple(suggestions)
+        self.referenced_by = referenced_by
+        where = f"task {referenced_by!r} depends on " if referenced_by else ""
+        message = f"{where}task {name!r}, which is not registered"
+        if self.suggestions:
+            message += f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
+        else:
+            message += "; register it with @task or remove it from the dependencies."
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return str(self.args[0])
+
+
+# --- planner ------------------------------------------------------------------------------
+
+
+class PlanError(DPError):
+    """A DAG cannot be built or validated."""
+
+
+class CycleError(PlanError):
+    """The dependencies form a cycle; `cycle` lists it with the first task repeated at the end."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = tuple(cycle)
+        super().__init__(
+            f"dependency cycle: {' -> '.join(self.cycle)}. "
+            "Remove one of these dependencies to break it."
+        )
+
+
+class SchemaMismatch:
+    """One incompatible data edge: what the upstream returns and what the parameter accepts."""
+
+    __slots__ = ("downstream", "expected", "parameter", "provided", "upstream")
+
+    def __init__(
+        self, upstream: str, downstream: str, parameter: str, provided: str, expected: str
+    ) -> None:
+        self.upstream = upstream
+        self.downstream = downstream
+        self.parameter = parameter
+        self.provided = provided
+        self.expected = expected
+
+    def __str__(self) -> str:
+        return (
+            f"{self.upstream} -> {self.downstream}: {self.upstream!r} returns {self.provided} "
+            f"but parameter {self.parameter!r} of {self.downstream!r} expects {self.expected}"
+        )
+
+    def __repr__(self) -> str:
+        return f"SchemaMismatch({self})"
+
+
+class SchemaMismatchError(PlanError):
+    """Data edges whose upstream return type does not fit the downstream parameter."""
+
+    def __init__(self, edges: Sequence[SchemaMismatch]) -> None:
+        self.edges = tuple(edges)
+        lines = "\n  ".join(str(e) for e in self.edges)
+        super().__init__(
+            f"{len(self.edges)} data edge(s) have incompatible types:\n  {lines}\n"
+            "Fix the annotations, or make the parameter accept the upstream's type."
+        )
+
+
+class MissingRunParameterError(PlanError):
+    """A run was started without a value for a required run parameter."""
+
+    def __init__(self, missing: dict[str, Sequence[str]]) -> None:
+        #: parameter name -> tasks that need it
+        self.missing = {name: tuple(tasks) for name, tasks in missing.items()}
+        parts = [
+            f"{name!r} (needed by {', '.join(repr(t) for t in tasks)})"
+            for name, tasks in sorted(self.missing.items())
+        ]
+        super().__init__(
+            f"missing run parameter(s): {'; '.join(parts)}. "
+            "Pass them with --param NAME=VALUE, the API body or the event payload."
+        )
+
+
+# --- IO manager ---------------------------------------------------------------------------
+
+
+class InvalidIdError(DPError, ValueError):
+    """A run id, task name or result id is empty or could escape its storage location."""
+
+    def __init__(self, kind: str, value: object, reason: str) -> None:
+        self.kind = kind
+        self.value = value
+        self.reason = reason
+        super().__init__(
+            f"invalid {kind} {value!r}: {reason}. Use letters, digits, '_', '-', '.' "
+            "(not starting with '.'), at most 200 characters."
+        )
+
+
+class ResultNotFoundError(DPError, LookupError):
+    """No stored result exists for (run, task, result id)."""
+
+    def __init__(self, run_id: str, task_name: str, task_result_id: str) -> None:
+        self.run_id = run_id
+        self.task_name = task_name
+        self.task_result_id = task_result_id
+        super().__init__(
+            f"no result {task_result_id!r} of task {task_name!r} in run {run_id!r}; "
+            "the task has not produced it yet, or the run was cleared."
+        )
+
+
+class SerializationError(DPError):
+    """A value could not be serialized (saved) or deserialized (loaded)."""
+
+    def __init__(self, run_id: str, task_name: str, task_result_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.task_name = task_name
+        self.task_result_id = task_result_id
+        self.reason = reason
+        super().__init__(
+            f"result {task_result_id!r} of task {task_name!r} in run {run_id!r}: {reason}"
+        )
+
+
+# --- events -------------------------------------------------------------------------------
+
+
+class InvalidTopicError(DPError, ValueError):
+    """A topic name or subscription pattern is malformed."""
+
+    def __init__(self, topic: str, reason: str, *, pattern: bool = False) -> None:
+        self.topic = topic
+        self.reason = reason
+        kind = "topic pattern" if pattern else "topic"
+        super().__init__(
+            f"invalid {kind} {topic!r}: {reason}. Topics are dot-separated segments of "
+            "letters, digits, '_' and '-', e.g. 'sales.orders.created'"
+            + ("; patterns may use '*' (one segment) and '**' (any number)." if pattern else ".")
+        )
+
+
+class EventFormatError(DPError, ValueError):
+    """An event on the wire (JSON) is malformed."""
+
+
+class BrokerClosedError(DPError):
+    """Publishing to, or subscribing on, a broker that has been closed."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        super().__init__(f"cannot use topic {topic!r}: the broker is closed.")
+
+
+class QueueFullError(DPError):
+    """A bounded queue with the 'raise' overflow policy is full."""
+
+    def __init__(self, where: str, maxsize: int) -> None:
+        self.where = where
+        self.maxsize = maxsize
+        super().__init__(
+            f"queue for {where} is full ({maxsize} items); the consumer is too slow. "
+            "Raise maxsize or choose overflow='block' or 'drop_oldest'."
+        )
+
+
+class QueueClosedError(DPError):
+    """Putting into, or getting from an empty, closed queue."""
