@@ -6,7 +6,7 @@ message what is wrong, where, and how to fix it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class DPError(Exception):
@@ -114,7 +114,7 @@ class SchemaMismatchError(PlanError):
 class MissingRunParameterError(PlanError):
     """A run was started without a value for a required run parameter."""
 
-    def __init__(self, missing: dict[str, Sequence[str]]) -> None:
+    def __init__(self, missing: Mapping[str, Sequence[str]]) -> None:
         #: parameter name -> tasks that need it
         self.missing = {name: tuple(tasks) for name, tasks in missing.items()}
         parts = [

@@ -1,0 +1,408 @@
+"""Where task results live: the `IOManager` port and its filesystem and in-memory adapters.
+
+Workers call `save` after every task (once per chunk for a streaming task) and `load` for every
+input, so both sit on the per-task hot path: the adapters validate ids with one precompiled regex,
+build paths with plain string joins and touch the disk with as few system calls as they can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import os
+import pickle
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from dp.errors import InvalidIdError, ResultNotFoundError, SerializationError
+
+__all__ = ["FilesystemIOManager", "IOManager", "InMemoryIOManager"]
+
+MAX_ID_LENGTH = 200
+_ID = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_ID_LENGTH - 1}}}")
+_NUMBER = re.compile(r"([0-9]+)")
+_SEP = os.sep
+_SUFFIX = ".pkl"
+# O_EXCL: two writers can never share a temporary file, even if their names somehow collided.
+_CREATE = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+@runtime_checkable
+class IOManager(Protocol):
+    """Stores task results, addressed by run id, task name and result id.
+
+    A task that returns stores one result; a streaming task stores one per chunk (`chunk_0`,
+    `chunk_1`, ...). Every id must match `[A-Za-z0-9_][A-Za-z0-9_.-]*`, contain no `..` and be at
+    most 200 characters, so that any adapter can use it as a path segment or key without escaping;
+    anything else raises `InvalidIdError`. The engine depends only on this protocol.
+    """
+
+    def save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
+        """Store `value`, replacing any result under the same ids, and return where it went.
+
+        Raises:
+            SerializationError: The adapter cannot encode `value`; nothing was stored.
+        """
+        ...
+
+    def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
+        """Return a stored result.
+
+        Raises:
+            ResultNotFoundError: Nothing is stored under these ids.
+            SerializationError: The stored bytes cannot be decoded.
+        """
+        ...
+
+    def exists(self, run_id: str, task_name: str, task_result_id: str) -> bool:
+        """Whether a result is stored; resuming a run skips the tasks for which it is."""
+        ...
+
+    def list_results(self, run_id: str, task_name: str) -> list[str]:
+        """Result ids of one task in natural order: `chunk_2` before `chunk_10`."""
+        ...
+
+    def list_runs(self) -> list[str]:
+        """Ids of the runs that have stored results, in natural order."""
+        ...
+
+    def clear_run(self, run_id: str) -> int:
+        """Delete every result of a run and return how many there were (0 for an unknown run)."""
+        ...
+
+
+class FilesystemIOManager:
+    """Pickles each result to `{base_path}/{run_id}/{task_name}/{task_result_id}.pkl`.
+
+    A save writes a hidden temporary file next to the result and renames it into place, so other
+    threads and worker processes see the old result or the new one, never part of one, and a
+    failed save leaves the previous result untouched. Many threads and processes may save into the
+    same run at once. A process crash is safe as it is; `durable=True` also fsyncs the file and its
+    directory so that a saved result survives power loss, at the price of a disk flush per save.
+
+    Loading unpickles, which can run arbitrary code: point `base_path` only at a directory that
+    only your pipelines write to.
+
+    Args:
+        base_path: Root directory of all runs; created on the first save.
+        durable: Flush every result to disk before `save` returns.
+    """
+
+    def __init__(self, base_path: str | os.PathLike[str], *, durable: bool = False) -> None:
+        self._base = os.path.abspath(os.fspath(base_path))
+        self._durable = durable
+        # Temporary names are token-pid-thread-counter: unique across instances, forked and
+        # spawned processes, and threads.
+        self._token = os.urandom(4).hex()
+        self._counter = itertools.count()
+
+    @property
+    def base_path(self) -> Path:
+        """The absolute root directory of all runs."""
+        return Path(self._base)
+
+    @property
+    def durable(self) -> bool:
+        """Whether saves are fsynced."""
+        return self._durable
+
+    def __repr__(self) -> str:
+        durable = ", durable=True" if self._durable else ""
+        return f"{type(self).__name__}({self._base!r}{durable})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Worker processes receive the manager pickled; each copy gets its own token and counter.
+        return (functools.partial(type(self), durable=self._durable), (self._base,))
+
+    def save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
+        """Pickle `value` atomically and return the path of the result file."""
+        _check_id("run_id", run_id)
+        _check_id("task_name", task_name)
+        _check_id("task_result_id", task_result_id)
+        task_dir = f"{self._base}{_SEP}{run_id}{_SEP}{task_name}"
+        path = f"{task_dir}{_SEP}{task_result_id}{_SUFFIX}"
+        tmp = f"{task_dir}{_SEP}{self._temp_name()}.tmp"
+        try:
+            fd = os.open(tmp, _CREATE, 0o666)
+        except FileNotFoundError:
+            # First result of this task: create the directories only now, so that the common
+            # case costs no mkdir or stat. makedirs(exist_ok=True) tolerates concurrent creators.
+            self._make_dirs(task_dir)
+            fd = os.open(tmp, _CREATE, 0o666)
+        try:
+            with open(fd, "wb") as file:
+                # Streamed rather than pickle.dumps'd, so a large DataFrame is not held twice.
+                try:
+                    pickle.dump(value, file, pickle.HIGHEST_PROTOCOL)
+                except OSError:
+                    raise
+                except Exception as exc:
+                    raise SerializationError(
+                        run_id, task_name, task_result_id, _pickle_failure(exc)
+                    ) from exc
+                if self._durable:
+                    file.flush()
+                    os.fsync(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self._durable:
+            _fsync_dir(task_dir)
+        return path
+
+    def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
+        """Unpickle a stored result."""
+        _check_id("run_id", run_id)
+        _check_id("task_name", task_name)
+        _check_id("task_result_id", task_result_id)
+        path = f"{self._base}{_SEP}{run_id}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
+        try:
+            file = open(path, "rb")  # noqa: SIM115 - the with below closes it
+        except (FileNotFoundError, NotADirectoryError):
+            raise ResultNotFoundError(run_id, task_name, task_result_id) from None
+        with file:
+            try:
+                return pickle.load(file)
+            except OSError:
+                raise
+            except Exception as exc:
+                raise SerializationError(
+                    run_id,
+                    task_name,
+                    task_result_id,
+                    f"cannot unpickle {path} ({type(exc).__name__}: {exc}); the file is "
+                    "truncated or corrupt, or a class it refers to can no longer be imported. "
+                    "Run the task again to store it anew.",
+                ) from exc
+
+    def exists(self, run_id: str, task_name: str, task_result_id: str) -> bool:
+        """Whether the result file exists."""
+        _check_id("run_id", run_id)
+        _check_id("task_name", task_name)
+        _check_id("task_result_id", task_result_id)
+        return os.path.isfile(
+            f"{self._base}{_SEP}{run_id}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
+        )
+
+    def list_results(self, run_id: str, task_name: str) -> list[str]:
+        """Result ids of one task in natural order; temporary and stray files are skipped."""
+        _check_id("run_id", run_id)
+        _check_id("task_name", task_name)
+        return sorted(_result_ids(f"{self._base}{_SEP}{run_id}{_SEP}{task_name}"), key=_natural)
+
+    def list_runs(self) -> list[str]:
+        """Run directories in natural order; stray files and hidden entries are skipped."""
+        try:
+            with os.scandir(self._base) as entries:
+                runs = [e.name for e in entries if _is_id(e.name) and e.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(runs, key=_natural)
+
+    def clear_run(self, run_id: str) -> int:
+        """Delete a run's directory and return how many results it held.
+
+        The directory is first renamed to a hidden name, so the run vanishes at once and a crash
+        midway leaves no half-deleted run visible. Saves into the run while it is being cleared
+        may fail or land in a fresh run directory.
+        """
+        _check_id("run_id", run_id)
+        run_dir = f"{self._base}{_SEP}{run_id}"
+        if not os.path.isdir(run_dir):
+            return 0
+        trash = f"{self._base}{_SEP}{self._temp_name()}.deleting"
+        try:
+            os.rename(run_dir, trash)
+        except FileNotFoundError:  # cleared by someone else in the meantime
+            return 0
+        with os.scandir(trash) as entries:
+            task_dirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        count = sum(len(_result_ids(task_dir)) for task_dir in task_dirs)
+        shutil.rmtree(trash)
+        if self._durable:
+            _fsync_dir(self._base)
+        return count
+
+    def _temp_name(self) -> str:
+        # Leading dot: never a valid id, so listings skip it.
+        return f".{self._token}-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}"
+
+    def _make_dirs(self, task_dir: str) -> None:
+        os.makedirs(task_dir, exist_ok=True)
+        if self._durable:
+            run_dir = os.path.dirname(task_dir)
+            for directory in (run_dir, self._base, os.path.dirname(self._base)):
+                _fsync_dir(directory)
+
+
+class InMemoryIOManager:
+    """Keeps results in a dict in this process, for tests and the inline executor.
+
+    By default a value is stored as it is: `load` returns the very object that was saved, which is
+    fast but lets a task that mutates its input change the stored result, and accepts values that
+    `FilesystemIOManager` would refuse. `copy=True` stores a pickle instead, so every `load` gives
+    a fresh copy and an unpicklable value raises `SerializationError` just as on disk: use it in
+    tests that should catch what would break with worker processes.
+
+    Results are visible only to this process; pickling the manager (to hand it to a worker
+    process) raises `TypeError` rather than silently giving the worker an empty copy.
+
+    Args:
+        copy: Store pickles rather than the objects themselves.
+    """
+
+    def __init__(self, *, copy: bool = False) -> None:
+        self._copy = copy
+        self._runs: dict[str, dict[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def copy(self) -> bool:
+        """Whether values are stored as pickles."""
+        return self._copy
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(copy={self._copy})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(
+            "InMemoryIOManager keeps results in this process's memory and cannot be shared with "
+            "other processes; use FilesystemIOManager with worker-process executors."
+        )
+
+    def save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
+        """Store `value` (or its pickle with `copy=True`) and return a `memory://` location."""
+        _check_id("run_id", run_id)
+        _check_id("task_name", task_name)
+        _check_id("task_result_id", task_result_id)
+        if self._copy:
+            try:
+                value = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise SerializationError(
+                    run_id, task_name, task_result_id, _pickle_failure(exc)
+                ) from exc
+        with self._lock:
+            self._runs.setdefault(run_id, {}).setdefault(task_name, {})[task_result_id] = value
+        return f"memory://{run_id}/{task_name}/{task_result_id}"
+
+    def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
+        """Return the stored object, or a fresh unpickled copy with `copy=True`."""
+        _check_id("run_id", run_id)
+        _check_id("task_name", task_name)
+        _check_id("task_result_id", task_result_id)
+        try:
+            value = self._runs[run_id][task_name][task_result_id]
+        except KeyError:
+            raise ResultNotFoundError(run_id, task_name, task_result_id) from None
+        if not self._copy:
+            return value
+        try:
+            return pickle.loads(value)
+        except Exception as exc:
+            raise SerializationError(
+                run_id,
+                task_name,
+                task_result_id,
+                f"cannot unpickle the stored copy ({type(exc).__name__}: {exc})",
+            ) from exc
+
+    def exists(self, run_id: str, task_name: str, task_result_id: str) -> bool:
+        """Whether a result is stored."""
+        _check_id("run_id", run_id)
+        _check_id("task_name", task_name)
+        _check_id("task_result_id", task_result_id)
+        return task_result_id in self._runs.get(run_id, {}).get(task_name, {})
+
+    def list_results(self, run_id: str, task_name: str) -> list[str]:
+        """Result ids of one task in natural order."""
+        _check_id("run_id", run_id)
+        _check_id("task_name", task_name)
+        with self._lock:
+            ids = list(self._runs.get(run_id, {}).get(task_name, {}))
+        return sorted(ids, key=_natural)
+
+    def list_runs(self) -> list[str]:
+        """Runs with at least one result, in natural order."""
+        with self._lock:
+            runs = [run_id for run_id, tasks in self._runs.items() if any(tasks.values())]
+        return sorted(runs, key=_natural)
+
+    def clear_run(self, run_id: str) -> int:
+        """Forget a run's results and return how many there were."""
+        _check_id("run_id", run_id)
+        with self._lock:
+            tasks = self._runs.pop(run_id, {})
+        return sum(len(results) for results in tasks.values())
+
+
+def _check_id(kind: str, value: str) -> None:
+    if isinstance(value, str) and _ID.fullmatch(value) and ".." not in value:
+        return
+    raise InvalidIdError(kind, value, _why_invalid(value))
+
+
+def _is_id(name: str) -> bool:
+    return _ID.fullmatch(name) is not None and ".." not in name
+
+
+def _why_invalid(value: object) -> str:
+    if not isinstance(value, str):
+        return f"must be a str, not {type(value).__name__}"
+    if not value:
+        return "must not be empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long, more than {MAX_ID_LENGTH}"
+    for char, name in (("/", "a path separator '/'"), ("\\", "a path separator '\\'")):
+        if char in value:
+            return f"contains {name}"
+    if "\0" in value:
+        return "contains a NUL character"
+    if ".." in value:
+        return "contains '..'"
+    if value.startswith("."):
+        return "starts with '.', which is reserved for temporary files"
+    bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_.-"))})
+    return f"contains {', '.join(repr(c) for c in bad)}"
+
+
+def _natural(name: str) -> tuple[tuple[str | int, ...], str]:
+    # Digit runs compare as numbers (chunk_2 < chunk_10); split() alternates text and digits, so
+    # equal positions always hold the same type. The name itself breaks ties (chunk_01, chunk_1).
+    parts = _NUMBER.split(name)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
+def _result_ids(task_dir: str) -> list[str]:
+    try:
+        with os.scandir(task_dir) as entries:
+            names = [e.name for e in entries if e.name.endswith(_SUFFIX) and e.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [stem for stem in (n[: -len(_SUFFIX)] for n in names) if _is_id(stem)]
+
+
+def _pickle_failure(exc: Exception) -> str:
+    return (
+        f"cannot pickle the value ({type(exc).__name__}: {exc}). Return plain data (dicts, "
+        "lists, DataFrames, dataclasses defined at module level), not functions, locks, open "
+        "files or generators."
+    )
+
+
+def _fsync_dir(path: str) -> None:
+    if os.name == "nt":  # Windows cannot open a directory to fsync it; NTFS journals renames
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

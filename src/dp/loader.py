@@ -1,0 +1,62 @@
+"""Load a user's task definitions from a Python file or an importable module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from dp.errors import DPError
+
+__all__ = ["LoadError", "load_tasks", "module_name_for"]
+
+
+class LoadError(DPError):
+    """A task file or module could not be found or imported."""
+
+
+def module_name_for(path: Path) -> tuple[str, Path]:
+    """The dotted module name of `path` and the folder to put on `sys.path` to import it.
+
+    A file inside packages (folders with `__init__.py`) keeps its package prefix, so worker
+    processes can import its tasks by `module:qualname` exactly like this process did.
+    """
+    path = path.resolve()
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").exists():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return ".".join(parts), folder
+
+
+def load_tasks(target: str | Path) -> ModuleType:
+    """Import `target` (a `.py` path or a dotted module name) so its `@task`s register.
+
+    Raises:
+        LoadError: the file does not exist, or importing it raised (the cause is chained).
+    """
+    text = str(target)
+    is_path = text.endswith(".py") or "/" in text or "\\" in text
+    if is_path:
+        path = Path(text)
+        if not path.is_file():
+            raise LoadError(f"task file {text!r} does not exist (looked in {Path.cwd()}).")
+        name, root = module_name_for(path)
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+    else:
+        name = text
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name and not is_path:
+            raise LoadError(
+                f"module {name!r} is not importable; pass a path to a .py file or install it."
+            ) from exc
+        raise LoadError(f"importing {text!r} failed: {exc}") from exc
+    except DPError:
+        raise
+    except Exception as exc:
+        raise LoadError(f"importing {text!r} failed: {type(exc).__name__}: {exc}") from exc
