@@ -20,7 +20,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
 
 
 @app.callback()
@@ -43,7 +42,7 @@ TaskOpt = Annotated[
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -72,6 +71,7 @@ def plan(
 
 def print_plan(execution_plan: ExecutionPlan) -> None:
     """Render a plan for humans."""
+    console = Console()
     tasks = execution_plan.tasks
     console.print(
         f"[bold]Plan[/] dag_id=[cyan]{execution_plan.dag_id}[/]  "

@@ -84,6 +84,8 @@ class DAG:
             name = min(u for u in self.nodes[name].upstream if u in candidates)
         cycle = path[index[name] :]
         cycle.reverse()  # walked upstream; print in execution direction
+        first = cycle.index(min(cycle))
+        cycle = cycle[first:] + cycle[:first]
         return [*cycle, cycle[0]]
 
 

@@ -1,0 +1,25 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from dp import get_registry
+
+
+@pytest.fixture
+def clean_default_registry() -> Iterator[None]:
+    """Tests that load task files into the default registry leave it as they found it."""
+    before = get_registry().as_dict()
+    modules = set(sys.modules)
+    yield
+    get_registry().clear()
+    for metadata in before.values():
+        get_registry().register(metadata)
+    for name in set(sys.modules) - modules:
+        path = getattr(sys.modules[name], "__file__", None) or ""
+        if not path.startswith((sys.prefix, sys.base_prefix)):  # user task files only
+            del sys.modules[name]
