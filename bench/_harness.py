@@ -46,7 +46,7 @@ class Report:
     """Collects rows and prints them as one table per section."""
 
     def __init__(self) -> None:
-        self.console = Console()
+        self.console = Console(width=None if Console().is_terminal else 140)
         self.rows: list[tuple[str, Row]] = []
 
     def add(

@@ -212,3 +212,32 @@ class QueueFullError(DPError):
 
 class QueueClosedError(DPError):
     """Putting into, or getting from an empty, closed queue."""
+
+
+# --- run store and engine -----------------------------------------------------------------
+
+
+class RunNotFoundError(DPError, LookupError):
+    """No run with this id is recorded in the run store."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} is not in the run store; `dp runs list` shows the runs.")
+
+
+class DuplicateRunError(DPError):
+    """A run with this run id, or started by this event id, is already recorded."""
+
+    def __init__(self, run_id: str, event_id: str | None = None) -> None:
+        self.run_id = run_id
+        self.event_id = event_id
+        what = (
+            f"event {event_id!r} already started run {run_id!r}"
+            if event_id
+            else (f"run {run_id!r} already exists")
+        )
+        super().__init__(f"{what}; a run id (and an event id) can start only one run.")
+
+
+class StoreError(DPError):
+    """The run store cannot be opened or used (e.g. its schema is newer than this dp)."""
