@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dp.engine import ExecutionContext, Orchestrator, RunResult, TaskRunResult
 from dp.errors import DPError
 from dp.loader import load_tasks
+from dp.logs import configure_logging
 from dp.planner import ExecutionPlan, Planner, type_name
+from dp.store.records import RunRecord, RunStatus, TaskStatus
 
 app = typer.Typer(
     name="dp",
@@ -20,6 +28,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+runs_app = typer.Typer(help="Inspect and resume recorded runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 
 @app.callback()
@@ -132,6 +144,342 @@ def print_plan(execution_plan: ExecutionPlan) -> None:
             )
     else:
         console.print("[bold]Run parameters[/] none")
+
+
+# --- running ---------------------------------------------------------------------------------
+
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="A run parameter NAME=VALUE (repeatable)."),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", "-w", help="Run tasks in N worker processes (process executor)."),
+]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option("--executor", "-e", help="inline, inprocess (default) or process."),
+]
+RootOpt = Annotated[
+    Path,
+    typer.Option("--root", envvar="DP_HOME", help="Where results and the run store live."),
+]
+
+#: exit codes: 0 succeeded, 1 failed, 2 bad input, 3 partial (fail-safe tasks failed)
+_EXIT = {RunStatus.SUCCEEDED: 0, RunStatus.PARTIAL: 3}
+
+
+def _parse_params(pairs: list[str] | None) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise _fail(DPError(f"--param {pair!r} must look like NAME=VALUE"))
+        params[name.strip()] = value
+    return params
+
+
+def _executor(executor: str | None, workers: int | None) -> tuple[str, int | None]:
+    if executor is None:
+        executor = "process" if workers else "inprocess"
+    return executor, workers
+
+
+@app.command()
+def run(
+    target: TargetArg,
+    tags: TagsOpt = None,
+    task: TaskOpt = None,
+    param: ParamOpt = None,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Plan and run the tasks in TARGET once, with a live progress display."""
+    configure_logging(level="WARNING")
+    execution_plan = _plan(target, tags, task)
+    params = _parse_params(param)
+    kind, count = _executor(executor, workers)
+    target_path = str(Path(target).resolve()) if target.endswith(".py") else target
+    selection = {"tags": tags or [], "task_names": task or []}
+    orchestrator = _orchestrator(root, kind, count)
+
+    async def go() -> RunResult:
+        try:
+            return await orchestrator.start_pipeline(
+                execution_plan, params, target=target_path, selection=selection
+            )
+        finally:
+            await orchestrator.shutdown()
+
+    result = _with_progress(orchestrator, execution_plan, go)
+    _report(result, root)
+
+
+@runs_app.command("resume")
+def runs_resume(
+    run_id: Annotated[str, typer.Argument(help="The interrupted run.")],
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Resume an interrupted run: tasks whose results are stored do not run again."""
+    configure_logging(level="WARNING")
+    kind, count = _executor(executor, workers)
+    orchestrator = _orchestrator(root, kind, count)
+    record = _get_run(orchestrator.store, run_id)
+    try:
+        if record.target:
+            load_tasks(record.target)
+    except DPError as exc:
+        raise _fail(exc) from exc
+    selection = record.selection or {}
+    execution_plan = _plan(record.target, selection.get("tags"), selection.get("task_names"))
+
+    async def go() -> RunResult:
+        try:
+            return await orchestrator.resume_pipeline(run_id, plan=execution_plan)
+        finally:
+            await orchestrator.shutdown()
+
+    result = _with_progress(orchestrator, execution_plan, go)
+    _report(result, root)
+
+
+def _orchestrator(root: Path, executor: str, workers: int | None) -> Orchestrator:
+    try:
+        return Orchestrator.embedded(root, executor=executor, workers=workers)
+    except DPError as exc:
+        raise _fail(exc) from exc
+
+
+def _with_progress(
+    orchestrator: Orchestrator,
+    execution_plan: ExecutionPlan,
+    go: Callable[[], Coroutine[Any, Any, RunResult]],
+) -> RunResult:
+    progress = _Progress(len(execution_plan.execution_order))
+    orchestrator.listeners.append(progress)
+    try:
+        with progress.live():
+            return asyncio.run(go())
+    except DPError as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: resume with `dp runs resume RUN_ID`")
+        raise typer.Exit(code=130) from None
+
+
+class _Progress:
+    """A RunListener that drives a rich progress bar: tasks done/total, running, failed."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.state: dict[tuple[str, str], TaskStatus] = {}
+        self.console = Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} tasks"),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.bar_id = self.bar.add_task("run", total=total, detail="")
+
+    def live(self) -> Progress:
+        return self.bar
+
+    def on_run_start(self, *, context: ExecutionContext, **_: Any) -> None:
+        self.console.print(
+            f"run [cyan]{context.run_id}[/] started: {self.total} tasks, dag_id {context.dag_id}",
+            highlight=False,
+        )
+        self.bar.update(self.bar_id, description=context.run_id)
+
+    def on_task_update(self, *, task: TaskRunResult, **_: Any) -> None:
+        self.state[task.key] = task.status
+        names: dict[str, list[TaskStatus]] = {}
+        for (name, _instance), status in self.state.items():
+            names.setdefault(name, []).append(status)
+        finished = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED)
+        done = sum(all(s in finished for s in statuses) for statuses in names.values())
+        running = sum(s == TaskStatus.RUNNING for s in self.state.values())
+        failed = sum(s == TaskStatus.FAILED for s in self.state.values())
+        detail = f"{running} running" + (f", [red]{failed} failed[/]" if failed else "")
+        self.bar.update(self.bar_id, completed=done, detail=detail)
+
+    def on_run_end(self, *, result: RunResult, **_: Any) -> None:
+        self.bar.update(self.bar_id, completed=self.total if result.ok else None)
+
+
+def _report(result: RunResult, root: Path) -> None:
+    console = Console()
+    _print_task_table(console, [_row_of(r) for r in result.tasks.values()])
+    colour = {RunStatus.SUCCEEDED: "green", RunStatus.PARTIAL: "yellow"}.get(result.status, "red")
+    duration = f" in {result.duration:.2f}s" if result.duration is not None else ""
+    console.print(
+        f"run [cyan]{result.run_id}[/] [bold {colour}]{result.status.value}[/]{duration}",
+        highlight=False,
+    )
+    if result.error:
+        console.print(f"[red]{escape(result.error)}[/]", highlight=False)
+    console.print(
+        f"results: {root / 'results' / result.run_id}   details: dp runs show {result.run_id}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(code=_EXIT.get(result.status, 1))
+
+
+# --- inspecting runs --------------------------------------------------------------------------
+
+
+def _store(root: Path) -> Any:
+    from dp.store import SQLRunStore
+
+    path = root / "runs.db"
+    if not path.exists():
+        raise _fail(DPError(f"no run store at {path}; run a pipeline first (dp run FILE)."))
+    return SQLRunStore(path=path)
+
+
+def _get_run(store: Any, run_id: str) -> RunRecord:
+    try:
+        return store.get_run(run_id)  # type: ignore[no-any-return]
+    except DPError as exc:
+        raise _fail(exc) from exc
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
+    limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """List recent runs, newest first."""
+    store = _store(root)
+    try:
+        records = store.list_runs(
+            status=RunStatus(status) if status else None, pipeline=pipeline, limit=limit
+        )
+    except ValueError as exc:
+        raise _fail(
+            DPError(f"unknown status {status!r}; one of {[s.value for s in RunStatus]}")
+        ) from exc
+    table = Table(show_header=True, header_style="bold")
+    for column in ("run id", "pipeline", "status", "trigger", "started", "duration"):
+        table.add_column(column, no_wrap=column in ("run id", "started"))
+    for record in records:
+        table.add_row(
+            record.run_id,
+            escape(Path(record.pipeline).name if record.pipeline else ""),
+            _status_text(record.status.value),
+            escape(record.trigger),
+            f"{record.started_at:%Y-%m-%d %H:%M:%S}" if record.started_at else "",
+            _duration(record.started_at, record.finished_at),
+        )
+    Console().print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Show a run and the status, attempts, duration and error of each task."""
+    store = _store(root)
+    record = _get_run(store, run_id)
+    console = Console()
+    console.print(
+        f"run [cyan]{record.run_id}[/] {_status_text(record.status.value)}  "
+        f"dag_id {record.dag_id}  trigger {escape(record.trigger)}",
+        highlight=False,
+    )
+    console.print(f"pipeline: {escape(record.pipeline)}", highlight=False)
+    if record.params:
+        console.print(f"params: {escape(repr(record.params))}", highlight=False)
+    if record.error:
+        console.print(f"[red]{escape(record.error)}[/]", highlight=False)
+    rows = [
+        (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error)
+        for r in store.get_task_runs(run_id)
+    ]
+    _print_task_table(console, rows)
+
+
+@runs_app.command("logs")
+def runs_logs(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    task_name: Annotated[str | None, typer.Argument(help="Only this task.")] = None,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Print what each task printed, and the traceback of each failure."""
+    store = _store(root)
+    _get_run(store, run_id)
+    rows = [r for r in store.get_task_runs(run_id) if task_name in (None, r.task_name)]
+    if task_name is not None and not rows:
+        raise _fail(DPError(f"run {run_id!r} has no task {task_name!r}."))
+    console = Console()
+    for row in rows:
+        label = row.task_name + (f"[{row.instance}]" if row.instance else "")
+        console.rule(f"{escape(label)} ({row.status.value}, attempt {row.attempt})")
+        if row.output:
+            console.print(
+                escape(row.output), end="" if row.output.endswith("\n") else "\n", highlight=False
+            )
+        if row.traceback:
+            console.print(f"[red]{escape(row.traceback)}[/]", highlight=False)
+        if not row.output and not row.traceback:
+            console.print("[dim](no output)[/]")
+
+
+def _print_task_table(
+    console: Console, rows: list[tuple[str, str, str, int, float | None, str | None]]
+) -> None:
+    table = Table(show_header=True, header_style="bold")
+    for column in ("task", "status", "attempts", "duration", "error"):
+        table.add_column(column)
+    for name, instance, status, attempts, duration, error in rows:
+        table.add_row(
+            escape(name + (f"[{instance}]" if instance else "")),
+            _status_text(status),
+            str(attempts),
+            "" if duration is None else f"{duration * 1000:.1f} ms",
+            escape(error or ""),
+        )
+    console.print(table)
+
+
+def _row_of(result: TaskRunResult) -> tuple[str, str, str, int, float | None, str | None]:
+    return (
+        result.task_name,
+        result.instance,
+        result.status.value,
+        result.attempts,
+        result.duration,
+        result.error,
+    )
+
+
+def _status_text(status: str) -> str:
+    colour = {
+        "succeeded": "green",
+        "running": "cyan",
+        "queued": "cyan",
+        "partial": "yellow",
+        "skipped": "yellow",
+        "interrupted": "magenta",
+    }.get(status, "red")
+    return f"[{colour}]{status}[/]"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    return f"{(end - start).total_seconds():.2f}s"
 
 
 def main() -> None:

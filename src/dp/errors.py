@@ -241,3 +241,23 @@ class DuplicateRunError(DPError):
 
 class StoreError(DPError):
     """The run store cannot be opened or used (e.g. its schema is newer than this dp)."""
+
+
+class InvalidRunParameterError(PlanError):
+    """A run parameter's value does not fit the type the tasks declare."""
+
+    def __init__(
+        self, name: str, value: object, expected: str, reason: str, tasks: Sequence[str]
+    ) -> None:
+        self.name = name
+        self.value = value
+        self.expected = expected
+        self.reason = reason
+        self.tasks = tuple(tasks)
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(
+            f"run parameter {name!r} = {shown} is not a valid {expected} "
+            f"(needed by {', '.join(repr(t) for t in self.tasks)}): {reason}"
+        )

@@ -14,6 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 from dp.errors import MissingRunParameterError, PlanError, SchemaMismatch, SchemaMismatchError
 from dp.planner.dag import DAG, DAGBuilder
+from dp.planner.params import validate_param
 from dp.planner.schema import is_compatible, type_name
 from dp.tasks import TaskMetadata, TaskRegistry
 
@@ -77,6 +78,8 @@ class ExecutionPlan:
     edges: tuple[Edge, ...]
     run_parameters: tuple[RunParameter, ...]
     dag: DAG = field(repr=False, compare=False)
+    #: derived data other components compute once per plan (e.g. the engine's indexes)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tasks(self) -> dict[str, TaskMetadata]:
@@ -96,9 +99,11 @@ class ExecutionPlan:
         return [e for e in self.edges if e.downstream == task_name and e.kind == "data"]
 
     def bind_params(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Check supplied run parameters: every required one present, none unknown.
+        """Check supplied run parameters: every required one present, none unknown, each of
+        its declared type (strings are converted: "3" becomes 3 for an int parameter).
 
         Raises:
+            InvalidRunParameterError: a value that does not fit its parameter's type.
             MissingRunParameterError: naming each missing parameter and the tasks needing it.
             PlanError: for a parameter no task of the plan accepts.
         """
@@ -115,7 +120,7 @@ class ExecutionPlan:
         }
         if missing:
             raise MissingRunParameterError(missing)
-        return params
+        return {name: validate_param(known[name], value) for name, value in params.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description for the API, the UI and `dp plan --json`."""

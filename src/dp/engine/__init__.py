@@ -1,0 +1,33 @@
+"""The execution engine: orchestrator, resolver, workers and executors."""
+
+from dp.engine.executors import Executor, InlineExecutor, InProcessExecutor, TaskSink
+from dp.engine.model import ExecutableTask, RunResult, TaskOutcome, TaskRunResult
+from dp.engine.orchestrator import (
+    ExecutionContext,
+    Orchestrator,
+    ResumeError,
+    RunListener,
+    TooManyPipelinesError,
+    new_run_id,
+)
+from dp.engine.resolver import TaskDependencyResolver
+from dp.engine.worker import Worker
+
+__all__ = [
+    "ExecutableTask",
+    "ExecutionContext",
+    "Executor",
+    "InProcessExecutor",
+    "InlineExecutor",
+    "Orchestrator",
+    "ResumeError",
+    "RunListener",
+    "RunResult",
+    "TaskDependencyResolver",
+    "TaskOutcome",
+    "TaskRunResult",
+    "TaskSink",
+    "TooManyPipelinesError",
+    "Worker",
+    "new_run_id",
+]

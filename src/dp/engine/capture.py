@@ -1,0 +1,77 @@
+"""Per-task capture of stdout/stderr that works with threads and asyncio tasks.
+
+`sys.stdout` is process-global, so redirecting it per task would mix the output of tasks
+running in parallel threads. Instead a proxy routes each write to the buffer of the task
+running in the current context (a `ContextVar`, so threads and asyncio tasks each see their
+own), and to the real stream when no task is capturing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+__all__ = ["MAX_OUTPUT", "captured_output", "install"]
+
+#: Characters of output kept per task attempt (the end is kept: it usually holds the error).
+MAX_OUTPUT = 64 * 1024
+
+_buffer: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "dp_task_output", default=None
+)
+_lock = threading.Lock()
+
+
+class _Router:
+    """Stands in for sys.stdout/sys.stderr; forwards everything it does not capture."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        buffer = _buffer.get()
+        if buffer is None:
+            return self._stream.write(text)
+        buffer.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _buffer.get() is None:
+            self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def install() -> None:
+    """Route sys.stdout and sys.stderr through the capturing proxy (idempotent)."""
+    with _lock:
+        if not isinstance(sys.stdout, _Router):
+            sys.stdout = _Router(sys.stdout)  # type: ignore[assignment]
+        if not isinstance(sys.stderr, _Router):
+            sys.stderr = _Router(sys.stderr)  # type: ignore[assignment]
+
+
+@contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Collect what the current thread/task prints into the yielded list."""
+    chunks: list[str] = []
+    token = _buffer.set(chunks)
+    try:
+        yield chunks
+    finally:
+        _buffer.reset(token)
+
+
+def joined(chunks: list[str]) -> str:
+    """The captured text, trimmed to its last MAX_OUTPUT characters."""
+    if not chunks:
+        return ""
+    text = "".join(chunks)
+    if len(text) > MAX_OUTPUT:
+        text = f"[... {len(text) - MAX_OUTPUT} characters dropped ...]\n" + text[-MAX_OUTPUT:]
+    return text

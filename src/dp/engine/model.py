@@ -1,0 +1,177 @@
+"""What travels through the engine: tasks to execute, their outcomes, and run results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dp.store.records import RunStatus, TaskStatus
+from dp.tasks import TaskMetadata
+
+__all__ = [
+    "ExecutableTask",
+    "RunResult",
+    "TaskOutcome",
+    "TaskRunResult",
+    "chunk_result_id",
+    "manifest_result_id",
+]
+
+#: Result id of a plain task's single result.
+OUTPUT = "output"
+
+#: An input: `(upstream_task, result_id)`, or `(upstream_task, (result_id, ...))` for a
+#: parameter that collects a whole stream.
+Input = tuple[str, str | tuple[str, ...]]
+
+
+def chunk_result_id(base: str, index: int) -> str:
+    """Result id of the `index`-th chunk yielded by a task whose own result id is `base`."""
+    return f"chunk-{index:06d}" if base == OUTPUT else f"{base}.chunk-{index:06d}"
+
+
+def manifest_result_id(base: str) -> str:
+    """Result id of the list of chunk ids a finished stream saves, so resume can trust it."""
+    return "chunks" if base == OUTPUT else f"{base}.chunks"
+
+
+def mapped_result_id(input_result_id: str) -> str:
+    """Result id of a task mapped over a stream, for the instance fed by `input_result_id`."""
+    return f"map-{input_result_id}"
+
+
+@dataclass(slots=True)
+class ExecutableTask:
+    """One attempt of one task (or one instance of a mapped task), as handed to a worker.
+
+    Workers receive references, never data: `inputs` maps each parameter to the upstream
+    task and result id(s) to load through the IO manager.
+    """
+
+    run_id: str
+    task_name: str
+    task_result_id: str
+    metadata: TaskMetadata
+    inputs: dict[str, Input] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    retry_count: int = 0
+    instance: str = ""
+
+    @property
+    def attempt(self) -> int:
+        return self.retry_count + 1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.task_name, self.instance)
+
+    def describe(self) -> str:
+        suffix = f"[{self.instance}]" if self.instance else ""
+        return f"{self.task_name}{suffix}"
+
+
+@dataclass(slots=True)
+class TaskOutcome:
+    """How one attempt ended. Small on purpose: it is what workers send back."""
+
+    task_name: str
+    instance: str
+    ok: bool
+    result_ids: list[str] = field(default_factory=list)
+    started_at: float = 0.0  # time.time() of the start
+    duration: float = 0.0
+    error: str | None = None
+    traceback: str | None = None
+    output: str = ""
+    retryable: bool = True
+
+
+@dataclass(slots=True)
+class TaskRunResult:
+    """The final state of one task (or mapped instance) in a run."""
+
+    task_name: str
+    status: TaskStatus
+    instance: str = ""
+    attempts: int = 0
+    duration: float | None = None
+    #: epoch seconds (cheap to take on the hot path); see `started_at` / `finished_at`
+    start_time: float | None = None
+    end_time: float | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result_ids: list[str] = field(default_factory=list)
+    output: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.task_name, self.instance)
+
+    @property
+    def started_at(self) -> datetime | None:
+        return None if self.start_time is None else datetime.fromtimestamp(self.start_time, UTC)
+
+    @property
+    def finished_at(self) -> datetime | None:
+        return None if self.end_time is None else datetime.fromtimestamp(self.end_time, UTC)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What `Orchestrator.start_pipeline` returns: the run's status and every task's fate."""
+
+    run_id: str
+    dag_id: str
+    status: RunStatus
+    tasks: dict[tuple[str, str], TaskRunResult] = field(default_factory=dict)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+    def __repr__(self) -> str:  # asyncio reprs task results: keep it short for big runs
+        return (
+            f"RunResult(run_id={self.run_id!r}, status={self.status.value!r}, "
+            f"tasks={len(self.tasks)}, error={self.error!r})"
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.status == RunStatus.SUCCEEDED
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def task(self, name: str, instance: str = "") -> TaskRunResult:
+        """The result of task `name` (or of one instance of a mapped task)."""
+        return self.tasks[(name, instance)]
+
+    def statuses(self) -> dict[str, TaskStatus]:
+        """Status per task name; a mapped task shows its worst instance."""
+        worst: dict[str, TaskStatus] = {}
+        for (name, _), result in self.tasks.items():
+            seen = worst.get(name)
+            if seen is None or _rank(result.status) > _rank(seen):
+                worst[name] = result.status
+        return worst
+
+    def instances(self, name: str) -> list[TaskRunResult]:
+        """Every instance of a task mapped over a stream, in the stream's order."""
+        return [r for (task_name, _), r in self.tasks.items() if task_name == name]
+
+
+_SEVERITY = {
+    TaskStatus.SUCCEEDED: 0,
+    TaskStatus.PENDING: 1,
+    TaskStatus.RUNNING: 2,
+    TaskStatus.SKIPPED: 3,
+    TaskStatus.CANCELLED: 4,
+    TaskStatus.FAILED: 5,
+}
+
+
+def _rank(status: TaskStatus) -> int:
+    return _SEVERITY[status]

@@ -1,0 +1,573 @@
+"""`Orchestrator`: starts runs of execution plans, drives them to the end, records them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from dp.engine.executors import Executor, InlineExecutor, InProcessExecutor
+from dp.engine.model import (
+    ExecutableTask,
+    RunResult,
+    TaskOutcome,
+    TaskRunResult,
+    manifest_result_id,
+)
+from dp.engine.recorder import RunRecorder
+from dp.engine.resolver import TaskDependencyResolver
+from dp.errors import DPError
+from dp.io import FilesystemIOManager, IOManager
+from dp.logs import get_logger
+from dp.planner import ExecutionPlan
+from dp.store.records import RunRecord, RunStatus, TaskStatus
+
+__all__ = [
+    "ExecutionContext",
+    "Orchestrator",
+    "ResumeError",
+    "RunListener",
+    "TooManyPipelinesError",
+    "new_run_id",
+]
+
+_log = get_logger("dp.engine")
+
+
+class TooManyPipelinesError(DPError):
+    """The orchestrator runs `max_concurrent_pipelines` runs and its wait queue is full."""
+
+    def __init__(self, running: int, queued: int) -> None:
+        self.running = running
+        self.queued = queued
+        super().__init__(
+            f"{running} pipelines are running and {queued} are waiting, the most allowed; "
+            "retry later, or raise max_concurrent_pipelines / max_queued_pipelines."
+        )
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: `20261122-101500-1a2b3c4d`."""
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(slots=True)
+class ExecutionContext:
+    """Everything about one run that is not about a single task."""
+
+    run_id: str
+    dag_id: str
+    plan: ExecutionPlan
+    io_manager: IOManager
+    params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    trigger: str = "manual"
+
+
+class RunListener(Protocol):
+    """Observes runs (progress displays, lifecycle events, metrics). Methods are called on the
+    event loop's thread and must be quick; they take keyword arguments only and must accept
+    unknown ones (`**_`), so new arguments never break a listener."""
+
+    def on_run_start(self, *, context: ExecutionContext, **_: Any) -> None: ...
+
+    def on_task_update(
+        self, *, context: ExecutionContext, task: TaskRunResult, **_: Any
+    ) -> None: ...
+
+    def on_run_end(self, *, context: ExecutionContext, result: RunResult, **_: Any) -> None: ...
+
+
+def make_executor(executor: str | Executor, workers: int | None = None) -> Executor:
+    """An executor from its name: 'inline', 'inprocess' or 'process' (with `workers`)."""
+    if not isinstance(executor, str):
+        return executor
+    if executor == "inline":
+        return InlineExecutor()
+    if executor in ("inprocess", "threads"):
+        return InProcessExecutor(max_threads=workers)
+    if executor in ("process", "processes"):
+        from dp.engine.process import ProcessExecutor
+
+        return ProcessExecutor(workers=workers)
+    raise DPError(f"unknown executor {executor!r}; choose 'inline', 'inprocess' or 'process'.")
+
+
+class Orchestrator:
+    """Runs execution plans through an executor, persisting results and recording runs.
+
+    Args:
+        io_manager: where results go (default: `FilesystemIOManager('.dp/results')`).
+        store: where runs are recorded; None records nothing (and runs cannot be resumed).
+        executor: 'inline', 'inprocess' (default), 'process', or an `Executor`.
+        workers: threads or worker processes for the executor.
+        max_parallel_tasks: tasks of one run in flight at once (default: the executor's).
+        max_concurrent_pipelines: runs executing at once; more wait in a queue.
+        max_queued_pipelines: runs allowed to wait; beyond, `TooManyPipelinesError`.
+        listeners: `RunListener`s told about every run and task change.
+    """
+
+    def __init__(
+        self,
+        *,
+        io_manager: IOManager | None = None,
+        store: Any | None = None,
+        executor: str | Executor = "inprocess",
+        workers: int | None = None,
+        max_parallel_tasks: int | None = None,
+        max_concurrent_pipelines: int = 8,
+        max_queued_pipelines: int = 100,
+        listeners: Sequence[RunListener] = (),
+        flush_interval: float = 0.2,
+    ) -> None:
+        self.io_manager = (
+            io_manager if io_manager is not None else FilesystemIOManager(Path(".dp") / "results")
+        )
+        self.store = store
+        self.executor = make_executor(executor, workers)
+        self.max_parallel_tasks = max_parallel_tasks
+        self.max_concurrent_pipelines = max_concurrent_pipelines
+        self.max_queued_pipelines = max_queued_pipelines
+        self.listeners = list(listeners)
+        self.flush_interval = flush_interval
+        self._running = 0
+        self._waiters: list[asyncio.Future[None]] = []
+        self._started = False
+
+    @classmethod
+    def embedded(cls, root: str | os.PathLike[str] = ".dp", **options: Any) -> Orchestrator:
+        """The zero-service setup: results under `root/results`, runs in `root/runs.db`."""
+        from dp.store import SQLRunStore
+
+        root = Path(root)
+        options.setdefault("io_manager", FilesystemIOManager(root / "results"))
+        options.setdefault("store", SQLRunStore(path=root / "runs.db"))
+        return cls(**options)
+
+    @property
+    def active_pipelines(self) -> int:
+        return self._running
+
+    @property
+    def queued_pipelines(self) -> int:
+        return len(self._waiters)
+
+    async def start_pipeline(
+        self,
+        plan: ExecutionPlan,
+        params: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        trigger: str = "manual",
+        pipeline: str = "",
+        target: str = "",
+        selection: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        resume: bool = False,
+    ) -> RunResult:
+        """Run `plan` to the end and return its result.
+
+        Run parameters are checked (and coerced) before anything runs. With `resume=True`,
+        `run_id` names an earlier, interrupted run: tasks whose results are stored are not
+        executed again.
+
+        Raises:
+            MissingRunParameterError, InvalidRunParameterError: bad `params`.
+            TooManyPipelinesError: too many runs running and waiting.
+            DuplicateRunError: `run_id` or `event_id` already started a run.
+        """
+        bound = plan.bind_params(params)
+        context = ExecutionContext(
+            run_id=run_id or new_run_id(),
+            dag_id=plan.dag_id,
+            plan=plan,
+            io_manager=self.io_manager,
+            params=bound,
+            metadata=dict(metadata or {}),
+            trigger=trigger,
+        )
+        if self._running >= self.max_concurrent_pipelines and (
+            len(self._waiters) >= self.max_queued_pipelines
+        ):
+            raise TooManyPipelinesError(self._running, len(self._waiters))
+        recorder = RunRecorder(self.store, context.run_id, self.flush_interval)
+        if not resume:
+            record = RunRecord(
+                run_id=context.run_id,
+                dag_id=plan.dag_id,
+                pipeline=pipeline or target,
+                target=target,
+                selection=dict(selection or {}),
+                params=_jsonable_params(bound),
+                status=RunStatus.QUEUED,
+                trigger=trigger,
+                event_id=event_id,
+                metadata=context.metadata,
+                plan=plan.to_dict() if self.store is not None else {},
+            )
+            await recorder.create_run(record)
+        await self._acquire_slot()
+        try:
+            if not self._started:
+                await self.executor.start(self.io_manager)
+                self._started = True
+            previous: dict[tuple[str, str], Any] = {}
+            if resume and self.store is not None:
+                rows = await asyncio.to_thread(self.store.get_task_runs, context.run_id)
+                previous = {(row.task_name, row.instance): row for row in rows}
+            run = _Run(self, context, recorder, resume=resume, previous=previous)
+            return await run.execute()
+        finally:
+            self._release_slot()
+
+    def run(
+        self, plan: ExecutionPlan, params: Mapping[str, Any] | None = None, **options: Any
+    ) -> RunResult:
+        """Synchronous `start_pipeline` for scripts and notebooks without an event loop."""
+
+        async def main() -> RunResult:
+            try:
+                return await self.start_pipeline(plan, params, **options)
+            finally:
+                await self.shutdown()
+
+        return asyncio.run(main())
+
+    async def shutdown(self) -> None:
+        """Stop the executor's workers. The orchestrator can start again afterwards."""
+        if self._started:
+            self._started = False
+            await self.executor.shutdown()
+
+    async def _acquire_slot(self) -> None:
+        if self._running < self.max_concurrent_pipelines and not self._waiters:
+            self._running += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                self._release_slot()  # the slot was handed to us as we were cancelled
+            raise
+
+    def _release_slot(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)  # hand our slot over: _running stays the same
+                return
+        self._running -= 1
+
+
+_FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.CANCELLED)
+
+
+class ResumeError(DPError):
+    """A run cannot be resumed; the message says why."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} cannot be resumed: {reason}.")
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _plan_from_record(record: RunRecord) -> ExecutionPlan:
+    from dp.loader import load_tasks
+    from dp.planner import Planner
+
+    if not record.target:
+        raise ResumeError(record.run_id, "it has no recorded task file; pass the plan")
+    load_tasks(record.target)
+    selection = record.selection or {}
+    return Planner().create_execution_plan(
+        tags=selection.get("tags") or None, task_names=selection.get("task_names") or None
+    )
+
+
+def _jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    import json
+
+    result: dict[str, Any] = {}
+    for name, value in params.items():
+        try:
+            json.dumps(value)
+            result[name] = value
+        except (TypeError, ValueError):
+            result[name] = repr(value)
+    return result
+
+
+class _Run:
+    """One run in progress: the executor's `TaskSink`, driving the resolver."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        context: ExecutionContext,
+        recorder: RunRecorder,
+        *,
+        resume: bool,
+        previous: Mapping[tuple[str, str], Any] | None = None,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.context = context
+        self.recorder = recorder
+        self.resume = resume
+        self.previous = previous or {}
+        self.executor = orchestrator.executor
+        self.listeners = orchestrator.listeners
+        self.resolver = TaskDependencyResolver(context.plan, context.run_id, context.params)
+        self.limit = orchestrator.max_parallel_tasks or self.executor.capacity
+        self.in_flight = 0
+        self.retrying = 0
+        self.results: dict[tuple[str, str], TaskRunResult] = {}
+        self.failed_fatally: str | None = None
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.log = _log.bind(run_id=context.run_id, dag_id=context.dag_id)
+        self.started_at = datetime.now(UTC)
+        #: the recorder's hook, or None when nothing is recorded (saves a call per change)
+        self._record = recorder.task_changed if recorder.store is not None else None
+
+    async def execute(self) -> RunResult:
+        context = self.context
+        self.recorder.run_started(self.started_at, {**context.metadata, "owner": self._owner()})
+        self.log.info(
+            "run.started", tasks=len(context.plan.execution_order), trigger=context.trigger
+        )
+        for listener in self.listeners:
+            self._notify(listener.on_run_start, context=context)
+        self.recorder.start_flushing()
+        try:
+            self.resolver.start()
+            self._pump()
+            await self.done
+        except asyncio.CancelledError:
+            await self._finish(interrupted=True)
+            raise
+        return await self._finish()
+
+    def _owner(self) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid()}
+
+    # --- TaskSink -------------------------------------------------------------------------
+
+    def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
+        self.resolver.chunk(task.task_name, result_id)
+        result = self.results.get(task.key)
+        if result is not None:
+            result.result_ids.append(result_id)
+        self._pump()
+
+    def on_done(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
+        self.in_flight -= 1
+        result = self.results[(task.task_name, task.instance)]
+        result.duration = outcome.duration
+        result.output = outcome.output
+        result.end_time = outcome.started_at + outcome.duration
+        if outcome.ok:
+            result.status = TaskStatus.SUCCEEDED
+            result.result_ids = outcome.result_ids
+            result.error = result.traceback = None
+            self.resolver.succeeded(task.task_name, task.instance, outcome.result_ids)
+        else:
+            self._failed(task, outcome, result)
+        if self._record is not None or self.listeners:
+            self._changed(result)
+        self._pump()
+
+    def _failed(self, task: ExecutableTask, outcome: TaskOutcome, result: TaskRunResult) -> None:
+        meta = task.metadata
+        resolver = self.resolver
+        result.error = outcome.error
+        result.traceback = outcome.traceback
+        if outcome.retryable and task.retry_count < meta.max_retries and not resolver.halted:
+            delay = meta.retry_delay * (2**task.retry_count)
+            self.log.warning(
+                "task.retrying",
+                task_name=task.task_name,
+                instance=task.instance or None,
+                attempt=task.attempt,
+                error=outcome.error,
+                delay=delay,
+            )
+            self.retrying += 1
+            task.retry_count += 1
+            self.loop.call_later(delay, self._retry, task)
+        else:
+            result.status = TaskStatus.FAILED
+            self.log.error(
+                "task.failed",
+                task_name=task.task_name,
+                instance=task.instance or None,
+                attempt=task.attempt,
+                error=outcome.error,
+                fail_safe=meta.fail_safe,
+            )
+            if not meta.fail_safe and self.failed_fatally is None:
+                self.failed_fatally = task.describe()
+            resolver.failed(task.task_name)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _retry(self, task: ExecutableTask) -> None:
+        self.retrying -= 1
+        if self.resolver.halted:
+            result = self.results[task.key]
+            result.status = TaskStatus.FAILED
+            self._changed(result)
+            self._pump()
+            return
+        self._submit(task)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand ready tasks to the executor, up to the run's limit; notice the end."""
+        ready = self.resolver.ready
+        while ready and self.in_flight < self.limit:
+            task = ready.popleft()
+            if self.resume and self._restore(task):
+                continue
+            self._submit(task)
+        if not ready and self.in_flight == 0 and self.retrying == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def _submit(self, task: ExecutableTask) -> None:
+        self.in_flight += 1
+        key = (task.task_name, task.instance)
+        result = self.results.get(key)
+        if result is None:
+            result = self.results[key] = TaskRunResult(
+                task.task_name, TaskStatus.RUNNING, task.instance, 1, None, time.time()
+            )
+        else:
+            result.status = TaskStatus.RUNNING
+            result.attempts = task.retry_count + 1
+        if self._record is not None or self.listeners:
+            self._changed(result)
+        self.executor.submit(task, self)
+
+    def _restore(self, task: ExecutableTask) -> bool:
+        """On resume: if this task's results were saved before the interruption, reuse them."""
+        io = self.context.io_manager
+        run_id = self.context.run_id
+        name = task.task_name
+        try:
+            if task.metadata.stream_output:
+                manifest = manifest_result_id(task.task_result_id)
+                if not io.exists(run_id, name, manifest):
+                    return False
+                result_ids = list(io.load(run_id, name, manifest))
+                for rid in result_ids:
+                    self.resolver.chunk(name, rid)
+            elif io.exists(run_id, name, task.task_result_id):
+                result_ids = [task.task_result_id]
+            else:
+                return False
+        except DPError:
+            return False  # unreadable: run it again
+        result = self.results.get(task.key) or TaskRunResult(
+            name, TaskStatus.SUCCEEDED, task.instance
+        )
+        result.status = TaskStatus.SUCCEEDED
+        result.result_ids = result_ids
+        self.results[task.key] = result
+        self._changed(result)
+        self.resolver.succeeded(name, task.instance, result_ids)
+        return True
+
+    def _changed(self, result: TaskRunResult) -> None:
+        if self._record is not None:
+            self._record(result)
+        if self.listeners:
+            for listener in self.listeners:
+                self._notify(listener.on_task_update, context=self.context, task=result)
+
+    def _notify(self, method: Any, **kwargs: Any) -> None:
+        try:
+            method(**kwargs)
+        except Exception:
+            self.log.exception(
+                "listener.failed", listener=type(getattr(method, "__self__", method)).__name__
+            )
+
+    async def _finish(self, *, interrupted: bool = False) -> RunResult:
+        resolver = self.resolver
+        if interrupted:
+            status = RunStatus.INTERRUPTED
+        else:
+            for name in resolver.cancel_pending():
+                self.results[(name, "")] = TaskRunResult(name, TaskStatus.CANCELLED)
+            statuses = resolver.statuses()
+            for name, status_of_task in statuses.items():
+                if status_of_task == TaskStatus.SKIPPED and not any(
+                    key[0] == name for key in self.results
+                ):
+                    self.results[(name, "")] = TaskRunResult(name, TaskStatus.SKIPPED)
+            if self.failed_fatally is not None:
+                status = RunStatus.FAILED
+            elif any(s in (TaskStatus.FAILED, TaskStatus.SKIPPED) for s in statuses.values()):
+                status = RunStatus.PARTIAL
+            else:
+                status = RunStatus.SUCCEEDED
+        finished_at = datetime.now(UTC)
+        error = (
+            f"task {self.failed_fatally!r} failed: {self._error_of(self.failed_fatally)}"
+            if self.failed_fatally
+            else None
+        )
+        result = RunResult(
+            run_id=self.context.run_id,
+            dag_id=self.context.dag_id,
+            status=status,
+            tasks=self._ordered_results(),
+            started_at=self.started_at,
+            finished_at=finished_at,
+            error=error,
+        )
+        for task_result in result.tasks.values():
+            self.recorder.task_changed(task_result)
+        await self.recorder.run_finished(status, finished_at, error)
+        log = self.log.info if status == RunStatus.SUCCEEDED else self.log.warning
+        log(
+            "run.finished",
+            status=str(status),
+            seconds=round((finished_at - self.started_at).total_seconds(), 6),
+        )
+        for listener in self.listeners:
+            self._notify(listener.on_run_end, context=self.context, result=result)
+        return result
+
+    def _error_of(self, described: str) -> str | None:
+        for result in self.results.values():
+            if result.status == TaskStatus.FAILED and described.startswith(result.task_name):
+                return result.error
+        return None
+
+    def _ordered_results(self) -> dict[tuple[str, str], TaskRunResult]:
+        rank = {name: i for i, name in enumerate(self.context.plan.execution_order)}
+        return dict(sorted(self.results.items(), key=lambda item: (rank[item[0][0]], item[0][1])))

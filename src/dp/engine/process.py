@@ -1,0 +1,451 @@
+"""`ProcessExecutor`: tasks run in local worker processes that import them by module path.
+
+Workers are started with "forkserver" (or "spawn" where fork is unavailable), never plain
+fork, so the behaviour is the same on every OS and threads in the parent are safe. Each
+worker has its own pair of `MultiprocessQueue`s: a worker that dies (killed, segfault,
+`os._exit`) can only damage its own queues, which are thrown away with it.
+
+Messages are small tuples: tasks travel as references (`module:qualname`, run id, input
+result ids), results stay in the IO manager, and only completions come back. Each worker
+keeps `prefetch` tasks queued so IPC latency overlaps with work, and sends completions in
+small batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import astuple
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from dp.engine.executors import TaskSink, timeout_outcome
+from dp.engine.model import ExecutableTask, TaskOutcome
+from dp.engine.worker import Worker, format_error
+from dp.errors import DPError, QueueClosedError
+from dp.events.queues import MultiprocessQueue
+from dp.io import IOManager
+from dp.logs import get_logger
+from dp.tasks import TaskMetadata
+
+__all__ = ["ProcessExecutor"]
+
+_log = get_logger("dp.engine")
+
+#: worker -> parent messages
+_STARTED, _CHUNK, _DONE = 0, 1, 2
+#: seconds a worker may hold finished outcomes before sending them
+_BATCH_WINDOW = 0.002
+
+
+class ProcessExecutor:
+    """Runs tasks in `workers` local processes, replacing any that die or time out.
+
+    Args:
+        workers: number of worker processes (default: CPU count).
+        prefetch: tasks queued per worker ahead of the one running.
+        start_method: "forkserver" (default where available) or "spawn".
+        capture_output: keep each task's stdout/stderr with its result.
+    """
+
+    name = "process"
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        prefetch: int = 4,
+        start_method: str | None = None,
+        capture_output: bool = True,
+    ) -> None:
+        self.workers = workers or os.cpu_count() or 2
+        self.prefetch = max(1, prefetch)
+        self.capacity = self.workers * self.prefetch
+        if start_method is None:
+            methods = multiprocessing.get_all_start_methods()
+            start_method = "forkserver" if "forkserver" in methods else "spawn"
+        if start_method not in ("forkserver", "spawn"):
+            raise DPError(
+                f"start_method {start_method!r} is not supported; use 'forkserver' or 'spawn'."
+            )
+        self.start_method = start_method
+        self.capture_output = capture_output
+        self._context: BaseContext = multiprocessing.get_context(start_method)
+        self._io_manager: IOManager | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: list[_Slot] = []
+        self._backlog: deque[tuple[ExecutableTask, TaskSink]] = deque()
+        self._next_handle = 0
+        self._flush_scheduled = False
+        self._closing = False
+        #: processes started over the executor's life, replacements included
+        self.processes_started = 0
+
+    async def start(self, io_manager: IOManager) -> None:
+        if self._slots:
+            return
+        _check_picklable(io_manager)
+        self._io_manager = io_manager
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        for index in range(self.workers):
+            self._slots.append(self._spawn(index))
+
+    def submit(self, task: ExecutableTask, sink: TaskSink) -> None:
+        slot = min(self._slots, key=_load)
+        if len(slot.in_flight) >= self.prefetch or not slot.alive:
+            self._backlog.append((task, sink))
+            return
+        self._assign(slot, task, sink)
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        slots, self._slots = self._slots, []
+        for slot in slots:
+            slot.stop()
+        deadline = time.monotonic() + 5
+        for slot in slots:
+            await asyncio.to_thread(slot.process.join, max(0.0, deadline - time.monotonic()))
+            if slot.process.is_alive():
+                slot.process.kill()
+                await asyncio.to_thread(slot.process.join, 1)
+            slot.close()
+
+    # --- dispatching ----------------------------------------------------------------------
+
+    def _assign(self, slot: _Slot, task: ExecutableTask, sink: TaskSink) -> None:
+        handle = self._next_handle
+        self._next_handle += 1
+        slot.in_flight[handle] = _Flight(task, sink)
+        meta = task.metadata
+        slot.outbox.append(
+            (
+                handle,
+                task.run_id,
+                task.task_name,
+                task.task_result_id,
+                meta.import_path,
+                task.inputs,
+                task.params,
+                task.retry_count,
+                task.instance,
+                meta.timeout is not None,
+            )
+        )
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Send each worker the tasks assigned to it in this loop iteration, as one batch."""
+        self._flush_scheduled = False
+        for slot in self._slots:
+            if slot.outbox and slot.alive:
+                batch, slot.outbox = slot.outbox, []
+                try:
+                    slot.tasks.put_nowait(batch)
+                except QueueClosedError:
+                    pass  # the worker is being replaced; its in-flight tasks are requeued
+
+    def _refill(self) -> None:
+        while self._backlog:
+            slot = min(self._slots, key=_load)
+            if len(slot.in_flight) >= self.prefetch or not slot.alive:
+                return
+            task, sink = self._backlog.popleft()
+            self._assign(slot, task, sink)
+
+    # --- worker messages ------------------------------------------------------------------
+
+    def _on_results(self, slot: _Slot) -> None:
+        """The worker's result queue is readable: handle everything waiting in it."""
+        while slot.alive:
+            try:
+                batch = slot.results.get_nowait()
+            except QueueClosedError:
+                return
+            except DPError:  # empty
+                return
+            for message in batch:
+                kind, handle = message[0], message[1]
+                flight = slot.in_flight.get(handle)
+                if flight is None:
+                    continue
+                if kind == _DONE:
+                    del slot.in_flight[handle]
+                    if flight.timer is not None:
+                        flight.timer.cancel()
+                    flight.sink.on_done(flight.task, TaskOutcome(*message[2]))
+                elif kind == _CHUNK:
+                    flight.sink.on_chunk(flight.task, message[2])
+                elif kind == _STARTED:
+                    timeout = flight.task.metadata.timeout or 0.0
+                    assert self._loop is not None
+                    flight.timer = self._loop.call_later(
+                        timeout, self._timed_out, slot, handle, timeout
+                    )
+        self._refill()
+
+    def _timed_out(self, slot: _Slot, handle: int, seconds: float) -> None:
+        flight = slot.in_flight.get(handle)
+        if flight is None or not slot.alive:
+            return
+        slot.timed_out = (handle, seconds)
+        _log.warning(
+            "worker.killing",
+            pid=slot.process.pid,
+            task_name=flight.task.task_name,
+            reason=f"timeout after {seconds:g}s",
+        )
+        slot.process.kill()  # the sentinel fires next, and _on_exit replaces the worker
+
+    def _on_exit(self, slot: _Slot) -> None:
+        """The worker process ended: fail or requeue its tasks, and start a replacement."""
+        if not slot.alive:
+            return
+        slot.alive = False
+        code = slot.process.exitcode
+        if code is None:
+            slot.process.join(1)
+            code = slot.process.exitcode
+        slot.close()
+        if self._closing:
+            return
+        self._slots[self._slots.index(slot)] = replacement = self._spawn(slot.index)
+        flights = list(slot.in_flight.items())
+        slot.in_flight.clear()
+        why = _describe_exit(code)
+        _log.warning("worker.died", pid=slot.process.pid, exit=why, tasks=len(flights))
+        for position, (handle, flight) in enumerate(flights):
+            if flight.timer is not None:
+                flight.timer.cancel()
+            if slot.timed_out is not None and slot.timed_out[0] == handle:
+                note = "; its worker process was killed and replaced"
+                flight.sink.on_done(flight.task, timeout_outcome(flight.task, slot.timed_out[1], note))
+            elif position == 0 and slot.timed_out is None:
+                # completions arrive in order, so the oldest unfinished task was running
+                flight.sink.on_done(
+                    flight.task,
+                    TaskOutcome(
+                        flight.task.task_name,
+                        flight.task.instance,
+                        False,
+                        [],
+                        time.time(),
+                        0.0,
+                        error=(
+                            f"WorkerDied: the worker process running task "
+                            f"{flight.task.describe()!r} {why}; it was replaced"
+                        ),
+                        retryable=True,
+                    ),
+                )
+            else:  # never started: run it again elsewhere, it costs no attempt
+                self._backlog.appendleft((flight.task, flight.sink))
+        del replacement
+        self._refill()
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> _Slot:
+        tasks: MultiprocessQueue[Any] = MultiprocessQueue(context=self._context)
+        results: MultiprocessQueue[Any] = MultiprocessQueue(context=self._context)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(tasks, results, self._io_manager, self.capture_output, list(sys.path)),
+            name=f"dp-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        self.processes_started += 1
+        slot = _Slot(index, process, tasks, results)
+        loop = self._loop
+        assert loop is not None
+        loop.add_reader(results.fileno(), self._on_results, slot)
+        loop.add_reader(process.sentinel, self._on_exit, slot)
+        slot.unwatch = lambda: (
+            loop.remove_reader(results.fileno()),
+            loop.remove_reader(process.sentinel),
+        )
+        return slot
+
+
+class _Flight:
+    __slots__ = ("sink", "task", "timer")
+
+    def __init__(self, task: ExecutableTask, sink: TaskSink) -> None:
+        self.task = task
+        self.sink = sink
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _Slot:
+    """One worker process and what the parent knows about it."""
+
+    def __init__(
+        self,
+        index: int,
+        process: Any,
+        tasks: MultiprocessQueue[Any],
+        results: MultiprocessQueue[Any],
+    ) -> None:
+        self.index = index
+        self.process = process
+        self.tasks = tasks
+        self.results = results
+        self.in_flight: dict[int, _Flight] = {}
+        self.outbox: list[tuple[Any, ...]] = []
+        self.alive = True
+        self.timed_out: tuple[int, float] | None = None
+        self.unwatch: Callable[[], Any] = lambda: None
+
+    def stop(self) -> None:
+        self.alive = False
+        self.unwatch()
+        self.unwatch = lambda: None
+        with contextlib.suppress(Exception):
+            self.tasks.put_nowait(None)
+
+    def close(self) -> None:
+        self.unwatch()
+        self.unwatch = lambda: None
+        self.tasks.close()
+        self.results.close()
+
+
+def _load(slot: _Slot) -> int:
+    return len(slot.in_flight) if slot.alive else 1 << 30
+
+
+def _check_picklable(io_manager: IOManager) -> None:
+    import pickle
+
+    try:
+        pickle.dumps(io_manager)
+    except Exception as exc:
+        raise DPError(
+            f"the process executor needs an IO manager its worker processes can reach; "
+            f"{type(io_manager).__name__} cannot be sent to them ({exc}). Use "
+            "FilesystemIOManager (or another shared store), or the in-process executor."
+        ) from exc
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "stopped responding"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+# --- the worker process ---------------------------------------------------------------------
+
+
+def _worker_main(
+    tasks: MultiprocessQueue[Any],
+    results: MultiprocessQueue[Any],
+    io_manager: IOManager,
+    capture_output: bool,
+    sys_path: list[str],
+) -> None:
+    """Entry point of a worker process: run task batches until told to stop."""
+    for entry in reversed(sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    worker = Worker(io_manager, capture_output=capture_output)
+    resolved: dict[str, TaskMetadata | str] = {}
+    loop = asyncio.new_event_loop()
+    pending: list[tuple[Any, ...]] = []
+    first_pending = 0.0
+
+    def send(message: tuple[Any, ...], urgent: bool) -> None:
+        nonlocal first_pending
+        if not pending:
+            first_pending = time.monotonic()
+        pending.append(message)
+        if urgent or time.monotonic() - first_pending > _BATCH_WINDOW:
+            flush()
+
+    def flush() -> None:
+        if pending:
+            results.put_sync(list(pending))
+            pending.clear()
+
+    while True:
+        try:
+            batch = tasks.get_sync()
+        except QueueClosedError:
+            break
+        if batch is None:
+            break
+        for position, message in enumerate(batch):
+            last = position == len(batch) - 1
+            handle, run_id, name, result_id, import_path, inputs, params, retry, instance, timed = (
+                message
+            )
+            meta = resolved.get(import_path)
+            if meta is None:
+                meta = resolved[import_path] = _resolve(import_path)
+            if isinstance(meta, str):  # the import failed: say so, do not retry
+                outcome = TaskOutcome(name, instance, False, [], time.time(), 0.0, meta, None, "", False)
+                send((_DONE, handle, astuple(outcome)), last)
+                continue
+            if timed:
+                send((_STARTED, handle), True)
+            task = ExecutableTask(run_id, name, result_id, meta, inputs, params, retry, instance)
+
+            def on_chunk(rid: str, handle: int = handle) -> None:
+                send((_CHUNK, handle, rid), True)
+
+            chunk_cb = on_chunk if meta.stream_output else None
+            if meta.is_async:
+                outcome = loop.run_until_complete(worker.execute_async(task, chunk_cb))
+            else:
+                outcome = worker.execute(task, chunk_cb)
+            send((_DONE, handle, astuple(outcome)), last)
+        flush()
+    flush()
+    loop.close()
+
+
+def _resolve(import_path: str) -> TaskMetadata | str:
+    """The task at `module:qualname`, or an error message saying why it cannot be had."""
+    module_name, _, qualname = import_path.partition(":")
+    if "<locals>" in qualname:
+        return (
+            f"ImportError: task {import_path!r} is defined inside a function, so worker "
+            "processes cannot import it; define it at module level or use the in-process "
+            "executor"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except BaseException as exc:  # noqa: BLE001 - whatever the import raised is the answer
+        return f"ImportError: worker could not import task {import_path!r}: {format_error(exc)}"
+    meta = getattr(obj, "__dp_task__", None)
+    if isinstance(meta, TaskMetadata):
+        return meta
+    # a plain function (not decorated here): workers only need how to call it
+    is_generator = inspect.isgeneratorfunction(obj) or inspect.isasyncgenfunction(obj)
+    return TaskMetadata(
+        name=qualname,
+        func=obj,
+        is_async=inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj),
+        is_generator=is_generator,
+        stream_output=is_generator,
+    )

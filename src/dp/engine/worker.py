@@ -1,0 +1,167 @@
+"""`Worker`: runs one `ExecutableTask`: load inputs, call the function, save the results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from dp.engine import capture
+from dp.engine.model import ExecutableTask, TaskOutcome, chunk_result_id, manifest_result_id
+from dp.errors import DPError, SerializationError
+from dp.io import IOManager
+
+__all__ = ["ChunkCallback", "Worker", "format_error"]
+
+_output = capture._buffer
+
+#: Called with each chunk's result id right after the chunk is saved.
+ChunkCallback = Callable[[str], None]
+
+
+class Worker:
+    """Executes tasks against one IO manager. Stateless between tasks, so one per thread or
+    process is enough; every executor (inline, threads, processes, Celery) uses it."""
+
+    def __init__(self, io_manager: IOManager, *, capture_output: bool = True) -> None:
+        self.io_manager = io_manager
+        self.capture_output = capture_output
+        if capture_output:
+            capture.install()
+
+    def execute(self, task: ExecutableTask, on_chunk: ChunkCallback | None = None) -> TaskOutcome:
+        """Run a sync task (function or generator) to its outcome; never raises."""
+        started_at = time.time()
+        chunks: list[str] = []
+        token = _output.set(chunks) if self.capture_output else None
+        try:
+            kwargs = self._load_inputs(task)
+            meta = task.metadata
+            if meta.stream_output:
+                result_ids = self._drain(task, meta.func(**kwargs), on_chunk)
+            else:
+                value = meta.func(**kwargs)
+                if meta.is_generator:  # stream_output=False: the chunks are one list result
+                    value = list(value)
+                self.io_manager.save(task.run_id, task.task_name, task.task_result_id, value)
+                result_ids = [task.task_result_id]
+        except (Exception, SystemExit) as exc:  # a task calling sys.exit() fails, nothing more
+            return self._failed(task, exc, started_at, chunks)
+        finally:
+            if token is not None:
+                _output.reset(token)
+        return TaskOutcome(
+            task.task_name,
+            task.instance,
+            True,
+            result_ids,
+            started_at,
+            time.time() - started_at,
+            None,
+            None,
+            capture.joined(chunks) if chunks else "",
+        )
+
+    async def execute_async(
+        self, task: ExecutableTask, on_chunk: ChunkCallback | None = None
+    ) -> TaskOutcome:
+        """Run an async task (coroutine or async generator) to its outcome; never raises
+        except `asyncio.CancelledError`, so timeouts and cancellation reach the caller."""
+        started_at = time.time()
+        chunks: list[str] = []
+        token = _output.set(chunks) if self.capture_output else None
+        try:
+            kwargs = self._load_inputs(task)
+            meta = task.metadata
+            if meta.is_generator and not meta.stream_output:
+                value = [chunk async for chunk in meta.func(**kwargs)]
+                result_ids = [self._save(task, task.task_result_id, value)]
+            elif meta.is_generator:
+                result_ids = []
+                base = task.task_result_id
+                async for chunk in meta.func(**kwargs):
+                    rid = self._save(task, chunk_result_id(base, len(result_ids)), chunk)
+                    result_ids.append(rid)
+                    if on_chunk is not None:
+                        on_chunk(rid)
+                self._save(task, manifest_result_id(base), result_ids)
+            else:
+                value = await meta.func(**kwargs)
+                result_ids = [self._save(task, task.task_result_id, value)]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed(task, exc, started_at, chunks)
+        finally:
+            if token is not None:
+                _output.reset(token)
+        return TaskOutcome(
+            task.task_name,
+            task.instance,
+            True,
+            result_ids,
+            started_at,
+            time.time() - started_at,
+            output=capture.joined(chunks),
+        )
+
+    def _load_inputs(self, task: ExecutableTask) -> dict[str, Any]:
+        kwargs = dict(task.params) if task.params else {}
+        if task.inputs:
+            load = self.io_manager.load
+            run_id = task.run_id
+            for parameter, (upstream, result_id) in task.inputs.items():
+                if isinstance(result_id, tuple):
+                    kwargs[parameter] = [load(run_id, upstream, rid) for rid in result_id]
+                else:
+                    kwargs[parameter] = load(run_id, upstream, result_id)
+        return kwargs
+
+    def _save(self, task: ExecutableTask, result_id: str, value: Any) -> str:
+        self.io_manager.save(task.run_id, task.task_name, result_id, value)
+        return result_id
+
+    def _drain(
+        self, task: ExecutableTask, generator: Any, on_chunk: ChunkCallback | None
+    ) -> list[str]:
+        result_ids: list[str] = []
+        base = task.task_result_id
+        for chunk in generator:
+            rid = self._save(task, chunk_result_id(base, len(result_ids)), chunk)
+            result_ids.append(rid)
+            if on_chunk is not None:
+                on_chunk(rid)
+        self._save(task, manifest_result_id(base), result_ids)
+        return result_ids
+
+    def _failed(
+        self,
+        task: ExecutableTask,
+        exc: BaseException,
+        started_at: float,
+        chunks: list[str],
+    ) -> TaskOutcome:
+        return TaskOutcome(
+            task.task_name,
+            task.instance,
+            False,
+            [],
+            started_at,
+            time.time() - started_at,
+            error=format_error(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            output=capture.joined(chunks),
+            # an unpicklable result fails the same way every time: retrying only wastes time
+            retryable=not isinstance(exc, SerializationError),
+        )
+
+
+def format_error(exc: BaseException) -> str:
+    """One line naming the exception: `ValueError: bad row 3`."""
+    if isinstance(exc, DPError):
+        return f"{type(exc).__name__}: {exc}"
+    text = str(exc)
+    name = type(exc).__qualname__
+    return f"{name}: {text}" if text else name

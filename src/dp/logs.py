@@ -1,0 +1,69 @@
+"""Structured logging: library code logs through `get_logger`, applications call
+`configure_logging` once (the CLI and the service do) to pick JSON or human output.
+
+dp's loggers are structlog wrappers around the stdlib `logging` tree under "dp", so an
+application that never configures anything only sees warnings, as with any library.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+_PRE_CHAIN: list[Any] = [
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def get_logger(name: str = "dp", **bound: Any) -> Any:
+    """A structlog logger writing to stdlib logger `name`, with `bound` context attached."""
+    logger = structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_PRE_CHAIN,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    return logger.bind(**bound) if bound else logger
+
+
+def configure_logging(
+    *, level: str | int = "INFO", json: bool | None = None, stream: TextIO | None = None
+) -> None:
+    """Send dp's logs to `stream` (stderr): JSON lines, or readable lines on a terminal.
+
+    Args:
+        level: the lowest level shown.
+        json: force JSON (True) or console (False) rendering; default: JSON unless a terminal.
+        stream: where to write.
+    """
+    stream = stream or sys.stderr
+    if json is None:
+        json = not stream.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=_PRE_CHAIN)
+    )
+    handler.set_name("dp")
+    root = logging.getLogger("dp")
+    for old in [h for h in root.handlers if h.get_name() == "dp"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    root.propagate = False
