@@ -1,11 +1,11 @@
 """Helpers for testing pipelines: run a plan inline, in memory, in one call.
 
-    from dp.testing import run_inline
+from dp.testing import run_inline
 
-    def test_my_pipeline():
-        result = run_inline(registry=my_registry, params={"day": "2026-01-01"})
-        assert result.ok
-        assert result.value("report") == "..."
+def test_my_pipeline():
+    result = run_inline(registry=my_registry, params={"day": "2026-01-01"})
+    assert result.ok
+    assert result.value("report") == "..."
 """
 
 from __future__ import annotations
@@ -36,14 +36,13 @@ def plan_for(
 class InlineRun(RunResult):
     """A `RunResult` that can also hand back the values the tasks returned."""
 
-    __slots__ = ("io_manager",)
+    __slots__ = ("io_manager", "plan")
 
     def value(self, task_name: str, instance: str = "") -> Any:
         """The value a task returned (a streaming task: the list of its chunks)."""
         result = self.task(task_name, instance)
         values = [self.io_manager.load(self.run_id, task_name, rid) for rid in result.result_ids]
-        meta_streams = len(result.result_ids) != 1 or result.result_ids[0] != "output"
-        return values if meta_streams else values[0]
+        return values if self.plan.tasks[task_name].stream_output else values[0]
 
     def values(self, task_name: str) -> list[Any]:
         """The values of every instance of a task mapped over a stream, in stream order."""
@@ -74,6 +73,7 @@ def run_inline(
         error=result.error,
     )
     inline.io_manager = io
+    inline.plan = plan
     return inline
 
 

@@ -228,6 +228,48 @@ class Orchestrator:
         finally:
             self._release_slot()
 
+    async def resume_pipeline(self, run_id: str, *, plan: ExecutionPlan | None = None) -> RunResult:
+        """Finish an interrupted run: tasks whose results are stored are not executed again.
+
+        The plan is rebuilt from the run's recorded task file and selection unless given; it
+        must have the run's `dag_id` (the same tasks and edges).
+
+        Raises:
+            RunNotFoundError: no such run in the store.
+            ResumeError: the run finished, is still running, or its tasks changed.
+        """
+        if self.store is None:
+            raise ResumeError(run_id, "this orchestrator has no run store to resume from")
+        record = await asyncio.to_thread(self.store.get_run, run_id)
+        if record.status in _FINISHED:
+            raise ResumeError(
+                run_id, f"it already {record.status.value}; start a new run to run it again"
+            )
+        owner = (record.metadata or {}).get("owner") or {}
+        if (
+            record.status == RunStatus.RUNNING
+            and owner.get("host") == socket.gethostname()
+            and owner.get("pid") != os.getpid()
+            and _pid_alive(owner.get("pid"))
+        ):
+            raise ResumeError(run_id, f"it is still running in process {owner['pid']}")
+        if plan is None:
+            plan = _plan_from_record(record)
+        if plan.dag_id != record.dag_id:
+            raise ResumeError(
+                run_id,
+                f"its tasks changed since it started (dag_id {record.dag_id} is now "
+                f"{plan.dag_id}); start a new run",
+            )
+        return await self.start_pipeline(
+            plan,
+            record.params,
+            run_id=run_id,
+            metadata=record.metadata,
+            trigger=record.trigger,
+            resume=True,
+        )
+
     def run(
         self, plan: ExecutionPlan, params: Mapping[str, Any] | None = None, **options: Any
     ) -> RunResult:

@@ -231,7 +231,9 @@ class ProcessExecutor:
                 flight.timer.cancel()
             if slot.timed_out is not None and slot.timed_out[0] == handle:
                 note = "; its worker process was killed and replaced"
-                flight.sink.on_done(flight.task, timeout_outcome(flight.task, slot.timed_out[1], note))
+                flight.sink.on_done(
+                    flight.task, timeout_outcome(flight.task, slot.timed_out[1], note)
+                )
             elif position == 0 and slot.timed_out is None:
                 # completions arrive in order, so the oldest unfinished task was running
                 flight.sink.on_done(
@@ -401,7 +403,9 @@ def _worker_main(
             if meta is None:
                 meta = resolved[import_path] = _resolve(import_path)
             if isinstance(meta, str):  # the import failed: say so, do not retry
-                outcome = TaskOutcome(name, instance, False, [], time.time(), 0.0, meta, None, "", False)
+                outcome = TaskOutcome(
+                    name, instance, False, [], time.time(), 0.0, meta, None, "", False
+                )
                 send((_DONE, handle, astuple(outcome)), last)
                 continue
             if timed:

@@ -1,0 +1,613 @@
+"""The execution engine: orchestrator, resolver, inline and in-process executors."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dp import MissingRunParameterError, TaskRegistry, task
+from dp.engine import Orchestrator, RunResult, TooManyPipelinesError
+from dp.engine.orchestrator import ResumeError
+from dp.errors import InvalidRunParameterError, RunNotFoundError
+from dp.io import FilesystemIOManager, InMemoryIOManager
+from dp.store import MemoryRunStore, RunStatus, TaskStatus
+from dp.testing import plan_for, run_inline
+
+EXECUTORS = ["inline", "inprocess"]
+#: how long a test waits for something that must happen before it gives up (never reached
+#: when the engine works; it turns a would-be deadlock into a clear failure)
+PATIENCE = 10.0
+
+
+@pytest.fixture
+def registry() -> TaskRegistry:
+    return TaskRegistry()
+
+
+def run(
+    registry: TaskRegistry, executor: str = "inline", params: Any = None, **options: Any
+) -> RunResult:
+    options.setdefault("io_manager", InMemoryIOManager())
+    return Orchestrator(executor=executor, **options).run(plan_for(registry), params)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_results_flow_along_data_edges(registry: TaskRegistry, executor: str) -> None:
+    """Each task receives its upstreams' results and its own run parameters."""
+
+    @task(registry=registry)
+    def extract(n: int) -> list[int]:
+        return list(range(n))
+
+    @task(registry=registry, dependencies=["extract"])
+    def double(extract: list[int]) -> list[int]:
+        return [x * 2 for x in extract]
+
+    @task(registry=registry, dependencies=["extract"])
+    async def count(extract: list[int]) -> int:
+        await asyncio.sleep(0)
+        return len(extract)
+
+    @task(registry=registry, dependencies=["double", "count"])
+    def report(double: list[int], count: int, label: str = "total") -> str:
+        return f"{label}: {sum(double)} over {count}"
+
+    io = InMemoryIOManager()
+    result = run(registry, executor, {"n": 4}, io_manager=io)
+    assert result.status == RunStatus.SUCCEEDED
+    assert io.load(result.run_id, "report", "output") == "total: 12 over 4"
+    assert {name: t.status for (name, _), t in result.tasks.items()} == {
+        "extract": TaskStatus.SUCCEEDED,
+        "count": TaskStatus.SUCCEEDED,
+        "double": TaskStatus.SUCCEEDED,
+        "report": TaskStatus.SUCCEEDED,
+    }
+    assert all(t.attempts == 1 and t.duration is not None for t in result.tasks.values())
+
+
+def test_missing_run_parameter_fails_before_anything_runs(registry: TaskRegistry) -> None:
+    """A missing required parameter is reported up front, and no task executes."""
+    calls: list[str] = []
+
+    @task(registry=registry)
+    def first() -> None:
+        calls.append("first")
+
+    @task(registry=registry, dependencies=["first"])
+    def second(day: str) -> None:
+        calls.append("second")
+
+    with pytest.raises(MissingRunParameterError, match="'day' \\(needed by 'second'\\)"):
+        run(registry)
+    assert calls == []
+
+
+def test_run_parameter_of_wrong_type_is_rejected(registry: TaskRegistry) -> None:
+    """A value that does not fit the declared type names the parameter, type and task."""
+
+    @task(registry=registry)
+    def load(limit: int) -> int:
+        return limit
+
+    with pytest.raises(InvalidRunParameterError, match="'limit' = 'ten' is not a valid int"):
+        run(registry, params={"limit": "ten"})
+    assert run_inline(registry=registry, params={"limit": "10"}).value("load") == 10
+
+
+def test_task_starts_when_its_own_upstreams_finish(registry: TaskRegistry) -> None:
+    """A task does not wait for its whole level: here 'slow' can only finish after 'b2' ran."""
+    b2_ran = threading.Event()
+
+    @task(registry=registry)
+    def slow() -> str:
+        assert b2_ran.wait(PATIENCE), "b2 did not start while slow was running"
+        return "slow"
+
+    @task(registry=registry)
+    def b1() -> int:
+        return 1
+
+    @task(registry=registry, dependencies=["b1"])
+    def b2(b1: int) -> int:
+        b2_ran.set()
+        return b1 + 1
+
+    @task(registry=registry, dependencies=["slow", "b2"])
+    def join(slow: str, b2: int) -> str:
+        return f"{slow}{b2}"
+
+    result = run(registry, "inprocess")
+    assert result.ok, result.error
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_chunk_consumer_runs_while_stream_is_still_producing(
+    registry: TaskRegistry, asynchronous: bool
+) -> None:
+    """A T-typed consumer handles chunk 0 before the producer yields chunk 1 (else: deadlock)."""
+    seen: list[int] = []
+    first_chunk_handled = threading.Event()
+
+    if asynchronous:
+
+        @task(registry=registry, name="numbers")
+        async def numbers_async() -> AsyncIterator[int]:
+            yield 0
+            for _ in range(int(PATIENCE * 100)):
+                if first_chunk_handled.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            assert first_chunk_handled.is_set(), "chunk 0 was not consumed during the stream"
+            yield 1
+
+    else:
+
+        @task(registry=registry, name="numbers")
+        def numbers_sync() -> Iterator[int]:
+            yield 0
+            assert first_chunk_handled.wait(PATIENCE), "chunk 0 was not consumed during the stream"
+            yield 1
+
+    @task(registry=registry, dependencies=["numbers"])
+    def square(numbers: int) -> int:
+        seen.append(numbers)
+        first_chunk_handled.set()
+        return numbers * numbers
+
+    @task(registry=registry, dependencies=["square"])
+    def total(square: list[int]) -> int:
+        return sum(square)
+
+    io = InMemoryIOManager()
+    result = run(registry, "inprocess", io_manager=io)
+    assert result.ok, result.error
+    assert seen == [0, 1]
+    assert [r.instance for r in result.instances("square")] == ["chunk-000000", "chunk-000001"]
+    assert io.load(result.run_id, "total", "output") == 1
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_list_parameter_collects_every_chunk_after_the_stream(
+    registry: TaskRegistry, executor: str
+) -> None:
+    """A list[T] parameter receives all chunks, in order, once the stream has finished."""
+
+    @task(registry=registry)
+    def pages() -> Iterator[str]:
+        yield from ["a", "b", "c"]
+
+    @task(registry=registry, dependencies=["pages"])
+    def book(pages: list[str]) -> str:
+        return "".join(pages)
+
+    io = InMemoryIOManager()
+    result = run(registry, executor, io_manager=io)
+    assert result.task("pages").result_ids == ["chunk-000000", "chunk-000001", "chunk-000002"]
+    assert io.load(result.run_id, "book", "output") == "abc"
+    assert io.load(result.run_id, "pages", "chunk-000001") == "b"
+
+
+def test_each_chunk_is_saved_as_it_is_produced(registry: TaskRegistry) -> None:
+    """The producer can see its earlier chunks in the IO manager before it finishes."""
+    io = InMemoryIOManager()
+    stored_before_second: list[bool] = []
+
+    @task(registry=registry)
+    def producer() -> Iterator[int]:
+        yield 1
+        stored_before_second.append(bool(io.list_runs()))
+        yield 2
+
+    run(registry, "inline", io_manager=io)
+    assert stored_before_second == [True]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_retries_with_backoff_until_success(registry: TaskRegistry, executor: str) -> None:
+    """A task failing twice with max_retries=2 succeeds on its third attempt."""
+    attempts: list[float] = []
+
+    @task(registry=registry, max_retries=2, retry_delay=0.01)
+    def flaky() -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise ConnectionError("database busy")
+        return "ok"
+
+    result = run(registry, executor)
+    assert result.ok
+    assert result.task("flaky").attempts == 3
+    assert result.task("flaky").error is None
+
+
+def test_exhausted_retries_fail_the_run_and_cancel_the_rest(registry: TaskRegistry) -> None:
+    """After its last attempt a failing task fails the run; tasks after it never start."""
+
+    @task(registry=registry, max_retries=1)
+    def broken() -> int:
+        raise ValueError("bad row 3")
+
+    @task(registry=registry, dependencies=["broken"])
+    def after(broken: int) -> int:
+        return broken
+
+    result = run(registry)
+    assert result.status == RunStatus.FAILED
+    assert result.task("broken").attempts == 2
+    assert result.task("broken").error == "ValueError: bad row 3"
+    assert "raise ValueError" in (result.task("broken").traceback or "")
+    assert result.task("after").status == TaskStatus.CANCELLED
+    assert result.error == "task 'broken' failed: ValueError: bad row 3"
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_async_task_past_its_timeout_is_cancelled(registry: TaskRegistry, executor: str) -> None:
+    """An async task running past `timeout` is stopped and fails with a TimeoutError."""
+    finished: list[bool] = []
+
+    @task(registry=registry, timeout=0.2)
+    async def hangs() -> None:
+        await asyncio.sleep(PATIENCE)
+        finished.append(True)
+
+    result = run(registry, executor)
+    assert result.status == RunStatus.FAILED
+    assert "TimeoutError: task 'hangs' did not finish within 0.2s" in (
+        result.task("hangs").error or ""
+    )
+    assert finished == []
+
+
+def test_sync_task_past_its_timeout_fails_in_process(registry: TaskRegistry) -> None:
+    """In-process, a sync task past its timeout fails at once; the message says its thread lives on."""
+    release = threading.Event()
+
+    @task(registry=registry, timeout=0.2)
+    def blocks() -> None:
+        release.wait(PATIENCE)
+
+    try:
+        result = run(registry, "inprocess")
+    finally:
+        release.set()
+    error = result.task("blocks").error or ""
+    assert error.startswith("TimeoutError: task 'blocks' did not finish within 0.2s")
+    assert "thread cannot be stopped" in error
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_fail_safe_failure_skips_only_data_dependents(
+    registry: TaskRegistry, executor: str
+) -> None:
+    """Independent branches and control dependents finish; data dependents are skipped; partial."""
+
+    @task(registry=registry)
+    def source() -> int:
+        return 1
+
+    @task(registry=registry, dependencies=["source"], fail_safe=True)
+    def enrich(source: int) -> int:
+        raise RuntimeError("enrichment API down")
+
+    @task(registry=registry, dependencies=["enrich"])
+    def uses_enrichment(enrich: int) -> int:
+        return enrich
+
+    @task(registry=registry, dependencies=["uses_enrichment"])
+    def downstream_of_skipped() -> None: ...
+
+    @task(registry=registry, dependencies=["enrich"])
+    def cleanup() -> str:
+        return "cleaned"
+
+    @task(registry=registry, dependencies=["source"])
+    def independent(source: int) -> int:
+        return source + 1
+
+    result = run(registry, executor)
+    assert result.status == RunStatus.PARTIAL
+    assert result.statuses() == {
+        "source": TaskStatus.SUCCEEDED,
+        "enrich": TaskStatus.FAILED,
+        "uses_enrichment": TaskStatus.SKIPPED,
+        "downstream_of_skipped": TaskStatus.SKIPPED,
+        "cleanup": TaskStatus.SUCCEEDED,
+        "independent": TaskStatus.SUCCEEDED,
+    }
+
+
+def test_unpicklable_result_fails_without_retrying(registry: TaskRegistry, tmp_path: Path) -> None:
+    """A result the IO manager cannot pickle fails the task at once, naming it; nothing is written."""
+
+    @task(registry=registry, max_retries=3)
+    def makes_lock() -> Any:
+        return threading.Lock()
+
+    io = FilesystemIOManager(tmp_path)
+    result = run(registry, io_manager=io)
+    failed = result.task("makes_lock")
+    assert failed.status == TaskStatus.FAILED
+    assert failed.attempts == 1
+    assert "SerializationError" in (failed.error or "")
+    assert "'makes_lock'" in (failed.error or "")
+    assert not io.exists(result.run_id, "makes_lock", "output")
+
+
+def test_task_calling_sys_exit_only_fails_that_task(registry: TaskRegistry) -> None:
+    """sys.exit() inside a task is a task failure, not the end of the orchestrator."""
+
+    @task(registry=registry)
+    def quits() -> None:
+        raise SystemExit(4)
+
+    result = run(registry)
+    assert result.status == RunStatus.FAILED
+    assert result.task("quits").error == "SystemExit: 4"
+
+
+def test_output_is_captured_per_task_even_in_parallel_threads(registry: TaskRegistry) -> None:
+    """What each task prints is kept with that task, not mixed with tasks running beside it."""
+    barrier = threading.Barrier(2, timeout=PATIENCE)
+
+    @task(registry=registry)
+    def left() -> None:
+        print("left says hi")
+        barrier.wait()
+        print("left done")
+
+    @task(registry=registry)
+    def right() -> None:
+        print("right says hi")
+        barrier.wait()
+
+    result = run(registry, "inprocess")
+    assert result.task("left").output == "left says hi\nleft done\n"
+    assert result.task("right").output == "right says hi\n"
+
+
+def test_parallel_task_limit_is_respected(registry: TaskRegistry) -> None:
+    """No more than max_parallel_tasks tasks of a run execute at the same time."""
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    def body() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+
+    for i in range(8):
+        task(name=f"work_{i}", registry=registry)(body)
+    result = run(registry, "inprocess", max_parallel_tasks=3)
+    assert result.ok
+    assert 1 < peak <= 3
+
+
+async def test_runs_beyond_the_wait_queue_are_refused(registry: TaskRegistry) -> None:
+    """With 1 run executing and 1 waiting allowed, a third concurrent run is refused clearly."""
+    gate = asyncio.Event()
+
+    @task(registry=registry)
+    async def wait_for_gate() -> None:
+        await gate.wait()
+
+    orchestrator = Orchestrator(
+        io_manager=InMemoryIOManager(),
+        executor="inprocess",
+        max_concurrent_pipelines=1,
+        max_queued_pipelines=1,
+    )
+    plan = plan_for(registry)
+    first = asyncio.create_task(orchestrator.start_pipeline(plan))
+    second = asyncio.create_task(orchestrator.start_pipeline(plan))
+    while orchestrator.queued_pipelines < 1:
+        await asyncio.sleep(0.001)
+    assert orchestrator.active_pipelines == 1
+    with pytest.raises(TooManyPipelinesError, match="1 pipelines are running and 1 are waiting"):
+        await orchestrator.start_pipeline(plan)
+    gate.set()
+    assert (await first).ok and (await second).ok
+    assert orchestrator.active_pipelines == 0
+    await orchestrator.shutdown()
+
+
+def test_runs_and_task_runs_are_recorded(registry: TaskRegistry) -> None:
+    """The store holds the run (status, params, dag_id, owner) and every task run."""
+
+    @task(registry=registry)
+    def extract(day: str) -> str:
+        print("extracting", day)
+        return day
+
+    @task(registry=registry, dependencies=["extract"])
+    def load(extract: str) -> None: ...
+
+    store = MemoryRunStore()
+    result = run(registry, params={"day": "2026-11-22"}, store=store)
+    record = store.get_run(result.run_id)
+    assert record.status == RunStatus.SUCCEEDED
+    assert record.params == {"day": "2026-11-22"}
+    assert record.dag_id == result.dag_id
+    assert record.started_at is not None and record.finished_at is not None
+    assert "owner" in record.metadata
+    rows = {r.task_name: r for r in store.get_task_runs(result.run_id)}
+    assert rows["extract"].status == TaskStatus.SUCCEEDED
+    assert rows["extract"].output == "extracting 2026-11-22\n"
+    assert rows["extract"].result_ids == ["output"]
+    assert rows["load"].attempt == 1
+
+
+class Recorder:
+    """A RunListener that remembers what it was told (and must accept unknown arguments)."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_run_start(self, *, context: Any, **_: Any) -> None:
+        self.events.append("start")
+
+    def on_task_update(self, *, task: Any, **_: Any) -> None:
+        self.events.append(f"{task.task_name}:{task.status.value}")
+
+    def on_run_end(self, *, result: RunResult, **_: Any) -> None:
+        self.events.append(f"end:{result.status.value}")
+
+
+def test_listeners_see_run_and_task_changes(registry: TaskRegistry) -> None:
+    """Listeners hear the run start, each task start and finish, and the run end."""
+
+    @task(registry=registry)
+    def only() -> None: ...
+
+    listener = Recorder()
+    run(registry, listeners=[listener])
+    assert listener.events[0] == "start"
+    assert "only:running" in listener.events and "only:succeeded" in listener.events
+    assert listener.events[-1] == "end:succeeded"
+
+
+def test_a_failing_listener_does_not_break_the_run(registry: TaskRegistry) -> None:
+    """A listener raising is logged and ignored."""
+
+    class Broken:
+        def on_run_start(self, **_: Any) -> None:
+            raise RuntimeError("listener bug")
+
+        def on_task_update(self, **_: Any) -> None:
+            raise RuntimeError("listener bug")
+
+        def on_run_end(self, **_: Any) -> None:
+            raise RuntimeError("listener bug")
+
+    @task(registry=registry)
+    def only() -> int:
+        return 1
+
+    assert run(registry, listeners=[Broken()]).ok
+
+
+def test_mapped_task_values_follow_the_stream(registry: TaskRegistry) -> None:
+    """dp.testing hands back per-chunk values of a mapped task in stream order."""
+
+    @task(registry=registry)
+    def words() -> Iterator[str]:
+        yield from ["a", "bb", "ccc"]
+
+    @task(registry=registry, dependencies=["words"])
+    def length(words: str) -> int:
+        return len(words)
+
+    result = run_inline(registry=registry)
+    assert result.values("length") == [1, 2, 3]
+    assert result.value("words") == ["a", "bb", "ccc"]
+
+
+async def test_interrupted_run_resumes_without_redoing_finished_tasks(
+    registry: TaskRegistry, tmp_path: Path
+) -> None:
+    """Cancelling a run leaves it interrupted; resuming runs only what has no stored result."""
+    executions: list[str] = []
+    block = asyncio.Event()
+
+    @task(registry=registry)
+    def first() -> int:
+        executions.append("first")
+        return 1
+
+    @task(registry=registry)
+    def stream() -> Iterator[int]:
+        executions.append("stream")
+        yield from (1, 2)
+
+    @task(registry=registry, dependencies=["first", "stream"])
+    async def second(first: int, stream: list[int]) -> int:
+        executions.append("second")
+        if not block.is_set():
+            await asyncio.sleep(PATIENCE)  # stuck until the run is interrupted
+        return first + sum(stream)
+
+    store = MemoryRunStore()
+    io = FilesystemIOManager(tmp_path)
+    orchestrator = Orchestrator(io_manager=io, store=store, executor="inprocess")
+    plan = plan_for(registry)
+    running = asyncio.create_task(orchestrator.start_pipeline(plan, run_id="resume-me"))
+    while "second" not in executions:
+        await asyncio.sleep(0.005)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert store.get_run("resume-me").status == RunStatus.INTERRUPTED
+
+    block.set()
+    result = await orchestrator.resume_pipeline("resume-me", plan=plan)
+    await orchestrator.shutdown()
+    assert result.ok
+    assert executions == ["first", "stream", "second", "second"]
+    assert io.load("resume-me", "second", "output") == 4
+    assert store.get_run("resume-me").status == RunStatus.SUCCEEDED
+
+
+async def test_resume_refuses_unknown_finished_and_changed_runs(registry: TaskRegistry) -> None:
+    """Resuming needs a recorded, unfinished run whose tasks did not change."""
+
+    @task(registry=registry)
+    def only() -> int:
+        return 1
+
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
+    plan = plan_for(registry)
+    with pytest.raises(RunNotFoundError, match="'nope'"):
+        await orchestrator.resume_pipeline("nope", plan=plan)
+    done = await orchestrator.start_pipeline(plan)
+    with pytest.raises(ResumeError, match="it already succeeded"):
+        await orchestrator.resume_pipeline(done.run_id, plan=plan)
+    store.update_run(done.run_id, status=RunStatus.INTERRUPTED)
+
+    @task(registry=registry, dependencies=["only"])
+    def added() -> None: ...
+
+    with pytest.raises(ResumeError, match="its tasks changed since it started"):
+        await orchestrator.resume_pipeline(done.run_id, plan=plan_for(registry))
+    await orchestrator.shutdown()
+
+
+def test_run_result_is_small_to_print(registry: TaskRegistry) -> None:
+    """repr(RunResult) stays one short line whatever the run's size."""
+    for i in range(50):
+        task(name=f"t{i}", registry=registry)(lambda: None)
+    text = repr(run(registry))
+    assert text.startswith("RunResult(run_id=") and "tasks=50" in text and len(text) < 120
+
+
+def test_executable_task_carries_references_not_data(registry: TaskRegistry) -> None:
+    """What a worker receives names upstream results; it does not contain them."""
+    from dp.engine import TaskDependencyResolver
+
+    @task(registry=registry)
+    def big() -> bytes:
+        return b"x" * 1_000_000
+
+    @task(registry=registry, dependencies=["big"])
+    def size(big: bytes) -> int:
+        return len(big)
+
+    resolver = TaskDependencyResolver(plan_for(registry), "run-1")
+    resolver.start()
+    resolver.succeeded("big", "", ["output"])
+    ready = resolver.ready.popleft()
+    assert ready.task_name == "big" or ready.task_name == "size"
+    (next_task,) = [t for t in [ready, *resolver.ready] if t.task_name == "size"]
+    assert next_task.inputs == {"big": ("big", "output")}
+    assert len(pickle.dumps((next_task.run_id, next_task.inputs))) < 200
