@@ -1,0 +1,205 @@
+"""`MemoryRunStore`: the run store in a few dicts, for tests and throwaway runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from dp.errors import DuplicateRunError, RunNotFoundError
+from dp.store.records import (
+    RunRecord,
+    RunStatus,
+    TaskRunRecord,
+    TaskStatus,
+    _as_utc,
+    _check_page,
+    _check_run_id,
+    _not_json_error,
+    _status_filter,
+)
+
+__all__ = ["MemoryRunStore"]
+
+_TaskKey = tuple[str, str]  # (task_name, instance)
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+class MemoryRunStore:
+    """A `RunStore` held in memory; nothing survives the process.
+
+    It keeps the same contract as `SQLRunStore`, down to storing the dict fields as JSON
+    (tuples come back as lists), so tests written against it hold for the real store.
+    Records are copied in and out: changing one never changes what is stored.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, RunRecord] = {}
+        self._events: dict[str, str] = {}  # event id -> run id
+        self._tasks: dict[str, dict[_TaskKey, TaskRunRecord]] = {}
+
+    def create_run(self, record: RunRecord) -> None:
+        """Record a new run; see `RunStore.create_run`."""
+        _check_run_id(record.run_id)
+        stored = _copy_run(record)
+        with self._lock:
+            if record.event_id is not None and record.event_id in self._events:
+                raise DuplicateRunError(self._events[record.event_id], record.event_id)
+            if record.run_id in self._runs:
+                raise DuplicateRunError(record.run_id)
+            self._runs[record.run_id] = stored
+            self._tasks[record.run_id] = {}
+            if record.event_id is not None:
+                self._events[record.event_id] = record.run_id
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Change the given fields of a run; see `RunStore.update_run`."""
+        _check_run_id(run_id)
+        new_metadata = None if metadata is None else _json_copy(metadata)
+        with self._lock:
+            run = self._get(run_id)
+            if status is not None:
+                run.status = RunStatus(status)
+            if started_at is not None:
+                run.started_at = _as_utc(started_at)
+            if finished_at is not None:
+                run.finished_at = _as_utc(finished_at)
+            if error is not None:
+                run.error = error
+            if new_metadata is not None:
+                run.metadata = new_metadata
+
+    def save_task_runs(self, records: Sequence[TaskRunRecord]) -> None:
+        """Insert or replace task runs in one step; see `RunStore.save_task_runs`."""
+        copies = [_copy_task_run(r) for r in records]
+        for record in copies:
+            _check_run_id(record.run_id)
+        with self._lock:
+            # Check every run first, so that a bad batch saves nothing, like a rolled-back one.
+            for record in copies:
+                self._get(record.run_id)
+            for record in copies:
+                self._tasks[record.run_id][record.task_name, record.instance] = record
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Return a copy of a run; see `RunStore.get_run`."""
+        _check_run_id(run_id)
+        with self._lock:
+            return _copy_run(self._get(run_id))
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        pipeline: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Return copies of runs, newest first; see `RunStore.list_runs`."""
+        _check_page(limit, offset)
+        with self._lock:
+            runs = self._matching(status, pipeline)
+            runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+            return [_copy_run(r) for r in runs[offset : offset + limit]]
+
+    def count_runs(
+        self, *, status: RunStatus | Sequence[RunStatus] | None = None, pipeline: str | None = None
+    ) -> int:
+        """Return how many runs match; see `RunStore.count_runs`."""
+        with self._lock:
+            return len(self._matching(status, pipeline))
+
+    def find_run_by_event(self, event_id: str) -> RunRecord | None:
+        """Return a copy of the run the event started, or `None`."""
+        with self._lock:
+            run_id = self._events.get(event_id)
+            return None if run_id is None else _copy_run(self._runs[run_id])
+
+    def get_task_runs(self, run_id: str) -> list[TaskRunRecord]:
+        """Return copies of a run's task runs in order; see `RunStore.get_task_runs`."""
+        _check_run_id(run_id)
+        with self._lock:
+            self._get(run_id)
+            tasks = [_copy_task_run(t) for t in self._tasks[run_id].values()]
+        tasks.sort(key=_task_order)
+        return tasks
+
+    def delete_run(self, run_id: str) -> None:
+        """Forget a run and its task runs; see `RunStore.delete_run`."""
+        _check_run_id(run_id)
+        with self._lock:
+            run = self._get(run_id)
+            del self._runs[run_id], self._tasks[run_id]
+            if run.event_id is not None:
+                del self._events[run.event_id]
+
+    def close(self) -> None:
+        """Nothing to release; present to satisfy `RunStore`."""
+
+    def _get(self, run_id: str) -> RunRecord:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise RunNotFoundError(run_id) from None
+
+    def _matching(
+        self, status: RunStatus | Sequence[RunStatus] | None, pipeline: str | None
+    ) -> list[RunRecord]:
+        statuses = _status_filter(status)
+        return [
+            r
+            for r in self._runs.values()
+            if (statuses is None or r.status in statuses)
+            and (pipeline is None or r.pipeline == pipeline)
+        ]
+
+
+def _task_order(task: TaskRunRecord) -> tuple[bool, datetime, str, str]:
+    # Unstarted tasks sort last, as `ORDER BY started_at NULLS LAST` does in SQL.
+    started = task.started_at
+    return (started is None, started or _NEVER, task.task_name, task.instance)
+
+
+def _json_copy(value: Any) -> Any:
+    # A JSON round trip both deep-copies and gives exactly what the SQL store would return.
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise _not_json_error(value, exc) from None
+
+
+def _copy_run(record: RunRecord) -> RunRecord:
+    return dataclasses.replace(
+        record,
+        selection=_json_copy(record.selection),
+        params=_json_copy(record.params),
+        status=RunStatus(record.status),
+        created_at=_as_utc(record.created_at),
+        started_at=_as_utc(record.started_at),
+        finished_at=_as_utc(record.finished_at),
+        metadata=_json_copy(record.metadata),
+        plan=_json_copy(record.plan),
+    )
+
+
+def _copy_task_run(record: TaskRunRecord) -> TaskRunRecord:
+    return dataclasses.replace(
+        record,
+        status=TaskStatus(record.status),
+        started_at=_as_utc(record.started_at),
+        finished_at=_as_utc(record.finished_at),
+        result_ids=_json_copy(record.result_ids),
+    )

@@ -1,0 +1,525 @@
+"""`SQLRunStore`: the run store on SQLAlchemy Core, in SQLite by default or PostgreSQL by URL.
+
+SQLite runs in WAL mode so readers (the UI, `dp runs list`) never block the engine's writer,
+and with `synchronous=NORMAL`, so a commit costs no fsync; a machine crash can lose the last
+few commits but never corrupts the file. Writers take the lock up front (`BEGIN IMMEDIATE`)
+and wait up to `busy_timeout` for it, so several threads and processes can share one file.
+
+The schema is versioned in `dp_meta`. Opening a store created by an older dp runs
+`MIGRATIONS` up to `SCHEMA_VERSION`; opening one created by a newer dp fails with advice to
+upgrade, rather than writing rows that dp would misread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dp.errors import DuplicateRunError, RunNotFoundError, StoreError
+from dp.store.records import (
+    RunRecord,
+    RunStatus,
+    TaskRunRecord,
+    TaskStatus,
+    _as_utc,
+    _check_page,
+    _check_run_id,
+    _not_json_error,
+    _status_filter,
+)
+
+__all__ = ["DEFAULT_PATH", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "SQLRunStore"]
+
+#: Where the run store lives when neither a URL nor a path is given, relative to the cwd.
+DEFAULT_PATH = Path(".dp") / "runs.db"
+#: The schema version this code reads and writes.
+SCHEMA_VERSION = 1
+Migration = Callable[[sa.Connection], None]
+#: `MIGRATIONS[n]` upgrades a version-`n` schema to `n + 1`, inside the transaction that opens
+#: the store. A new store gets the current tables directly, so there is none for version 1 yet.
+MIGRATIONS: dict[int, Migration] = {}
+
+_SUPPORTED = ("postgresql", "sqlite")
+_BUSY_TIMEOUT_MS = 30_000
+_PG_SCHEMA_LOCK = 0x64705F72756E73  # any constant; serialises concurrent first opens
+_WRITE = "dp_write"  # execution option: this transaction writes, so BEGIN IMMEDIATE on SQLite
+
+
+# On SQLite a datetime is text in SQLAlchemy's own DATETIME format, `2025-03-01 09:30:00.000000`,
+# in UTC, so it sorts chronologically. `_UTCDateTime` formats it with `isoformat`, which costs
+# less than SQLAlchemy's formatter on the path that writes every task run, and this type only
+# names the column.
+class _SQLiteDateTimeText(sa.types.UserDefinedType[str]):
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "DATETIME"
+
+
+# Stored in UTC and returned UTC-aware on every database, also on SQLite, which keeps no zone.
+class _UTCDateTime(sa.types.TypeDecorator[datetime]):
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return _SQLiteDateTimeText()
+        return self.impl_instance
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        value = _as_utc(value)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value
+
+    def process_result_value(
+        self, value: datetime | str | None, dialect: sa.Dialect
+    ) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        return _as_utc(value)
+
+
+_metadata = sa.MetaData()
+
+_runs = sa.Table(
+    "dp_runs",
+    _metadata,
+    sa.Column("run_id", sa.String(200), primary_key=True),
+    sa.Column("dag_id", sa.String, nullable=False),
+    sa.Column("pipeline", sa.String, nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("selection", sa.JSON, nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("trigger", sa.String, nullable=False),
+    sa.Column("event_id", sa.String, nullable=True),
+    sa.Column("created_at", _UTCDateTime, nullable=False),
+    sa.Column("started_at", _UTCDateTime),
+    sa.Column("finished_at", _UTCDateTime),
+    sa.Column("error", sa.Text),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("plan", sa.JSON, nullable=False),
+    sa.Index("ix_dp_runs_status", "status"),
+    sa.Index("ix_dp_runs_pipeline", "pipeline"),
+    sa.Index("ix_dp_runs_created_at", "created_at"),
+    # NULLs never collide, so only runs started by an event are held to one per event.
+    sa.Index("ux_dp_runs_event_id", "event_id", unique=True),
+)
+
+_task_runs = sa.Table(
+    "dp_task_runs",
+    _metadata,
+    sa.Column(
+        "run_id",
+        sa.String(200),
+        sa.ForeignKey("dp_runs.run_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("task_name", sa.String, primary_key=True),
+    sa.Column("instance", sa.String, primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("started_at", _UTCDateTime),
+    sa.Column("finished_at", _UTCDateTime),
+    sa.Column("duration", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("traceback", sa.Text),
+    sa.Column("result_ids", sa.JSON, nullable=False),
+    sa.Column("output", sa.Text, nullable=False),
+)
+
+_meta = sa.Table(
+    "dp_meta",
+    _metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.String, nullable=False),
+)
+
+_TASK_KEY = ("run_id", "task_name", "instance")
+
+
+class SQLRunStore:
+    """A `RunStore` in a SQL database: SQLite by default, PostgreSQL by URL.
+
+    Args:
+        url: A SQLAlchemy URL, e.g. `postgresql+psycopg://dp@localhost/dp`; SQLite and
+            PostgreSQL are supported.
+        path: A SQLite file to use instead of a URL; its directory is created. With neither,
+            the store is `.dp/runs.db` under the current directory.
+        echo: Log every SQL statement (SQLAlchemy's `echo`).
+
+    Raises:
+        StoreError: The database is not SQLite or PostgreSQL, is an in-memory SQLite database,
+            or holds a schema written by a newer dp.
+
+    Example:
+        ```python
+        store = SQLRunStore(path="state/runs.db")
+        store.create_run(RunRecord("run_1", dag_id="sales"))
+        store.update_run("run_1", status=RunStatus.RUNNING)
+        ```
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        echo: bool = False,
+    ) -> None:
+        if url is not None and path is not None:
+            raise ValueError("pass SQLRunStore either a url or a path, not both")
+        if url is None:
+            file = Path(DEFAULT_PATH if path is None else path).absolute()
+            parsed = sa.URL.create("sqlite", database=str(file))
+        else:
+            parsed = sa.make_url(url)
+        backend = parsed.get_backend_name()
+        if backend not in _SUPPORTED:
+            raise StoreError(
+                f"the run store supports SQLite and PostgreSQL, not {backend!r} "
+                f"({parsed.render_as_string()}); use a sqlite:// or postgresql:// URL."
+            )
+        if backend == "sqlite":
+            _prepare_sqlite_file(parsed)
+        self._engine = sa.create_engine(parsed, echo=echo, json_serializer=_json_dumps)
+        if backend == "sqlite":
+            sa.event.listen(self._engine, "connect", _on_sqlite_connect)
+            sa.event.listen(self._engine, "begin", _on_sqlite_begin)
+        # Shares the pool; marks the transactions that write.
+        self._writer = self._engine.execution_options(**{_WRITE: True})
+        self._upsert_task_runs = _upsert_statement(backend)
+        _open_stores.add(self)
+        try:
+            self._open_schema()
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def url(self) -> str:
+        """The database URL, with any password masked."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"SQLRunStore({self.url!r})"
+
+    def create_run(self, record: RunRecord) -> None:
+        """Record a new run; see `RunStore.create_run`."""
+        _check_run_id(record.run_id)
+        row = _run_row(record)
+        try:
+            with self._writing() as conn:
+                conn.execute(_runs.insert(), row)
+        except sa.exc.IntegrityError as exc:
+            # The UNIQUE constraints decided, atomically across threads and processes; now
+            # find out which one, to name the run that holds it.
+            if record.event_id is not None:
+                owner = self.find_run_by_event(record.event_id)
+                if owner is not None:
+                    raise DuplicateRunError(owner.run_id, record.event_id) from None
+            if self._exists(record.run_id):
+                raise DuplicateRunError(record.run_id) from None
+            raise StoreError(f"could not record run {record.run_id!r}: {exc.orig}") from exc
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Change the given fields of a run; see `RunStore.update_run`."""
+        _check_run_id(run_id)
+        given = {
+            "status": None if status is None else RunStatus(status).value,
+            "started_at": started_at,
+            "finished_at": finished_at,
+            "error": error,
+            "metadata": metadata,
+        }
+        values = {name: value for name, value in given.items() if value is not None}
+        if not values:
+            if not self._exists(run_id):
+                raise RunNotFoundError(run_id)
+            return
+        statement = _runs.update().where(_runs.c.run_id == run_id).values(values)
+        with self._writing() as conn:
+            updated = conn.execute(statement).rowcount
+        if updated == 0:
+            raise RunNotFoundError(run_id)
+
+    def save_task_runs(self, records: Sequence[TaskRunRecord]) -> None:
+        """Insert or replace task runs in one transaction; see `RunStore.save_task_runs`."""
+        # PostgreSQL refuses to upsert one key twice in a statement; the later record wins.
+        latest = {(r.run_id, r.task_name, r.instance): r for r in records}
+        rows = [_task_row(r) for r in latest.values()]
+        if not rows:
+            return
+        try:
+            with self._writing() as conn:
+                conn.execute(self._upsert_task_runs, rows)
+        except sa.exc.IntegrityError as exc:
+            for run_id in dict.fromkeys(row["run_id"] for row in rows):
+                if not self._exists(run_id):
+                    raise RunNotFoundError(run_id) from None
+            raise StoreError(f"could not save task runs: {exc.orig}") from exc
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """Return a run; see `RunStore.get_run`."""
+        _check_run_id(run_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(_runs).where(_runs.c.run_id == run_id)).one_or_none()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        return _run_record(row)
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        pipeline: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Return runs newest first; see `RunStore.list_runs`."""
+        _check_page(limit, offset)
+        query = (
+            _filtered(sa.select(_runs), status, pipeline)
+            .order_by(_runs.c.created_at.desc(), _runs.c.run_id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._engine.connect() as conn:
+            return [_run_record(row) for row in conn.execute(query)]
+
+    def count_runs(
+        self, *, status: RunStatus | Sequence[RunStatus] | None = None, pipeline: str | None = None
+    ) -> int:
+        """Return how many runs match; see `RunStore.count_runs`."""
+        query = _filtered(sa.select(sa.func.count()).select_from(_runs), status, pipeline)
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def find_run_by_event(self, event_id: str) -> RunRecord | None:
+        """Return the run the event started, or `None`."""
+        query = sa.select(_runs).where(_runs.c.event_id == event_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else _run_record(row)
+
+    def get_task_runs(self, run_id: str) -> list[TaskRunRecord]:
+        """Return a run's task runs in order; see `RunStore.get_task_runs`."""
+        _check_run_id(run_id)
+        c = _task_runs.c
+        query = (
+            sa.select(_task_runs)
+            .where(c.run_id == run_id)
+            .order_by(c.started_at.asc().nulls_last(), c.task_name, c.instance)
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows and not self._exists(run_id):
+            raise RunNotFoundError(run_id)
+        return [_task_run_record(row) for row in rows]
+
+    def delete_run(self, run_id: str) -> None:
+        """Forget a run and, by cascade, its task runs; see `RunStore.delete_run`."""
+        _check_run_id(run_id)
+        with self._writing() as conn:
+            deleted = conn.execute(_runs.delete().where(_runs.c.run_id == run_id)).rowcount
+        if deleted == 0:
+            raise RunNotFoundError(run_id)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._engine.dispose()
+
+    @contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except sa.exc.StatementError as exc:
+            # SQLite's JSON columns encode while SQLAlchemy binds parameters, which wraps the
+            # error; psycopg encodes later and lets it through as it is.
+            if isinstance(exc.orig, StoreError):
+                raise exc.orig from None
+            raise
+
+    def _exists(self, run_id: str) -> bool:
+        query = sa.select(_runs.c.run_id).where(_runs.c.run_id == run_id)
+        with self._engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    def _open_schema(self) -> None:
+        with self._writer.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK)))
+            stored = _stored_version(conn)
+            if stored is None:
+                _metadata.create_all(conn)
+            elif stored > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the run store {self.url} has schema version {stored}, but this dp knows "
+                    f"only versions up to {SCHEMA_VERSION}; upgrade dp to open it."
+                )
+            elif stored < SCHEMA_VERSION:
+                for version in range(stored, SCHEMA_VERSION):
+                    if version not in MIGRATIONS:
+                        raise StoreError(
+                            f"the run store {self.url} has schema version {stored}, and this "
+                            f"dp has no migration from version {version}; open it with the "
+                            "dp release that wrote it and export the runs you need."
+                        )
+                    MIGRATIONS[version](conn)
+            if stored != SCHEMA_VERSION:
+                conn.execute(_meta.delete().where(_meta.c.key == "schema_version"))
+                conn.execute(_meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+
+
+# A child forked from a process with an open store (a worker process, say) would otherwise
+# share the parent's pooled connections, which SQLite and PostgreSQL connections cannot
+# survive. The child drops them without closing them and connects afresh.
+_open_stores: weakref.WeakSet[SQLRunStore] = weakref.WeakSet()
+
+
+def _forget_inherited_connections() -> None:
+    for store in list(_open_stores):
+        store._engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_inherited_connections)
+
+
+def _prepare_sqlite_file(url: sa.URL) -> None:
+    database = url.database or ""
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        raise StoreError(
+            f"an in-memory SQLite run store ({url.render_as_string()}) would be empty in every "
+            "thread; use MemoryRunStore, or a SQLite file."
+        )
+    if not url.query.get("uri"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # SQLAlchemy emits BEGIN itself (see `_on_sqlite_begin`); sqlite3's own transaction
+    # handling would begin late and could not take the write lock up front.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # busy_timeout first: switching to WAL needs a lock another process may hold.
+    cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _on_sqlite_begin(conn: sa.Connection) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY if
+    # another connection wrote in between, without waiting on busy_timeout. Writers therefore
+    # take the lock when they begin; readers stay deferred and never block anyone in WAL mode.
+    immediate = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _upsert_statement(backend: str) -> sa.Insert:
+    insert = sqlite.insert(_task_runs) if backend == "sqlite" else postgresql.insert(_task_runs)
+    return insert.on_conflict_do_update(
+        index_elements=list(_TASK_KEY),
+        set_={c.name: insert.excluded[c.name] for c in _task_runs.c if c.name not in _TASK_KEY},
+    )
+
+
+def _stored_version(conn: sa.Connection) -> int | None:
+    if not sa.inspect(conn).has_table(_meta.name):
+        return None
+    query = sa.select(_meta.c.value).where(_meta.c.key == "schema_version")
+    value = conn.execute(query).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def _filtered(
+    query: sa.Select[Any], status: RunStatus | Sequence[RunStatus] | None, pipeline: str | None
+) -> sa.Select[Any]:
+    statuses = _status_filter(status)
+    if statuses is not None:
+        query = query.where(_runs.c.status.in_(sorted(s.value for s in statuses)))
+    if pipeline is not None:
+        query = query.where(_runs.c.pipeline == pipeline)
+    return query
+
+
+def _json_dumps(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise _not_json_error(value, exc) from None
+
+
+def _run_row(record: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": record.run_id,
+        "dag_id": record.dag_id,
+        "pipeline": record.pipeline,
+        "target": record.target,
+        "selection": record.selection,
+        "params": record.params,
+        "status": RunStatus(record.status).value,
+        "trigger": record.trigger,
+        "event_id": record.event_id,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "error": record.error,
+        "metadata": record.metadata,
+        "plan": record.plan,
+    }
+
+
+def _task_row(record: TaskRunRecord) -> dict[str, Any]:
+    return {
+        "run_id": _check_run_id(record.run_id),
+        "task_name": record.task_name,
+        "instance": record.instance,
+        "status": TaskStatus(record.status).value,
+        "attempt": record.attempt,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
+        "duration": record.duration,
+        "error": record.error,
+        "traceback": record.traceback,
+        "result_ids": record.result_ids,
+        "output": record.output,
+    }
+
+
+def _run_record(row: sa.Row[Any]) -> RunRecord:
+    fields = row._asdict()
+    fields["status"] = RunStatus(fields["status"])
+    return RunRecord(**fields)
+
+
+def _task_run_record(row: sa.Row[Any]) -> TaskRunRecord:
+    fields = row._asdict()
+    fields["status"] = TaskStatus(fields["status"])
+    return TaskRunRecord(**fields)

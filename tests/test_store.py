@@ -1,0 +1,587 @@
+"""The run store: one contract for every adapter, then what only the SQL store does.
+
+The contract runs against `MemoryRunStore` and `SQLRunStore` on a SQLite file; set
+`DP_TEST_POSTGRES_URL` (e.g. `postgresql+psycopg://dp@127.0.0.1/dp_test`) to run it against a
+PostgreSQL database as well. That database is emptied before and after each test.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dp.store.sql
+from dp.errors import DuplicateRunError, InvalidIdError, RunNotFoundError, StoreError
+from dp.store import (
+    MemoryRunStore,
+    RunRecord,
+    RunStatus,
+    RunStore,
+    SQLRunStore,
+    TaskRunRecord,
+    TaskStatus,
+)
+
+POSTGRES_URL = os.environ.get("DP_TEST_POSTGRES_URL")
+ADAPTERS = ["memory", "sqlite"] + (["postgresql"] if POSTGRES_URL else [])
+T0 = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
+CEST = timezone(timedelta(hours=2))
+
+
+def _open(kind: str, tmp_path: Path) -> RunStore:
+    if kind == "memory":
+        return MemoryRunStore()
+    if kind == "sqlite":
+        return SQLRunStore(path=tmp_path / "runs.db")
+    store = SQLRunStore(POSTGRES_URL)
+    _delete_all(store)
+    return store
+
+
+def _delete_all(store: RunStore) -> None:
+    while runs := store.list_runs(limit=500):
+        for run in runs:
+            store.delete_run(run.run_id)
+
+
+@pytest.fixture(params=ADAPTERS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
+    opened = _open(request.param, tmp_path)
+    yield opened
+    if request.param == "postgresql":
+        _delete_all(opened)
+    opened.close()
+
+
+def run(run_id: str, *, minutes: int = 0, **fields: Any) -> RunRecord:
+    """A run created `minutes` after T0."""
+    return RunRecord(run_id, dag_id="sales", created_at=T0 + timedelta(minutes=minutes), **fields)
+
+
+# --- contract: runs -----------------------------------------------------------------------
+
+
+def test_every_adapter_satisfies_the_port(store: RunStore) -> None:
+    """Each adapter is a `RunStore`."""
+    assert isinstance(store, RunStore)
+
+
+def test_a_created_run_reads_back_with_every_field(store: RunStore) -> None:
+    """Every field round-trips; datetimes come back UTC-aware, dicts as JSON."""
+    record = RunRecord(
+        run_id="20250301-093000.sales-1",
+        dag_id="sales:4f2a",
+        pipeline="daily_sales",
+        target="pipelines/sales.py",
+        selection={"tags": ["daily"], "task_names": ["load"]},
+        params={"day": "2025-03-01", "limit": 10, "ratio": 0.5, "dry": False, "none": None},
+        status=RunStatus.RUNNING,
+        trigger="event:sales.orders.created",
+        event_id="evt-81",
+        created_at=datetime(2025, 3, 1, 11, 30, tzinfo=CEST),
+        started_at=datetime(2025, 3, 1, 11, 30, 1, 250_000, tzinfo=CEST),
+        finished_at=datetime(2025, 3, 1, 9, 31, tzinfo=UTC),
+        error="ValueError: bad row 3",
+        metadata={"host": "worker-1", "retries": {"load": 2}},
+        plan={"dag_id": "sales:4f2a", "nodes": [{"name": "load", "upstream": []}]},
+    )
+    store.create_run(record)
+
+    got = store.get_run(record.run_id)
+
+    assert got == record
+    assert got.created_at == T0
+    for moment in (got.created_at, got.started_at, got.finished_at):
+        assert moment is not None
+        assert moment.utcoffset() == timedelta(0)
+    assert isinstance(got.status, RunStatus)
+
+
+def test_naive_datetimes_are_taken_as_utc(store: RunStore) -> None:
+    """A naive datetime is stored as the same wall time in UTC."""
+    store.create_run(run("naive", started_at=datetime(2025, 3, 1, 9, 30)))
+    assert store.get_run("naive").started_at == T0
+
+
+def test_json_fields_come_back_as_json(store: RunStore) -> None:
+    """Tuples come back as lists and keys as strings, in every adapter alike."""
+    store.create_run(run("json", params={"pair": (1, 2), 3: "three"}))
+    assert store.get_run("json").params == {"pair": [1, 2], "3": "three"}
+
+
+def test_params_that_are_not_json_are_refused(store: RunStore) -> None:
+    """A run whose params cannot be stored as JSON raises StoreError and is not recorded."""
+    with pytest.raises(StoreError, match="JSON-serialisable"):
+        store.create_run(run("sets", params={"days": {1, 2}}))
+    assert store.count_runs() == 0
+
+
+def test_a_duplicate_run_id_is_refused(store: RunStore) -> None:
+    """Creating a run under a taken id raises DuplicateRunError naming it."""
+    store.create_run(run("r1"))
+    with pytest.raises(DuplicateRunError) as caught:
+        store.create_run(run("r1", pipeline="other"))
+    assert caught.value.run_id == "r1"
+    assert store.get_run("r1").pipeline == ""
+
+
+def test_a_duplicate_event_id_names_the_first_run_and_leaves_it_intact(store: RunStore) -> None:
+    """An event that already started a run cannot start another; the first run is unchanged."""
+    store.create_run(run("first", event_id="evt-1", params={"n": 1}))
+
+    with pytest.raises(DuplicateRunError) as caught:
+        store.create_run(run("second", event_id="evt-1", params={"n": 2}))
+
+    assert (caught.value.run_id, caught.value.event_id) == ("first", "evt-1")
+    assert store.get_run("first").params == {"n": 1}
+    assert store.count_runs() == 1
+
+
+def test_concurrent_creates_for_one_event_let_exactly_one_win(store: RunStore) -> None:
+    """Eight threads racing to start a run for the same event: one succeeds, seven are told who."""
+    barrier = threading.Barrier(8)
+    winners: list[str] = []
+    losers: list[DuplicateRunError] = []
+
+    def start(n: int) -> None:
+        barrier.wait()
+        try:
+            store.create_run(run(f"racer-{n}", event_id="evt-race"))
+        except DuplicateRunError as exc:
+            losers.append(exc)
+        else:
+            winners.append(f"racer-{n}")
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(winners) == 1
+    assert [exc.run_id for exc in losers] == winners * 7
+    assert store.count_runs() == 1
+
+
+def test_runs_without_an_event_may_share_the_missing_event_id(store: RunStore) -> None:
+    """Only set event ids must be unique; any number of runs have none."""
+    store.create_run(run("a"))
+    store.create_run(run("b"))
+    assert store.count_runs() == 2
+
+
+def test_find_run_by_event_returns_the_run_it_started(store: RunStore) -> None:
+    """Looking up an event id returns its run, or None for an unknown event."""
+    store.create_run(run("r1", event_id="evt-7"))
+    found = store.find_run_by_event("evt-7")
+    assert found is not None
+    assert found.run_id == "r1"
+    assert store.find_run_by_event("evt-8") is None
+
+
+def test_update_run_changes_only_the_given_fields(store: RunStore) -> None:
+    """Fields left out (or None) keep their stored values; metadata is replaced whole."""
+    store.create_run(run("r1", error="old", metadata={"a": 1, "b": 2}))
+
+    store.update_run("r1", status=RunStatus.RUNNING, started_at=T0)
+    store.update_run("r1", metadata={"a": 3})
+
+    got = store.get_run("r1")
+    assert (got.status, got.started_at, got.finished_at) == (RunStatus.RUNNING, T0, None)
+    assert (got.error, got.metadata) == ("old", {"a": 3})
+
+
+def test_update_run_of_an_unknown_run_raises(store: RunStore) -> None:
+    """Updating a run that was never created raises RunNotFoundError, with or without fields."""
+    with pytest.raises(RunNotFoundError) as caught:
+        store.update_run("ghost", status=RunStatus.FAILED)
+    assert caught.value.run_id == "ghost"
+    with pytest.raises(RunNotFoundError):
+        store.update_run("ghost")
+
+
+def test_get_run_of_an_unknown_run_raises(store: RunStore) -> None:
+    """Reading a run that was never created raises RunNotFoundError."""
+    with pytest.raises(RunNotFoundError):
+        store.get_run("ghost")
+
+
+def test_delete_run_forgets_the_run_and_its_task_runs(store: RunStore) -> None:
+    """A deleted run, its task runs and its event id are gone; the event may start a new run."""
+    store.create_run(run("r1", event_id="evt-1"))
+    store.save_task_runs([TaskRunRecord("r1", "load")])
+
+    store.delete_run("r1")
+
+    with pytest.raises(RunNotFoundError):
+        store.get_task_runs("r1")
+    store.create_run(run("r1", event_id="evt-1"))
+    assert store.get_task_runs("r1") == []
+    with pytest.raises(RunNotFoundError):
+        store.delete_run("ghost")
+
+
+@pytest.mark.parametrize(
+    "bad_id", ["", "x" * 201, ".hidden", "-flag", "a/b", "a b", "run\n", "ünïcode"]
+)
+def test_invalid_run_ids_are_refused(store: RunStore, bad_id: str) -> None:
+    """Malformed run ids raise InvalidIdError before anything is stored or read."""
+    with pytest.raises(InvalidIdError) as caught:
+        store.create_run(run(bad_id))
+    assert caught.value.kind == "run id"
+    with pytest.raises(InvalidIdError):
+        store.get_run(bad_id)
+    with pytest.raises(InvalidIdError):
+        store.save_task_runs([TaskRunRecord(bad_id, "load")])
+
+
+def test_run_ids_may_use_dots_and_dashes(store: RunStore) -> None:
+    """Ids such as timestamps with a suffix are valid (no ':', run ids are also folder names)."""
+    store.create_run(run("_20250301-093000.123_sales"))
+    assert store.count_runs() == 1
+
+
+def test_records_are_copied_in_and_out(store: RunStore) -> None:
+    """Changing a record after saving it, or one read back, never changes what is stored."""
+    record = run("r1", params={"days": [1]})
+    store.create_run(record)
+    record.params["days"].append(2)
+    record.pipeline = "changed"
+
+    got = store.get_run("r1")
+    got.params["days"].append(3)
+    got.status = RunStatus.FAILED
+
+    task = TaskRunRecord("r1", "load", result_ids=["a"])
+    store.save_task_runs([task])
+    task.result_ids.append("b")
+    store.get_task_runs("r1")[0].result_ids.append("c")
+
+    assert store.get_run("r1") == run("r1", params={"days": [1]})
+    assert store.get_task_runs("r1")[0].result_ids == ["a"]
+
+
+# --- contract: listing --------------------------------------------------------------------
+
+
+def test_list_runs_is_newest_first(store: RunStore) -> None:
+    """Runs come back by created_at descending, ties broken by run id descending."""
+    for run_id, minutes in [("a", 0), ("b", 2), ("c", 1), ("d", 2)]:
+        store.create_run(run(run_id, minutes=minutes))
+    assert [r.run_id for r in store.list_runs()] == ["d", "b", "c", "a"]
+
+
+def test_list_runs_filters_by_status_and_pipeline(store: RunStore) -> None:
+    """`status` takes one status or several; `pipeline` narrows further."""
+    store.create_run(run("a", pipeline="sales", status=RunStatus.FAILED))
+    store.create_run(run("b", pipeline="sales", status=RunStatus.SUCCEEDED, minutes=1))
+    store.create_run(run("c", pipeline="stock", status=RunStatus.FAILED, minutes=2))
+
+    def ids(**filters: Any) -> list[str]:
+        return [r.run_id for r in store.list_runs(**filters)]
+
+    assert ids(status=RunStatus.FAILED) == ["c", "a"]
+    assert ids(status=[RunStatus.FAILED, RunStatus.SUCCEEDED], pipeline="sales") == ["b", "a"]
+    assert ids(pipeline="stock") == ["c"]
+    assert ids(status=[]) == []
+
+
+def test_list_runs_pages_with_limit_and_offset(store: RunStore) -> None:
+    """Pages follow the newest-first order without gaps or repeats."""
+    for n in range(7):
+        store.create_run(run(f"r{n}", minutes=n))
+
+    pages = [[r.run_id for r in store.list_runs(limit=3, offset=o)] for o in (0, 3, 6, 9)]
+
+    assert pages == [["r6", "r5", "r4"], ["r3", "r2", "r1"], ["r0"], []]
+    with pytest.raises(ValueError, match="limit and offset"):
+        store.list_runs(offset=-1)
+
+
+def test_count_runs_takes_the_same_filters(store: RunStore) -> None:
+    """Counts match what list_runs would return without a limit."""
+    store.create_run(run("a", pipeline="sales", status=RunStatus.FAILED))
+    store.create_run(run("b", pipeline="sales"))
+    store.create_run(run("c", pipeline="stock", status=RunStatus.FAILED))
+
+    assert store.count_runs() == 3
+    assert store.count_runs(status=RunStatus.FAILED) == 2
+    assert store.count_runs(status=[RunStatus.QUEUED, RunStatus.FAILED], pipeline="sales") == 2
+    assert store.count_runs(pipeline="nothing") == 0
+
+
+# --- contract: task runs ------------------------------------------------------------------
+
+
+def test_save_task_runs_updates_existing_rows_instead_of_adding(store: RunStore) -> None:
+    """Saving the same (run, task, instance) again replaces its status, attempt and results."""
+    store.create_run(run("r1"))
+    store.save_task_runs([TaskRunRecord("r1", "load", status=TaskStatus.RUNNING, attempt=1)])
+
+    done = TaskRunRecord(
+        "r1",
+        "load",
+        status=TaskStatus.SUCCEEDED,
+        attempt=2,
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=1.5),
+        duration=1.5,
+        error="TimeoutError: first attempt",
+        traceback="Traceback (most recent call last): ...",
+        result_ids=["chunk_0", "chunk_1"],
+        output="loaded 2 chunks\n",
+    )
+    store.save_task_runs([done])
+
+    assert store.get_task_runs("r1") == [done]
+
+
+def test_mapped_instances_are_stored_separately(store: RunStore) -> None:
+    """A task mapped over a stream keeps one task run per input chunk."""
+    store.create_run(run("r1"))
+    store.save_task_runs(
+        [TaskRunRecord("r1", "clean", instance=f"chunk_{n}", attempt=1) for n in range(3)]
+        + [TaskRunRecord("r1", "clean", instance="chunk_1", status=TaskStatus.FAILED)]
+    )
+
+    tasks = store.get_task_runs("r1")
+
+    assert [(t.instance, t.status) for t in tasks] == [
+        ("chunk_0", TaskStatus.PENDING),
+        ("chunk_1", TaskStatus.FAILED),
+        ("chunk_2", TaskStatus.PENDING),
+    ]
+
+
+def test_task_runs_come_back_by_start_time_then_name(store: RunStore) -> None:
+    """Started tasks first by start time, then unstarted ones, each by task name and instance."""
+    store.create_run(run("r1"))
+    store.save_task_runs(
+        [
+            TaskRunRecord("r1", "report"),
+            TaskRunRecord("r1", "load", started_at=T0 + timedelta(seconds=5)),
+            TaskRunRecord("r1", "clean", instance="b"),
+            TaskRunRecord("r1", "extract", started_at=T0),
+            TaskRunRecord("r1", "clean", instance="a"),
+        ]
+    )
+
+    order = [(t.task_name, t.instance) for t in store.get_task_runs("r1")]
+
+    assert order == [("extract", ""), ("load", ""), ("clean", "a"), ("clean", "b"), ("report", "")]
+
+
+def test_task_runs_of_an_unknown_run_are_refused_whole(store: RunStore) -> None:
+    """A batch naming a run that does not exist raises RunNotFoundError and saves nothing."""
+    store.create_run(run("r1"))
+    with pytest.raises(RunNotFoundError) as caught:
+        store.save_task_runs([TaskRunRecord("r1", "load"), TaskRunRecord("ghost", "load")])
+    assert caught.value.run_id == "ghost"
+    assert store.get_task_runs("r1") == []
+    with pytest.raises(RunNotFoundError):
+        store.get_task_runs("ghost")
+
+
+def test_saving_no_task_runs_does_nothing(store: RunStore) -> None:
+    """An empty batch is accepted."""
+    store.save_task_runs([])
+
+
+# --- statuses -----------------------------------------------------------------------------
+
+
+def test_finished_statuses_exclude_the_resumable_ones() -> None:
+    """Interrupted runs are not finished: they can be resumed, like queued and running ones."""
+    finished = {s for s in RunStatus if s.finished}
+    assert finished == {
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.PARTIAL,
+        RunStatus.CANCELLED,
+    }
+
+
+# --- SQL only -----------------------------------------------------------------------------
+
+
+def _schema_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        (value,) = conn.execute("SELECT value FROM dp_meta WHERE key = 'schema_version'").fetchone()
+    conn.close()
+    return int(value)
+
+
+def _set_schema_version(path: Path, version: int) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE dp_meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    conn.close()
+
+
+def test_sqlite_file_and_its_directories_are_created(tmp_path: Path) -> None:
+    """A path in directories that do not exist yet is created."""
+    path = tmp_path / "state" / "dp" / "runs.db"
+    SQLRunStore(path=path).close()
+    assert path.is_file()
+    assert _schema_version(path) == 1
+
+
+def test_default_store_is_dp_runs_db_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a URL or path, the store is `.dp/runs.db` under the working directory."""
+    monkeypatch.chdir(tmp_path)
+    store = SQLRunStore()
+    store.close()
+    assert (tmp_path / ".dp" / "runs.db").is_file()
+    assert store.url.endswith("/.dp/runs.db")
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    """The file is switched to write-ahead logging, so readers never block the writer."""
+    path = tmp_path / "runs.db"
+    SQLRunStore(path=path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+def test_a_reopened_store_sees_earlier_runs(tmp_path: Path) -> None:
+    """Runs and task runs outlive the store instance that wrote them."""
+    first = SQLRunStore(path=tmp_path / "runs.db")
+    first.create_run(run("r1", event_id="evt-1"))
+    first.save_task_runs([TaskRunRecord("r1", "load", result_ids=["a"])])
+    first.close()
+
+    second = SQLRunStore(path=tmp_path / "runs.db")
+    assert second.get_run("r1") == run("r1", event_id="evt-1")
+    assert [t.result_ids for t in second.get_task_runs("r1")] == [["a"]]
+    with pytest.raises(DuplicateRunError):
+        second.create_run(run("r2", event_id="evt-1"))
+    second.close()
+
+
+def test_a_store_written_by_a_newer_dp_is_refused(tmp_path: Path) -> None:
+    """Opening a newer schema raises StoreError naming both versions, and changes nothing."""
+    path = tmp_path / "runs.db"
+    SQLRunStore(path=path).close()
+    _set_schema_version(path, 7)
+
+    with pytest.raises(StoreError, match=r"schema version 7.*up to 1; upgrade dp"):
+        SQLRunStore(path=path)
+    assert _schema_version(path) == 7
+
+
+def test_a_store_written_by_an_older_dp_is_migrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening an older schema runs each migration from its version up, then records the new one."""
+    path = tmp_path / "runs.db"
+    SQLRunStore(path=path).close()
+    applied: list[int] = []
+
+    def add_owner_column(conn: Any) -> None:
+        applied.append(1)
+        conn.exec_driver_sql("ALTER TABLE dp_runs ADD COLUMN owner TEXT")
+
+    # Pretend this dp is one release ahead of the file: version 2, with a migration from 1.
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 1, add_owner_column)
+    SQLRunStore(path=path).close()
+    SQLRunStore(path=path).close()  # already current: nothing runs twice
+
+    assert applied == [1]
+    assert _schema_version(path) == 2
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(dp_runs)")]
+    conn.close()
+    assert "owner" in columns
+
+
+def test_an_older_store_without_a_migration_path_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing migration raises StoreError instead of opening a schema dp would misread."""
+    path = tmp_path / "runs.db"
+    SQLRunStore(path=path).close()
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 2)
+
+    with pytest.raises(StoreError, match="no migration from version 1"):
+        SQLRunStore(path=path)
+    assert _schema_version(path) == 1
+
+
+def test_importing_dp_store_leaves_sqlalchemy_unloaded() -> None:
+    """`import dp.store` stays light: SQLAlchemy loads when SQLRunStore is first used."""
+    code = (
+        "import sys, dp.store\n"
+        "assert 'sqlalchemy' not in sys.modules\n"
+        "dp.store.SQLRunStore\n"
+        "assert 'sqlalchemy' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unsupported_databases_are_refused() -> None:
+    """Only SQLite and PostgreSQL are supported; an in-memory SQLite database is refused too."""
+    with pytest.raises(StoreError, match="not 'mysql'"):
+        SQLRunStore("mysql://dp@localhost/dp")
+    with pytest.raises(StoreError, match="MemoryRunStore"):
+        SQLRunStore("sqlite://")
+
+
+def _write_task_runs(path: str, worker: int, barrier: Any) -> None:
+    store = SQLRunStore(path=path)
+    barrier.wait()
+    for batch in range(10):
+        store.save_task_runs(
+            [TaskRunRecord("shared", f"w{worker}_task_{batch}_{n}", attempt=1) for n in range(20)]
+        )
+    store.close()
+
+
+def test_two_processes_writing_to_one_sqlite_file_lose_nothing(tmp_path: Path) -> None:
+    """Two worker processes flushing batches into the same file concurrently keep every row."""
+    path = str(tmp_path / "runs.db")
+    store = SQLRunStore(path=path)
+    store.create_run(run("shared"))
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    workers = [context.Process(target=_write_task_runs, args=(path, n, barrier)) for n in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+
+    assert [w.exitcode for w in workers] == [0, 0]
+    names = {t.task_name for t in store.get_task_runs("shared")}
+    assert len(names) == 2 * 10 * 20
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_a_store_inherited_by_a_forked_process_keeps_working(tmp_path: Path) -> None:
+    """A process forked while a store is open writes through its own connections."""
+    store = SQLRunStore(path=tmp_path / "runs.db")
+    store.create_run(run("shared"))  # leaves a pooled connection for the child to inherit
+
+    def child() -> None:
+        store.save_task_runs([TaskRunRecord("shared", f"child_{n}") for n in range(50)])
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    store.save_task_runs([TaskRunRecord("shared", f"parent_{n}") for n in range(50)])
+    process.join(timeout=60)
+
+    assert process.exitcode == 0
+    assert len(store.get_task_runs("shared")) == 100
+    store.close()
