@@ -1,0 +1,184 @@
+"""`dp run` and `dp runs` as a user drives them: real subprocesses, a real SQLite run store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from dp.store import RunStatus, SQLRunStore
+
+PIPELINE = textwrap.dedent(
+    """
+    import os
+    import time
+    from pathlib import Path
+
+    from dp import task
+
+    LOG = Path(os.environ["DP_TEST_LOG"])
+
+
+    def mark(name: str) -> None:
+        with LOG.open("a") as log:
+            log.write(name + "\\n")
+
+
+    @task
+    def a() -> int:
+        mark("a")
+        return 1
+
+
+    @task(dependencies=["a"])
+    def b(a: int) -> int:
+        mark("b")
+        print("b printed this")
+        return a + 1
+
+
+    @task(dependencies=["b"])
+    def c(b: int) -> int:
+        mark("c")
+        if not Path(os.environ["DP_TEST_RELEASE"]).exists():
+            time.sleep(60)
+        return b + 1
+
+
+    @task(dependencies=["c"])
+    def d(c: int, factor: int = 1) -> int:
+        mark("d")
+        if factor < 0:
+            raise ValueError(f"factor must be positive, got {factor}")
+        return c * factor
+    """
+)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    return tmp_path
+
+
+def dp(project: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dp.cli", *args],
+        cwd=project,
+        env=_env(project),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _env(project: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DP_TEST_LOG": str(project / "log.txt"),
+        "DP_TEST_RELEASE": str(project / "release"),
+        "COLUMNS": "200",
+    }
+
+
+def executions(project: Path) -> list[str]:
+    log = project / "log.txt"
+    return log.read_text().split() if log.exists() else []
+
+
+def test_run_succeeds_and_shows_where_results_are(project: Path) -> None:
+    """`dp run` runs every task, prints the task table and the results folder, exits 0."""
+    (project / "release").touch()
+    done = dp(project, "run", "pipeline.py")
+    assert done.returncode == 0, done.stderr
+    assert "succeeded" in done.stdout
+    assert "results: .dp/results/" in done.stdout
+    assert executions(project) == ["a", "b", "c", "d"]
+
+
+def test_failing_run_exits_non_zero_with_the_error(project: Path) -> None:
+    """A task raising makes `dp run` exit 1 and print which task failed and why."""
+    (project / "release").touch()
+    done = dp(project, "run", "pipeline.py", "--param", "factor=-2")
+    assert done.returncode == 1
+    assert "task 'd' failed: ValueError: factor must be positive, got -2" in done.stdout
+
+
+def test_bad_param_is_refused_before_running(project: Path) -> None:
+    """A --param of the wrong type exits 2 naming the parameter; nothing runs."""
+    done = dp(project, "run", "pipeline.py", "--param", "factor=many")
+    assert done.returncode == 2
+    assert "'factor' = 'many' is not a valid int" in done.stderr
+    assert executions(project) == []
+
+
+def test_runs_show_and_logs_tell_what_happened(project: Path) -> None:
+    """`dp runs list/show/logs` show the run, each task's status and what tasks printed."""
+    (project / "release").touch()
+    dp(project, "run", "pipeline.py", "--param", "factor=-1")
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    (record,) = store.list_runs()
+    store.close()
+    listed = dp(project, "runs", "list")
+    assert record.run_id in listed.stdout and "failed" in listed.stdout
+    shown = dp(project, "runs", "show", record.run_id)
+    assert "ValueError: factor must be positive, got -1" in shown.stdout
+    assert "succeeded" in shown.stdout
+    logs = dp(project, "runs", "logs", record.run_id)
+    assert "b printed this" in logs.stdout
+    assert 'raise ValueError(f"factor must be positive' in logs.stdout
+
+
+def test_resume_after_the_orchestrator_is_killed(project: Path) -> None:
+    """SIGKILL `dp run` mid-run; `dp runs resume` finishes it without redoing finished tasks."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dp.cli", "run", "pipeline.py"],
+        cwd=project,
+        env=_env(project),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "c" not in executions(project):
+            assert time.monotonic() < deadline, "the run never reached task c"
+            assert process.poll() is None, "dp run exited early"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    (record,) = store.list_runs()
+    assert record.status == RunStatus.RUNNING  # nobody was left to record the end
+    store.close()
+
+    (project / "release").touch()
+    resumed = dp(project, "runs", "resume", record.run_id)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert executions(project) == ["a", "b", "c", "c", "d"]
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    assert store.get_run(record.run_id).status == RunStatus.SUCCEEDED
+    store.close()
+
+
+def test_resume_refuses_unknown_and_finished_runs(project: Path) -> None:
+    """Resuming a run that does not exist, or already succeeded, exits 2 and says why."""
+    (project / "release").touch()
+    dp(project, "run", "pipeline.py")
+    unknown = dp(project, "runs", "resume", "no-such-run")
+    assert unknown.returncode == 2
+    assert "run 'no-such-run' is not in the run store" in unknown.stderr
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    (record,) = store.list_runs()
+    store.close()
+    finished = dp(project, "runs", "resume", record.run_id)
+    assert finished.returncode == 2
+    assert "cannot be resumed: it already succeeded" in finished.stderr

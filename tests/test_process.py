@@ -1,0 +1,136 @@
+"""The multi-process executor: real worker processes that import tasks by module path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import proc_broken
+import proc_tasks
+import pytest
+
+from dp import DPError, TaskRegistry, task
+from dp.engine import Orchestrator, RunResult
+from dp.engine.process import ProcessExecutor
+from dp.io import FilesystemIOManager, InMemoryIOManager
+from dp.store import RunStatus, TaskStatus
+from dp.testing import plan_for
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[ProcessExecutor]:
+    """Two worker processes shared by the tests of this module (starting them costs time)."""
+    yield ProcessExecutor(workers=2, prefetch=2)
+
+
+def run(
+    executor: ProcessExecutor,
+    tmp_path: Path,
+    registry: TaskRegistry = proc_tasks.REGISTRY,
+    tags: list[str] | None = None,
+    **params: Any,
+) -> tuple[RunResult, FilesystemIOManager]:
+    io = FilesystemIOManager(tmp_path / "results")
+    orchestrator = Orchestrator(io_manager=io, executor=executor)
+    plan = plan_for(registry, tags=tags)
+    return orchestrator.run(plan, params), io
+
+
+def test_pipeline_runs_across_worker_processes(executor: ProcessExecutor, tmp_path: Path) -> None:
+    """Sync and async tasks run in workers; results pass through the IO manager."""
+    result, io = run(executor, tmp_path, tags=["flow"], count=5)
+    assert result.ok, result.error
+    assert io.load(result.run_id, "summary", "output") == "30/10"
+    output = result.task("numbers").output
+    assert output.startswith("numbers in pid ")
+    assert int(output.split()[-1]) != __import__("os").getpid()
+
+
+def test_stream_chunks_feed_mapped_tasks_across_processes(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    """A generator in one worker feeds a per-chunk task in others; list[T] collects them."""
+    result, io = run(executor, tmp_path, tags=["stream"], count=4)
+    assert result.ok, result.error
+    assert len(result.instances("shout")) == 4
+    assert io.load(result.run_id, "book", "output") == "PAGE-0 PAGE-1 PAGE-2 PAGE-3"
+
+
+@pytest.mark.parametrize(
+    ("how", "exit_text"),
+    [("sigkill", "killed by SIGKILL"), ("exit", "exited with code 3"), ("segfault", "SIGSEGV")],
+)
+def test_dead_worker_is_replaced_and_task_retried(
+    executor: ProcessExecutor, tmp_path: Path, how: str, exit_text: str
+) -> None:
+    """A worker that dies mid-task is replaced; the task's retry succeeds."""
+    started = executor.processes_started
+    result, _ = run(executor, tmp_path, tags=["crash"], marker=str(tmp_path / "m"), how=how)
+    assert result.ok, result.error
+    assert result.task("dies_once").attempts == 2
+    assert executor.processes_started == started + 1
+
+
+def test_dead_worker_without_retries_fails_the_task_clearly(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    """With no retries left, the task fails with a message naming the signal; others still run."""
+    result, _ = run(executor, tmp_path, tags=["crash-for-good"], marker_dir=str(tmp_path))
+    assert result.status == RunStatus.FAILED
+    error = result.task("always_dies").error or ""
+    assert error.startswith("WorkerDied: the worker process running task 'always_dies'")
+    assert "killed by SIGKILL" in error
+    assert result.task("innocent_bystander").status in (TaskStatus.SUCCEEDED, TaskStatus.CANCELLED)
+
+
+def test_timeout_kills_the_worker_and_the_run_goes_on(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    """A task past its timeout is killed with its process; the replacement runs the rest."""
+    started = executor.processes_started
+    result, _ = run(executor, tmp_path, tags=["hang"])
+    error = result.task("hangs").error or ""
+    assert error.startswith("TimeoutError: task 'hangs' did not finish within 0.5s")
+    assert "worker process was killed and replaced" in error
+    assert result.task("quick").status == TaskStatus.SUCCEEDED
+    assert executor.processes_started == started + 1
+
+
+def test_unpicklable_result_fails_once_in_a_worker(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    """An unpicklable return value fails the task without retries, naming the task."""
+    result, _ = run(executor, tmp_path, tags=["unpicklable"])
+    failed = result.task("returns_generator_object")
+    assert failed.attempts == 1
+    assert "SerializationError" in (failed.error or "")
+
+
+def test_module_failing_to_import_in_the_worker(executor: ProcessExecutor, tmp_path: Path) -> None:
+    """A task whose module cannot be imported in a worker fails with the import error."""
+    result, _ = run(executor, tmp_path, registry=proc_broken.REGISTRY)
+    error = result.task("needs_driver").error or ""
+    assert "worker could not import task 'proc_broken:needs_driver'" in error
+    assert "warehouse driver is not installed" in error
+
+
+def test_task_defined_inside_a_function_is_explained(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    """Workers cannot import a task defined in a function; the error says what to do."""
+    registry = TaskRegistry()
+
+    @task(registry=registry)
+    def local_task() -> int:
+        return 1
+
+    result, _ = run(executor, tmp_path, registry=registry)
+    assert "define it at module level" in (result.task("local_task").error or "")
+
+
+def test_in_memory_io_manager_is_refused(tmp_path: Path) -> None:
+    """Worker processes cannot reach an in-memory IO manager: clear error before any work."""
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), executor=ProcessExecutor(workers=1))
+    with pytest.raises(DPError, match="needs an IO manager its worker processes can reach"):
+        orchestrator.run(plan_for(proc_tasks.REGISTRY, tags=["hang"]))
