@@ -266,7 +266,7 @@ def test_async_task_past_its_timeout_is_cancelled(registry: TaskRegistry, execut
 
 
 def test_sync_task_past_its_timeout_fails_in_process(registry: TaskRegistry) -> None:
-    """In-process, a sync task past its timeout fails at once; the message says its thread lives on."""
+    """In-process, a sync task past its timeout fails at once; its thread lives on."""
     release = threading.Event()
 
     @task(registry=registry, timeout=0.2)
@@ -324,7 +324,7 @@ def test_fail_safe_failure_skips_only_data_dependents(
 
 
 def test_unpicklable_result_fails_without_retrying(registry: TaskRegistry, tmp_path: Path) -> None:
-    """A result the IO manager cannot pickle fails the task at once, naming it; nothing is written."""
+    """An unpicklable result fails the task at once, naming it; nothing is written."""
 
     @task(registry=registry, max_retries=3)
     def makes_lock() -> Any:
@@ -417,7 +417,8 @@ async def test_runs_beyond_the_wait_queue_are_refused(registry: TaskRegistry) ->
     with pytest.raises(TooManyPipelinesError, match="1 pipelines are running and 1 are waiting"):
         await orchestrator.start_pipeline(plan)
     gate.set()
-    assert (await first).ok and (await second).ok
+    assert (await first).ok
+    assert (await second).ok
     assert orchestrator.active_pipelines == 0
     await orchestrator.shutdown()
 
@@ -439,7 +440,8 @@ def test_runs_and_task_runs_are_recorded(registry: TaskRegistry) -> None:
     assert record.status == RunStatus.SUCCEEDED
     assert record.params == {"day": "2026-11-22"}
     assert record.dag_id == result.dag_id
-    assert record.started_at is not None and record.finished_at is not None
+    assert record.started_at is not None
+    assert record.finished_at is not None
     assert "owner" in record.metadata
     rows = {r.task_name: r for r in store.get_task_runs(result.run_id)}
     assert rows["extract"].status == TaskStatus.SUCCEEDED
@@ -473,7 +475,8 @@ def test_listeners_see_run_and_task_changes(registry: TaskRegistry) -> None:
     listener = Recorder()
     run(registry, listeners=[listener])
     assert listener.events[0] == "start"
-    assert "only:running" in listener.events and "only:succeeded" in listener.events
+    assert "only:running" in listener.events
+    assert "only:succeeded" in listener.events
     assert listener.events[-1] == "end:succeeded"
 
 
@@ -588,7 +591,9 @@ def test_run_result_is_small_to_print(registry: TaskRegistry) -> None:
     for i in range(50):
         task(name=f"t{i}", registry=registry)(lambda: None)
     text = repr(run(registry))
-    assert text.startswith("RunResult(run_id=") and "tasks=50" in text and len(text) < 120
+    assert text.startswith("RunResult(run_id=")
+    assert "tasks=50" in text
+    assert len(text) < 120
 
 
 def test_executable_task_carries_references_not_data(registry: TaskRegistry) -> None:
@@ -611,3 +616,60 @@ def test_executable_task_carries_references_not_data(registry: TaskRegistry) -> 
     (next_task,) = [t for t in [ready, *resolver.ready] if t.task_name == "size"]
     assert next_task.inputs == {"big": ("big", "output")}
     assert len(pickle.dumps((next_task.run_id, next_task.inputs))) < 200
+
+
+async def test_submitted_run_can_be_cancelled_while_running(registry: TaskRegistry) -> None:
+    """submit_pipeline returns at once; cancel() ends the run as cancelled, recorded so."""
+    started = asyncio.Event()
+
+    @task(registry=registry)
+    async def long_job() -> None:
+        started.set()
+        await asyncio.sleep(PATIENCE)
+
+    @task(registry=registry, dependencies=["long_job"])
+    def after() -> None: ...
+
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inprocess")
+    handle = await orchestrator.submit_pipeline(plan_for(registry), trigger="api:test")
+    assert store.get_run(handle.run_id).status in (RunStatus.QUEUED, RunStatus.RUNNING)
+    await asyncio.wait_for(started.wait(), PATIENCE)
+    assert orchestrator.cancel(handle.run_id)
+    result = await handle.result()
+    assert result.status == RunStatus.CANCELLED
+    assert result.task("long_job").status == TaskStatus.CANCELLED
+    assert result.task("after").status == TaskStatus.CANCELLED
+    assert store.get_run(handle.run_id).status == RunStatus.CANCELLED
+    assert store.get_run(handle.run_id).trigger == "api:test"
+    assert not orchestrator.cancel(handle.run_id)  # already over
+    await orchestrator.shutdown()
+
+
+async def test_queued_run_cancelled_before_it_starts(registry: TaskRegistry) -> None:
+    """A run waiting for a slot can be cancelled; it never runs and frees its queue place."""
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    @task(registry=registry)
+    async def waits() -> None:
+        calls.append("ran")
+        await gate.wait()
+
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(
+        io_manager=InMemoryIOManager(), store=store, executor="inprocess", max_concurrent_pipelines=1
+    )
+    plan = plan_for(registry)
+    first = await orchestrator.submit_pipeline(plan)
+    second = await orchestrator.submit_pipeline(plan)
+    await asyncio.sleep(0.01)
+    assert orchestrator.queued_pipelines == 1
+    assert orchestrator.cancel(second.run_id)
+    assert (await second.result()).status == RunStatus.CANCELLED
+    assert orchestrator.queued_pipelines == 0
+    gate.set()
+    assert (await first.result()).ok
+    assert calls == ["ran"]
+    assert store.get_run(second.run_id).status == RunStatus.CANCELLED
+    await orchestrator.shutdown()

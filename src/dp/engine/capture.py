@@ -51,9 +51,9 @@ def install() -> None:
     """Route sys.stdout and sys.stderr through the capturing proxy (idempotent)."""
     with _lock:
         if not isinstance(sys.stdout, _Router):
-            sys.stdout = _Router(sys.stdout)  # type: ignore[assignment]
+            sys.stdout = _Router(sys.stdout)
         if not isinstance(sys.stderr, _Router):
-            sys.stderr = _Router(sys.stderr)  # type: ignore[assignment]
+            sys.stderr = _Router(sys.stderr)
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -23,7 +24,7 @@ from dp.engine.model import (
 )
 from dp.engine.recorder import RunRecorder
 from dp.engine.resolver import TaskDependencyResolver
-from dp.errors import DPError
+from dp.errors import DPError, DuplicateRunError
 from dp.io import FilesystemIOManager, IOManager
 from dp.logs import get_logger
 from dp.planner import ExecutionPlan
@@ -33,6 +34,7 @@ __all__ = [
     "ExecutionContext",
     "Orchestrator",
     "ResumeError",
+    "RunHandle",
     "RunListener",
     "TooManyPipelinesError",
     "new_run_id",
@@ -69,6 +71,30 @@ class ExecutionContext:
     params: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     trigger: str = "manual"
+    pipeline: str = ""
+
+
+class RunHandle:
+    """A submitted run: its id and context now, its `RunResult` when it ends."""
+
+    def __init__(self, context: ExecutionContext) -> None:
+        self.context = context
+        self.task: asyncio.Task[RunResult] | None = None
+        #: how the run ends if its task is cancelled: interrupted (shutdown, resumable) unless
+        #: `Orchestrator.cancel` says cancelled
+        self.stop_status = RunStatus.INTERRUPTED
+
+    @property
+    def run_id(self) -> str:
+        return self.context.run_id
+
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    async def result(self) -> RunResult:
+        """Wait for the run to end. Cancelling this wait does not stop the run."""
+        assert self.task is not None
+        return await asyncio.shield(self.task)
 
 
 class RunListener(Protocol):
@@ -139,6 +165,7 @@ class Orchestrator:
         self.flush_interval = flush_interval
         self._running = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._active: dict[str, RunHandle] = {}
         self._started = False
 
     @classmethod
@@ -163,6 +190,29 @@ class Orchestrator:
         self,
         plan: ExecutionPlan,
         params: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RunResult:
+        """Run `plan` to the end and return its result (`submit_pipeline`, then wait).
+
+        Raises:
+            MissingRunParameterError, InvalidRunParameterError: bad `params`.
+            TooManyPipelinesError: too many runs running and waiting.
+            DuplicateRunError: `run_id` or `event_id` already started a run.
+        """
+        handle = await self.submit_pipeline(plan, params, **options)
+        try:
+            return await handle.result()
+        except asyncio.CancelledError:  # our caller gave up: the run stops, as interrupted
+            self.cancel(handle.run_id, status=RunStatus.INTERRUPTED)
+            if handle.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handle.task
+            raise
+
+    async def submit_pipeline(
+        self,
+        plan: ExecutionPlan,
+        params: Mapping[str, Any] | None = None,
         *,
         run_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
@@ -172,12 +222,12 @@ class Orchestrator:
         selection: Mapping[str, Any] | None = None,
         event_id: str | None = None,
         resume: bool = False,
-    ) -> RunResult:
-        """Run `plan` to the end and return its result.
+    ) -> RunHandle:
+        """Record a run of `plan` and start it in the background; returns at once.
 
-        Run parameters are checked (and coerced) before anything runs. With `resume=True`,
-        `run_id` names an earlier, interrupted run: tasks whose results are stored are not
-        executed again.
+        Everything that can be refused is refused here, before the run exists: bad run
+        parameters, a full wait queue, a duplicate run or event id. With `resume=True`,
+        `run_id` names an earlier, interrupted run whose stored results are reused.
 
         Raises:
             MissingRunParameterError, InvalidRunParameterError: bad `params`.
@@ -193,40 +243,85 @@ class Orchestrator:
             params=bound,
             metadata=dict(metadata or {}),
             trigger=trigger,
+            pipeline=pipeline or target,
         )
-        if self._running >= self.max_concurrent_pipelines and (
-            len(self._waiters) >= self.max_queued_pipelines
-        ):
-            raise TooManyPipelinesError(self._running, len(self._waiters))
+        if context.run_id in self._active:
+            raise DuplicateRunError(context.run_id)
+        waiter = self._reserve_slot()
         recorder = RunRecorder(self.store, context.run_id, self.flush_interval)
-        if not resume:
-            record = RunRecord(
-                run_id=context.run_id,
-                dag_id=plan.dag_id,
-                pipeline=pipeline or target,
-                target=target,
-                selection=dict(selection or {}),
-                params=_jsonable_params(bound),
-                status=RunStatus.QUEUED,
-                trigger=trigger,
-                event_id=event_id,
-                metadata=context.metadata,
-                plan=plan.to_dict() if self.store is not None else {},
-            )
-            await recorder.create_run(record)
-        await self._acquire_slot()
         try:
-            if not self._started:
-                await self.executor.start(self.io_manager)
-                self._started = True
-            previous: dict[tuple[str, str], Any] = {}
-            if resume and self.store is not None:
-                rows = await asyncio.to_thread(self.store.get_task_runs, context.run_id)
-                previous = {(row.task_name, row.instance): row for row in rows}
-            run = _Run(self, context, recorder, resume=resume, previous=previous)
-            return await run.execute()
+            if not resume:
+                await recorder.create_run(
+                    RunRecord(
+                        run_id=context.run_id,
+                        dag_id=plan.dag_id,
+                        pipeline=context.pipeline,
+                        target=target,
+                        selection=dict(selection or {}),
+                        params=_jsonable_params(bound),
+                        status=RunStatus.QUEUED,
+                        trigger=trigger,
+                        event_id=event_id,
+                        metadata=context.metadata,
+                        plan=plan.to_dict() if self.store is not None else {},
+                    )
+                )
+        except BaseException:
+            self._cancel_reservation(waiter)
+            raise
+        handle = RunHandle(context)
+        self._active[context.run_id] = handle
+        handle.task = asyncio.get_running_loop().create_task(
+            self._execute(handle, recorder, waiter, resume), name=f"dp-run-{context.run_id}"
+        )
+        return handle
+
+    def active_runs(self) -> list[RunHandle]:
+        """Runs submitted and not finished yet (waiting for a slot or running)."""
+        return list(self._active.values())
+
+    def cancel(self, run_id: str, *, status: RunStatus = RunStatus.CANCELLED) -> bool:
+        """Stop a run: nothing new starts, it ends as `status` (cancelled or interrupted).
+
+        Tasks already executing in threads or worker processes finish in the background;
+        their results are ignored. Returns False if the run is not active here.
+        """
+        handle = self._active.get(run_id)
+        if handle is None or handle.task is None or handle.task.done():
+            return False
+        handle.stop_status = status
+        handle.task.cancel()
+        return True
+
+    async def _execute(
+        self,
+        handle: RunHandle,
+        recorder: RunRecorder,
+        waiter: asyncio.Future[None] | None,
+        resume: bool,
+    ) -> RunResult:
+        context = handle.context
+        try:
+            if waiter is not None:
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    self._cancel_reservation(waiter)
+                    return await _Run.never_started(context, recorder, handle.stop_status)
+            try:
+                if not self._started:
+                    await self.executor.start(self.io_manager)
+                    self._started = True
+                previous: dict[tuple[str, str], Any] = {}
+                if resume and self.store is not None:
+                    rows = await asyncio.to_thread(self.store.get_task_runs, context.run_id)
+                    previous = {(row.task_name, row.instance): row for row in rows}
+                run = _Run(self, context, recorder, resume=resume, previous=previous)
+                return await run.execute(handle)
+            finally:
+                self._release_slot()
         finally:
-            self._release_slot()
+            self._active.pop(context.run_id, None)
 
     async def resume_pipeline(self, run_id: str, *, plan: ExecutionPlan | None = None) -> RunResult:
         """Finish an interrupted run: tasks whose results are stored are not executed again.
@@ -289,20 +384,24 @@ class Orchestrator:
             self._started = False
             await self.executor.shutdown()
 
-    async def _acquire_slot(self) -> None:
+    def _reserve_slot(self) -> asyncio.Future[None] | None:
+        """Take a run slot now (None), or a place in the wait queue (a future to await)."""
         if self._running < self.max_concurrent_pipelines and not self._waiters:
             self._running += 1
-            return
+            return None
+        if len(self._waiters) >= self.max_queued_pipelines:
+            raise TooManyPipelinesError(self._running, len(self._waiters))
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            elif waiter.done() and not waiter.cancelled():
-                self._release_slot()  # the slot was handed to us as we were cancelled
-            raise
+        return waiter
+
+    def _cancel_reservation(self, waiter: asyncio.Future[None] | None) -> None:
+        if waiter is None:
+            self._release_slot()
+        elif waiter in self._waiters:
+            self._waiters.remove(waiter)
+        elif waiter.done() and not waiter.cancelled():
+            self._release_slot()  # the slot was handed to us as we gave up
 
     def _release_slot(self) -> None:
         while self._waiters:
@@ -392,10 +491,21 @@ class _Run:
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.log = _log.bind(run_id=context.run_id, dag_id=context.dag_id)
         self.started_at = datetime.now(UTC)
+        #: set once the run ended: late chunks and outcomes (threads, killed runs) are ignored
+        self.closed = False
         #: the recorder's hook, or None when nothing is recorded (saves a call per change)
         self._record = recorder.task_changed if recorder.store is not None else None
 
-    async def execute(self) -> RunResult:
+    @staticmethod
+    async def never_started(
+        context: ExecutionContext, recorder: RunRecorder, status: RunStatus
+    ) -> RunResult:
+        """Record a run stopped while it waited for a slot."""
+        now = datetime.now(UTC)
+        await recorder.run_finished(status, now, f"{status.value} before it started")
+        return RunResult(context.run_id, context.dag_id, status, {}, None, now, None)
+
+    async def execute(self, handle: RunHandle | None = None) -> RunResult:
         context = self.context
         self.recorder.run_started(self.started_at, {**context.metadata, "owner": self._owner()})
         self.log.info(
@@ -409,8 +519,9 @@ class _Run:
             self._pump()
             await self.done
         except asyncio.CancelledError:
-            await self._finish(interrupted=True)
-            raise
+            self.closed = True
+            stop = handle.stop_status if handle is not None else RunStatus.INTERRUPTED
+            return await self._finish(stopped=stop)
         return await self._finish()
 
     def _owner(self) -> dict[str, Any]:
@@ -419,6 +530,8 @@ class _Run:
     # --- TaskSink -------------------------------------------------------------------------
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
+        if self.closed:
+            return
         self.resolver.chunk(task.task_name, result_id)
         result = self.results.get(task.key)
         if result is not None:
@@ -426,6 +539,8 @@ class _Run:
         self._pump()
 
     def on_done(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
+        if self.closed:
+            return
         self.in_flight -= 1
         result = self.results[(task.task_name, task.instance)]
         result.duration = outcome.duration
@@ -557,10 +672,17 @@ class _Run:
                 "listener.failed", listener=type(getattr(method, "__self__", method)).__name__
             )
 
-    async def _finish(self, *, interrupted: bool = False) -> RunResult:
+    async def _finish(self, *, stopped: RunStatus | None = None) -> RunResult:
         resolver = self.resolver
-        if interrupted:
-            status = RunStatus.INTERRUPTED
+        self.closed = True
+        if stopped is not None:
+            status = stopped
+            for result in self.results.values():
+                if result.status == TaskStatus.RUNNING:
+                    result.status = TaskStatus.CANCELLED
+            if stopped == RunStatus.CANCELLED:  # interrupted runs keep pending tasks pending
+                for name in resolver.cancel_pending():
+                    self.results[(name, "")] = TaskRunResult(name, TaskStatus.CANCELLED)
         else:
             for name in resolver.cancel_pending():
                 self.results[(name, "")] = TaskRunResult(name, TaskStatus.CANCELLED)

@@ -25,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import astuple
-from multiprocessing.context import BaseContext
 from typing import Any
 
 from dp.engine.executors import TaskSink, timeout_outcome
@@ -79,7 +78,7 @@ class ProcessExecutor:
             )
         self.start_method = start_method
         self.capture_output = capture_output
-        self._context: BaseContext = multiprocessing.get_context(start_method)
+        self._context: Any = multiprocessing.get_context(start_method)
         self._io_manager: IOManager | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: list[_Slot] = []
@@ -87,8 +86,8 @@ class ProcessExecutor:
         self._next_handle = 0
         self._flush_scheduled = False
         self._closing = False
-        #: processes started over the executor's life, replacements included
-        self.processes_started = 0
+        #: worker processes that died (or were killed on a timeout) and were replaced
+        self.replacements = 0
 
     async def start(self, io_manager: IOManager) -> None:
         if self._slots:
@@ -152,10 +151,9 @@ class ProcessExecutor:
         for slot in self._slots:
             if slot.outbox and slot.alive:
                 batch, slot.outbox = slot.outbox, []
-                try:
+                # a closed queue: the worker is being replaced and its tasks requeued
+                with contextlib.suppress(QueueClosedError):
                     slot.tasks.put_nowait(batch)
-                except QueueClosedError:
-                    pass  # the worker is being replaced; its in-flight tasks are requeued
 
     def _refill(self) -> None:
         while self._backlog:
@@ -222,6 +220,7 @@ class ProcessExecutor:
         if self._closing:
             return
         self._slots[self._slots.index(slot)] = replacement = self._spawn(slot.index)
+        self.replacements += 1
         flights = list(slot.in_flight.items())
         slot.in_flight.clear()
         why = _describe_exit(code)
@@ -269,7 +268,6 @@ class ProcessExecutor:
             daemon=True,
         )
         process.start()
-        self.processes_started += 1
         slot = _Slot(index, process, tasks, results)
         loop = self._loop
         assert loop is not None
@@ -439,7 +437,7 @@ def _resolve(import_path: str) -> TaskMetadata | str:
         obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
-    except BaseException as exc:  # noqa: BLE001 - whatever the import raised is the answer
+    except BaseException as exc:
         return f"ImportError: worker could not import task {import_path!r}: {format_error(exc)}"
     meta = getattr(obj, "__dp_task__", None)
     if isinstance(meta, TaskMetadata):
