@@ -673,3 +673,24 @@ async def test_queued_run_cancelled_before_it_starts(registry: TaskRegistry) -> 
     assert calls == ["ran"]
     assert store.get_run(second.run_id).status == RunStatus.CANCELLED
     await orchestrator.shutdown()
+
+
+def test_collected_results_of_a_mapped_task_keep_stream_order(registry: TaskRegistry) -> None:
+    """Instances finishing in reverse order still reach list[T] in the order of the stream."""
+
+    @task(registry=registry)
+    def delays() -> Iterator[float]:
+        yield from (0.06, 0.04, 0.02, 0.0)
+
+    @task(registry=registry, dependencies=["delays"])
+    def wait(delays: float) -> float:
+        time.sleep(delays)
+        return delays
+
+    @task(registry=registry, dependencies=["wait"])
+    def order(wait: list[float]) -> list[float]:
+        return wait
+
+    io = InMemoryIOManager()
+    result = run(registry, "inprocess", io_manager=io)
+    assert io.load(result.run_id, "order", "output") == [0.06, 0.04, 0.02, 0.0]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import proc_broken
-import proc_tasks
 import pytest
 
+import proc_broken
+import proc_tasks
 from dp import DPError, TaskRegistry, task
 from dp.engine import Orchestrator, RunResult
 from dp.engine.process import ProcessExecutor
@@ -19,9 +18,9 @@ from dp.testing import plan_for
 
 
 @pytest.fixture(scope="module")
-def executor() -> Iterator[ProcessExecutor]:
-    """Two worker processes shared by the tests of this module (starting them costs time)."""
-    yield ProcessExecutor(workers=2, prefetch=2)
+def executor() -> ProcessExecutor:
+    """One executor of two worker processes for the tests of this module."""
+    return ProcessExecutor(workers=2, prefetch=2)
 
 
 def run(
@@ -65,11 +64,11 @@ def test_dead_worker_is_replaced_and_task_retried(
     executor: ProcessExecutor, tmp_path: Path, how: str, exit_text: str
 ) -> None:
     """A worker that dies mid-task is replaced; the task's retry succeeds."""
-    started = executor.processes_started
+    started = executor.replacements
     result, _ = run(executor, tmp_path, tags=["crash"], marker=str(tmp_path / "m"), how=how)
     assert result.ok, result.error
     assert result.task("dies_once").attempts == 2
-    assert executor.processes_started == started + 1
+    assert executor.replacements == started + 1
 
 
 def test_dead_worker_without_retries_fails_the_task_clearly(
@@ -88,13 +87,13 @@ def test_timeout_kills_the_worker_and_the_run_goes_on(
     executor: ProcessExecutor, tmp_path: Path
 ) -> None:
     """A task past its timeout is killed with its process; the replacement runs the rest."""
-    started = executor.processes_started
+    started = executor.replacements
     result, _ = run(executor, tmp_path, tags=["hang"])
     error = result.task("hangs").error or ""
     assert error.startswith("TimeoutError: task 'hangs' did not finish within 0.5s")
     assert "worker process was killed and replaced" in error
     assert result.task("quick").status == TaskStatus.SUCCEEDED
-    assert executor.processes_started == started + 1
+    assert executor.replacements == started + 1
 
 
 def test_unpicklable_result_fails_once_in_a_worker(

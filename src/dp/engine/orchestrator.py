@@ -532,7 +532,7 @@ class _Run:
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
         if self.closed:
             return
-        self.resolver.chunk(task.task_name, result_id)
+        self.resolver.chunk(task.task_name, result_id, task.instance)
         result = self.results.get(task.key)
         if result is not None:
             result.result_ids.append(result_id)
@@ -640,7 +640,7 @@ class _Run:
                     return False
                 result_ids = list(io.load(run_id, name, manifest))
                 for rid in result_ids:
-                    self.resolver.chunk(name, rid)
+                    self.resolver.chunk(name, rid, task.instance)
             elif io.exists(run_id, name, task.task_result_id):
                 result_ids = [task.task_result_id]
             else:

@@ -58,6 +58,9 @@ class TaskDependencyResolver:
         self._gates = dict(index.gates)
         self._result: dict[str, str] = {}  # single-result task -> result id
         self._stream: dict[str, list[str]] = {name: [] for name in index.streaming}
+        #: streaming task -> result id -> sort key (position in the stream)
+        self._rank: dict[str, dict[str, tuple[int, ...]]] = {n: {} for n in index.streaming}
+        self._instance_chunks: dict[str, dict[str, int]] = {n: {} for n in index.source}
         self._waiting_chunks: dict[str, list[str]] = {name: [] for name in index.source}
         self._open_instances = dict.fromkeys(index.source, 0)
         params = params or {}
@@ -76,8 +79,12 @@ class TaskDependencyResolver:
         return {name: _STATUS[state] for name, state in self._state.items()}
 
     def stream_of(self, name: str) -> list[str]:
-        """Result ids a streaming task has produced so far."""
-        return list(self._stream.get(name, ()))
+        """Result ids a streaming task has produced so far, in stream order."""
+        produced = self._stream.get(name, [])
+        if name in self._source:  # mapped: instances finish in any order
+            rank = self._rank[name]
+            return sorted(produced, key=rank.__getitem__)
+        return list(produced)
 
     # --- transitions ----------------------------------------------------------------------
 
@@ -87,11 +94,24 @@ class TaskDependencyResolver:
             if self._gates[name] == 0 and self._state[name] == _PENDING:
                 self._gate_opened(name)
 
-    def chunk(self, name: str, result_id: str) -> None:
-        """A streaming task (or a mapped instance that yields) saved one more chunk."""
+    def chunk(self, name: str, result_id: str, instance: str = "") -> None:
+        """A streaming task (or a mapped instance that yields) saved one more chunk.
+
+        `instance` is the input chunk of a mapped task's instance: items of a mapped task
+        keep the order of the stream they were mapped over, whatever order they finish in.
+        """
         if self._state[name] not in (_ACTIVE, _PENDING):
             return  # a late chunk of a task already failed or skipped
         self._stream[name].append(result_id)
+        rank = self._rank[name]
+        if instance:
+            source = self._source[name][1]
+            per_instance = self._instance_chunks[name]
+            index = per_instance.get(instance, 0)
+            per_instance[instance] = index + 1
+            rank[result_id] = (*self._rank[source][instance], index)
+        else:
+            rank[result_id] = (len(rank),)
         for child in self._chunk_children[name]:
             state = self._state[child]
             if state == _ACTIVE:
@@ -106,7 +126,7 @@ class TaskDependencyResolver:
         meta = self._meta[name]
         if name in self._source:
             if not meta.stream_output:  # one result per instance: it is the next stream item
-                self.chunk(name, result_ids[0])
+                self.chunk(name, result_ids[0], instance)
             self._open_instances[name] -= 1
             self._close_if_complete(name)
         elif meta.stream_output:
@@ -208,7 +228,7 @@ class TaskDependencyResolver:
         inputs: dict[str, Input] = {}
         for parameter, upstream, mode in self._inputs[name]:
             if mode == "collect":
-                inputs[parameter] = (upstream, tuple(self._stream[upstream]))
+                inputs[parameter] = (upstream, tuple(self.stream_of(upstream)))
             else:
                 inputs[parameter] = (upstream, self._result[upstream])
         return ExecutableTask(
