@@ -1,0 +1,132 @@
+"""The event system's ports: what the engine, the scheduler and the service program against.
+
+Adapters satisfy these structurally (no base class): the in-memory ones in `dp.events.memory`
+and `dp.events.multiprocess`, Redis Streams and Kafka later. Keep callers on these types and
+an adapter can be swapped by configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol, TypeVar, runtime_checkable
+
+from dp.errors import DPError
+from dp.events.event import EventBase
+
+__all__ = [
+    "Broker",
+    "Consumer",
+    "Publisher",
+    "Queue",
+    "QueueEmptyError",
+    "Subscription",
+]
+
+T = TypeVar("T")
+
+
+class QueueEmptyError(DPError):
+    """`get_nowait()` found the queue empty (but not closed); await `get()` to wait instead."""
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """A live subscription: iterate it for the events matching its pattern, in publish order.
+
+    Iteration ends when the broker closes (after the buffered events) or the subscription is
+    closed. Closing it, or dropping the last reference to it, unsubscribes.
+    """
+
+    @property
+    def pattern(self) -> str:
+        """The subscription pattern, e.g. `sales.*.created`."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[EventBase]: ...
+
+    async def __anext__(self) -> EventBase: ...
+
+    async def aclose(self) -> None:
+        """Unsubscribe; buffered events are discarded."""
+        ...
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """Sends events: `await publisher.publish("sales.orders.created", event)`."""
+
+    async def publish(self, topic: str, event: EventBase) -> None:
+        """Publish `event` on `topic`, which must be the event's own topic."""
+        ...
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """Receives events: `async for event in consumer.consume("sales.*.created")`."""
+
+    def consume(self, pattern: str) -> AsyncIterator[EventBase]:
+        """Subscribe to `pattern` now and iterate the matching events."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Routes published events to every subscription whose pattern matches the topic.
+
+    `subscribe` and `unsubscribe` are plain calls so a subscription exists before the first
+    `await`: nothing published after `subscribe()` returns is missed. Adapters that need the
+    network do that work on the first read.
+    """
+
+    def subscribe(self, pattern: str, *, replay_retained: bool = False) -> Subscription:
+        """Subscribe to `pattern`; with `replay_retained`, start with the retained events."""
+        ...
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to `subscription`; unknown or already closed ones are ignored."""
+        ...
+
+    async def publish(self, topic: str, event: EventBase) -> None:
+        """Deliver `event` to every matching subscription."""
+        ...
+
+    async def close(self) -> None:
+        """Refuse new events and end every subscription's iteration."""
+        ...
+
+
+@runtime_checkable
+class Queue(Protocol[T]):
+    """A FIFO of items between tasks or processes (the engine's task and completion channel).
+
+    `close()` is final: `put` then raises `QueueClosedError`, and `get` returns what is left,
+    then raises `QueueClosedError` too, which is how a consumer learns to stop.
+    """
+
+    async def put(self, item: T) -> None:
+        """Add `item`, waiting while a bounded queue is full."""
+        ...
+
+    async def get(self) -> T:
+        """Remove and return the oldest item, waiting while the queue is empty."""
+        ...
+
+    def put_nowait(self, item: T) -> None:
+        """Add `item` or raise `QueueFullError` at once."""
+        ...
+
+    def get_nowait(self) -> T:
+        """Remove and return the oldest item or raise `QueueEmptyError` at once."""
+        ...
+
+    def qsize(self) -> int:
+        """Approximate number of items waiting."""
+        ...
+
+    def empty(self) -> bool:
+        """Whether no item is waiting (approximate across processes)."""
+        ...
+
+    def close(self) -> None:
+        """Close the queue for every user of it."""
+        ...
