@@ -1,0 +1,151 @@
+"""Run listeners the service attaches to its orchestrator: lifecycle events and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from dp.engine import ExecutionContext, RunResult, TaskRunResult
+from dp.errors import DPError
+from dp.events import EventBase, InMemoryBroker
+from dp.logs import get_logger
+from dp.store.records import TaskStatus
+
+__all__ = ["LifecycleEvents", "Metrics"]
+
+_log = get_logger("dp.service")
+
+_TASK_TOPICS = {
+    TaskStatus.RUNNING: "dp.task.started",
+    TaskStatus.SUCCEEDED: "dp.task.succeeded",
+    TaskStatus.FAILED: "dp.task.failed",
+    TaskStatus.SKIPPED: "dp.task.skipped",
+    TaskStatus.CANCELLED: "dp.task.cancelled",
+}
+
+
+class LifecycleEvents:
+    """Publishes `dp.run.started`, `dp.run.<status>` and `dp.task.<status>` on the bus, so
+    pipelines (and anyone else) can react to runs: chain pipelines, alert, audit."""
+
+    def __init__(self, broker: InMemoryBroker, *, task_events: bool = True) -> None:
+        self.broker = broker
+        self.task_events = task_events
+
+    def on_run_start(self, *, context: ExecutionContext, **_: Any) -> None:
+        self._publish(
+            "dp.run.started",
+            {
+                "run_id": context.run_id,
+                "pipeline": context.pipeline,
+                "dag_id": context.dag_id,
+                "trigger": context.trigger,
+            },
+            context.run_id,
+        )
+
+    def on_task_update(self, *, context: ExecutionContext, task: TaskRunResult, **_: Any) -> None:
+        topic = _TASK_TOPICS.get(task.status)
+        if topic is None or not self.task_events:
+            return
+        self._publish(
+            topic,
+            {
+                "run_id": context.run_id,
+                "pipeline": context.pipeline,
+                "task": task.task_name,
+                "instance": task.instance,
+                "attempt": task.attempts,
+                "status": task.status.value,
+                "error": task.error,
+                "duration": task.duration,
+            },
+            context.run_id,
+        )
+
+    def on_run_end(self, *, context: ExecutionContext, result: RunResult, **_: Any) -> None:
+        self._publish(
+            f"dp.run.{result.status.value}",
+            {
+                "run_id": result.run_id,
+                "pipeline": context.pipeline,
+                "dag_id": result.dag_id,
+                "status": result.status.value,
+                "trigger": context.trigger,
+                "error": result.error,
+                "duration": result.duration,
+            },
+            context.run_id,
+        )
+
+    def _publish(self, topic: str, payload: dict[str, Any], run_id: str) -> None:
+        if self.broker.closed:
+            return
+        try:
+            self.broker.publish_nowait(
+                topic, EventBase(topic=topic, payload=payload, source="dp", correlation_id=run_id)
+            )
+        except DPError as exc:  # a full subscriber must not stall the run: drop and say so
+            _log.warning("lifecycle.event_dropped", topic=topic, run_id=run_id, error=str(exc))
+
+
+class Metrics:
+    """Prometheus metrics of one service (in its own registry, so services do not collide).
+
+    Names follow the robustness notes: `pipeline_executions_total{pipeline,status}`,
+    `active_pipelines`, `queued_pipelines`, `pipeline_duration_seconds{pipeline}`, and at task
+    level `task_executions_total{pipeline,status}` and `task_duration_seconds{pipeline}`; the
+    bus counts `databus_messages_total{topic}` for what the service publishes, triggers count
+    `trigger_fires_total{trigger}` and `trigger_failures_total{trigger}`, rejected starts
+    `pipeline_rejections_total{pipeline,reason}`.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.pipeline_executions = Counter(
+            "pipeline_executions", "Finished pipeline runs", ["pipeline", "status"], registry=r
+        )
+        self.active_pipelines = Gauge("active_pipelines", "Runs executing now", registry=r)
+        self.queued_pipelines = Gauge("queued_pipelines", "Runs waiting for a slot", registry=r)
+        self.pipeline_duration = Histogram(
+            "pipeline_duration_seconds", "Run duration", ["pipeline"], registry=r
+        )
+        self.task_executions = Counter(
+            "task_executions", "Finished task runs", ["pipeline", "status"], registry=r
+        )
+        self.task_duration = Histogram(
+            "task_duration_seconds",
+            "Task attempt duration",
+            ["pipeline"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, float("inf")),
+            registry=r,
+        )
+        self.messages = Counter(
+            "databus_messages", "Events published through the service", ["topic"], registry=r
+        )
+        self.trigger_fires = Counter(
+            "trigger_fires", "Runs started by a trigger", ["trigger"], registry=r
+        )
+        self.trigger_failures = Counter(
+            "trigger_failures", "Trigger firings that failed", ["trigger"], registry=r
+        )
+        self.rejections = Counter(
+            "pipeline_rejections", "Run starts refused", ["pipeline", "reason"], registry=r
+        )
+
+    # RunListener
+    def on_run_start(self, **_: Any) -> None:
+        pass
+
+    def on_task_update(self, *, context: ExecutionContext, task: TaskRunResult, **_: Any) -> None:
+        if task.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+            self.task_executions.labels(context.pipeline, task.status.value).inc()
+            if task.duration is not None:
+                self.task_duration.labels(context.pipeline).observe(task.duration)
+
+    def on_run_end(self, *, context: ExecutionContext, result: RunResult, **_: Any) -> None:
+        self.pipeline_executions.labels(context.pipeline, result.status.value).inc()
+        if result.duration is not None:
+            self.pipeline_duration.labels(context.pipeline).observe(result.duration)

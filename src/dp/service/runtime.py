@@ -1,0 +1,410 @@
+"""`Service`: pipelines started by cron, events and HTTP, run by an orchestrator.
+
+Everything that starts a pipeline is an event on its start topic,
+`dp.pipelines.<name>.start`, whose payload holds the run parameters: cron triggers publish
+there, event triggers turn matching events into start events (keeping the source event's id
+as `correlation_id`), and anyone may publish there directly. One consumer turns start events
+into runs; HTTP calls start runs directly, so an overloaded service can answer 429 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections import Counter as Tally
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
+from dp.errors import DPError, DuplicateRunError, PlanError
+from dp.events import EventBase, InMemoryBroker, InMemoryConsumer, InMemoryPublisher
+from dp.logs import get_logger
+from dp.pipelines import Pipeline, PipelineError, PipelineRegistry
+from dp.planner import ExecutionPlan
+from dp.service.lifecycle import LifecycleEvents, Metrics
+from dp.store.records import RunStatus
+
+__all__ = ["PipelineBusyError", "Service", "ServiceUnavailableError"]
+
+_log = get_logger("dp.service")
+
+_START_PATTERN = "dp.pipelines.*.start"
+
+
+class ServiceUnavailableError(DPError):
+    """The service is starting or shutting down and does not accept runs."""
+
+
+class PipelineBusyError(DPError):
+    """A pipeline already runs `max_concurrent_runs` runs."""
+
+    def __init__(self, pipeline: str, limit: int) -> None:
+        self.pipeline = pipeline
+        self.limit = limit
+        super().__init__(
+            f"pipeline {pipeline!r} already runs {limit} run(s), its max_concurrent_runs; "
+            "retry when one finishes."
+        )
+
+
+class Service:
+    """Binds pipelines to their triggers and runs them.
+
+    Args:
+        pipelines: the pipeline definitions.
+        orchestrator: runs the pipelines (its store records them; its limits apply).
+        broker: the event bus (default: a new `InMemoryBroker`).
+        scheduler: fires cron and event triggers (default: a `Scheduler` on the broker).
+        target: the task file or module, recorded with each run so it can be resumed.
+        resume_interrupted: on start, resume runs a previous process left interrupted.
+        grace: seconds `stop()` lets running pipelines finish before interrupting them.
+    """
+
+    def __init__(
+        self,
+        pipelines: PipelineRegistry | Iterable[Pipeline],
+        *,
+        orchestrator: Orchestrator,
+        broker: InMemoryBroker | None = None,
+        scheduler: Any | None = None,
+        target: str = "",
+        resume_interrupted: bool = True,
+        grace: float = 30.0,
+        task_events: bool = True,
+    ) -> None:
+        self.pipelines = {p.name: p for p in pipelines}
+        self.orchestrator = orchestrator
+        self.broker = broker if broker is not None else InMemoryBroker()
+        self.publisher = InMemoryPublisher(self.broker)
+        self.consumer = InMemoryConsumer(self.broker)
+        if scheduler is None:
+            from dp.scheduler import Scheduler
+
+            scheduler = Scheduler(self.publisher)
+        self.scheduler = scheduler
+        self.target = target
+        self.resume_interrupted = resume_interrupted
+        self.grace = grace
+        self.metrics = Metrics()
+        self.accepting = False
+        self.started_at: float | None = None
+        self._plans: dict[str, ExecutionPlan] = {}
+        self._param_names: dict[str, frozenset[str]] = {}
+        self._running: Tally[str] = Tally()
+        self._seen: OrderedDict[str, None] = OrderedDict()  # recent dedupe keys
+        self._starter: asyncio.Task[None] | None = None
+        orchestrator.listeners.extend(
+            [LifecycleEvents(self.broker, task_events=task_events), self.metrics]
+        )
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Plan every pipeline (failing early), register triggers, start consuming."""
+        problems = []
+        for definition in self.pipelines.values():
+            try:
+                plan = definition.plan()
+            except PipelineError as exc:
+                problems.append(str(exc))
+                continue
+            self._plans[definition.name] = plan
+            self._param_names[definition.name] = frozenset(p.name for p in plan.run_parameters)
+        if problems:
+            raise PipelineError("\n".join(problems))
+        subscription = self.consumer.consume(_START_PATTERN)
+        self._starter = asyncio.get_running_loop().create_task(
+            self._consume_starts(subscription), name="dp-service-starts"
+        )
+        await self._register_triggers()
+        await self.scheduler.start()
+        self.accepting = True
+        self.started_at = time.time()
+        if self.resume_interrupted and self.orchestrator.store is not None:
+            await self._resume_interrupted()
+        _log.info("service.started", pipelines=sorted(self.pipelines))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop triggers and new runs; let running pipelines finish for `grace` seconds,
+        then interrupt the rest (recorded as interrupted: the next start resumes them)."""
+        grace = self.grace if grace is None else grace
+        self.accepting = False
+        with contextlib.suppress(Exception):
+            await self.scheduler.stop()
+        if self._starter is not None:
+            self._starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starter
+        handles = self.orchestrator.active_runs()
+        pending = [h.task for h in handles if h.task is not None]
+        if pending:
+            _log.info("service.draining", runs=len(pending), grace=grace)
+            _, still_running = await asyncio.wait(pending, timeout=grace)
+            for handle in handles:
+                if handle.task in still_running:
+                    self.orchestrator.cancel(handle.run_id, status=RunStatus.INTERRUPTED)
+            if still_running:
+                await asyncio.wait(still_running, timeout=10)
+        await self.orchestrator.shutdown()
+        self.broker.close()
+        _log.info("service.stopped")
+
+    # --- starting runs -----------------------------------------------------------------------
+
+    def pipeline(self, name: str) -> Pipeline:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pipelines)) or "none"
+            raise PipelineError(f"no pipeline named {name!r}; defined: {known}.") from None
+
+    def plan(self, name: str) -> ExecutionPlan:
+        self.pipeline(name)
+        return self._plans[name]
+
+    async def start_run(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        trigger: str = "api",
+        event_id: str | None = None,
+        run_id: str | None = None,
+    ) -> RunHandle:
+        """Start a run of pipeline `name` now (or queue it); returns once it is recorded.
+
+        Raises:
+            PipelineError: unknown pipeline.
+            ServiceUnavailableError: the service is not accepting runs.
+            PipelineBusyError, TooManyPipelinesError: too many runs (HTTP 429).
+            MissingRunParameterError, InvalidRunParameterError, PlanError: bad parameters.
+            DuplicateRunError: this event (or run id) already started a run.
+        """
+        definition = self.pipeline(name)
+        if not self.accepting:
+            raise ServiceUnavailableError("the service is not accepting runs (shutting down)")
+        limit = definition.max_concurrent_runs
+        if limit is not None and self._running[name] >= limit:
+            self.metrics.rejections.labels(name, "pipeline_busy").inc()
+            raise PipelineBusyError(name, limit)
+        merged = {**definition.params, **(params or {})}
+        try:
+            handle = await self.orchestrator.submit_pipeline(
+                self._plans[name],
+                merged,
+                run_id=run_id,
+                pipeline=name,
+                target=self.target,
+                selection=definition.selection(),
+                trigger=trigger,
+                event_id=event_id,
+            )
+        except TooManyPipelinesError:
+            self.metrics.rejections.labels(name, "too_many_pipelines").inc()
+            raise
+        self._running[name] += 1
+        assert handle.task is not None
+        handle.task.add_done_callback(lambda _: self._finished(name))
+        self._refresh_gauges()
+        return handle
+
+    def _finished(self, name: str) -> None:
+        self._running[name] -= 1
+        self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        self.metrics.active_pipelines.set(self.orchestrator.active_pipelines)
+        self.metrics.queued_pipelines.set(self.orchestrator.queued_pipelines)
+
+    async def publish(
+        self,
+        topic: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        event_type: str = "",
+        event_id: str | None = None,
+        source: str = "api",
+        correlation_id: str | None = None,
+    ) -> EventBase:
+        """Publish an event on the service's bus (it may start pipelines)."""
+        options: dict[str, Any] = {}
+        if event_id:
+            options["event_id"] = event_id
+        event = EventBase(
+            topic=topic,
+            payload=dict(payload or {}),
+            event_type=event_type,
+            source=source,
+            correlation_id=correlation_id,
+            **options,
+        )
+        await self.publisher.publish(topic, event)
+        self.metrics.messages.labels(topic).inc()
+        return event
+
+    # --- events -> runs ----------------------------------------------------------------------
+
+    async def _consume_starts(self, subscription: Any) -> None:
+        async for event in subscription:
+            name = event.topic.split(".")[2]
+            try:
+                await self._start_from_event(name, event)
+            except Exception:  # one bad event must not stop the consumer
+                _log.exception(
+                    "service.start_event_failed", topic=event.topic, event_id=event.event_id
+                )
+
+    async def _start_from_event(self, name: str, event: EventBase) -> None:
+        if name not in self.pipelines:
+            await self._reject(name, event, f"no pipeline named {name!r}")
+            return
+        key = f"{name}/{event.correlation_id or event.event_id}"
+        if key in self._seen:
+            _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
+            return
+        accepted = self._param_names[name]
+        params = {k: v for k, v in event.payload.items() if k in accepted}
+        trigger = (
+            event.source if event.source.startswith(("cron:", "event:")) else f"event:{event.topic}"
+        )
+        delay = 0.01
+        while True:
+            try:
+                await self.start_run(name, params, trigger=trigger, event_id=key)
+            except DuplicateRunError:
+                _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
+            except (TooManyPipelinesError, PipelineBusyError):
+                # backpressure: stop reading start events until there is room again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                if self.accepting:
+                    continue
+                return
+            except (PlanError, PipelineError) as exc:
+                await self._reject(name, event, str(exc))
+                return
+            except ServiceUnavailableError:
+                return
+            self._remember(key)
+            self.metrics.trigger_fires.labels(trigger).inc()
+            return
+
+    def _remember(self, key: str) -> None:
+        self._seen[key] = None
+        if len(self._seen) > 10_000:
+            self._seen.popitem(last=False)
+
+    async def _reject(self, name: str, event: EventBase, reason: str) -> None:
+        """A start event that cannot become a run: say so on the bus, start nothing."""
+        self.metrics.rejections.labels(name, "invalid").inc()
+        _log.warning("service.start_rejected", pipeline=name, event_id=event.event_id, error=reason)
+        await self.publish(
+            "dp.run.rejected",
+            {"pipeline": name, "event_id": event.event_id, "topic": event.topic, "error": reason},
+            source="dp.service",
+            correlation_id=event.correlation_id or event.event_id,
+        )
+
+    # --- triggers ------------------------------------------------------------------------------
+
+    async def _register_triggers(self) -> None:
+        from dp.scheduler import create_cron_trigger, create_event_trigger
+
+        for definition in self.pipelines.values():
+            topic = definition.start_topic
+            for index, cron in enumerate(definition.schedules):
+                name = f"{definition.name}.cron{index}" if index else f"{definition.name}.cron"
+                source = f"cron:{name}"
+                trigger = create_cron_trigger(
+                    cron.expression,
+                    _cron_event(topic, source),
+                    timezone=cron.timezone,
+                    misfire=cron.misfire,
+                    name=name,
+                )
+                await self.scheduler.register_trigger(name, trigger, topic)
+            for index, spec in enumerate(definition.events):
+                name = f"{definition.name}.on{index}" if index else f"{definition.name}.on"
+                trigger = create_event_trigger(
+                    self.consumer, spec.pattern, _forwarded_event(topic), filter=spec.accepts
+                )
+                await self.scheduler.register_trigger(name, trigger, topic)
+
+    async def _resume_interrupted(self) -> None:
+        store = self.orchestrator.store
+        records = await asyncio.to_thread(
+            store.list_runs, status=[RunStatus.INTERRUPTED, RunStatus.RUNNING], limit=1000
+        )
+        for record in records:
+            if record.pipeline not in self._plans:
+                continue
+            try:
+                handle = await self.orchestrator.submit_resume(
+                    record.run_id, plan=self._plans[record.pipeline]
+                )
+            except DPError as exc:
+                _log.info("service.not_resumed", run_id=record.run_id, reason=str(exc))
+                continue
+            self._running[record.pipeline] += 1
+            assert handle.task is not None
+            handle.task.add_done_callback(lambda _, n=record.pipeline: self._finished(n))
+            _log.info("service.resumed", run_id=record.run_id, pipeline=record.pipeline)
+
+    # --- health ----------------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """Liveness and readiness of each part, and an overall status.
+
+        `ok` when everything works; `degraded` when a trigger's circuit is open (it stopped
+        firing) but runs can start; `unavailable` when runs cannot start (not accepting, bus
+        closed, store unreachable).
+        """
+        store_ok, store_error = True, None
+        if self.orchestrator.store is not None:
+            try:
+                await asyncio.to_thread(self.orchestrator.store.count_runs)
+            except Exception as exc:  # any failure means "not ready", and says why
+                store_ok, store_error = False, f"{type(exc).__name__}: {exc}"
+        scheduler = self.scheduler.health()
+        bus_ok = not self.broker.closed
+        ready = self.accepting and bus_ok and store_ok
+        degraded = scheduler.get("status") not in (None, "ok")
+        return {
+            "status": "unavailable" if not ready else ("degraded" if degraded else "ok"),
+            "live": True,
+            "ready": ready,
+            "accepting_runs": self.accepting,
+            "uptime_seconds": None if self.started_at is None else time.time() - self.started_at,
+            "active_pipelines": self.orchestrator.active_pipelines,
+            "queued_pipelines": self.orchestrator.queued_pipelines,
+            "bus": {"ok": bus_ok, **_stats(self.broker)},
+            "store": {"ok": store_ok, "error": store_error},
+            "scheduler": scheduler,
+        }
+
+
+def _stats(broker: InMemoryBroker) -> dict[str, Any]:
+    stats = dataclasses.asdict(broker.stats())
+    return {k: v for k, v in stats.items() if isinstance(v, int | float | str)}
+
+
+def _cron_event(topic: str, source: str) -> Any:
+    def make() -> EventBase:
+        return EventBase(topic=topic, payload={}, source=source)
+
+    return make
+
+
+def _forwarded_event(topic: str) -> Any:
+    def make(event: EventBase) -> EventBase:
+        return EventBase(
+            topic=topic,
+            payload=dict(event.payload),
+            source=f"event:{event.topic}",
+            correlation_id=event.event_id,
+        )
+
+    return make
