@@ -16,11 +16,13 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/dp plan examples/sales.py
+	$(BIN)/dp run examples/sales.py
 
 test: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 lint: $(STAMP)

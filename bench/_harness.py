@@ -77,7 +77,9 @@ class Report:
             for col in ("figure", "dp", "baseline", "dp / baseline", "target"):
                 table.add_column(col, justify="left" if col == "figure" else "right")
             for r in rows:
-                base = "" if r.baseline is None else f"{_fmt(r.baseline)} {r.unit} ({r.baseline_name})"
+                base = (
+                    "" if r.baseline is None else f"{_fmt(r.baseline)} {r.unit} ({r.baseline_name})"
+                )
                 table.add_row(r.name, f"{_fmt(r.value)} {r.unit}", base, r.ratio, r.target)
             self.console.print(table)
 

@@ -82,7 +82,8 @@ def bench_planning(report: Report) -> None:
         higher_is_better=False,
     )
     plan = planner.create_execution_plan()
-    assert len(plan.execution_order) == width * depth and len(plan.parallel_levels) == depth
+    assert len(plan.execution_order) == width * depth
+    assert len(plan.parallel_levels) == depth
     assert sum(e.kind == "data" for e in plan.edges) == width // 5 * (depth - 1)
 
 

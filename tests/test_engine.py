@@ -658,7 +658,10 @@ async def test_queued_run_cancelled_before_it_starts(registry: TaskRegistry) -> 
 
     store = MemoryRunStore()
     orchestrator = Orchestrator(
-        io_manager=InMemoryIOManager(), store=store, executor="inprocess", max_concurrent_pipelines=1
+        io_manager=InMemoryIOManager(),
+        store=store,
+        executor="inprocess",
+        max_concurrent_pipelines=1,
     )
     plan = plan_for(registry)
     first = await orchestrator.submit_pipeline(plan)

@@ -210,6 +210,10 @@ class QueueFullError(DPError):
         )
 
 
+class QueueEmptyError(DPError):
+    """A non-blocking get found nothing waiting (or a blocking one timed out)."""
+
+
 class QueueClosedError(DPError):
     """Putting into, or getting from an empty, closed queue."""
 

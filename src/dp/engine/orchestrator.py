@@ -324,7 +324,13 @@ class Orchestrator:
             self._active.pop(context.run_id, None)
 
     async def resume_pipeline(self, run_id: str, *, plan: ExecutionPlan | None = None) -> RunResult:
-        """Finish an interrupted run: tasks whose results are stored are not executed again.
+        """Finish an interrupted run (`submit_resume`, then wait for its result)."""
+        handle = await self.submit_resume(run_id, plan=plan)
+        return await handle.result()
+
+    async def submit_resume(self, run_id: str, *, plan: ExecutionPlan | None = None) -> RunHandle:
+        """Restart an interrupted run in the background; tasks whose results are stored are
+        not executed again.
 
         The plan is rebuilt from the run's recorded task file and selection unless given; it
         must have the run's `dag_id` (the same tasks and edges).
@@ -341,13 +347,13 @@ class Orchestrator:
                 run_id, f"it already {record.status.value}; start a new run to run it again"
             )
         owner = (record.metadata or {}).get("owner") or {}
-        if (
+        if run_id in self._active or (
             record.status == RunStatus.RUNNING
             and owner.get("host") == socket.gethostname()
             and owner.get("pid") != os.getpid()
             and _pid_alive(owner.get("pid"))
         ):
-            raise ResumeError(run_id, f"it is still running in process {owner['pid']}")
+            raise ResumeError(run_id, f"it is still running in process {owner.get('pid')}")
         if plan is None:
             plan = _plan_from_record(record)
         if plan.dag_id != record.dag_id:
@@ -356,12 +362,13 @@ class Orchestrator:
                 f"its tasks changed since it started (dag_id {record.dag_id} is now "
                 f"{plan.dag_id}); start a new run",
             )
-        return await self.start_pipeline(
+        return await self.submit_pipeline(
             plan,
             record.params,
             run_id=run_id,
             metadata=record.metadata,
             trigger=record.trigger,
+            pipeline=record.pipeline,
             resume=True,
         )
 
@@ -677,9 +684,9 @@ class _Run:
         self.closed = True
         if stopped is not None:
             status = stopped
-            for result in self.results.values():
-                if result.status == TaskStatus.RUNNING:
-                    result.status = TaskStatus.CANCELLED
+            for task_result in self.results.values():
+                if task_result.status == TaskStatus.RUNNING:
+                    task_result.status = TaskStatus.CANCELLED
             if stopped == RunStatus.CANCELLED:  # interrupted runs keep pending tasks pending
                 for name in resolver.cancel_pending():
                     self.results[(name, "")] = TaskRunResult(name, TaskStatus.CANCELLED)

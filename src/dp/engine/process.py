@@ -30,7 +30,7 @@ from typing import Any
 from dp.engine.executors import TaskSink, timeout_outcome
 from dp.engine.model import ExecutableTask, TaskOutcome
 from dp.engine.worker import Worker, format_error
-from dp.errors import DPError, QueueClosedError
+from dp.errors import DPError, QueueClosedError, QueueEmptyError
 from dp.events.queues import MultiprocessQueue
 from dp.io import IOManager
 from dp.logs import get_logger
@@ -170,9 +170,7 @@ class ProcessExecutor:
         while slot.alive:
             try:
                 batch = slot.results.get_nowait()
-            except QueueClosedError:
-                return
-            except DPError:  # empty
+            except (QueueClosedError, QueueEmptyError):
                 return
             for message in batch:
                 kind, handle = message[0], message[1]

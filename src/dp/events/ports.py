@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, TypeVar, runtime_checkable
 
-from dp.errors import DPError
+from dp.errors import QueueEmptyError
 from dp.events.event import EventBase
 
 __all__ = [
@@ -23,10 +23,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class QueueEmptyError(DPError):
-    """`get_nowait()` found the queue empty (but not closed); await `get()` to wait instead."""
 
 
 @runtime_checkable

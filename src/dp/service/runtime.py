@@ -149,7 +149,7 @@ class Service:
             if still_running:
                 await asyncio.wait(still_running, timeout=10)
         await self.orchestrator.shutdown()
-        self.broker.close()
+        await self.broker.close()
         _log.info("service.stopped")
 
     # --- starting runs -----------------------------------------------------------------------
@@ -205,14 +205,19 @@ class Service:
         except TooManyPipelinesError:
             self.metrics.rejections.labels(name, "too_many_pipelines").inc()
             raise
-        self._running[name] += 1
-        assert handle.task is not None
-        handle.task.add_done_callback(lambda _: self._finished(name))
-        self._refresh_gauges()
+        self._track(name, handle)
         return handle
 
-    def _finished(self, name: str) -> None:
-        self._running[name] -= 1
+    def _track(self, name: str, handle: RunHandle) -> None:
+        """Count the run against its pipeline's limit until it ends."""
+        self._running[name] += 1
+        assert handle.task is not None
+
+        def finished(_: object) -> None:
+            self._running[name] -= 1
+            self._refresh_gauges()
+
+        handle.task.add_done_callback(finished)
         self._refresh_gauges()
 
     def _refresh_gauges(self) -> None:
@@ -335,6 +340,7 @@ class Service:
 
     async def _resume_interrupted(self) -> None:
         store = self.orchestrator.store
+        assert store is not None
         records = await asyncio.to_thread(
             store.list_runs, status=[RunStatus.INTERRUPTED, RunStatus.RUNNING], limit=1000
         )
@@ -348,9 +354,7 @@ class Service:
             except DPError as exc:
                 _log.info("service.not_resumed", run_id=record.run_id, reason=str(exc))
                 continue
-            self._running[record.pipeline] += 1
-            assert handle.task is not None
-            handle.task.add_done_callback(lambda _, n=record.pipeline: self._finished(n))
+            self._track(record.pipeline, handle)
             _log.info("service.resumed", run_id=record.run_id, pipeline=record.pipeline)
 
     # --- health ----------------------------------------------------------------------------------
