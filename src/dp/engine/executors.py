@@ -129,30 +129,49 @@ class InlineExecutor:
 class _Attempt:
     """One submitted attempt; the first of completion and timeout wins, the other is dropped."""
 
-    __slots__ = ("finished", "sink", "task", "timer")
+    __slots__ = ("finished", "queued_at", "sink", "task", "timer")
 
     def __init__(self, task: ExecutableTask, sink: TaskSink) -> None:
         self.task = task
         self.sink = sink
         self.finished = False
         self.timer: asyncio.TimerHandle | None = None
+        self.queued_at = 0.0
+
+
+#: bounds of the interval at which the loop collects tasks finished by busy threads
+_POLL_MIN, _POLL_MAX = 0.0005, 0.01
 
 
 class InProcessExecutor:
     """Async tasks run on the event loop, sync tasks on a pool of threads.
 
-    Threads hand results back in batches: a finished task appends to a queue and wakes the
-    loop only if no wake-up is pending, so a busy run costs far fewer loop wake-ups than
-    tasks. A sync task past its timeout is reported failed at once, but Python cannot stop a
-    thread: it keeps running in the background and its late result is discarded. Use the
-    process executor when stuck tasks must really be killed.
+    Threads hand results back in batches: a finished task is queued for the loop, which is
+    woken only when it must feed the threads (or a stream chunk is waiting); otherwise a
+    poller collects finished tasks every half millisecond or so. The pool is elastic: it
+    starts with `min_threads` and adds a thread (up to `max_threads`) when queued tasks waited
+    more than `grow_after` seconds for one. Short tasks then share a few threads instead of
+    fighting over the GIL, while slow, blocking tasks (network, databases) get as many
+    threads as they need.
+
+    A sync task past its timeout is reported failed at once, but Python cannot stop a thread:
+    it keeps running in the background and its late result is discarded. Use the process
+    executor when stuck tasks must really be killed.
     """
 
     name = "inprocess"
 
-    def __init__(self, *, max_threads: int | None = None, capture_output: bool = True) -> None:
-        self.max_threads = max_threads or 8
-        self.capacity = self.max_threads * 2
+    def __init__(
+        self,
+        *,
+        max_threads: int | None = None,
+        min_threads: int = 1,
+        grow_after: float = 0.005,
+        capture_output: bool = True,
+    ) -> None:
+        self.max_threads = max_threads or 16
+        self.min_threads = max(1, min(min_threads, self.max_threads))
+        self.grow_after = grow_after
         self.capture_output = capture_output
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: Worker | None = None
@@ -160,18 +179,38 @@ class InProcessExecutor:
         self._threads: list[threading.Thread] = []
         self._finished: deque[tuple[_Attempt, TaskOutcome | str]] = deque()
         self._wakeup_pending = False
+        self._growing = False
+        self._queued = 0  # sync jobs handed to threads and not collected back yet
+        self._last_take = 0.0  # when a thread last took a job
+        self._poller: asyncio.TimerHandle | None = None
+        self._poll_interval = _POLL_MIN
         self._async_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, io_manager: IOManager) -> None:
         self._loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.io_manager is not io_manager:
             self._worker = Worker(io_manager, capture_output=self.capture_output)
-        while len(self._threads) < self.max_threads:
-            thread = threading.Thread(
-                target=self._thread_main, name=f"dp-task-{len(self._threads)}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        while len(self._threads) < self.min_threads:
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        thread = threading.Thread(
+            target=self._thread_main, name=f"dp-task-{len(self._threads)}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    @property
+    def capacity(self) -> int:
+        """Tasks worth having in flight: eight per thread, so threads find work queued (and
+        finish tasks in batches) while a long wait in the queue still means the threads are
+        really busy (that is what grows the pool)."""
+        return 8 * max(1, len(self._threads))
+
+    @property
+    def threads(self) -> int:
+        """Threads started so far (the pool grows on demand up to `max_threads`)."""
+        return len(self._threads)
 
     def submit(self, task: ExecutableTask, sink: TaskSink) -> None:
         loop = self._loop
@@ -185,7 +224,12 @@ class InProcessExecutor:
             return
         if timeout is not None:
             attempt.timer = loop.call_later(timeout, self._timed_out, attempt, timeout)
+        attempt.queued_at = time.monotonic()
         self._jobs.put(attempt)
+        self._queued += 1
+        if self._poller is None:
+            self._poll_interval = _POLL_MIN
+            self._poller = loop.call_later(_POLL_MIN, self._poll)
 
     def _thread_main(self) -> None:
         jobs = self._jobs
@@ -193,6 +237,16 @@ class InProcessExecutor:
             attempt = jobs.get()
             if attempt is None:
                 return
+            self._last_take = time.monotonic()
+            if (
+                time.monotonic() - attempt.queued_at > self.grow_after
+                and len(self._threads) < self.max_threads
+                and not self._growing
+            ):
+                self._growing = True  # tasks wait for threads: ask the loop for one more
+                with contextlib.suppress(RuntimeError):
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(self._grow)
             worker = self._worker
             assert worker is not None
             task = attempt.task
@@ -204,15 +258,43 @@ class InProcessExecutor:
 
             self._hand_back(attempt, worker.execute(task, on_chunk))
 
+    def _grow(self) -> None:
+        self._growing = False
+        if self._loop is not None and len(self._threads) < self.max_threads:
+            self._add_thread()
+
     def _hand_back(self, attempt: _Attempt, item: TaskOutcome | str) -> None:
-        """From a pool thread: queue a chunk id or an outcome for the loop thread."""
+        """From a pool thread: queue a chunk id or an outcome for the loop thread.
+
+        The loop is woken at once only when it is needed: a chunk (a consumer may be waiting
+        for it), or no job left for the threads. Otherwise the loop's poller collects
+        finished tasks in batches, so busy threads are not slowed by a wake-up (and a fight
+        for the GIL) per task.
+        """
         self._finished.append((attempt, item))
-        if not self._wakeup_pending:
+        if not self._wakeup_pending and (isinstance(item, str) or self._jobs.empty()):
             self._wakeup_pending = True
             loop = self._loop
             if loop is not None:
                 with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
                     loop.call_soon_threadsafe(self._drain_finished)
+
+    def _poll(self) -> None:
+        """Collect finished tasks while threads are busy; back off while nothing finishes."""
+        self._poller = None
+        if self._finished:
+            self._poll_interval = _POLL_MIN
+            self._drain_finished()
+        else:
+            self._poll_interval = min(self._poll_interval * 2, _POLL_MAX)
+        if (
+            not self._jobs.empty()
+            and time.monotonic() - self._last_take > self.grow_after
+            and len(self._threads) < self.max_threads
+        ):
+            self._add_thread()  # every thread is stuck in a task while others wait
+        if self._queued and self._poller is None and self._loop is not None:
+            self._poller = self._loop.call_later(self._poll_interval, self._poll)
 
     def _drain_finished(self) -> None:
         self._wakeup_pending = False
@@ -222,6 +304,7 @@ class InProcessExecutor:
             if isinstance(item, str):
                 self._chunk(attempt, item)
             else:
+                self._queued -= 1
                 self._done(attempt, item)
 
     async def _run_async(self, attempt: _Attempt) -> None:
@@ -265,6 +348,9 @@ class InProcessExecutor:
             running.cancel()
         if self._async_tasks:
             await asyncio.gather(*self._async_tasks, return_exceptions=True)
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
         for _ in self._threads:
             self._jobs.put(None)
         self._threads = []

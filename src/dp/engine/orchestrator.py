@@ -489,7 +489,8 @@ class _Run:
         self.executor = orchestrator.executor
         self.listeners = orchestrator.listeners
         self.resolver = TaskDependencyResolver(context.plan, context.run_id, context.params)
-        self.limit = orchestrator.max_parallel_tasks or self.executor.capacity
+        #: tasks of this run in flight at once; None: as many as the executor wants now
+        self.limit = orchestrator.max_parallel_tasks
         self.in_flight = 0
         self.retrying = 0
         self.results: dict[tuple[str, str], TaskRunResult] = {}
@@ -612,7 +613,8 @@ class _Run:
     def _pump(self) -> None:
         """Hand ready tasks to the executor, up to the run's limit; notice the end."""
         ready = self.resolver.ready
-        while ready and self.in_flight < self.limit:
+        limit = self.limit or self.executor.capacity
+        while ready and self.in_flight < limit:
             task = ready.popleft()
             if self.resume and self._restore(task):
                 continue
