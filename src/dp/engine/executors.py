@@ -34,8 +34,11 @@ class Executor(Protocol):
     """Runs tasks somewhere and reports their chunks and outcomes to the task's sink."""
 
     name: str
-    #: how many tasks of one run it is useful to keep in flight at once
-    capacity: int
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks of one run it is useful to keep in flight now."""
+        ...
 
     async def start(self, io_manager: IOManager) -> None:
         """Get ready to run tasks (idempotent); called on the loop that will use it."""
