@@ -52,17 +52,7 @@ class Worker:
         finally:
             if token is not None:
                 _output.reset(token)
-        return TaskOutcome(
-            task.task_name,
-            task.instance,
-            True,
-            result_ids,
-            started_at,
-            time.time() - started_at,
-            None,
-            None,
-            capture.joined(chunks) if chunks else "",
-        )
+        return _succeeded(task, result_ids, started_at, chunks)
 
     async def execute_async(
         self, task: ExecutableTask, on_chunk: ChunkCallback | None = None
@@ -80,13 +70,9 @@ class Worker:
                 result_ids = [self._save(task, task.task_result_id, value)]
             elif meta.is_generator:
                 result_ids = []
-                base = task.task_result_id
                 async for chunk in meta.func(**kwargs):
-                    rid = self._save(task, chunk_result_id(base, len(result_ids)), chunk)
-                    result_ids.append(rid)
-                    if on_chunk is not None:
-                        on_chunk(rid)
-                self._save(task, manifest_result_id(base), result_ids)
+                    self._save_chunk(task, chunk, result_ids, on_chunk)
+                self._save(task, manifest_result_id(task.task_result_id), result_ids)
             else:
                 value = await meta.func(**kwargs)
                 result_ids = [self._save(task, task.task_result_id, value)]
@@ -97,15 +83,7 @@ class Worker:
         finally:
             if token is not None:
                 _output.reset(token)
-        return TaskOutcome(
-            task.task_name,
-            task.instance,
-            True,
-            result_ids,
-            started_at,
-            time.time() - started_at,
-            output=capture.joined(chunks),
-        )
+        return _succeeded(task, result_ids, started_at, chunks)
 
     def _load_inputs(self, task: ExecutableTask) -> dict[str, Any]:
         kwargs = dict(task.params) if task.params else {}
@@ -127,14 +105,23 @@ class Worker:
         self, task: ExecutableTask, generator: Any, on_chunk: ChunkCallback | None
     ) -> list[str]:
         result_ids: list[str] = []
-        base = task.task_result_id
         for chunk in generator:
-            rid = self._save(task, chunk_result_id(base, len(result_ids)), chunk)
-            result_ids.append(rid)
-            if on_chunk is not None:
-                on_chunk(rid)
-        self._save(task, manifest_result_id(base), result_ids)
+            self._save_chunk(task, chunk, result_ids, on_chunk)
+        self._save(task, manifest_result_id(task.task_result_id), result_ids)
         return result_ids
+
+    def _save_chunk(
+        self,
+        task: ExecutableTask,
+        chunk: Any,
+        result_ids: list[str],
+        on_chunk: ChunkCallback | None,
+    ) -> None:
+        """Save the next chunk of a stream at once and tell whoever waits for it."""
+        rid = self._save(task, chunk_result_id(task.task_result_id, len(result_ids)), chunk)
+        result_ids.append(rid)
+        if on_chunk is not None:
+            on_chunk(rid)
 
     def _failed(
         self,
@@ -156,6 +143,22 @@ class Worker:
             # an unpicklable result fails the same way every time: retrying only wastes time
             retryable=not isinstance(exc, SerializationError),
         )
+
+
+def _succeeded(
+    task: ExecutableTask, result_ids: list[str], started_at: float, chunks: list[str]
+) -> TaskOutcome:
+    return TaskOutcome(
+        task.task_name,
+        task.instance,
+        True,
+        result_ids,
+        started_at,
+        time.time() - started_at,
+        None,
+        None,
+        capture.joined(chunks) if chunks else "",
+    )
 
 
 def format_error(exc: BaseException) -> str:
