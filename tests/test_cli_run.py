@@ -126,7 +126,8 @@ def test_runs_show_and_logs_tell_what_happened(project: Path) -> None:
     (record,) = store.list_runs()
     store.close()
     listed = dp(project, "runs", "list")
-    assert record.run_id in listed.stdout and "failed" in listed.stdout
+    assert record.run_id in listed.stdout
+    assert "failed" in listed.stdout
     shown = dp(project, "runs", "show", record.run_id)
     assert "ValueError: factor must be positive, got -1" in shown.stdout
     assert "succeeded" in shown.stdout

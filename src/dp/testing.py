@@ -37,6 +37,8 @@ class InlineRun(RunResult):
     """A `RunResult` that can also hand back the values the tasks returned."""
 
     __slots__ = ("io_manager", "plan")
+    io_manager: Any
+    plan: ExecutionPlan
 
     def value(self, task_name: str, instance: str = "") -> Any:
         """The value a task returned (a streaming task: the list of its chunks)."""
