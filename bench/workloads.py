@@ -1,7 +1,11 @@
-"""The engine benchmark DAGs (W1, W2, W3) as registries of no-op tasks."""
+"""The engine benchmark DAGs (W1, W2, W3) as registries of no-op tasks, and the same graphs
+for the baselines (Dask graph dicts, Hamilton modules)."""
 
 from __future__ import annotations
 
+import sys
+import time
+import types
 from dataclasses import replace
 from typing import Any
 
@@ -16,7 +20,9 @@ def noop(**inputs: Any) -> int:
 def _meta(name: str, deps: list[str]) -> TaskMetadata:
     meta = TaskMetadata.from_function(_plain_noop, name=name, dependencies=deps)
     schema = {d: Parameter(d, int) for d in deps}
-    return replace(meta, func=noop, input_schema=schema, output_schema=int, import_path="bench.workloads:noop")
+    return replace(
+        meta, func=noop, input_schema=schema, output_schema=int, import_path="bench.workloads:noop"
+    )
 
 
 def _plain_noop() -> int:
@@ -52,3 +58,60 @@ def w3(levels: int = 10, width: int = 100) -> TaskRegistry:
 
 
 WORKLOADS = {"W1": w1, "W2": w2, "W3": w3}
+
+
+# --- the same graphs for the baselines (Dask, Hamilton) --------------------------------------
+
+
+def noop_positional(*args: Any) -> int:
+    """`noop` for Dask, which passes upstream results positionally."""
+    return 1
+
+
+def dask_graph(registry: TaskRegistry) -> dict[str, tuple[Any, ...]]:
+    """The registry as a Dask graph dict: `{name: (noop_positional, *dependencies)}`."""
+    return {meta.name: (noop_positional, *meta.dependencies) for meta in registry}
+
+
+def final_tasks(registry: TaskRegistry) -> list[str]:
+    """Tasks nothing depends on (what a Hamilton user asks for)."""
+    upstream = {dep for meta in registry for dep in meta.dependencies}
+    return [meta.name for meta in registry if meta.name not in upstream]
+
+
+def hamilton_module(registry: TaskRegistry, module_name: str) -> types.ModuleType:
+    """A module with one no-op function per task, its parameters named after its dependencies
+    (Hamilton wires a graph by parameter names). Registered in `sys.modules`, which Hamilton
+    needs to tell the module's own functions from imported ones."""
+    lines = []
+    for meta in registry:
+        params = ", ".join(f"{dep}: int" for dep in meta.dependencies)
+        lines.append(f"def {meta.name}({params}) -> int:\n    return 1\n")
+    module = types.ModuleType(module_name)
+    exec(compile("\n".join(lines), f"<{module_name}>", "exec"), module.__dict__)
+    sys.modules[module_name] = module
+    return module
+
+
+# --- run start latency ---------------------------------------------------------------------
+
+
+def stamp() -> float:
+    """A task that returns when it started, on the clock shared by every local process."""
+    return time.perf_counter()
+
+
+def stamp_registry() -> TaskRegistry:
+    """A one-task registry: `stamp`, importable by worker processes."""
+    registry = TaskRegistry()
+    registry.register(TaskMetadata.from_function(stamp, name="stamp"))
+    return registry
+
+
+def pipe_echo(conn: Any) -> None:
+    """Child process of the Pipe round-trip baseline: answer every message until `None`."""
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        conn.send(message)
