@@ -22,17 +22,38 @@ _PRE_CHAIN: list[Any] = [
 ]
 
 
+class _BoundLogger(structlog.stdlib.BoundLogger):
+    """Checks the level before building the event, so a disabled call costs one lookup
+    (structlog's `filter_by_level` processor would raise and catch an exception)."""
+
+    def _proxy_to_logger(self, method_name: str, event: Any = None, *args: Any, **kw: Any) -> Any:
+        level = _LEVELS.get(method_name)
+        if level is not None and not self._logger.isEnabledFor(level):
+            return None
+        return super()._proxy_to_logger(method_name, event, *args, **kw)
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
 def get_logger(name: str = "dp", **bound: Any) -> Any:
     """A structlog logger writing to stdlib logger `name`, with `bound` context attached."""
     logger = structlog.wrap_logger(
         logging.getLogger(name),
         processors=[
-            structlog.stdlib.filter_by_level,
             *_PRE_CHAIN,
             structlog.processors.format_exc_info,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        wrapper_class=structlog.stdlib.BoundLogger,
+        wrapper_class=_BoundLogger,
         cache_logger_on_first_use=True,
     )
     return logger.bind(**bound) if bound else logger

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -100,13 +101,7 @@ class InlineExecutor:
             while queue:
                 task, sink = queue.popleft()
                 meta = task.metadata
-
-                def on_chunk(
-                    result_id: str, task: ExecutableTask = task, sink: TaskSink = sink
-                ) -> None:
-                    sink.on_chunk(task, result_id)
-
-                chunk_cb = on_chunk if meta.stream_output else None
+                chunk_cb = functools.partial(sink.on_chunk, task) if meta.stream_output else None
                 if not meta.is_async:
                     outcome = worker.execute(task, chunk_cb)
                 elif meta.timeout is None:

@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 _log = get_logger("dp.engine")
+_HOST = socket.gethostname()
 
 
 class TooManyPipelinesError(DPError):
@@ -349,7 +350,7 @@ class Orchestrator:
         owner = (record.metadata or {}).get("owner") or {}
         if run_id in self._active or (
             record.status == RunStatus.RUNNING
-            and owner.get("host") == socket.gethostname()
+            and owner.get("host") == _HOST
             and owner.get("pid") != os.getpid()
             and _pid_alive(owner.get("pid"))
         ):
@@ -533,7 +534,7 @@ class _Run:
         return await self._finish()
 
     def _owner(self) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid()}
+        return {"host": _HOST, "pid": os.getpid()}
 
     # --- TaskSink -------------------------------------------------------------------------
 
