@@ -482,6 +482,58 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
     return f"{(end - start).total_seconds():.2f}s"
 
 
+# --- serving ---------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    target: TargetArg,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; without a token, loopback only.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8080,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DP_API_TOKEN",
+            help="Bearer token that POST requests must carry (prefer the environment variable).",
+            show_default=False,
+        ),
+    ] = None,
+    root: RootOpt = Path(".dp"),
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    grace: Annotated[
+        float, typer.Option(min=0, help="Seconds running pipelines may finish in on shutdown.")
+    ] = 30.0,
+    max_concurrent_pipelines: Annotated[
+        int, typer.Option(min=1, help="Runs executing at once; more wait in a queue.")
+    ] = 8,
+    max_queued_pipelines: Annotated[
+        int, typer.Option(min=0, help="Runs allowed to wait; beyond, starts get HTTP 429.")
+    ] = 100,
+) -> None:
+    """Serve the pipelines in TARGET: cron and event triggers, and the HTTP API (/docs)."""
+    from dp.service.server import serve as serve_forever
+
+    kind, count = _executor(executor, workers)
+    try:
+        serve_forever(
+            target,
+            host=host,
+            port=port,
+            token=token,
+            root=root,
+            executor=kind,
+            workers=count,
+            grace=grace,
+            max_concurrent_pipelines=max_concurrent_pipelines,
+            max_queued_pipelines=max_queued_pipelines,
+        )
+    except DPError as exc:
+        raise _fail(exc) from exc
+
+
 def main() -> None:
     app()
 

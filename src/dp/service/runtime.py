@@ -372,10 +372,10 @@ class Service:
                 await asyncio.to_thread(self.orchestrator.store.count_runs)
             except Exception as exc:  # any failure means "not ready", and says why
                 store_ok, store_error = False, f"{type(exc).__name__}: {exc}"
-        scheduler = self.scheduler.health()
+        scheduler = dataclasses.asdict(self.scheduler.health())
         bus_ok = not self.broker.closed
         ready = self.accepting and bus_ok and store_ok
-        degraded = scheduler.get("status") not in (None, "ok")
+        degraded = scheduler["status"] != "ok"
         return {
             "status": "unavailable" if not ready else ("degraded" if degraded else "ok"),
             "live": True,
