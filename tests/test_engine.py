@@ -697,3 +697,27 @@ def test_collected_results_of_a_mapped_task_keep_stream_order(registry: TaskRegi
     io = InMemoryIOManager()
     result = run(registry, "inprocess", io_manager=io)
     assert io.load(result.run_id, "order", "output") == [0.06, 0.04, 0.02, 0.0]
+
+
+def test_output_is_captured_after_stdout_was_replaced(registry: TaskRegistry) -> None:
+    """Prints are captured even when sys.stdout was swapped after the executor started."""
+    import contextlib
+    import io
+
+    @task(registry=registry)
+    def talk() -> None:
+        print("hello from the task")
+
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), executor="inline")
+    plan = plan_for(registry)
+
+    async def twice() -> tuple[RunResult, RunResult]:
+        first = await orchestrator.start_pipeline(plan)
+        with contextlib.redirect_stdout(io.StringIO()) as elsewhere:
+            second = await orchestrator.start_pipeline(plan)
+        assert elsewhere.getvalue() == ""
+        return first, second
+
+    first, second = asyncio.run(twice())
+    assert first.task("talk").output == "hello from the task\n"
+    assert second.task("talk").output == "hello from the task\n"

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from dp.errors import DPError
 from dp.events.event import EventBase
@@ -48,7 +48,7 @@ class Cron:
 
     expression: str
     timezone: str = "UTC"
-    misfire: str = "run_once"
+    misfire: Literal["run_once", "skip"] = "run_once"
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,11 @@ class _Router:
 
 
 def install() -> None:
-    """Route sys.stdout and sys.stderr through the capturing proxy (idempotent)."""
+    """Route sys.stdout and sys.stderr through the capturing proxy (idempotent, and cheap
+    when already installed: workers call it before each task, since anyone may replace
+    sys.stdout in between, e.g. pytest or `contextlib.redirect_stdout`)."""
+    if type(sys.stdout) is _Router and type(sys.stderr) is _Router:
+        return
     with _lock:
         if not isinstance(sys.stdout, _Router):
             sys.stdout = _Router(sys.stdout)

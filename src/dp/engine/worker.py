@@ -28,14 +28,15 @@ class Worker:
     def __init__(self, io_manager: IOManager, *, capture_output: bool = True) -> None:
         self.io_manager = io_manager
         self.capture_output = capture_output
-        if capture_output:
-            capture.install()
 
     def execute(self, task: ExecutableTask, on_chunk: ChunkCallback | None = None) -> TaskOutcome:
         """Run a sync task (function or generator) to its outcome; never raises."""
         started_at = time.time()
         chunks: list[str] = []
-        token = _output.set(chunks) if self.capture_output else None
+        token = None
+        if self.capture_output:
+            capture.install()
+            token = _output.set(chunks)
         try:
             kwargs = self._load_inputs(task)
             meta = task.metadata
@@ -61,7 +62,10 @@ class Worker:
         except `asyncio.CancelledError`, so timeouts and cancellation reach the caller."""
         started_at = time.time()
         chunks: list[str] = []
-        token = _output.set(chunks) if self.capture_output else None
+        token = None
+        if self.capture_output:
+            capture.install()
+            token = _output.set(chunks)
         try:
             kwargs = self._load_inputs(task)
             meta = task.metadata

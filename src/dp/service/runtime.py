@@ -173,6 +173,7 @@ class Service:
         trigger: str = "api",
         event_id: str | None = None,
         run_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> RunHandle:
         """Start a run of pipeline `name` now (or queue it); returns once it is recorded.
 
@@ -191,6 +192,7 @@ class Service:
             self.metrics.rejections.labels(name, "pipeline_busy").inc()
             raise PipelineBusyError(name, limit)
         merged = {**definition.params, **(params or {})}
+        self._running[name] += 1  # counted before the await, so concurrent starts see it
         try:
             handle = await self.orchestrator.submit_pipeline(
                 self._plans[name],
@@ -201,16 +203,18 @@ class Service:
                 selection=definition.selection(),
                 trigger=trigger,
                 event_id=event_id,
+                metadata=metadata,
             )
-        except TooManyPipelinesError:
-            self.metrics.rejections.labels(name, "too_many_pipelines").inc()
+        except BaseException as exc:
+            self._running[name] -= 1
+            if isinstance(exc, TooManyPipelinesError):
+                self.metrics.rejections.labels(name, "too_many_pipelines").inc()
             raise
         self._track(name, handle)
         return handle
 
     def _track(self, name: str, handle: RunHandle) -> None:
-        """Count the run against its pipeline's limit until it ends."""
-        self._running[name] += 1
+        """Release the run's place in its pipeline's count when it ends."""
         assert handle.task is not None
 
         def finished(_: object) -> None:
@@ -278,7 +282,13 @@ class Service:
         delay = 0.01
         while True:
             try:
-                await self.start_run(name, params, trigger=trigger, event_id=key)
+                await self.start_run(
+                    name,
+                    params,
+                    trigger=trigger,
+                    event_id=key,
+                    metadata={"event": {"id": event.event_id, "topic": event.topic}},
+                )
             except DuplicateRunError:
                 _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
             except (TooManyPipelinesError, PipelineBusyError):
@@ -323,14 +333,14 @@ class Service:
             for index, cron in enumerate(definition.schedules):
                 name = f"{definition.name}.cron{index}" if index else f"{definition.name}.cron"
                 source = f"cron:{name}"
-                trigger = create_cron_trigger(
+                cron_trigger = create_cron_trigger(
                     cron.expression,
                     _cron_event(topic, source),
                     timezone=cron.timezone,
                     misfire=cron.misfire,
                     name=name,
                 )
-                await self.scheduler.register_trigger(name, trigger, topic)
+                await self.scheduler.register_trigger(name, cron_trigger, topic)
             for index, spec in enumerate(definition.events):
                 name = f"{definition.name}.on{index}" if index else f"{definition.name}.on"
                 trigger = create_event_trigger(
@@ -354,6 +364,7 @@ class Service:
             except DPError as exc:
                 _log.info("service.not_resumed", run_id=record.run_id, reason=str(exc))
                 continue
+            self._running[record.pipeline] += 1
             self._track(record.pipeline, handle)
             _log.info("service.resumed", run_id=record.run_id, pipeline=record.pipeline)
 

@@ -1,0 +1,136 @@
+"""The service runtime without HTTP: cron- and event-started runs, rejections, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
+from dp.events import EventBase
+from dp.pipelines import PipelineRegistry, pipeline
+from dp.scheduler import ManualClock, Scheduler
+from dp.service import PipelineBusyError, Service
+from dp.store import RunStatus
+
+PATIENCE = 10.0
+
+
+async def until(condition: Any, what: str) -> None:
+    """Yield to the loop until `condition()` holds (a deadline turns a hang into a failure)."""
+    deadline = asyncio.get_running_loop().time() + PATIENCE
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[Service]:
+    """A service over its own registries, with a manual clock starting 2026-03-28 12:00 UTC."""
+    tasks, pipelines = TaskRegistry(), PipelineRegistry()
+    gate = asyncio.Event()
+
+    @task(registry=tasks)
+    def nightly() -> str:
+        return "done"
+
+    @task(registry=tasks)
+    def score(order_id: str, amount: float) -> float:
+        return amount * 2
+
+    @task(registry=tasks)
+    async def slow() -> None:
+        await gate.wait()
+
+    pipeline("nightly", tasks=["nightly"], cron="30 2 * * *", timezone="Europe/Berlin",
+             registry=tasks, pipelines=pipelines)  # fmt: skip
+    pipeline("score", tasks=["score"], on="sales.orders.created", registry=tasks,
+             pipelines=pipelines)  # fmt: skip
+    pipeline("slow", tasks=["slow"], max_concurrent_runs=1, registry=tasks, pipelines=pipelines)
+
+    broker_clock = ManualClock(datetime(2026, 3, 28, 12, tzinfo=UTC))
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
+    service = Service(pipelines, orchestrator=orchestrator)
+    service.scheduler = Scheduler(service.publisher, clock=broker_clock)
+    service.gate = gate  # type: ignore[attr-defined]
+    service.clock = broker_clock  # type: ignore[attr-defined]
+    await service.start()
+    yield service
+    gate.set()
+    await service.stop(grace=5)
+
+
+def runs_of(service: Service, pipeline_name: str) -> list[Any]:
+    store = service.orchestrator.store
+    assert store is not None
+    return list(store.list_runs(pipeline=pipeline_name))
+
+
+async def test_cron_starts_the_pipeline_once_a_day_across_dst(service: Service) -> None:
+    """A 02:30 Berlin schedule starts one run per day, on the spring-forward day too."""
+    clock: ManualClock = service.clock  # type: ignore[attr-defined]
+    await clock.advance(timedelta(days=3))  # 28 Mar -> 31 Mar 12:00 UTC: DST began on 29 Mar
+    await until(lambda: len(runs_of(service, "nightly")) == 3, "three nightly runs")
+    await until(
+        lambda: all(r.status == RunStatus.SUCCEEDED for r in runs_of(service, "nightly")),
+        "the runs to succeed",
+    )
+    assert {r.trigger for r in runs_of(service, "nightly")} == {"cron:nightly.cron"}
+
+
+async def test_event_payload_becomes_run_parameters(service: Service) -> None:
+    """An order event starts the scoring pipeline with the payload's matching keys as params."""
+    await service.publish("sales.orders.created", {"order_id": "A-1", "amount": 5, "x": 1})
+    await until(lambda: runs_of(service, "score"), "a scoring run")
+    (run,) = runs_of(service, "score")
+    assert run.params == {"order_id": "A-1", "amount": 5.0}
+    assert run.trigger == "event:sales.orders.created"
+
+
+async def test_duplicate_event_starts_one_run(service: Service) -> None:
+    """The same event delivered twice (same event id) starts a single run."""
+    for _ in range(2):
+        await service.publish(
+            "sales.orders.created", {"order_id": "B", "amount": 1}, event_id="e-1"
+        )
+    await until(lambda: runs_of(service, "score"), "a scoring run")
+    await asyncio.sleep(0.05)
+    assert len(runs_of(service, "score")) == 1
+
+
+async def test_bad_payload_is_rejected_with_an_event_and_no_run(service: Service) -> None:
+    """A payload missing a run parameter publishes dp.run.rejected naming it; nothing runs."""
+    async with service.consumer.consume("dp.run.rejected") as rejections:
+        await service.publish("sales.orders.created", {"amount": 3})
+        rejection: EventBase = await asyncio.wait_for(anext(rejections), PATIENCE)
+    assert rejection.payload["pipeline"] == "score"
+    assert "'order_id'" in rejection.payload["error"]
+    assert runs_of(service, "score") == []
+
+
+async def test_lifecycle_events_announce_each_run(service: Service) -> None:
+    """Runs publish dp.run.started and dp.run.succeeded with the pipeline and run id."""
+    async with service.consumer.consume("dp.run.*") as events:
+        handle = await service.start_run("score", {"order_id": "C", "amount": 2})
+        await handle.result()
+        seen = [await asyncio.wait_for(anext(events), PATIENCE) for _ in range(2)]
+    assert [e.topic for e in seen] == ["dp.run.started", "dp.run.succeeded"]
+    assert {e.payload["run_id"] for e in seen} == {handle.run_id}
+    assert seen[1].payload["pipeline"] == "score"
+
+
+async def test_pipeline_limit_holds_under_concurrent_starts(service: Service) -> None:
+    """With max_concurrent_runs=1, only one of many simultaneous starts is accepted."""
+    outcomes = await asyncio.gather(
+        *(service.start_run("slow") for _ in range(20)), return_exceptions=True
+    )
+    accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, PipelineBusyError)]
+    assert len(accepted) == 1
+    assert len(refused) == 19
+    service.gate.set()  # type: ignore[attr-defined]
+    assert (await accepted[0].result()).ok
