@@ -585,3 +585,31 @@ def test_a_store_inherited_by_a_forked_process_keeps_working(tmp_path: Path) -> 
     assert process.exitcode == 0
     assert len(store.get_task_runs("shared")) == 100
     store.close()
+
+
+def test_a_run_end_and_its_task_runs_are_written_together(store: RunStore) -> None:
+    """update_run(..., task_runs=...) records the run's end and its last task states."""
+    store.create_run(run("r1"))
+    store.update_run(
+        "r1",
+        status=RunStatus.SUCCEEDED,
+        task_runs=[TaskRunRecord("r1", "extract", status=TaskStatus.SUCCEEDED, attempt=1)],
+    )
+    assert store.get_run("r1").status == RunStatus.SUCCEEDED
+    assert [t.status for t in store.get_task_runs("r1")] == [TaskStatus.SUCCEEDED]
+
+
+def test_task_runs_of_another_run_are_refused_in_update_run(store: RunStore) -> None:
+    """Task runs handed to update_run must belong to that run; nothing is written otherwise."""
+    store.create_run(run("r1"))
+    store.create_run(run("r2"))
+    with pytest.raises(StoreError, match="task runs of another run"):
+        store.update_run("r1", status=RunStatus.FAILED, task_runs=[TaskRunRecord("r2", "extract")])
+    assert store.get_run("r1").status == RunStatus.QUEUED
+    assert store.get_task_runs("r2") == []
+
+
+def test_update_run_with_task_runs_of_an_unknown_run_is_refused(store: RunStore) -> None:
+    """An unknown run id in update_run raises RunNotFoundError and saves no task run."""
+    with pytest.raises(RunNotFoundError):
+        store.update_run("ghost", status=RunStatus.FAILED, task_runs=[TaskRunRecord("ghost", "t")])

@@ -251,7 +251,9 @@ class Orchestrator:
         waiter = self._reserve_slot()
         recorder = RunRecorder(self.store, context.run_id, self.flush_interval)
         try:
-            if not resume:
+            if not resume and self.store is not None:
+                # With a slot free now, the record says running at once: one write, not two.
+                starts_now = waiter is None
                 await recorder.create_run(
                     RunRecord(
                         run_id=context.run_id,
@@ -260,13 +262,17 @@ class Orchestrator:
                         target=target,
                         selection=dict(selection or {}),
                         params=_jsonable_params(bound),
-                        status=RunStatus.QUEUED,
+                        status=RunStatus.RUNNING if starts_now else RunStatus.QUEUED,
+                        started_at=datetime.now(UTC) if starts_now else None,
                         trigger=trigger,
                         event_id=event_id,
-                        metadata=context.metadata,
-                        plan=plan.to_dict() if self.store is not None else {},
+                        metadata={**context.metadata, "owner": _owner()}
+                        if starts_now
+                        else context.metadata,
+                        plan=_plan_dict(plan),
                     )
                 )
+                recorder.started_recorded = starts_now
         except BaseException:
             self._cancel_reservation(waiter)
             raise
@@ -432,6 +438,19 @@ class ResumeError(DPError):
         super().__init__(f"run {run_id!r} cannot be resumed: {reason}.")
 
 
+def _owner() -> dict[str, Any]:
+    """Which process runs a run: resume refuses to take over a run whose owner lives."""
+    return {"host": _HOST, "pid": os.getpid()}
+
+
+def _plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
+    """The plan's JSON form, computed once per plan (it is recorded with every run)."""
+    cached = plan.cache.get("dict")
+    if cached is None:
+        cached = plan.cache["dict"] = plan.to_dict()
+    return cached
+
+
 def _pid_alive(pid: Any) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -516,7 +535,7 @@ class _Run:
 
     async def execute(self, handle: RunHandle | None = None) -> RunResult:
         context = self.context
-        self.recorder.run_started(self.started_at, {**context.metadata, "owner": self._owner()})
+        self.recorder.run_started(self.started_at, {**context.metadata, "owner": _owner()})
         self.log.info(
             "run.started", tasks=len(context.plan.execution_order), trigger=context.trigger
         )
@@ -532,9 +551,6 @@ class _Run:
             stop = handle.stop_status if handle is not None else RunStatus.INTERRUPTED
             return await self._finish(stopped=stop)
         return await self._finish()
-
-    def _owner(self) -> dict[str, Any]:
-        return {"host": _HOST, "pid": os.getpid()}
 
     # --- TaskSink -------------------------------------------------------------------------
 

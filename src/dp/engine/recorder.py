@@ -31,6 +31,8 @@ class RunRecorder:
         self._dirty: dict[tuple[str, str], TaskRunResult] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        #: create_run already wrote status running (the run had a slot at once)
+        self.started_recorded = False
 
     async def create_run(self, record: RunRecord) -> None:
         """Record a new run before it starts (synchronously: resume relies on it)."""
@@ -38,7 +40,8 @@ class RunRecorder:
             await asyncio.to_thread(self.store.create_run, record)
 
     def run_started(self, started_at: datetime, metadata: dict[str, Any]) -> None:
-        if self.store is not None:
+        """Mark the run running (unless `create_run` already recorded it so)."""
+        if self.store is not None and not self.started_recorded:
             self._spawn(
                 self.store.update_run,
                 self.run_id,
@@ -66,14 +69,17 @@ class RunRecorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        await self.flush()
         async with self._lock:
+            batch = [_record(self.run_id, r) for r in self._dirty.values()]
+            self._dirty = {}
+            # the last task states and the run's end: one transaction
             await asyncio.to_thread(
                 self.store.update_run,
                 self.run_id,
                 status=status,
                 finished_at=finished_at,
                 error=error,
+                task_runs=batch,
             )
 
     async def flush(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from dp.errors import DuplicateRunError, RunNotFoundError
+from dp.errors import DuplicateRunError, RunNotFoundError, StoreError
 from dp.store.records import (
     RunRecord,
     RunStatus,
@@ -65,10 +65,15 @@ class MemoryRunStore:
         finished_at: datetime | None = None,
         error: str | None = None,
         metadata: dict[str, Any] | None = None,
+        task_runs: Sequence[TaskRunRecord] = (),
     ) -> None:
         """Change the given fields of a run; see `RunStore.update_run`."""
         _check_run_id(run_id)
         new_metadata = None if metadata is None else _json_copy(metadata)
+        if any(r.run_id != run_id for r in task_runs):
+            raise StoreError(f"update_run({run_id!r}) got task runs of another run")
+        if task_runs:
+            self.save_task_runs(task_runs)  # checks that the run exists first
         with self._lock:
             run = self._get(run_id)
             if status is not None:

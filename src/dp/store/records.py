@@ -163,8 +163,12 @@ class RunStore(Protocol):
         finished_at: datetime | None = None,
         error: str | None = None,
         metadata: dict[str, Any] | None = None,
+        task_runs: Sequence[TaskRunRecord] = (),
     ) -> None:
         """Change the given fields of a run (`metadata` is replaced whole); `None` keeps one.
+
+        `task_runs` are saved as by `save_task_runs`, in the same transaction: the engine
+        records a run's end and its last task states in one write.
 
         Raises:
             RunNotFoundError: No run has this id.
