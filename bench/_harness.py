@@ -25,6 +25,18 @@ def measure(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1) -> fl
     return statistics.median(times)
 
 
+def alternate(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds of each variant, after one warm-up each, running the variants in turn
+    every round, so a noisy moment of the machine hits dp and its baseline alike."""
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(measure(fn, repeat=1, warmup=0))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 @dataclass
 class Row:
     name: str

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from multiprocessing.context import SpawnContext
 from typing import Any
 
-from bench._harness import Report, measure
+from bench._harness import Report, alternate
 from dp.errors import QueueClosedError
 from dp.events import (
     EventBase,
@@ -45,18 +45,7 @@ def run(report: Report) -> None:
     _multiprocess(report)
 
 
-def _alternate(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each variant, run alternately after one warm-up each."""
-    for fn in variants.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(measure(fn, repeat=1, warmup=0))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-async def _alternate_async(
+async def __alternate_async(
     variants: dict[str, Callable[[], Awaitable[object]]], rounds: int
 ) -> dict[str, float]:
     for fn in variants.values():
@@ -97,7 +86,7 @@ def _event_creation(report: Report, n: int = 100_000) -> None:
         for _ in range(n):
             _NaiveEvent(topic=TOPIC, payload=payload)
 
-    t = _alternate({"dp": dp, "naive": naive}, rounds=5)
+    t = alternate({"dp": dp, "naive": naive}, rounds=5)
     report.add(
         SECTION,
         "create EventBase (id, UTC time, type)",
@@ -121,7 +110,7 @@ def _codec(report: Report, n: int = 20_000) -> None:
         for _ in range(n):
             json.loads(encode(plain))
 
-    t = _alternate({"dp": dp, "raw": raw}, rounds=5)
+    t = alternate({"dp": dp, "raw": raw}, rounds=5)
     report.add(
         SECTION,
         "JSON round trip (to_json + from_json, validated)",
@@ -179,7 +168,7 @@ def _matching(report: Report) -> None:
         ("compile_pattern predicate, every topic new", unseen, predicate_all, "> fnmatch"),
     ]
     for name, topics, variant, target in figures:
-        t = _alternate({"dp": variant(topics), "fnmatch": fnmatch_all(topics)}, rounds=5)
+        t = alternate({"dp": variant(topics), "fnmatch": fnmatch_all(topics)}, rounds=5)
         report.add(
             SECTION,
             name,
@@ -234,7 +223,7 @@ async def _bus(report: Report, n: int = 200_000) -> None:
 
         await asyncio.gather(publish(), *(consume(q) for q in queues))
 
-    t = await _alternate_async({"dp": lambda: dp(1, TOPIC), "raw": lambda: raw(1)}, rounds=5)
+    t = await __alternate_async({"dp": lambda: dp(1, TOPIC), "raw": lambda: raw(1)}, rounds=5)
     report.add(
         SECTION,
         f"bus, 1 subscriber, block policy, maxsize {maxsize}",
@@ -246,7 +235,7 @@ async def _bus(report: Report, n: int = 200_000) -> None:
     )
 
     subs = 10
-    t = await _alternate_async(
+    t = await __alternate_async(
         {"dp": lambda: dp(subs, "sales.*.created"), "raw": lambda: raw(subs)}, rounds=5
     )
     report.add(
@@ -277,7 +266,7 @@ async def _bus(report: Report, n: int = 200_000) -> None:
         for _ in range(n):
             await queue.get()
 
-    t = await _alternate_async({"dp": dp_nowait, "raw": raw_nowait}, rounds=5)
+    t = await __alternate_async({"dp": dp_nowait, "raw": raw_nowait}, rounds=5)
     report.add(
         SECTION,
         "bus, 1 subscriber, publish_nowait, unbounded",
@@ -349,7 +338,7 @@ def _multiprocess(report: Report, pings: int = 2_000, burst: int = 20_000) -> No
             raw_out.get()
 
     try:
-        t = _alternate({"dp": lambda: asyncio.run(dp_pings()), "raw": raw_pings}, rounds=5)
+        t = alternate({"dp": lambda: asyncio.run(dp_pings()), "raw": raw_pings}, rounds=5)
         report.add(
             SECTION,
             "MultiprocessQueue round trip to a child, async parent",
@@ -359,7 +348,7 @@ def _multiprocess(report: Report, pings: int = 2_000, burst: int = 20_000) -> No
             baseline=t["raw"] / pings * 1e6,
             higher_is_better=False,
         )
-        t = _alternate({"dp": lambda: asyncio.run(dp_burst()), "raw": raw_burst}, rounds=5)
+        t = alternate({"dp": lambda: asyncio.run(dp_burst()), "raw": raw_burst}, rounds=5)
         report.add(
             SECTION,
             "MultiprocessQueue completion messages from a child, async get",

@@ -10,12 +10,10 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
-import statistics
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
-from bench._harness import Report, measure
+from bench._harness import Report, alternate
 from dp.io import FilesystemIOManager, InMemoryIOManager
 
 SECTION = "io manager"
@@ -36,17 +34,6 @@ def run(report: Report) -> None:
         _filesystem_durable(report, tmp, pairs=100)
         _filesystem_large(report, tmp)
     _memory(report, pairs=50_000)
-
-
-def _alternate(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each variant, run alternately after one warm-up each."""
-    for fn in variants.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(measure(fn, repeat=1, warmup=0))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _raw_save_load(path: str, value: Any) -> None:
@@ -74,7 +61,7 @@ def _filesystem_small(report: Report, tmp: str, pairs: int, where: str) -> None:
         for result_id in ids:
             _raw_save_load(f"{task_dir}/{result_id}.pkl", SMALL)
 
-    t = _alternate({"dp": dp, "raw": raw}, rounds=5)
+    t = alternate({"dp": dp, "raw": raw}, rounds=5)
     report.add(
         SECTION,
         f"FilesystemIOManager save+load, small dict, {where}",
@@ -102,7 +89,7 @@ def _filesystem_overwrite(report: Report, tmp: str, pairs: int) -> None:
         for result_id in ids:
             _raw_save_load(f"{raw_dir}/{result_id}.pkl", SMALL)
 
-    t = _alternate({"dp": dp, "raw": raw}, rounds=5)
+    t = alternate({"dp": dp, "raw": raw}, rounds=5)
     report.add(
         SECTION,
         "FilesystemIOManager save+load, overwriting",
@@ -137,7 +124,7 @@ def _filesystem_durable(report: Report, tmp: str, pairs: int) -> None:
             with open(path, "rb") as file:
                 pickle.load(file)
 
-    t = _alternate({"dp": dp, "raw": raw}, rounds=3)
+    t = alternate({"dp": dp, "raw": raw}, rounds=3)
     report.add(
         SECTION,
         "FilesystemIOManager(durable=True) save+load",
@@ -173,7 +160,7 @@ def _filesystem_large(report: Report, tmp: str) -> None:
         _raw_save_load(raw_path, frame)
         os.unlink(raw_path)
 
-    t = _alternate({"dp": dp, "raw": raw}, rounds=5)
+    t = alternate({"dp": dp, "raw": raw}, rounds=5)
     report.add(
         SECTION,
         f"FilesystemIOManager save+load, {megabytes:.0f} MB DataFrame",
@@ -210,7 +197,7 @@ def _memory(report: Report, pairs: int) -> None:
             store["run", "extract", result_id] = pickle.dumps(SMALL, PROTOCOL)
             pickle.loads(store["run", "extract", result_id])
 
-    t = _alternate(
+    t = alternate(
         {"plain": dp_plain, "dict": dict_plain, "copy": dp_copy, "dict_copy": dict_copy},
         rounds=5,
     )

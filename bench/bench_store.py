@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
-from bench._harness import Report
+from bench._harness import Report, alternate
 from dp.store import RunRecord, TaskRunRecord, TaskStatus
 from dp.store.sql import SQLRunStore
 
@@ -107,7 +105,7 @@ def _compare(tmp: str, name: str, batch: int) -> dict[str, float]:
             for start in range(0, TASKS, batch):
                 _raw_write(conn, _RAW_UPSERT, [_raw_row(r) for r in records[start : start + batch]])
 
-        return _alternate({"dp": dp, "raw": raw}, rounds=ROUNDS)
+        return alternate({"dp": dp, "raw": raw}, rounds=ROUNDS)
 
 
 def _workload(prefix: str) -> Iterator[tuple[str, list[TaskRunRecord]]]:
@@ -163,16 +161,3 @@ def _utc_text(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def _alternate(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per variant, one warm-up each, then the variants in turn every round."""
-    for fn in variants.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
