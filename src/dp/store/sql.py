@@ -255,13 +255,9 @@ class SQLRunStore:
         metadata: dict[str, Any] | None = None,
         task_runs: Sequence[TaskRunRecord] = (),
     ) -> None:
-        """Change the given fields of a run; see `RunStore.update_run`."""
+        """Change the given fields of a run, and save `task_runs`, in one transaction; see
+        `RunStore.update_run`."""
         _check_run_id(run_id)
-        if task_runs:
-            self._update_with_task_runs(
-                run_id, status, started_at, finished_at, error, metadata, task_runs
-            )
-            return
         given = {
             "status": None if status is None else RunStatus(status).value,
             "started_at": started_at,
@@ -270,48 +266,25 @@ class SQLRunStore:
             "metadata": metadata,
         }
         values = {name: value for name, value in given.items() if value is not None}
-        if not values:
-            if not self._exists(run_id):
-                raise RunNotFoundError(run_id)
-            return
-        statement = _runs.update().where(_runs.c.run_id == run_id).values(values)
-        with self._writing() as conn:
-            updated = conn.execute(statement).rowcount
-        if updated == 0:
-            raise RunNotFoundError(run_id)
-
-    def _update_with_task_runs(
-        self,
-        run_id: str,
-        status: RunStatus | None,
-        started_at: datetime | None,
-        finished_at: datetime | None,
-        error: str | None,
-        metadata: dict[str, Any] | None,
-        task_runs: Sequence[TaskRunRecord],
-    ) -> None:
-        given = {
-            "status": None if status is None else RunStatus(status).value,
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "error": error,
-            "metadata": metadata,
-        }
-        values = {name: value for name, value in given.items() if value is not None}
+        # PostgreSQL refuses to upsert one key twice in a statement; the later record wins.
         latest = {(r.run_id, r.task_name, r.instance): r for r in task_runs}
         if any(key[0] != run_id for key in latest):
             raise StoreError(f"update_run({run_id!r}) got task runs of another run")
+        if not values and not latest:
+            if not self._exists(run_id):
+                raise RunNotFoundError(run_id)
+            return
         with self._writing() as conn:
             if values:
                 statement = _runs.update().where(_runs.c.run_id == run_id).values(values)
-                if conn.execute(statement).rowcount == 0:
-                    raise RunNotFoundError(run_id)
-            elif (
-                conn.execute(sa.select(_runs.c.run_id).where(_runs.c.run_id == run_id)).first()
-                is None
-            ):
-                raise RunNotFoundError(run_id)
-            conn.execute(self._upsert_task_runs, [_task_row(r) for r in latest.values()])
+                found = conn.execute(statement).rowcount > 0
+            else:
+                exists = sa.select(_runs.c.run_id).where(_runs.c.run_id == run_id)
+                found = conn.execute(exists).first() is not None
+            if not found:
+                raise RunNotFoundError(run_id)  # rolls the transaction back
+            if latest:
+                conn.execute(self._upsert_task_runs, [_task_row(r) for r in latest.values()])
 
     def save_task_runs(self, records: Sequence[TaskRunRecord]) -> None:
         """Insert or replace task runs in one transaction; see `RunStore.save_task_runs`."""
