@@ -16,8 +16,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from dp.engine import Orchestrator, RunResult
+from dp.errors import DPError
 from dp.io import FilesystemIOManager, InMemoryIOManager
 from dp.planner import DAGBuilder, ExecutionPlan, Planner
+from dp.store.records import TaskStatus
 from dp.tasks import TaskRegistry
 
 __all__ = ["InlineRun", "plan_for", "run_inline", "temporary_io_manager"]
@@ -43,12 +45,18 @@ class InlineRun(RunResult):
     def value(self, task_name: str, instance: str = "") -> Any:
         """The value a task returned (a streaming task: the list of its chunks)."""
         result = self.task(task_name, instance)
+        streams = self.plan.tasks[task_name].stream_output
+        if result.status != TaskStatus.SUCCEEDED or not (result.result_ids or streams):
+            raise DPError(
+                f"task {task_name!r} has no value: it {result.status.value}"
+                + (f" ({result.error})" if result.error else "")
+            )
         values = [self.io_manager.load(self.run_id, task_name, rid) for rid in result.result_ids]
-        return values if self.plan.tasks[task_name].stream_output else values[0]
+        return values if streams else values[0]
 
     def values(self, task_name: str) -> list[Any]:
         """The values of every instance of a task mapped over a stream, in stream order."""
-        return [self.value(task_name, r.instance) for r in self.instances(task_name)]
+        return [self.value(task_name, r.instance) for r in self.instances(task_name) if r.instance]
 
 
 def run_inline(

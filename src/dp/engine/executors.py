@@ -23,7 +23,10 @@ __all__ = ["Executor", "InProcessExecutor", "InlineExecutor", "TaskSink", "timeo
 
 
 class TaskSink(Protocol):
-    """The run a task belongs to, as an executor sees it."""
+    """The run a task belongs to, as an executor sees it. Once `closed` (the run ended),
+    executors may drop its tasks that have not started."""
+
+    closed: bool
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None: ...
 
@@ -52,6 +55,13 @@ class Executor(Protocol):
     async def shutdown(self) -> None:
         """Stop workers and release resources."""
         ...
+
+
+def _dropped(task: ExecutableTask) -> TaskOutcome:
+    """The outcome of a task dropped because its run ended before it started."""
+    return TaskOutcome(
+        task.task_name, task.instance, False, [], time.time(), 0.0, "run ended", retryable=False
+    )
 
 
 def timeout_outcome(task: ExecutableTask, seconds: float, note: str = "") -> TaskOutcome:
@@ -100,6 +110,8 @@ class InlineExecutor:
         try:
             while queue:
                 task, sink = queue.popleft()
+                if sink.closed:
+                    continue
                 meta = task.metadata
                 chunk_cb = functools.partial(sink.on_chunk, task) if meta.stream_output else None
                 if not meta.is_async:
@@ -214,14 +226,11 @@ class InProcessExecutor:
         loop = self._loop
         assert loop is not None, "start() was not awaited"
         attempt = _Attempt(task, sink)
-        timeout = task.metadata.timeout
         if task.metadata.is_async:
             running = loop.create_task(self._run_async(attempt))
             self._async_tasks.add(running)
             running.add_done_callback(self._async_tasks.discard)
             return
-        if timeout is not None:
-            attempt.timer = loop.call_later(timeout, self._timed_out, attempt, timeout)
         attempt.queued_at = time.monotonic()
         self._jobs.put(attempt)
         self._queued += 1
@@ -248,6 +257,13 @@ class InProcessExecutor:
             worker = self._worker
             assert worker is not None
             task = attempt.task
+            if attempt.sink.closed:  # its run ended while it waited: do not start it
+                self._hand_back(attempt, _dropped(task))
+                continue
+            if task.metadata.timeout is not None:  # the clock runs from the start, not the queue
+                with contextlib.suppress(RuntimeError):
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(self._arm_timeout, attempt)
             on_chunk = None
             if task.metadata.stream_output:
 
@@ -255,6 +271,11 @@ class InProcessExecutor:
                     self._hand_back(attempt, result_id)
 
             self._hand_back(attempt, worker.execute(task, on_chunk))
+
+    def _arm_timeout(self, attempt: _Attempt) -> None:
+        timeout = attempt.task.metadata.timeout
+        if not attempt.finished and timeout is not None and self._loop is not None:
+            attempt.timer = self._loop.call_later(timeout, self._timed_out, attempt, timeout)
 
     def _grow(self) -> None:
         self._growing = False

@@ -24,6 +24,7 @@ from dp.engine.model import (
 )
 from dp.engine.recorder import RunRecorder
 from dp.engine.resolver import TaskDependencyResolver
+from dp.engine.worker import format_error
 from dp.errors import DPError, DuplicateRunError
 from dp.io import FilesystemIOManager, IOManager
 from dp.logs import get_logger
@@ -112,6 +113,22 @@ class RunListener(Protocol):
     def on_run_end(self, *, context: ExecutionContext, result: RunResult, **_: Any) -> None: ...
 
 
+def _check_limits(
+    max_parallel_tasks: int | None,
+    max_concurrent_pipelines: int,
+    max_queued_pipelines: int,
+    workers: int | None,
+) -> None:
+    for name, value, least in (
+        ("max_parallel_tasks", max_parallel_tasks, 1),
+        ("max_concurrent_pipelines", max_concurrent_pipelines, 1),
+        ("max_queued_pipelines", max_queued_pipelines, 0),
+        ("workers", workers, 1),
+    ):
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise DPError(f"{name} must be an int >= {least} (or left unset), got {value!r}.")
+
+
 def make_executor(executor: str | Executor, workers: int | None = None) -> Executor:
     """An executor from its name: 'inline', 'inprocess' or 'process' (with `workers`)."""
     if not isinstance(executor, str):
@@ -154,6 +171,7 @@ class Orchestrator:
         listeners: Sequence[RunListener] = (),
         flush_interval: float = 0.2,
     ) -> None:
+        _check_limits(max_parallel_tasks, max_concurrent_pipelines, max_queued_pipelines, workers)
         self.io_manager = (
             io_manager if io_manager is not None else FilesystemIOManager(Path(".dp") / "results")
         )
@@ -248,6 +266,7 @@ class Orchestrator:
         )
         if context.run_id in self._active:
             raise DuplicateRunError(context.run_id)
+        await self._start_executor()  # an executor that cannot start refuses the run here
         waiter = self._reserve_slot()
         recorder = RunRecorder(self.store, context.run_id, self.flush_interval)
         try:
@@ -316,9 +335,7 @@ class Orchestrator:
                     self._cancel_reservation(waiter)
                     return await _Run.never_started(context, recorder, handle.stop_status)
             try:
-                if not self._started:
-                    await self.executor.start(self.io_manager)
-                    self._started = True
+                await self._start_executor()  # again: a shutdown may have come in between
                 previous: dict[tuple[str, str], Any] = {}
                 if resume and self.store is not None:
                     rows = await asyncio.to_thread(self.store.get_task_runs, context.run_id)
@@ -335,7 +352,9 @@ class Orchestrator:
         handle = await self.submit_resume(run_id, plan=plan)
         return await handle.result()
 
-    async def submit_resume(self, run_id: str, *, plan: ExecutionPlan | None = None) -> RunHandle:
+    async def submit_resume(
+        self, run_id: str, *, plan: ExecutionPlan | None = None, force: bool = False
+    ) -> RunHandle:
         """Restart an interrupted run in the background; tasks whose results are stored are
         not executed again.
 
@@ -361,6 +380,16 @@ class Orchestrator:
             and _pid_alive(owner.get("pid"))
         ):
             raise ResumeError(run_id, f"it is still running in process {owner.get('pid')}")
+        if (
+            record.status == RunStatus.RUNNING
+            and owner.get("host") not in (None, _HOST)
+            and not force
+        ):
+            raise ResumeError(
+                run_id,
+                f"it is marked running on host {owner.get('host')!r}, which this process cannot "
+                "check; if that machine is gone, resume with force",
+            )
         if plan is None:
             plan = _plan_from_record(record)
         if plan.dag_id != record.dag_id:
@@ -397,6 +426,11 @@ class Orchestrator:
         if self._started:
             self._started = False
             await self.executor.shutdown()
+
+    async def _start_executor(self) -> None:
+        if not self._started:
+            await self.executor.start(self.io_manager)
+            self._started = True
 
     def _reserve_slot(self) -> asyncio.Future[None] | None:
         """Take a run slot now (None), or a place in the wait queue (a future to await)."""
@@ -438,6 +472,11 @@ class ResumeError(DPError):
         super().__init__(f"run {run_id!r} cannot be resumed: {reason}.")
 
 
+def _describe(key: tuple[str, str]) -> str:
+    name, instance = key
+    return f"{name}[{instance}]" if instance else name
+
+
 def _owner() -> dict[str, Any]:
     """Which process runs a run: resume refuses to take over a run whose owner lives."""
     return {"host": _HOST, "pid": os.getpid()}
@@ -477,16 +516,11 @@ def _plan_from_record(record: RunRecord) -> ExecutionPlan:
 
 
 def _jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    import json
+    """Run parameters as JSON: dates, paths, decimals... in the form pydantic reads back, so a
+    resumed run validates them again to the same values; anything else as its repr."""
+    from pydantic_core import to_jsonable_python
 
-    result: dict[str, Any] = {}
-    for name, value in params.items():
-        try:
-            json.dumps(value)
-            result[name] = value
-        except (TypeError, ValueError):
-            result[name] = repr(value)
-    return result
+    return {name: to_jsonable_python(value, fallback=repr) for name, value in params.items()}
 
 
 class _Run:
@@ -514,13 +548,15 @@ class _Run:
         self.in_flight = 0
         self.retrying = 0
         self.results: dict[tuple[str, str], TaskRunResult] = {}
-        self.failed_fatally: str | None = None
+        self.failed_fatally: tuple[str, str] | None = None  # the task that failed the run
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.log = _log.bind(run_id=context.run_id, dag_id=context.dag_id)
         self.started_at = datetime.now(UTC)
-        #: set once the run ended: late chunks and outcomes (threads, killed runs) are ignored
+        #: set once the run ended: late chunks and outcomes (threads, killed runs) are ignored,
+        #: and executors drop its tasks that have not started
         self.closed = False
+        self._retry_timers: set[asyncio.TimerHandle] = set()
         #: the recorder's hook, or None when nothing is recorded (saves a call per change)
         self._record = recorder.task_changed if recorder.store is not None else None
 
@@ -550,6 +586,10 @@ class _Run:
             self.closed = True
             stop = handle.stop_status if handle is not None else RunStatus.INTERRUPTED
             return await self._finish(stopped=stop)
+        except Exception as exc:  # a bug or a broken adapter: end the run, recorded, loudly
+            self.log.exception("run.crashed")
+            self.closed = True
+            return await self._finish(stopped=RunStatus.FAILED, error=format_error(exc))
         return await self._finish()
 
     # --- TaskSink -------------------------------------------------------------------------
@@ -559,7 +599,7 @@ class _Run:
             return
         self.resolver.chunk(task.task_name, result_id, task.instance)
         result = self.results.get(task.key)
-        if result is not None:
+        if result is not None and result_id not in result.result_ids:
             result.result_ids.append(result_id)
         self._pump()
 
@@ -599,7 +639,7 @@ class _Run:
             )
             self.retrying += 1
             task.retry_count += 1
-            self.loop.call_later(delay, self._retry, task)
+            self._retry_timers.add(self.loop.call_later(delay, self._retry, task))
         else:
             result.status = TaskStatus.FAILED
             self.log.error(
@@ -611,12 +651,14 @@ class _Run:
                 fail_safe=meta.fail_safe,
             )
             if not meta.fail_safe and self.failed_fatally is None:
-                self.failed_fatally = task.describe()
+                self.failed_fatally = task.key
             resolver.failed(task.task_name)
 
     # --- internals ------------------------------------------------------------------------
 
     def _retry(self, task: ExecutableTask) -> None:
+        if self.closed:
+            return
         self.retrying -= 1
         if self.resolver.halted:
             result = self.results[task.key]
@@ -624,7 +666,7 @@ class _Run:
             self._changed(result)
             self._pump()
             return
-        self._submit(task)
+        self.resolver.ready.appendleft(task)  # first in line, within the run's limit
         self._pump()
 
     def _pump(self) -> None:
@@ -678,6 +720,15 @@ class _Run:
         )
         result.status = TaskStatus.SUCCEEDED
         result.result_ids = result_ids
+        earlier = self.previous.get(task.key)
+        if earlier is not None:  # keep what the interrupted run knew about this task
+            result.attempts = earlier.attempt
+            result.duration = earlier.duration
+            result.output = earlier.output
+            if earlier.started_at is not None:
+                result.start_time = earlier.started_at.timestamp()
+            if earlier.finished_at is not None:
+                result.end_time = earlier.finished_at.timestamp()
         self.results[task.key] = result
         self._changed(result)
         self.resolver.succeeded(name, task.instance, result_ids)
@@ -698,26 +749,32 @@ class _Run:
                 "listener.failed", listener=type(getattr(method, "__self__", method)).__name__
             )
 
-    async def _finish(self, *, stopped: RunStatus | None = None) -> RunResult:
+    async def _finish(
+        self, *, stopped: RunStatus | None = None, error: str | None = None
+    ) -> RunResult:
         resolver = self.resolver
         self.closed = True
+        for timer in self._retry_timers:
+            timer.cancel()
         if stopped is not None:
             status = stopped
             for task_result in self.results.values():
                 if task_result.status == TaskStatus.RUNNING:
                     task_result.status = TaskStatus.CANCELLED
             if stopped == RunStatus.CANCELLED:  # interrupted runs keep pending tasks pending
-                for name in resolver.cancel_pending():
-                    self.results[(name, "")] = TaskRunResult(name, TaskStatus.CANCELLED)
+                self._record_unstarted(resolver.unfinished(), TaskStatus.CANCELLED)
         else:
-            for name in resolver.cancel_pending():
-                self.results[(name, "")] = TaskRunResult(name, TaskStatus.CANCELLED)
+            # never started: pending, or queued behind the run's limit when it halted
+            self._record_unstarted(resolver.unfinished(), TaskStatus.CANCELLED)
+            resolver.cancel_pending()
             statuses = resolver.statuses()
+            seen = {name for name, _ in self.results}
             for name, status_of_task in statuses.items():
-                if status_of_task == TaskStatus.SKIPPED and not any(
-                    key[0] == name for key in self.results
+                if name not in seen and status_of_task in (
+                    TaskStatus.SKIPPED,
+                    TaskStatus.SUCCEEDED,  # a task mapped over an empty stream
                 ):
-                    self.results[(name, "")] = TaskRunResult(name, TaskStatus.SKIPPED)
+                    self.results[(name, "")] = TaskRunResult(name, status_of_task)
             if self.failed_fatally is not None:
                 status = RunStatus.FAILED
             elif any(s in (TaskStatus.FAILED, TaskStatus.SKIPPED) for s in statuses.values()):
@@ -725,11 +782,9 @@ class _Run:
             else:
                 status = RunStatus.SUCCEEDED
         finished_at = datetime.now(UTC)
-        error = (
-            f"task {self.failed_fatally!r} failed: {self._error_of(self.failed_fatally)}"
-            if self.failed_fatally
-            else None
-        )
+        if self.failed_fatally is not None:
+            failed = self.results[self.failed_fatally]
+            error = f"task {_describe(self.failed_fatally)!r} failed: {failed.error}"
         result = RunResult(
             run_id=self.context.run_id,
             dag_id=self.context.dag_id,
@@ -752,11 +807,11 @@ class _Run:
             self._notify(listener.on_run_end, context=self.context, result=result)
         return result
 
-    def _error_of(self, described: str) -> str | None:
-        for result in self.results.values():
-            if result.status == TaskStatus.FAILED and described.startswith(result.task_name):
-                return result.error
-        return None
+    def _record_unstarted(self, names: list[str], status: TaskStatus) -> None:
+        seen = {name for name, _ in self.results}
+        for name in names:
+            if name not in seen:
+                self.results[(name, "")] = TaskRunResult(name, status)
 
     def _ordered_results(self) -> dict[tuple[str, str], TaskRunResult]:
         rank = {name: i for i, name in enumerate(self.context.plan.execution_order)}

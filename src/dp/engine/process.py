@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import inspect
 import multiprocessing
@@ -161,7 +162,8 @@ class ProcessExecutor:
             if len(slot.in_flight) >= self.prefetch or not slot.alive:
                 return
             task, sink = self._backlog.popleft()
-            self._assign(slot, task, sink)
+            if not sink.closed:  # its run ended while it waited: drop it
+                self._assign(slot, task, sink)
 
     # --- worker messages ------------------------------------------------------------------
 
@@ -209,6 +211,8 @@ class ProcessExecutor:
         """The worker process ended: fail or requeue its tasks, and start a replacement."""
         if not slot.alive:
             return
+        self._on_results(slot)  # completions it sent before dying still count
+        running = slot.running.value  # the handle it was executing (-1: none)
         slot.alive = False
         code = slot.process.exitcode
         if code is None:
@@ -217,13 +221,13 @@ class ProcessExecutor:
         slot.close()
         if self._closing:
             return
-        self._slots[self._slots.index(slot)] = replacement = self._spawn(slot.index)
+        self._slots[self._slots.index(slot)] = self._spawn(slot.index)
         self.replacements += 1
         flights = list(slot.in_flight.items())
         slot.in_flight.clear()
         why = _describe_exit(code)
         _log.warning("worker.died", pid=slot.process.pid, exit=why, tasks=len(flights))
-        for position, (handle, flight) in enumerate(flights):
+        for handle, flight in flights:
             if flight.timer is not None:
                 flight.timer.cancel()
             if slot.timed_out is not None and slot.timed_out[0] == handle:
@@ -231,8 +235,7 @@ class ProcessExecutor:
                 flight.sink.on_done(
                     flight.task, timeout_outcome(flight.task, slot.timed_out[1], note)
                 )
-            elif position == 0 and slot.timed_out is None:
-                # completions arrive in order, so the oldest unfinished task was running
+            elif handle == running and slot.timed_out is None:
                 flight.sink.on_done(
                     flight.task,
                     TaskOutcome(
@@ -249,9 +252,10 @@ class ProcessExecutor:
                         retryable=True,
                     ),
                 )
-            else:  # never started: run it again elsewhere, it costs no attempt
+            else:
+                # not started, or finished with its completion still unsent (its result is
+                # saved, so running it again is harmless): run it elsewhere, at no attempt's cost
                 self._backlog.appendleft((flight.task, flight.sink))
-        del replacement
         self._refill()
 
     # --- processes ------------------------------------------------------------------------
@@ -259,14 +263,15 @@ class ProcessExecutor:
     def _spawn(self, index: int) -> _Slot:
         tasks: MultiprocessQueue[Any] = MultiprocessQueue(context=self._context)
         results: MultiprocessQueue[Any] = MultiprocessQueue(context=self._context)
+        running = self._context.RawValue(ctypes.c_longlong, -1)
         process = self._context.Process(
             target=_worker_main,
-            args=(tasks, results, self._io_manager, self.capture_output, list(sys.path)),
+            args=(tasks, results, self._io_manager, self.capture_output, list(sys.path), running),
             name=f"dp-worker-{index}",
             daemon=True,
         )
         process.start()
-        slot = _Slot(index, process, tasks, results)
+        slot = _Slot(index, process, tasks, results, running)
         loop = self._loop
         assert loop is not None
         loop.add_reader(results.fileno(), self._on_results, slot)
@@ -296,11 +301,15 @@ class _Slot:
         process: Any,
         tasks: MultiprocessQueue[Any],
         results: MultiprocessQueue[Any],
+        running: Any,
     ) -> None:
         self.index = index
         self.process = process
         self.tasks = tasks
         self.results = results
+        #: shared memory the worker writes the handle it executes into: after a crash it
+        #: names the task to blame, whatever completions were lost with the process
+        self.running = running
         self.in_flight: dict[int, _Flight] = {}
         self.outbox: list[tuple[Any, ...]] = []
         self.alive = True
@@ -358,6 +367,7 @@ def _worker_main(
     io_manager: IOManager,
     capture_output: bool,
     sys_path: list[str],
+    running: Any,
 ) -> None:
     """Entry point of a worker process: run task batches until told to stop."""
     for entry in reversed(sys_path):
@@ -412,10 +422,12 @@ def _worker_main(
                 send((_CHUNK, handle, rid), True)
 
             chunk_cb = on_chunk if meta.stream_output else None
+            running.value = handle
             if meta.is_async:
                 outcome = loop.run_until_complete(worker.execute_async(task, chunk_cb))
             else:
                 outcome = worker.execute(task, chunk_cb)
+            running.value = -1
             send((_DONE, handle, astuple(outcome)), last)
         flush()
     flush()

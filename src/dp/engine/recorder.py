@@ -64,12 +64,14 @@ class RunRecorder:
         """Write everything pending and the run's final status."""
         if self.store is None:
             return
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
         async with self._lock:
+            # under the lock: a periodic flush still writing (in its thread) finishes first,
+            # so an older batch can never land after the final one
+            if self._flusher is not None:
+                self._flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._flusher
+                self._flusher = None
             batch = [_record(self.run_id, r) for r in self._dirty.values()]
             self._dirty = {}
             # the last task states and the run's end: one transaction

@@ -102,8 +102,10 @@ class TaskDependencyResolver:
         """
         if self._state[name] not in (_ACTIVE, _PENDING):
             return  # a late chunk of a task already failed or skipped
-        self._stream[name].append(result_id)
         rank = self._rank[name]
+        if result_id in rank:
+            return  # a retried stream yields its chunks again: each was handed on once
+        self._stream[name].append(result_id)
         if instance:
             source = self._source[name][1]
             per_instance = self._instance_chunks[name]
