@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dp.engine import ExecutionContext, Orchestrator, RunResult, TaskRunResult
+from dp.engine.orchestrator import plan_for_record
 from dp.errors import DPError
 from dp.loader import load_tasks
 from dp.logs import configure_logging
@@ -154,7 +155,9 @@ ParamOpt = Annotated[
 ]
 WorkersOpt = Annotated[
     int | None,
-    typer.Option("--workers", "-w", help="Run tasks in N worker processes (process executor)."),
+    typer.Option(
+        "--workers", "-w", min=1, help="Run tasks in N worker processes (process executor)."
+    ),
 ]
 ExecutorOpt = Annotated[
     str | None,
@@ -222,23 +225,24 @@ def runs_resume(
     workers: WorkersOpt = None,
     executor: ExecutorOpt = None,
     root: RootOpt = Path(".dp"),
+    force: Annotated[
+        bool,
+        typer.Option(help="Take over a run marked running on another host (that host is gone)."),
+    ] = False,
 ) -> None:
     """Resume an interrupted run: tasks whose results are stored do not run again."""
     configure_logging(level="WARNING")
-    kind, count = _executor(executor, workers)
-    orchestrator = _orchestrator(root, kind, count)
-    record = _get_run(orchestrator.store, run_id)
+    record = _get_run(_store(root), run_id)
     try:
-        if record.target:
-            load_tasks(record.target)
+        execution_plan = plan_for_record(record)
     except DPError as exc:
         raise _fail(exc) from exc
-    selection = record.selection or {}
-    execution_plan = _plan(record.target, selection.get("tags"), selection.get("task_names"))
+    kind, count = _executor(executor, workers)
+    orchestrator = _orchestrator(root, kind, count)
 
     async def go() -> RunResult:
         try:
-            return await orchestrator.resume_pipeline(run_id, plan=execution_plan)
+            return await orchestrator.resume_pipeline(run_id, plan=execution_plan, force=force)
         finally:
             await orchestrator.shutdown()
 
@@ -276,6 +280,11 @@ class _Progress:
     def __init__(self, total: int) -> None:
         self.total = total
         self.state: dict[tuple[str, str], TaskStatus] = {}
+        # kept up to date per change (not recounted), so updates cost O(1) however big the run
+        self.open: dict[str, int] = {}  # task name -> instances not finished
+        self.done = 0  # task names whose every instance finished
+        self.running = 0
+        self.failed = 0
         self.console = Console(stderr=True)
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -299,19 +308,32 @@ class _Progress:
         self.bar.update(self.bar_id, description=context.run_id)
 
     def on_task_update(self, *, task: TaskRunResult, **_: Any) -> None:
-        self.state[task.key] = task.status
-        names: dict[str, list[TaskStatus]] = {}
-        for (name, _instance), status in self.state.items():
-            names.setdefault(name, []).append(status)
-        finished = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED)
-        done = sum(all(s in finished for s in statuses) for statuses in names.values())
-        running = sum(s == TaskStatus.RUNNING for s in self.state.values())
-        failed = sum(s == TaskStatus.FAILED for s in self.state.values())
-        detail = f"{running} running" + (f", [red]{failed} failed[/]" if failed else "")
-        self.bar.update(self.bar_id, completed=done, detail=detail)
+        before = self.state.get(task.key)
+        after = self.state[task.key] = task.status
+        self.running += (after == TaskStatus.RUNNING) - (before == TaskStatus.RUNNING)
+        self.failed += (after == TaskStatus.FAILED) - (before == TaskStatus.FAILED)
+        name = task.task_name
+        if name not in self.open:  # a task seen for the first time counts as done until...
+            self.open[name] = 0
+            self.done += 1
+        was_open = before is not None and before not in _FINISHED
+        is_open = after not in _FINISHED
+        if is_open and not was_open:  # ...one of its instances is running
+            if self.open[name] == 0:
+                self.done -= 1
+            self.open[name] += 1
+        elif was_open and not is_open:
+            self.open[name] -= 1
+            if self.open[name] == 0:
+                self.done += 1
+        failed = f", [red]{self.failed} failed[/]" if self.failed else ""
+        self.bar.update(self.bar_id, completed=self.done, detail=f"{self.running} running{failed}")
 
     def on_run_end(self, *, result: RunResult, **_: Any) -> None:
         self.bar.update(self.bar_id, completed=self.total if result.ok else None)
+
+
+_FINISHED = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED)
 
 
 def _report(result: RunResult, root: Path) -> None:

@@ -347,9 +347,11 @@ class Orchestrator:
         finally:
             self._active.pop(context.run_id, None)
 
-    async def resume_pipeline(self, run_id: str, *, plan: ExecutionPlan | None = None) -> RunResult:
+    async def resume_pipeline(
+        self, run_id: str, *, plan: ExecutionPlan | None = None, force: bool = False
+    ) -> RunResult:
         """Finish an interrupted run (`submit_resume`, then wait for its result)."""
-        handle = await self.submit_resume(run_id, plan=plan)
+        handle = await self.submit_resume(run_id, plan=plan, force=force)
         return await handle.result()
 
     async def submit_resume(
@@ -391,7 +393,7 @@ class Orchestrator:
                 "check; if that machine is gone, resume with force",
             )
         if plan is None:
-            plan = _plan_from_record(record)
+            plan = plan_for_record(record)
         if plan.dag_id != record.dag_id:
             raise ResumeError(
                 run_id,
@@ -502,7 +504,8 @@ def _pid_alive(pid: Any) -> bool:
     return True
 
 
-def _plan_from_record(record: RunRecord) -> ExecutionPlan:
+def plan_for_record(record: RunRecord) -> ExecutionPlan:
+    """The plan of a recorded run, rebuilt from its task file and selection."""
     from dp.loader import load_tasks
     from dp.planner import Planner
 

@@ -111,15 +111,22 @@ class Service:
             except PipelineError as exc:
                 problems.append(str(exc))
                 continue
+            names = frozenset(p.name for p in plan.run_parameters)
+            unknown = sorted(set(definition.params) - names)
+            if unknown:
+                problems.append(
+                    f"pipeline {definition.name!r}: default params {unknown} are not run "
+                    f"parameters of its tasks (they take {sorted(names) or 'none'})"
+                )
             self._plans[definition.name] = plan
-            self._param_names[definition.name] = frozenset(p.name for p in plan.run_parameters)
+            self._param_names[definition.name] = names
         if problems:
             raise PipelineError("\n".join(problems))
+        await self._register_triggers()
         subscription = self.consumer.consume(_START_PATTERN)
         self._starter = asyncio.get_running_loop().create_task(
             self._consume_starts(subscription), name="dp-service-starts"
         )
-        await self._register_triggers()
         await self.scheduler.start()
         self.accepting = True
         self.started_at = time.time()
@@ -326,27 +333,36 @@ class Service:
     # --- triggers ------------------------------------------------------------------------------
 
     async def _register_triggers(self) -> None:
+        for definition in self.pipelines.values():
+            try:
+                await self._register_pipeline_triggers(definition)
+            except DPError as exc:  # leave no half-registered set behind
+                for info in self.scheduler.triggers():
+                    await self.scheduler.unregister(info.name)
+                raise PipelineError(
+                    f"pipeline {definition.name!r} has a bad trigger: {exc}"
+                ) from exc
+
+    async def _register_pipeline_triggers(self, definition: Pipeline) -> None:
         from dp.scheduler import create_cron_trigger, create_event_trigger
 
-        for definition in self.pipelines.values():
-            topic = definition.start_topic
-            for index, cron in enumerate(definition.schedules):
-                name = f"{definition.name}.cron{index}" if index else f"{definition.name}.cron"
-                source = f"cron:{name}"
-                cron_trigger = create_cron_trigger(
-                    cron.expression,
-                    _cron_event(topic, source),
-                    timezone=cron.timezone,
-                    misfire=cron.misfire,
-                    name=name,
-                )
-                await self.scheduler.register_trigger(name, cron_trigger, topic)
-            for index, spec in enumerate(definition.events):
-                name = f"{definition.name}.on{index}" if index else f"{definition.name}.on"
-                trigger = create_event_trigger(
-                    self.consumer, spec.pattern, _forwarded_event(topic), filter=spec.accepts
-                )
-                await self.scheduler.register_trigger(name, trigger, topic)
+        topic = definition.start_topic
+        for index, cron in enumerate(definition.schedules):
+            name = f"{definition.name}.cron{index}" if index else f"{definition.name}.cron"
+            cron_trigger = create_cron_trigger(
+                cron.expression,
+                _cron_event(topic, f"cron:{name}"),
+                timezone=cron.timezone,
+                misfire=cron.misfire,
+                name=name,
+            )
+            await self.scheduler.register_trigger(name, cron_trigger, topic)
+        for index, spec in enumerate(definition.events):
+            name = f"{definition.name}.on{index}" if index else f"{definition.name}.on"
+            event_trigger = create_event_trigger(
+                self.consumer, spec.pattern, _forwarded_event(topic), filter=spec.accepts
+            )
+            await self.scheduler.register_trigger(name, event_trigger, topic)
 
     async def _resume_interrupted(self) -> None:
         store = self.orchestrator.store
