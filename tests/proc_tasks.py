@@ -99,3 +99,13 @@ def quick() -> str:
 @task(registry=REGISTRY, tags=["unpicklable"], max_retries=2)
 def returns_generator_object() -> object:
     return (x for x in range(3))
+
+
+@task(registry=REGISTRY, tags=["blame"])
+def innocent() -> int:
+    return 1
+
+
+@task(registry=REGISTRY, tags=["blame"])
+def crasher() -> None:
+    os._exit(7)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import pickle
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 from dp import MissingRunParameterError, TaskRegistry, task
 from dp.engine import Orchestrator, RunResult, TooManyPipelinesError
 from dp.engine.orchestrator import ResumeError
-from dp.errors import InvalidRunParameterError, RunNotFoundError
+from dp.errors import DPError, InvalidRunParameterError, RunNotFoundError
 from dp.io import FilesystemIOManager, InMemoryIOManager
 from dp.store import MemoryRunStore, RunStatus, TaskStatus
 from dp.testing import plan_for, run_inline
@@ -721,3 +722,218 @@ def test_output_is_captured_after_stdout_was_replaced(registry: TaskRegistry) ->
     first, second = asyncio.run(twice())
     assert first.task("talk").output == "hello from the task\n"
     assert second.task("talk").output == "hello from the task\n"
+
+
+def test_a_retried_stream_hands_each_chunk_on_once(registry: TaskRegistry) -> None:
+    """A generator failing after two chunks and retried does not duplicate them downstream."""
+    attempts: list[int] = []
+
+    @task(registry=registry, max_retries=1)
+    def numbers() -> Iterator[int]:
+        attempts.append(1)
+        yield 1
+        yield 2
+        if len(attempts) == 1:
+            raise ConnectionError("stream cut")
+        yield 3
+
+    @task(registry=registry, dependencies=["numbers"])
+    def tenfold(numbers: int) -> int:
+        return numbers * 10
+
+    @task(registry=registry, dependencies=["tenfold"])
+    def gathered(tenfold: list[int]) -> list[int]:
+        return tenfold
+
+    result = run_inline(registry=registry)
+    assert result.ok
+    assert result.value("gathered") == [10, 20, 30]
+    assert len(result.instances("tenfold")) == 3
+
+
+def test_tasks_queued_when_a_run_fails_are_recorded_cancelled(registry: TaskRegistry) -> None:
+    """Tasks waiting behind the parallel limit when the run fails show up as cancelled."""
+
+    @task(registry=registry)
+    def a() -> None:
+        raise ValueError("boom")
+
+    @task(registry=registry)
+    def b() -> None: ...
+
+    @task(registry=registry)
+    def c() -> None: ...
+
+    result = run(registry, "inprocess", max_parallel_tasks=1)
+    assert result.status == RunStatus.FAILED
+    assert {name: t.status.value for (name, _), t in result.tasks.items()} == {
+        "a": "failed",
+        "b": "cancelled",
+        "c": "cancelled",
+    }
+
+
+async def test_no_retry_starts_after_a_run_is_cancelled(registry: TaskRegistry) -> None:
+    """A retry scheduled before a cancel never runs."""
+    attempts: list[int] = []
+
+    @task(registry=registry, max_retries=3, retry_delay=0.2)
+    def flaky() -> None:
+        attempts.append(1)
+        raise ConnectionError("down")
+
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), executor="inprocess")
+    handle = await orchestrator.submit_pipeline(plan_for(registry))
+    await asyncio.sleep(0.05)
+    orchestrator.cancel(handle.run_id)
+    assert (await handle.result()).status == RunStatus.CANCELLED
+    await asyncio.sleep(0.4)
+    assert attempts == [1]
+    await orchestrator.shutdown()
+
+
+def test_in_process_timeout_counts_from_the_start(registry: TaskRegistry) -> None:
+    """A sync task waiting for a busy thread is not timed out for the wait."""
+    from dp.engine import InProcessExecutor
+
+    for i in range(3):
+
+        def body() -> None:
+            time.sleep(0.3)
+
+        task(name=f"t{i}", registry=registry, timeout=0.6)(body)
+    executor = InProcessExecutor(max_threads=1)
+    result = Orchestrator(io_manager=InMemoryIOManager(), executor=executor).run(plan_for(registry))
+    assert result.ok, result.error
+
+
+def test_the_run_error_quotes_the_task_that_failed_it(registry: TaskRegistry) -> None:
+    """With a fail-safe 'load' and a fatal 'load_all', the run's error is load_all's."""
+
+    @task(registry=registry, fail_safe=True)
+    def load() -> None:
+        raise ValueError("the fail-safe one")
+
+    @task(registry=registry, dependencies=["load"])
+    def load_all() -> None:
+        raise ValueError("the fatal one")
+
+    result = run(registry)
+    assert result.error == "task 'load_all' failed: ValueError: the fatal one"
+
+
+def test_an_executor_that_cannot_start_refuses_the_run_before_recording_it(
+    registry: TaskRegistry,
+) -> None:
+    """A process executor given an in-memory IO manager fails up front; no run is left running."""
+    from dp.engine.process import ProcessExecutor
+
+    @task(registry=registry)
+    def only() -> None: ...
+
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(
+        io_manager=InMemoryIOManager(), store=store, executor=ProcessExecutor(workers=1)
+    )
+    with pytest.raises(DPError, match="needs an IO manager"):
+        orchestrator.run(plan_for(registry))
+    assert store.list_runs() == []
+
+
+def test_a_task_mapped_over_an_empty_stream_succeeds_with_no_values(
+    registry: TaskRegistry,
+) -> None:
+    """An empty stream maps to no instances; the task is recorded succeeded, its list empty."""
+
+    @task(registry=registry)
+    def nothing() -> Iterator[int]:
+        yield from ()
+
+    @task(registry=registry, dependencies=["nothing"])
+    def each(nothing: int) -> int:
+        return nothing
+
+    @task(registry=registry, dependencies=["each"])
+    def gathered(each: list[int]) -> list[int]:
+        return each
+
+    result = run_inline(registry=registry)
+    assert result.ok
+    assert result.task("each").status == TaskStatus.SUCCEEDED
+    assert result.values("each") == []
+    assert result.value("gathered") == []
+
+
+def test_value_of_a_failed_task_says_so(registry: TaskRegistry) -> None:
+    """dp.testing explains why a task has no value instead of an IndexError."""
+
+    @task(registry=registry, fail_safe=True)
+    def broken() -> int:
+        raise ValueError("x")
+
+    with pytest.raises(DPError, match="task 'broken' has no value: it failed"):
+        run_inline(registry=registry).value("broken")
+
+
+async def test_resume_revalidates_non_json_parameters(
+    registry: TaskRegistry, tmp_path: Path
+) -> None:
+    """A date parameter is stored as ISO text and validated back to a date on resume."""
+
+    seen: list[dt.date] = []
+
+    @task(registry=registry)
+    async def report(day: dt.date) -> str:
+        seen.append(day)
+        if len(seen) == 1:
+            await asyncio.sleep(PATIENCE)  # stuck until the run is interrupted
+        return day.isoformat()
+
+    orchestrator = Orchestrator(
+        io_manager=FilesystemIOManager(tmp_path), store=MemoryRunStore(), executor="inprocess"
+    )
+    plan = plan_for(registry)
+    handle = await orchestrator.submit_pipeline(plan, {"day": dt.date(2026, 1, 1)})
+    while not seen:
+        await asyncio.sleep(0.005)
+    orchestrator.cancel(handle.run_id, status=RunStatus.INTERRUPTED)
+    await handle.result()
+    result = await orchestrator.resume_pipeline(handle.run_id, plan=plan)
+    await orchestrator.shutdown()
+    assert result.ok
+    assert seen == [dt.date(2026, 1, 1), dt.date(2026, 1, 1)]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_parallel_tasks", 0), ("max_concurrent_pipelines", 0), ("workers", -1)],
+)
+def test_impossible_limits_are_refused(option: str, value: int) -> None:
+    """A limit that would make runs wait forever is refused when the orchestrator is built."""
+    with pytest.raises(DPError, match=f"{option} must be an int >= "):
+        Orchestrator(io_manager=InMemoryIOManager(), **{option: value})
+
+
+async def test_a_run_owned_by_another_host_is_not_taken_over(registry: TaskRegistry) -> None:
+    """Resuming a run marked running on another machine needs force=True."""
+    from dp.store import RunRecord
+
+    @task(registry=registry)
+    def only() -> int:
+        return 1
+
+    plan = plan_for(registry)
+    store = MemoryRunStore()
+    store.create_run(
+        RunRecord(
+            "r1",
+            dag_id=plan.dag_id,
+            status=RunStatus.RUNNING,
+            metadata={"owner": {"host": "replica-1", "pid": 4242}},
+        )
+    )
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
+    with pytest.raises(ResumeError, match="marked running on host 'replica-1'"):
+        await orchestrator.resume_pipeline("r1", plan=plan)
+    assert (await orchestrator.resume_pipeline("r1", plan=plan, force=True)).ok
+    await orchestrator.shutdown()

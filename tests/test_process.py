@@ -133,3 +133,13 @@ def test_in_memory_io_manager_is_refused(tmp_path: Path) -> None:
     orchestrator = Orchestrator(io_manager=InMemoryIOManager(), executor=ProcessExecutor(workers=1))
     with pytest.raises(DPError, match="needs an IO manager its worker processes can reach"):
         orchestrator.run(plan_for(proc_tasks.REGISTRY, tags=["hang"]))
+
+
+def test_a_dying_worker_blames_the_task_it_was_running(tmp_path: Path) -> None:
+    """With one worker running two queued tasks, only the one that crashed is failed."""
+    result, _ = run(ProcessExecutor(workers=1, prefetch=2), tmp_path, tags=["blame"])
+    assert result.task("innocent").status == TaskStatus.SUCCEEDED
+    assert result.task("crasher").status == TaskStatus.FAILED
+    assert "'crasher' exited with code 7" in (result.task("crasher").error or "")
+    assert result.error is not None
+    assert result.error.startswith("task 'crasher' failed")

@@ -134,3 +134,32 @@ async def test_pipeline_limit_holds_under_concurrent_starts(service: Service) ->
     assert len(refused) == 19
     service.gate.set()  # type: ignore[attr-defined]
     assert (await accepted[0].result()).ok
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"params": {"dya": "x"}}, r"default params \['dya'\] are not run parameters"),
+        ({"cron": "61 * * * *"}, "has a bad trigger: invalid cron expression '61 \\* \\* \\* \\*'"),
+        ({"cron": "0 3 * * *", "timezone": "Mars/Olympus"}, "invalid time zone 'Mars/Olympus'"),
+    ],
+)
+async def test_broken_pipeline_definitions_fail_at_start(
+    options: dict[str, Any], message: str
+) -> None:
+    """Bad defaults, cron expressions or zones stop start(), naming the pipeline."""
+    from dp.pipelines import PipelineError
+
+    tasks, pipelines = TaskRegistry(), PipelineRegistry()
+
+    @task(registry=tasks)
+    def report(day: str) -> str:
+        return day
+
+    pipeline("daily", registry=tasks, pipelines=pipelines, **options)
+    service = Service(pipelines, orchestrator=Orchestrator(io_manager=InMemoryIOManager()))
+    with pytest.raises(PipelineError, match=f"pipeline 'daily'.*{message}"):
+        await service.start()
+    assert service.scheduler.triggers() == []
+    assert service._starter is None
+    await service.stop(grace=0)
