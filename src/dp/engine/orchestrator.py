@@ -29,6 +29,7 @@ from dp.errors import DPError, DuplicateRunError
 from dp.io import FilesystemIOManager, IOManager
 from dp.logs import get_logger
 from dp.planner import ExecutionPlan
+from dp.planner.params import jsonable
 from dp.store.records import RunRecord, RunStatus, TaskStatus
 
 __all__ = [
@@ -280,7 +281,7 @@ class Orchestrator:
                         pipeline=context.pipeline,
                         target=target,
                         selection=dict(selection or {}),
-                        params=_jsonable_params(bound),
+                        params={name: jsonable(value) for name, value in bound.items()},
                         status=RunStatus.RUNNING if starts_now else RunStatus.QUEUED,
                         started_at=datetime.now(UTC) if starts_now else None,
                         trigger=trigger,
@@ -516,14 +517,6 @@ def plan_for_record(record: RunRecord) -> ExecutionPlan:
     return Planner().create_execution_plan(
         tags=selection.get("tags") or None, task_names=selection.get("task_names") or None
     )
-
-
-def _jsonable_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Run parameters as JSON: dates, paths, decimals... in the form pydantic reads back, so a
-    resumed run validates them again to the same values; anything else as its repr."""
-    from pydantic_core import to_jsonable_python
-
-    return {name: to_jsonable_python(value, fallback=repr) for name, value in params.items()}
 
 
 class _Run:

@@ -19,7 +19,16 @@ if TYPE_CHECKING:
 
     from dp.planner.plan import RunParameter
 
-__all__ = ["validate_param"]
+__all__ = ["jsonable", "validate_param"]
+
+
+def jsonable(value: Any) -> Any:
+    """`value` as JSON data in the form pydantic reads back (dates as ISO text, paths as
+    strings...), so a stored run parameter validates again to the same value; anything
+    else becomes its repr."""
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value, fallback=repr)
 
 
 def validate_param(param: RunParameter, value: Any) -> Any:

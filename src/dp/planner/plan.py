@@ -14,7 +14,7 @@ from typing import Any, Literal, NamedTuple
 
 from dp.errors import MissingRunParameterError, PlanError, SchemaMismatch, SchemaMismatchError
 from dp.planner.dag import DAG, DAGBuilder
-from dp.planner.params import validate_param
+from dp.planner.params import jsonable, validate_param
 from dp.planner.schema import is_compatible, type_name
 from dp.tasks import TaskMetadata, TaskRegistry
 
@@ -64,7 +64,7 @@ class RunParameter:
             "tasks": list(self.tasks),
         }
         if not self.required:
-            data["default"] = _jsonable(self.default)
+            data["default"] = jsonable(self.default)
         return data
 
 
@@ -155,14 +155,6 @@ def _task_dict(meta: TaskMetadata) -> dict[str, Any]:
         },
         "output": type_name(meta.output_schema),
     }
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-    return value
 
 
 class Planner:
