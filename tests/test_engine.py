@@ -937,3 +937,25 @@ async def test_a_run_owned_by_another_host_is_not_taken_over(registry: TaskRegis
         await orchestrator.resume_pipeline("r1", plan=plan)
     assert (await orchestrator.resume_pipeline("r1", plan=plan, force=True)).ok
     await orchestrator.shutdown()
+
+
+async def test_cancelling_a_run_cancels_its_async_tasks(registry: TaskRegistry) -> None:
+    """An async task of a cancelled run is cancelled too, not left running."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    @task(registry=registry)
+    async def waits() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(PATIENCE)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), executor="inprocess")
+    handle = await orchestrator.submit_pipeline(plan_for(registry))
+    await asyncio.wait_for(started.wait(), PATIENCE)
+    orchestrator.cancel(handle.run_id)
+    assert (await handle.result()).status == RunStatus.CANCELLED
+    await asyncio.wait_for(cancelled.wait(), PATIENCE)
+    await orchestrator.shutdown()

@@ -194,7 +194,7 @@ class InProcessExecutor:
         self._last_take = 0.0  # when a thread last took a job
         self._poller: asyncio.TimerHandle | None = None
         self._poll_interval = _POLL_MIN
-        self._async_tasks: set[asyncio.Task[None]] = set()
+        self._async_tasks: dict[asyncio.Task[None], TaskSink] = {}
 
     async def start(self, io_manager: IOManager) -> None:
         self._loop = asyncio.get_running_loop()
@@ -228,8 +228,8 @@ class InProcessExecutor:
         attempt = _Attempt(task, sink)
         if task.metadata.is_async:
             running = loop.create_task(self._run_async(attempt))
-            self._async_tasks.add(running)
-            running.add_done_callback(self._async_tasks.discard)
+            self._async_tasks[running] = sink
+            running.add_done_callback(self._forget)
             return
         attempt.queued_at = time.monotonic()
         self._jobs.put(attempt)
@@ -271,6 +271,15 @@ class InProcessExecutor:
                     self._hand_back(attempt, result_id)
 
             self._hand_back(attempt, worker.execute(task, on_chunk))
+
+    def _forget(self, running: asyncio.Task[None]) -> None:
+        self._async_tasks.pop(running, None)
+
+    def cancel_run(self, sink: TaskSink) -> None:
+        """Cancel the async tasks of a run that was stopped (threads cannot be cancelled)."""
+        for running, owner in list(self._async_tasks.items()):
+            if owner is sink:
+                running.cancel()
 
     def _arm_timeout(self, attempt: _Attempt) -> None:
         timeout = attempt.task.metadata.timeout

@@ -754,6 +754,9 @@ class _Run:
             timer.cancel()
         if stopped is not None:
             status = stopped
+            cancel_run = getattr(self.executor, "cancel_run", None)
+            if cancel_run is not None:  # stop what the executor can stop (async tasks)
+                cancel_run(self)
             for task_result in self.results.values():
                 if task_result.status == TaskStatus.RUNNING:
                     task_result.status = TaskStatus.CANCELLED
