@@ -384,7 +384,7 @@ def test_parallel_task_limit_is_respected(registry: TaskRegistry) -> None:
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.02)
+        time.sleep(0.05)
         with lock:
             running -= 1
 

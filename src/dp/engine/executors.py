@@ -200,6 +200,7 @@ class InProcessExecutor:
         self._loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.io_manager is not io_manager:
             self._worker = Worker(io_manager, capture_output=self.capture_output)
+        self._last_take = time.monotonic()
         while len(self._threads) < self.min_threads:
             self._add_thread()
 
