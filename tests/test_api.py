@@ -503,3 +503,25 @@ def test_generated_requests_never_get_a_5xx(fuzzed: Api, case: Any) -> None:
     """Requests generated from the OpenAPI schema, valid or not, never get a 5xx."""
     response = case.call(base_url=fuzzed.url, headers=AUTH)
     assert response.status_code < 500, (response.status_code, response.text, case.as_curl_command())
+
+
+def test_an_oversized_body_is_refused_with_413(api: Api) -> None:
+    """A request body over the limit (1 MiB) is a 413 naming the limit; nothing starts."""
+    before = api.runs("hello")["total"]
+    huge = {"params": {"name": "x" * (1024 * 1024 + 1)}}
+    response = api.client.post("/pipelines/hello/runs", json=huge)
+    assert response.status_code == 413
+    assert response.json()["error"] == "RequestTooLarge"
+    assert "over 1048576 bytes" in response.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"params": {"name": "'
+        for _ in range(2048):
+            yield b"x" * 1024
+        yield b'"}}'
+
+    chunked = api.client.post(
+        "/pipelines/hello/runs", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert chunked.status_code == 413
+    assert api.runs("hello")["total"] == before

@@ -51,6 +51,7 @@ from dp.store.records import RunRecord, RunStatus, TaskRunRecord
 __all__ = [
     "ApiDisabledError",
     "BearerAuth",
+    "BodyLimit",
     "EventRequest",
     "FireRequest",
     "NoRunStoreError",
@@ -298,15 +299,71 @@ class BearerAuth:
         return None
 
 
+class BodyLimit:
+    """Refuses request bodies larger than `max_bytes` with 413, before any handler reads them.
+
+    A body is read whole (it is at most `max_bytes`) and handed on, so a client sending an
+    endless chunked body cannot make the service buffer it.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in _SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([message]), send)
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        replay = [{"type": "http.request", "body": bytes(body), "more_body": False}]
+        await self.app(scope, _replay(replay, receive), send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _error(
+            413,
+            "RequestTooLarge",
+            f"the request body is over {self.max_bytes} bytes; send less data (put large "
+            "inputs where a task can read them and pass a reference).",
+        )(scope, receive, send)
+
+
+def _replay(messages: list[Any], then: Receive | None = None) -> Receive:
+    async def receive() -> Any:
+        if messages:
+            return messages.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 # --- the app -----------------------------------------------------------------------------
 
 
-def create_app(service: Service, *, token: str | None = None) -> FastAPI:
+def create_app(
+    service: Service, *, token: str | None = None, max_body_bytes: int = 1024 * 1024
+) -> FastAPI:
     """The HTTP API of `service`; the app's lifespan starts and (gracefully) stops it.
 
     Args:
         service: the service to expose.
         token: when set, every state-changing request needs `Authorization: Bearer <token>`.
+        max_body_bytes: larger request bodies are refused with 413.
     """
 
     @asynccontextmanager
@@ -328,7 +385,8 @@ def create_app(service: Service, *, token: str | None = None) -> FastAPI:
     app.add_exception_handler(DPError, _dp_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    if token:
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if token:  # added last, so it runs first: no body is read for a refused request
         app.add_middleware(BearerAuth, token=token)
         app.openapi = _openapi_with_bearer(app)  # type: ignore[method-assign]
     return app
