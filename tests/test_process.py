@@ -143,3 +143,42 @@ def test_a_dying_worker_blames_the_task_it_was_running(tmp_path: Path) -> None:
     assert "'crasher' exited with code 7" in (result.task("crasher").error or "")
     assert result.error is not None
     assert result.error.startswith("task 'crasher' failed")
+
+
+def test_workers_dying_at_start_fail_the_run_instead_of_respawning_forever(
+    tmp_path: Path,
+) -> None:
+    """An unguarded main module kills every worker at start: the run fails and says why."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            from dp import FilesystemIOManager, Orchestrator, TaskRegistry, task
+            from dp.testing import plan_for
+
+            registry = TaskRegistry()
+
+            @task(registry=registry)
+            def only() -> int:
+                return 1
+
+            # no `if __name__ == "__main__":` guard: each worker re-runs this file
+            io = FilesystemIOManager({str(tmp_path / "results")!r})
+            result = Orchestrator(io_manager=io, executor="process", workers=2).run(
+                plan_for(registry)
+            )
+            print("STATUS", result.status.value)
+            print("ERROR", result.error)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert "STATUS failed" in done.stdout
+    assert "WorkerStartFailed" in done.stdout
+    assert "if __name__ == '__main__':" in done.stdout

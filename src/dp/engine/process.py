@@ -42,7 +42,9 @@ __all__ = ["ProcessExecutor"]
 _log = get_logger("dp.engine")
 
 #: worker -> parent messages
-_STARTED, _CHUNK, _DONE = 0, 1, 2
+_STARTED, _CHUNK, _DONE, _READY = 0, 1, 2, 3
+#: workers dying before they are ready this many times in a row: stop starting them
+_STARTUP_FAILURES = 3
 #: seconds a worker may hold finished outcomes before sending them
 _BATCH_WINDOW = 0.002
 
@@ -89,6 +91,9 @@ class ProcessExecutor:
         self._closing = False
         #: worker processes that died (or were killed on a timeout) and were replaced
         self.replacements = 0
+        self._startup_failures = 0
+        #: set when workers keep dying at start: why, said to every task from then on
+        self.broken: str | None = None
 
     async def start(self, io_manager: IOManager) -> None:
         if self._slots:
@@ -97,10 +102,15 @@ class ProcessExecutor:
         self._io_manager = io_manager
         self._loop = asyncio.get_running_loop()
         self._closing = False
+        self.broken, self._startup_failures = None, 0
         for index in range(self.workers):
             self._slots.append(self._spawn(index))
 
     def submit(self, task: ExecutableTask, sink: TaskSink) -> None:
+        if self.broken is not None:
+            assert self._loop is not None
+            self._loop.call_soon(sink.on_done, task, self._broken_outcome(task))
+            return
         slot = min(self._slots, key=_load)
         if len(slot.in_flight) >= self.prefetch or not slot.alive:
             self._backlog.append((task, sink))
@@ -176,6 +186,10 @@ class ProcessExecutor:
                 return
             for message in batch:
                 kind, handle = message[0], message[1]
+                if kind == _READY:
+                    slot.ready = True
+                    self._startup_failures = 0
+                    continue
                 flight = slot.in_flight.get(handle)
                 if flight is None:
                     continue
@@ -221,11 +235,15 @@ class ProcessExecutor:
         slot.close()
         if self._closing:
             return
+        why = _describe_exit(code)
+        self._startup_failures = 0 if slot.ready else self._startup_failures + 1
+        if self._startup_failures >= _STARTUP_FAILURES:
+            self._give_up(slot, why)
+            return
         self._slots[self._slots.index(slot)] = self._spawn(slot.index)
         self.replacements += 1
         flights = list(slot.in_flight.items())
         slot.in_flight.clear()
-        why = _describe_exit(code)
         _log.warning("worker.died", pid=slot.process.pid, exit=why, tasks=len(flights))
         for handle, flight in flights:
             if flight.timer is not None:
@@ -257,6 +275,34 @@ class ProcessExecutor:
                 # saved, so running it again is harmless): run it elsewhere, at no attempt's cost
                 self._backlog.appendleft((flight.task, flight.sink))
         self._refill()
+
+    def _give_up(self, slot: _Slot, why: str) -> None:
+        """Workers die before they are even ready: starting more would loop forever."""
+        self.broken = (
+            f"worker processes {why} before they were ready, {self._startup_failures} times in "
+            "a row, so dp stopped starting them. Worker processes import the main module: guard "
+            "the code that starts pipelines with `if __name__ == '__main__':`, and check that the "
+            "task modules import in a fresh interpreter"
+        )
+        _log.error("worker.giving_up", reason=self.broken)
+        failed = list(slot.in_flight.values())
+        slot.in_flight.clear()
+        failed += [_Flight(task, sink) for task, sink in self._backlog]
+        self._backlog.clear()
+        for flight in failed:
+            flight.sink.on_done(flight.task, self._broken_outcome(flight.task))
+
+    def _broken_outcome(self, task: ExecutableTask) -> TaskOutcome:
+        return TaskOutcome(
+            task.task_name,
+            task.instance,
+            False,
+            [],
+            time.time(),
+            0.0,
+            error=f"WorkerStartFailed: {self.broken}",
+            retryable=False,
+        )
 
     # --- processes ------------------------------------------------------------------------
 
@@ -313,6 +359,7 @@ class _Slot:
         self.in_flight: dict[int, _Flight] = {}
         self.outbox: list[tuple[Any, ...]] = []
         self.alive = True
+        self.ready = False  # the worker said it is up (it died later, if at all)
         self.timed_out: tuple[int, float] | None = None
         self.unwatch: Callable[[], Any] = lambda: None
 
@@ -375,6 +422,7 @@ def _worker_main(
             sys.path.insert(0, entry)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     worker = Worker(io_manager, capture_output=capture_output)
+    results.put_sync([(_READY, -1)])
     resolved: dict[str, TaskMetadata | str] = {}
     loop = asyncio.new_event_loop()
     pending: list[tuple[Any, ...]] = []
