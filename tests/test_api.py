@@ -525,3 +525,21 @@ def test_an_oversized_body_is_refused_with_413(api: Api) -> None:
     )
     assert chunked.status_code == 413
     assert api.runs("hello")["total"] == before
+
+
+@pytest.mark.parametrize("topic", ["dp.run.succeeded", "dp.task.failed"])
+def test_lifecycle_topics_cannot_be_published_over_http(api: Api, topic: str) -> None:
+    """A client cannot fake dp's own lifecycle events (which start chained pipelines)."""
+    response = api.client.post("/events", json={"topic": topic, "payload": {"pipeline": "x"}})
+    assert response.status_code == 422
+    assert "lifecycle events dp itself publishes" in response.json()["detail"]
+
+
+def test_a_pipeline_start_topic_can_be_published_over_http(api: Api) -> None:
+    """Publishing on dp.pipelines.<name>.start starts that pipeline with the payload."""
+    before = api.runs("hello")["total"]
+    response = api.client.post(
+        "/events", json={"topic": "dp.pipelines.hello.start", "payload": {"name": "bus"}}
+    )
+    assert response.status_code == 202
+    wait_for(lambda: api.runs("hello")["total"] > before, "a hello run")

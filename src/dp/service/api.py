@@ -41,7 +41,7 @@ from dp.errors import (
     QueueFullError,
     RunNotFoundError,
 )
-from dp.events import MAX_TOPIC_LENGTH
+from dp.events import MAX_TOPIC_LENGTH, TopicMatcher
 from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineError
 from dp.scheduler import CircuitOpenError, SchedulerError, TriggerNotFoundError
@@ -203,6 +203,11 @@ class FireRequest(_Body):
     """Fire a trigger with a payload (an API trigger's payload is the run parameters)."""
 
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+#: lifecycle topics only dp publishes (so a client cannot fake a run's success)
+_RESERVED = TopicMatcher("dp.run.**")
+_RESERVED_TASKS = TopicMatcher("dp.task.**")
 
 
 class EventRequest(_Body):
@@ -507,6 +512,12 @@ def _routes() -> APIRouter:
     async def publish_event(body: EventRequest, service: ServiceDep) -> EventAccepted:
         if not service.accepting:
             raise ServiceUnavailableError("the service is not accepting events (shutting down)")
+        if _RESERVED.matches(body.topic) or _RESERVED_TASKS.matches(body.topic):
+            raise InvalidTopicError(
+                body.topic,
+                "dp.run.* and dp.task.* are the lifecycle events dp itself publishes; publish "
+                "to dp.pipelines.<name>.start to start a pipeline, or use your own topic",
+            )
         event = await service.publish(
             body.topic,
             body.payload,
