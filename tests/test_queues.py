@@ -7,8 +7,11 @@ import contextlib
 import multiprocessing
 import pickle
 import re
+import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -309,3 +312,38 @@ def test_it_only_pickles_for_a_new_process() -> None:
     """Like multiprocessing.Queue, it travels as a Process argument, not through pickle.dumps."""
     with pytest.raises(RuntimeError, match="inheritance"):
         pickle.dumps(MultiprocessQueue())
+
+
+def test_discard_lets_a_process_exit_when_a_dead_peer_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """A peer killed while holding the queue's write lock cannot hang our exit after discard()."""
+    script = tmp_path / "held_lock.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import multiprocessing, os, signal
+
+            from dp.events import MultiprocessQueue
+
+
+            def grab_and_die(queue):
+                queue._queue._wlock.acquire()  # as if killed in the middle of a write
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+            if __name__ == "__main__":
+                ctx = multiprocessing.get_context("spawn")
+                queue = MultiprocessQueue(context=ctx)
+                child = ctx.Process(target=grab_and_die, args=(queue,))
+                child.start()
+                child.join()
+                queue.put_nowait("stuck behind the dead peer's lock")
+                queue.discard()
+                print("exiting")
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "exiting" in done.stdout

@@ -371,10 +371,12 @@ class _Slot:
             self.tasks.put_nowait(None)
 
     def close(self) -> None:
+        """Let go of the worker's queues; the worker is gone, so nothing is sent on them (a
+        worker killed mid-write would hold their write lock forever)."""
         self.unwatch()
         self.unwatch = lambda: None
-        self.tasks.close()
-        self.results.close()
+        self.tasks.discard()
+        self.results.discard()
 
 
 def _load(slot: _Slot) -> int:

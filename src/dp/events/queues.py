@@ -481,6 +481,17 @@ class MultiprocessQueue(Generic[T]):
         """Whether any process closed the queue."""
         return bool(self._closed_flag.value)
 
+    def discard(self) -> None:
+        """Stop using the queue in this process without sending anything more.
+
+        For a queue whose peer process is gone (killed, crashed): `close()` would send a
+        marker, which needs the queue's cross-process write lock, and a process killed while
+        writing never releases it. Items not yet sent are dropped, and the interpreter's exit
+        does not wait for them.
+        """
+        self._queue.cancel_join_thread()
+        self._queue.close()
+
     def close(self) -> None:
         """Close the queue for every process; consumers drain what was sent before."""
         if self._closed_flag.value:
