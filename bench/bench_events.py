@@ -45,7 +45,7 @@ def run(report: Report) -> None:
     _multiprocess(report)
 
 
-async def __alternate_async(
+async def _alternate_async(
     variants: dict[str, Callable[[], Awaitable[object]]], rounds: int
 ) -> dict[str, float]:
     for fn in variants.values():
@@ -223,7 +223,7 @@ async def _bus(report: Report, n: int = 200_000) -> None:
 
         await asyncio.gather(publish(), *(consume(q) for q in queues))
 
-    t = await __alternate_async({"dp": lambda: dp(1, TOPIC), "raw": lambda: raw(1)}, rounds=5)
+    t = await _alternate_async({"dp": lambda: dp(1, TOPIC), "raw": lambda: raw(1)}, rounds=5)
     report.add(
         SECTION,
         f"bus, 1 subscriber, block policy, maxsize {maxsize}",
@@ -235,7 +235,7 @@ async def _bus(report: Report, n: int = 200_000) -> None:
     )
 
     subs = 10
-    t = await __alternate_async(
+    t = await _alternate_async(
         {"dp": lambda: dp(subs, "sales.*.created"), "raw": lambda: raw(subs)}, rounds=5
     )
     report.add(
@@ -266,7 +266,7 @@ async def _bus(report: Report, n: int = 200_000) -> None:
         for _ in range(n):
             await queue.get()
 
-    t = await __alternate_async({"dp": dp_nowait, "raw": raw_nowait}, rounds=5)
+    t = await _alternate_async({"dp": dp_nowait, "raw": raw_nowait}, rounds=5)
     report.add(
         SECTION,
         "bus, 1 subscriber, publish_nowait, unbounded",
