@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dp.store.records import RunStatus, TaskStatus
 from dp.tasks import TaskMetadata
 
+if TYPE_CHECKING:
+    from dp.io import IOManager
+    from dp.planner import ExecutionPlan
+
 __all__ = [
     "ExecutableTask",
+    "ExecutionContext",
+    "RunHandle",
+    "RunListener",
     "RunResult",
     "TaskOutcome",
     "TaskRunResult",
@@ -175,3 +183,54 @@ _SEVERITY = {
 
 def _rank(status: TaskStatus) -> int:
     return _SEVERITY[status]
+
+
+@dataclass(slots=True)
+class ExecutionContext:
+    """Everything about one run that is not about a single task."""
+
+    run_id: str
+    dag_id: str
+    plan: ExecutionPlan
+    io_manager: IOManager
+    params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    trigger: str = "manual"
+    pipeline: str = ""
+
+
+class RunHandle:
+    """A submitted run: its id and context now, its `RunResult` when it ends."""
+
+    def __init__(self, context: ExecutionContext) -> None:
+        self.context = context
+        self.task: asyncio.Task[RunResult] | None = None
+        #: how the run ends if its task is cancelled: interrupted (shutdown, resumable) unless
+        #: `Orchestrator.cancel` says cancelled
+        self.stop_status = RunStatus.INTERRUPTED
+
+    @property
+    def run_id(self) -> str:
+        return self.context.run_id
+
+    def done(self) -> bool:
+        return self.task is not None and self.task.done()
+
+    async def result(self) -> RunResult:
+        """Wait for the run to end. Cancelling this wait does not stop the run."""
+        assert self.task is not None
+        return await asyncio.shield(self.task)
+
+
+class RunListener(Protocol):
+    """Observes runs (progress displays, lifecycle events, metrics). Methods are called on the
+    event loop's thread and must be quick; they take keyword arguments only and must accept
+    unknown ones (`**_`), so new arguments never break a listener."""
+
+    def on_run_start(self, *, context: ExecutionContext, **_: Any) -> None: ...
+
+    def on_task_update(
+        self, *, context: ExecutionContext, task: TaskRunResult, **_: Any
+    ) -> None: ...
+
+    def on_run_end(self, *, context: ExecutionContext, result: RunResult, **_: Any) -> None: ...

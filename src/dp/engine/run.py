@@ -1,0 +1,344 @@
+"""`ActiveRun`: one run in progress, the executor's `TaskSink`, driving the resolver."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from dp.engine.model import (
+    ExecutableTask,
+    ExecutionContext,
+    RunHandle,
+    RunResult,
+    TaskOutcome,
+    TaskRunResult,
+    manifest_result_id,
+)
+from dp.engine.recorder import RunRecorder
+from dp.engine.resolver import TaskDependencyResolver
+from dp.engine.worker import format_error
+from dp.errors import DPError
+from dp.logs import get_logger
+from dp.store.records import RunStatus, TaskStatus
+
+if TYPE_CHECKING:
+    from dp.engine.orchestrator import Orchestrator
+
+__all__ = ["HOST", "ActiveRun", "owner"]
+
+_log = get_logger("dp.engine")
+#: this machine's name, recorded as the owner of the runs it executes
+HOST = socket.gethostname()
+
+
+def _describe(key: tuple[str, str]) -> str:
+    name, instance = key
+    return f"{name}[{instance}]" if instance else name
+
+
+def owner() -> dict[str, Any]:
+    """Which process runs a run: resume refuses to take over a run whose owner lives."""
+    return {"host": HOST, "pid": os.getpid()}
+
+
+class ActiveRun:
+    """One run in progress: the executor's `TaskSink`, driving the resolver."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        context: ExecutionContext,
+        recorder: RunRecorder,
+        *,
+        resume: bool,
+        previous: Mapping[tuple[str, str], Any] | None = None,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.context = context
+        self.recorder = recorder
+        self.resume = resume
+        self.previous = previous or {}
+        self.executor = orchestrator.executor
+        self.listeners = orchestrator.listeners
+        self.resolver = TaskDependencyResolver(context.plan, context.run_id, context.params)
+        #: tasks of this run in flight at once; None: as many as the executor wants now
+        self.limit = orchestrator.max_parallel_tasks
+        self.in_flight = 0
+        self.retrying = 0
+        self.results: dict[tuple[str, str], TaskRunResult] = {}
+        self.failed_fatally: tuple[str, str] | None = None  # the task that failed the run
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.log = _log.bind(run_id=context.run_id, dag_id=context.dag_id)
+        self.started_at = datetime.now(UTC)
+        #: set once the run ended: late chunks and outcomes (threads, killed runs) are ignored,
+        #: and executors drop its tasks that have not started
+        self.closed = False
+        self._retry_timers: set[asyncio.TimerHandle] = set()
+        #: the recorder's hook, or None when nothing is recorded (saves a call per change)
+        self._record = recorder.task_changed if recorder.store is not None else None
+
+    @staticmethod
+    async def never_started(
+        context: ExecutionContext, recorder: RunRecorder, status: RunStatus
+    ) -> RunResult:
+        """Record a run stopped while it waited for a slot."""
+        now = datetime.now(UTC)
+        await recorder.run_finished(status, now, f"{status.value} before it started")
+        return RunResult(context.run_id, context.dag_id, status, {}, None, now, None)
+
+    async def execute(self, handle: RunHandle | None = None) -> RunResult:
+        context = self.context
+        self.recorder.run_started(self.started_at, {**context.metadata, "owner": owner()})
+        self.log.info(
+            "run.started", tasks=len(context.plan.execution_order), trigger=context.trigger
+        )
+        for listener in self.listeners:
+            self._notify(listener.on_run_start, context=context)
+        self.recorder.start_flushing()
+        try:
+            self.resolver.start()
+            self._pump()
+            await self.done
+        except asyncio.CancelledError:
+            self.closed = True
+            stop = handle.stop_status if handle is not None else RunStatus.INTERRUPTED
+            return await self._finish(stopped=stop)
+        except Exception as exc:  # a bug or a broken adapter: end the run, recorded, loudly
+            self.log.exception("run.crashed")
+            self.closed = True
+            return await self._finish(stopped=RunStatus.FAILED, error=format_error(exc))
+        return await self._finish()
+
+    # --- TaskSink -------------------------------------------------------------------------
+
+    def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
+        if self.closed:
+            return
+        self.resolver.chunk(task.task_name, result_id, task.instance)
+        result = self.results.get(task.key)
+        if result is not None and result_id not in result.result_ids:
+            result.result_ids.append(result_id)
+        self._pump()
+
+    def on_done(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
+        if self.closed:
+            return
+        self.in_flight -= 1
+        result = self.results[(task.task_name, task.instance)]
+        result.duration = outcome.duration
+        result.output = outcome.output
+        result.end_time = outcome.started_at + outcome.duration
+        if outcome.ok:
+            result.status = TaskStatus.SUCCEEDED
+            result.result_ids = outcome.result_ids
+            result.error = result.traceback = None
+            self.resolver.succeeded(task.task_name, task.instance, outcome.result_ids)
+        else:
+            self._failed(task, outcome, result)
+        if self._record is not None or self.listeners:
+            self._changed(result)
+        self._pump()
+
+    def _failed(self, task: ExecutableTask, outcome: TaskOutcome, result: TaskRunResult) -> None:
+        meta = task.metadata
+        resolver = self.resolver
+        result.error = outcome.error
+        result.traceback = outcome.traceback
+        if outcome.retryable and task.retry_count < meta.max_retries and not resolver.halted:
+            delay = meta.retry_delay * (2**task.retry_count)
+            self.log.warning(
+                "task.retrying",
+                task_name=task.task_name,
+                instance=task.instance or None,
+                attempt=task.attempt,
+                error=outcome.error,
+                delay=delay,
+            )
+            self.retrying += 1
+            task.retry_count += 1
+            self._retry_timers.add(self.loop.call_later(delay, self._retry, task))
+        else:
+            result.status = TaskStatus.FAILED
+            self.log.error(
+                "task.failed",
+                task_name=task.task_name,
+                instance=task.instance or None,
+                attempt=task.attempt,
+                error=outcome.error,
+                fail_safe=meta.fail_safe,
+            )
+            if not meta.fail_safe and self.failed_fatally is None:
+                self.failed_fatally = task.key
+            resolver.failed(task.task_name)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _retry(self, task: ExecutableTask) -> None:
+        if self.closed:
+            return
+        self.retrying -= 1
+        if self.resolver.halted:
+            result = self.results[task.key]
+            result.status = TaskStatus.FAILED
+            self._changed(result)
+            self._pump()
+            return
+        self.resolver.ready.appendleft(task)  # first in line, within the run's limit
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand ready tasks to the executor, up to the run's limit; notice the end."""
+        ready = self.resolver.ready
+        limit = self.limit or self.executor.capacity
+        while ready and self.in_flight < limit:
+            task = ready.popleft()
+            if self.resume and self._restore(task):
+                continue
+            self._submit(task)
+        if not ready and self.in_flight == 0 and self.retrying == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def _submit(self, task: ExecutableTask) -> None:
+        self.in_flight += 1
+        key = (task.task_name, task.instance)
+        result = self.results.get(key)
+        if result is None:
+            result = self.results[key] = TaskRunResult(
+                task.task_name, TaskStatus.RUNNING, task.instance, 1, None, time.time()
+            )
+        else:
+            result.status = TaskStatus.RUNNING
+            result.attempts = task.retry_count + 1
+        if self._record is not None or self.listeners:
+            self._changed(result)
+        self.executor.submit(task, self)
+
+    def _restore(self, task: ExecutableTask) -> bool:
+        """On resume: if this task's results were saved before the interruption, reuse them."""
+        io = self.context.io_manager
+        run_id = self.context.run_id
+        name = task.task_name
+        try:
+            if task.metadata.stream_output:
+                manifest = manifest_result_id(task.task_result_id)
+                if not io.exists(run_id, name, manifest):
+                    return False
+                result_ids = list(io.load(run_id, name, manifest))
+                for rid in result_ids:
+                    self.resolver.chunk(name, rid, task.instance)
+            elif io.exists(run_id, name, task.task_result_id):
+                result_ids = [task.task_result_id]
+            else:
+                return False
+        except DPError:
+            return False  # unreadable: run it again
+        result = self.results.get(task.key) or TaskRunResult(
+            name, TaskStatus.SUCCEEDED, task.instance
+        )
+        result.status = TaskStatus.SUCCEEDED
+        result.result_ids = result_ids
+        earlier = self.previous.get(task.key)
+        if earlier is not None:  # keep what the interrupted run knew about this task
+            result.attempts = earlier.attempt
+            result.duration = earlier.duration
+            result.output = earlier.output
+            if earlier.started_at is not None:
+                result.start_time = earlier.started_at.timestamp()
+            if earlier.finished_at is not None:
+                result.end_time = earlier.finished_at.timestamp()
+        self.results[task.key] = result
+        self._changed(result)
+        self.resolver.succeeded(name, task.instance, result_ids)
+        return True
+
+    def _changed(self, result: TaskRunResult) -> None:
+        if self._record is not None:
+            self._record(result)
+        if self.listeners:
+            for listener in self.listeners:
+                self._notify(listener.on_task_update, context=self.context, task=result)
+
+    def _notify(self, method: Any, **kwargs: Any) -> None:
+        try:
+            method(**kwargs)
+        except Exception:
+            self.log.exception(
+                "listener.failed", listener=type(getattr(method, "__self__", method)).__name__
+            )
+
+    async def _finish(
+        self, *, stopped: RunStatus | None = None, error: str | None = None
+    ) -> RunResult:
+        resolver = self.resolver
+        self.closed = True
+        for timer in self._retry_timers:
+            timer.cancel()
+        if stopped is not None:
+            status = stopped
+            cancel_run = getattr(self.executor, "cancel_run", None)
+            if cancel_run is not None:  # stop what the executor can stop (async tasks)
+                cancel_run(self)
+            for task_result in self.results.values():
+                if task_result.status == TaskStatus.RUNNING:
+                    task_result.status = TaskStatus.CANCELLED
+            if stopped == RunStatus.CANCELLED:  # interrupted runs keep pending tasks pending
+                self._record_unstarted(resolver.unfinished(), TaskStatus.CANCELLED)
+        else:
+            # never started: pending, or queued behind the run's limit when it halted
+            self._record_unstarted(resolver.unfinished(), TaskStatus.CANCELLED)
+            resolver.cancel_pending()
+            statuses = resolver.statuses()
+            seen = {name for name, _ in self.results}
+            for name, status_of_task in statuses.items():
+                if name not in seen and status_of_task in (
+                    TaskStatus.SKIPPED,
+                    TaskStatus.SUCCEEDED,  # a task mapped over an empty stream
+                ):
+                    self.results[(name, "")] = TaskRunResult(name, status_of_task)
+            if self.failed_fatally is not None:
+                status = RunStatus.FAILED
+            elif any(s in (TaskStatus.FAILED, TaskStatus.SKIPPED) for s in statuses.values()):
+                status = RunStatus.PARTIAL
+            else:
+                status = RunStatus.SUCCEEDED
+        finished_at = datetime.now(UTC)
+        if self.failed_fatally is not None:
+            failed = self.results[self.failed_fatally]
+            error = f"task {_describe(self.failed_fatally)!r} failed: {failed.error}"
+        result = RunResult(
+            run_id=self.context.run_id,
+            dag_id=self.context.dag_id,
+            status=status,
+            tasks=self._ordered_results(),
+            started_at=self.started_at,
+            finished_at=finished_at,
+            error=error,
+        )
+        for task_result in result.tasks.values():
+            self.recorder.task_changed(task_result)
+        await self.recorder.run_finished(status, finished_at, error)
+        log = self.log.info if status == RunStatus.SUCCEEDED else self.log.warning
+        log(
+            "run.finished",
+            status=str(status),
+            seconds=round((finished_at - self.started_at).total_seconds(), 6),
+        )
+        for listener in self.listeners:
+            self._notify(listener.on_run_end, context=self.context, result=result)
+        return result
+
+    def _record_unstarted(self, names: list[str], status: TaskStatus) -> None:
+        seen = {name for name, _ in self.results}
+        for name in names:
+            if name not in seen:
+                self.results[(name, "")] = TaskRunResult(name, status)
+
+    def _ordered_results(self) -> dict[tuple[str, str], TaskRunResult]:
+        rank = {name: i for i, name in enumerate(self.context.plan.execution_order)}
+        return dict(sorted(self.results.items(), key=lambda item: (rank[item[0][0]], item[0][1])))
