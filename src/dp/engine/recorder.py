@@ -72,8 +72,7 @@ class RunRecorder:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._flusher
                 self._flusher = None
-            batch = [_record(self.run_id, r) for r in self._dirty.values()]
-            self._dirty = {}
+            batch = self._take_batch()
             # the last task states and the run's end: one transaction
             await asyncio.to_thread(
                 self.store.update_run,
@@ -88,12 +87,17 @@ class RunRecorder:
         if not self._dirty or self.store is None:
             return
         async with self._lock:
-            batch = [_record(self.run_id, r) for r in self._dirty.values()]
-            self._dirty = {}
+            batch = self._take_batch()
             try:
                 await asyncio.to_thread(self.store.save_task_runs, batch)
             except Exception:
                 _log.exception("store.flush_failed", run_id=self.run_id, records=len(batch))
+
+    def _take_batch(self) -> list[TaskRunRecord]:
+        """The latest state of every task changed since the last write, as records."""
+        batch = [_record(self.run_id, r) for r in self._dirty.values()]
+        self._dirty = {}
+        return batch
 
     async def _flush_periodically(self) -> None:
         while True:

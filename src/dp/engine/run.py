@@ -288,19 +288,20 @@ class ActiveRun:
                 if task_result.status == TaskStatus.RUNNING:
                     task_result.status = TaskStatus.CANCELLED
             if stopped == RunStatus.CANCELLED:  # interrupted runs keep pending tasks pending
-                self._record_unstarted(resolver.unfinished(), TaskStatus.CANCELLED)
+                self._record_missing(dict.fromkeys(resolver.unfinished(), TaskStatus.CANCELLED))
         else:
             # never started: pending, or queued behind the run's limit when it halted
-            self._record_unstarted(resolver.unfinished(), TaskStatus.CANCELLED)
+            self._record_missing(dict.fromkeys(resolver.unfinished(), TaskStatus.CANCELLED))
             resolver.cancel_pending()
             statuses = resolver.statuses()
-            seen = {name for name, _ in self.results}
-            for name, status_of_task in statuses.items():
-                if name not in seen and status_of_task in (
-                    TaskStatus.SKIPPED,
-                    TaskStatus.SUCCEEDED,  # a task mapped over an empty stream
-                ):
-                    self.results[(name, "")] = TaskRunResult(name, status_of_task)
+            # skipped tasks, and tasks mapped over an empty stream (succeeded, no instance)
+            self._record_missing(
+                {
+                    name: status_of_task
+                    for name, status_of_task in statuses.items()
+                    if status_of_task in (TaskStatus.SKIPPED, TaskStatus.SUCCEEDED)
+                }
+            )
             if self.failed_fatally is not None:
                 status = RunStatus.FAILED
             elif any(s in (TaskStatus.FAILED, TaskStatus.SKIPPED) for s in statuses.values()):
@@ -333,9 +334,10 @@ class ActiveRun:
             self._notify(listener.on_run_end, context=self.context, result=result)
         return result
 
-    def _record_unstarted(self, names: list[str], status: TaskStatus) -> None:
+    def _record_missing(self, statuses: Mapping[str, TaskStatus]) -> None:
+        """Give a result entry of `status` to each task that has none (it never ran)."""
         seen = {name for name, _ in self.results}
-        for name in names:
+        for name, status in statuses.items():
             if name not in seen:
                 self.results[(name, "")] = TaskRunResult(name, status)
 

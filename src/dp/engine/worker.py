@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import traceback
 from collections.abc import Callable
@@ -33,10 +34,7 @@ class Worker:
         """Run a sync task (function or generator) to its outcome; never raises."""
         started_at = time.time()
         chunks: list[str] = []
-        token = None
-        if self.capture_output:
-            capture.install()
-            token = _output.set(chunks)
+        token = self._start_capture(chunks)
         try:
             kwargs = self._load_inputs(task)
             meta = task.metadata
@@ -62,10 +60,7 @@ class Worker:
         except `asyncio.CancelledError`, so timeouts and cancellation reach the caller."""
         started_at = time.time()
         chunks: list[str] = []
-        token = None
-        if self.capture_output:
-            capture.install()
-            token = _output.set(chunks)
+        token = self._start_capture(chunks)
         try:
             kwargs = self._load_inputs(task)
             meta = task.metadata
@@ -88,6 +83,13 @@ class Worker:
             if token is not None:
                 _output.reset(token)
         return _succeeded(task, result_ids, started_at, chunks)
+
+    def _start_capture(self, chunks: list[str]) -> contextvars.Token[list[str] | None] | None:
+        """Send what the task prints into `chunks`; the token undoes it."""
+        if not self.capture_output:
+            return None
+        capture.install()
+        return _output.set(chunks)
 
     def _load_inputs(self, task: ExecutableTask) -> dict[str, Any]:
         kwargs = dict(task.params) if task.params else {}
