@@ -21,7 +21,13 @@ from typing import Any
 import pytest
 
 import dp.store.sql
-from dp.errors import DuplicateRunError, InvalidIdError, RunNotFoundError, StoreError
+from dp.errors import (
+    DuplicateRunError,
+    FencedError,
+    InvalidIdError,
+    RunNotFoundError,
+    StoreError,
+)
 from dp.store import (
     MemoryRunStore,
     RunRecord,
@@ -31,6 +37,7 @@ from dp.store import (
     TaskRunRecord,
     TaskStatus,
 )
+from dp.store.records import HOST, is_stale
 
 POSTGRES_URL = os.environ.get("DP_TEST_POSTGRES_URL")
 ADAPTERS = ["memory", "sqlite"] + (["postgresql"] if POSTGRES_URL else [])
@@ -411,6 +418,134 @@ def test_finished_statuses_exclude_the_resumable_ones() -> None:
     }
 
 
+# --- contract: ownership, fencing, attempts ----------------------------------------------
+
+
+def _claim(store: RunStore, run_id: str, **options: Any) -> int:
+    return store.claim_run(run_id, host="box", pid=1234, lease_until=T0, **options)
+
+
+def test_each_claim_raises_the_epoch_and_records_the_owner(store: RunStore) -> None:
+    """A claim takes the next epoch and makes its process the owner, with its lease."""
+    store.create_run(run("r1"))
+    assert _claim(store, "r1") == 1
+    assert store.claim_run("r1", host="other", pid=9, lease_until=T0 + timedelta(minutes=1)) == 2
+    got = store.get_run("r1")
+    assert (got.epoch, got.owner_host, got.owner_pid, got.status) == (
+        2,
+        "other",
+        9,
+        RunStatus.RUNNING,
+    )
+    assert got.lease_until == T0 + timedelta(minutes=1)
+
+
+def test_writes_of_an_older_owner_are_refused_and_change_nothing(store: RunStore) -> None:
+    """After a take-over, the old epoch's task states and run updates raise FencedError."""
+    store.create_run(run("r1"))
+    old = _claim(store, "r1")
+    store.save_task_runs([TaskRunRecord("r1", "load", status=TaskStatus.RUNNING)], epoch=old)
+    new = _claim(store, "r1")
+    late = TaskRunRecord("r1", "load", status=TaskStatus.SUCCEEDED, result_ids=["x"])
+    with pytest.raises(FencedError) as refused:
+        store.save_task_runs([late], epoch=old)
+    assert (refused.value.run_id, refused.value.epoch, refused.value.current) == ("r1", old, new)
+    with pytest.raises(FencedError):
+        store.update_run("r1", status=RunStatus.SUCCEEDED, task_runs=[late], epoch=old)
+    with pytest.raises(FencedError):
+        store.renew_lease("r1", epoch=old, lease_until=T0)
+    assert store.get_run("r1").status == RunStatus.RUNNING
+    assert [t.status for t in store.get_task_runs("r1")] == [TaskStatus.RUNNING]
+    store.update_run("r1", status=RunStatus.SUCCEEDED, task_runs=[late], epoch=new)
+    assert store.get_run("r1").status == RunStatus.SUCCEEDED
+
+
+def test_a_claim_at_an_expected_epoch_is_a_compare_and_set(store: RunStore) -> None:
+    """Two resumers that read epoch 1: the first claim wins, the second is fenced."""
+    store.create_run(run("r1"))
+    _claim(store, "r1")
+    assert _claim(store, "r1", expected_epoch=1) == 2
+    with pytest.raises(FencedError):
+        _claim(store, "r1", expected_epoch=1)
+    assert store.get_run("r1").epoch == 2
+
+
+def test_concurrent_claims_at_one_epoch_have_exactly_one_winner(store: RunStore) -> None:
+    """Eight threads claim the same run at the same epoch: one wins, seven are fenced."""
+    store.create_run(run("r1"))
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        try:
+            _claim(store, "r1", expected_epoch=0)
+            outcomes.append("won")
+        except FencedError:
+            outcomes.append("fenced")
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["fenced"] * 7 + ["won"]
+    assert store.get_run("r1").epoch == 1
+
+
+def test_claiming_or_renewing_an_unknown_run_raises_run_not_found(store: RunStore) -> None:
+    """Ownership calls on a run that is not recorded name it."""
+    with pytest.raises(RunNotFoundError):
+        _claim(store, "nope")
+    with pytest.raises(RunNotFoundError):
+        store.renew_lease("nope", epoch=1, lease_until=T0)
+
+
+def test_every_attempt_is_kept_beside_the_latest(store: RunStore) -> None:
+    """Earlier attempts saved as `attempts` come back with the latest, in attempt order."""
+    store.create_run(run("r1"))
+    first = TaskRunRecord(
+        "r1", "load", status=TaskStatus.FAILED, attempt=1, error="E: one", host="a", pid=1
+    )
+    second = TaskRunRecord("r1", "load", status=TaskStatus.FAILED, attempt=2, error="E: two")
+    third = TaskRunRecord("r1", "load", status=TaskStatus.SUCCEEDED, attempt=3, host="b", pid=2)
+    store.save_task_runs([second], attempts=[first])
+    store.update_run("r1", status=RunStatus.SUCCEEDED, task_runs=[third], attempts=[second])
+    attempts = store.get_attempts("r1")
+    assert [(a.attempt, a.status, a.error, a.host) for a in attempts] == [
+        (1, TaskStatus.FAILED, "E: one", "a"),
+        (2, TaskStatus.FAILED, "E: two", None),
+        (3, TaskStatus.SUCCEEDED, None, "b"),
+    ]
+    assert [t.attempt for t in store.get_task_runs("r1")] == [3]
+    store.delete_run("r1")
+    with pytest.raises(RunNotFoundError):
+        store.get_attempts("r1")
+
+
+def test_a_run_is_stale_when_its_owner_is_gone_or_its_lease_ran_out(store: RunStore) -> None:
+    """`is_stale`: a dead owner process on this host, or an expired lease; never a finished run."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    now = datetime.now(UTC)
+    store.create_run(run("gone", status=RunStatus.RUNNING))
+    store.claim_run("gone", host=HOST, pid=dead_pid, lease_until=now + timedelta(hours=1))
+    store.create_run(run("expired", status=RunStatus.RUNNING))
+    store.claim_run("expired", host="elsewhere", pid=1, lease_until=now - timedelta(seconds=1))
+    store.create_run(run("alive", status=RunStatus.RUNNING))
+    store.claim_run("alive", host=HOST, pid=os.getppid(), lease_until=now + timedelta(hours=1))
+    store.create_run(run("done", status=RunStatus.RUNNING))
+    store.claim_run("done", host=HOST, pid=dead_pid, lease_until=now - timedelta(hours=1))
+    store.update_run("done", status=RunStatus.SUCCEEDED)
+    stale = {r.run_id: is_stale(r) for r in store.list_runs()}
+    assert stale == {"gone": True, "expired": True, "alive": False, "done": False}
+
+
 # --- SQL only -----------------------------------------------------------------------------
 
 
@@ -432,7 +567,7 @@ def test_sqlite_file_and_its_directories_are_created(tmp_path: Path) -> None:
     path = tmp_path / "state" / "dp" / "runs.db"
     SQLRunStore(path=path).close()
     assert path.is_file()
-    assert _schema_version(path) == 1
+    assert _schema_version(path) == dp.store.sql.SCHEMA_VERSION
 
 
 def test_default_store_is_dp_runs_db_in_the_current_directory(
@@ -476,7 +611,7 @@ def test_a_store_written_by_a_newer_dp_is_refused(tmp_path: Path) -> None:
     SQLRunStore(path=path).close()
     _set_schema_version(path, 7)
 
-    with pytest.raises(StoreError, match=r"schema version 7.*up to 1; upgrade dp"):
+    with pytest.raises(StoreError, match=r"schema version 7.*up to 2; upgrade dp"):
         SQLRunStore(path=path)
     assert _schema_version(path) == 7
 
@@ -489,22 +624,45 @@ def test_a_store_written_by_an_older_dp_is_migrated(
     SQLRunStore(path=path).close()
     applied: list[int] = []
 
-    def add_owner_column(conn: Any) -> None:
-        applied.append(1)
-        conn.exec_driver_sql("ALTER TABLE dp_runs ADD COLUMN owner TEXT")
+    def add_notes_column(conn: Any) -> None:
+        applied.append(2)
+        conn.exec_driver_sql("ALTER TABLE dp_runs ADD COLUMN notes TEXT")
 
-    # Pretend this dp is one release ahead of the file: version 2, with a migration from 1.
-    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 1, add_owner_column)
+    # Pretend this dp is one release ahead of the file: version 3, with a migration from 2.
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 2, add_notes_column)
     SQLRunStore(path=path).close()
     SQLRunStore(path=path).close()  # already current: nothing runs twice
 
-    assert applied == [1]
-    assert _schema_version(path) == 2
+    assert applied == [2]
+    assert _schema_version(path) == 3
     with sqlite3.connect(path) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(dp_runs)")]
     conn.close()
-    assert "owner" in columns
+    assert "notes" in columns
+
+
+def test_a_store_written_by_the_schema_1_release_opens_with_its_runs(tmp_path: Path) -> None:
+    """tests/data/runs-v1.db, written by dp with schema 1, migrates and keeps every run."""
+    path = tmp_path / "runs.db"
+    path.write_bytes((Path(__file__).parent / "data" / "runs-v1.db").read_bytes())
+    store = SQLRunStore(path=path)
+    assert _schema_version(path) == 2
+    done, killed = store.get_run("run-v1-done"), store.get_run("run-v1-killed")
+    assert (done.status, done.params, done.epoch) == (RunStatus.SUCCEEDED, {"currency": "EUR"}, 0)
+    # the owner moved from the metadata to its own fields
+    assert (killed.status, killed.owner_host, killed.owner_pid) == (
+        RunStatus.RUNNING,
+        "old-host",
+        4243,
+    )
+    (task,) = store.get_task_runs("run-v1-done")
+    assert (task.attempt, task.output, task.host) == (2, "hello\n", None)
+    assert [a.attempt for a in store.get_attempts("run-v1-done")] == [2]
+    # and the migrated store takes new runs, fenced like any other
+    epoch = store.claim_run("run-v1-killed", host="here", pid=1, lease_until=T0, expected_epoch=0)
+    assert epoch == 1
+    store.close()
 
 
 def test_an_older_store_without_a_migration_path_is_refused(
@@ -513,11 +671,11 @@ def test_an_older_store_without_a_migration_path_is_refused(
     """A missing migration raises StoreError instead of opening a schema dp would misread."""
     path = tmp_path / "runs.db"
     SQLRunStore(path=path).close()
-    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 3)
 
-    with pytest.raises(StoreError, match="no migration from version 1"):
+    with pytest.raises(StoreError, match="no migration from version 2"):
         SQLRunStore(path=path)
-    assert _schema_version(path) == 1
+    assert _schema_version(path) == 2
 
 
 def test_importing_dp_store_leaves_sqlalchemy_unloaded() -> None:

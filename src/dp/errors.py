@@ -265,3 +265,22 @@ class InvalidRunParameterError(PlanError):
             f"run parameter {name!r} = {shown} is not a valid {expected} "
             f"(needed by {', '.join(repr(t) for t in self.tasks)}): {reason}"
         )
+
+
+class FencedError(DPError):
+    """A run was taken over by a newer owner; what its old owner still tries to write is refused.
+
+    Every resume or takeover takes a new ownership epoch in the run store. Writes that carry an
+    older epoch (late task states, results of workers the old owner left behind) fail with
+    this error instead of overwriting what the new owner records.
+    """
+
+    def __init__(self, run_id: str, epoch: int, current: int | None = None) -> None:
+        self.run_id = run_id
+        self.epoch = epoch
+        self.current = current
+        now = f" it is at epoch {current}" if current is not None else ""
+        super().__init__(
+            f"run {run_id!r} was taken over by a newer owner: this owner holds epoch {epoch},"
+            f"{now}; what this owner still writes is refused (the new owner finishes the run)."
+        )

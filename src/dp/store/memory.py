@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from dp.errors import DuplicateRunError, RunNotFoundError, StoreError
+from dp.errors import DuplicateRunError, FencedError, RunNotFoundError, StoreError
 from dp.store.records import (
     RunRecord,
     RunStatus,
@@ -25,6 +25,7 @@ from dp.store.records import (
 __all__ = ["MemoryRunStore"]
 
 _TaskKey = tuple[str, str]  # (task_name, instance)
+_AttemptKey = tuple[str, str, int]  # (task_name, instance, attempt)
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -41,6 +42,7 @@ class MemoryRunStore:
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, str] = {}  # event id -> run id
         self._tasks: dict[str, dict[_TaskKey, TaskRunRecord]] = {}
+        self._attempts: dict[str, dict[_AttemptKey, TaskRunRecord]] = {}
 
     def create_run(self, record: RunRecord) -> None:
         """Record a new run; see `RunStore.create_run`."""
@@ -53,6 +55,7 @@ class MemoryRunStore:
                 raise DuplicateRunError(record.run_id)
             self._runs[record.run_id] = stored
             self._tasks[record.run_id] = {}
+            self._attempts[record.run_id] = {}
             if record.event_id is not None:
                 self._events[record.event_id] = record.run_id
 
@@ -66,16 +69,20 @@ class MemoryRunStore:
         error: str | None = None,
         metadata: dict[str, Any] | None = None,
         task_runs: Sequence[TaskRunRecord] = (),
+        attempts: Sequence[TaskRunRecord] = (),
+        epoch: int | None = None,
     ) -> None:
         """Change the given fields of a run; see `RunStore.update_run`."""
         _check_run_id(run_id)
         new_metadata = None if metadata is None else _json_copy(metadata)
-        if any(r.run_id != run_id for r in task_runs):
+        if any(r.run_id != run_id for r in (*task_runs, *attempts)):
             raise StoreError(f"update_run({run_id!r}) got task runs of another run")
-        if task_runs:
-            self.save_task_runs(task_runs)  # checks that the run exists first
+        tasks = [_copy_task_run(r) for r in task_runs]
+        earlier = [_copy_task_run(r) for r in attempts]
         with self._lock:
             run = self._get(run_id)
+            _check_epoch(run, epoch)
+            self._put_task_runs(tasks, earlier)
             if status is not None:
                 run.status = RunStatus(status)
             if started_at is not None:
@@ -87,17 +94,72 @@ class MemoryRunStore:
             if new_metadata is not None:
                 run.metadata = new_metadata
 
-    def save_task_runs(self, records: Sequence[TaskRunRecord]) -> None:
+    def save_task_runs(
+        self,
+        records: Sequence[TaskRunRecord],
+        *,
+        attempts: Sequence[TaskRunRecord] = (),
+        epoch: int | None = None,
+    ) -> None:
         """Insert or replace task runs in one step; see `RunStore.save_task_runs`."""
         copies = [_copy_task_run(r) for r in records]
-        for record in copies:
+        earlier = [_copy_task_run(r) for r in attempts]
+        for record in (*copies, *earlier):
             _check_run_id(record.run_id)
         with self._lock:
             # Check every run first, so that a bad batch saves nothing, like a rolled-back one.
-            for record in copies:
-                self._get(record.run_id)
-            for record in copies:
-                self._tasks[record.run_id][record.task_name, record.instance] = record
+            for run_id in dict.fromkeys(r.run_id for r in (*copies, *earlier)):
+                _check_epoch(self._get(run_id), epoch)
+            self._put_task_runs(copies, earlier)
+
+    def claim_run(
+        self,
+        run_id: str,
+        *,
+        host: str,
+        pid: int,
+        lease_until: datetime,
+        expected_epoch: int | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        started_at: datetime | None = None,
+    ) -> int:
+        """Become the run's owner at a new epoch; see `RunStore.claim_run`."""
+        _check_run_id(run_id)
+        with self._lock:
+            run = self._get(run_id)
+            _check_epoch(run, expected_epoch)
+            run.epoch += 1
+            run.owner_host, run.owner_pid = host, pid
+            run.lease_until = _as_utc(lease_until)
+            run.status = RunStatus(status)
+            if started_at is not None:
+                run.started_at = _as_utc(started_at)
+            return run.epoch
+
+    def renew_lease(self, run_id: str, *, epoch: int, lease_until: datetime) -> None:
+        """Extend the owner's lease; see `RunStore.renew_lease`."""
+        _check_run_id(run_id)
+        with self._lock:
+            run = self._get(run_id)
+            _check_epoch(run, epoch)
+            run.lease_until = _as_utc(lease_until)
+
+    def get_attempts(self, run_id: str) -> list[TaskRunRecord]:
+        """Return copies of every attempt of a run; see `RunStore.get_attempts`."""
+        _check_run_id(run_id)
+        with self._lock:
+            self._get(run_id)
+            every = [*self._attempts[run_id].values(), *self._tasks[run_id].values()]
+            attempts = [_copy_task_run(t) for t in every]
+        attempts.sort(key=lambda t: (t.task_name, t.instance, t.attempt))
+        return attempts
+
+    def _put_task_runs(self, records: list[TaskRunRecord], attempts: list[TaskRunRecord]) -> None:
+        for record in records:
+            self._tasks[record.run_id][record.task_name, record.instance] = record
+        for record in attempts:
+            key = (record.task_name, record.instance, record.attempt)
+            self._attempts[record.run_id][key] = record
 
     def get_run(self, run_id: str) -> RunRecord:
         """Return a copy of a run; see `RunStore.get_run`."""
@@ -147,7 +209,7 @@ class MemoryRunStore:
         _check_run_id(run_id)
         with self._lock:
             run = self._get(run_id)
-            del self._runs[run_id], self._tasks[run_id]
+            del self._runs[run_id], self._tasks[run_id], self._attempts[run_id]
             if run.event_id is not None:
                 del self._events[run.event_id]
 
@@ -170,6 +232,11 @@ class MemoryRunStore:
             if (statuses is None or r.status in statuses)
             and (pipeline is None or r.pipeline == pipeline)
         ]
+
+
+def _check_epoch(run: RunRecord, epoch: int | None) -> None:
+    if epoch is not None and run.epoch != epoch:
+        raise FencedError(run.run_id, epoch, run.epoch)
 
 
 def _task_order(task: TaskRunRecord) -> tuple[bool, datetime, str, str]:
@@ -197,6 +264,7 @@ def _copy_run(record: RunRecord) -> RunRecord:
         finished_at=_as_utc(record.finished_at),
         metadata=_json_copy(record.metadata),
         plan=_json_copy(record.plan),
+        lease_until=_as_utc(record.lease_until),
     )
 
 

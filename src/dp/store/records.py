@@ -7,8 +7,10 @@ so changing a record you got back never changes what is stored.
 
 from __future__ import annotations
 
+import os
 import re
 import reprlib
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +19,20 @@ from typing import Any, Protocol, overload, runtime_checkable
 
 from dp.errors import InvalidIdError, StoreError
 
-__all__ = ["RunRecord", "RunStatus", "RunStore", "TaskRunRecord", "TaskStatus"]
+__all__ = [
+    "HOST",
+    "RunRecord",
+    "RunStatus",
+    "RunStore",
+    "TaskRunRecord",
+    "TaskStatus",
+    "is_stale",
+    "owner_of",
+    "pid_alive",
+]
+
+#: this machine's name, recorded as the owner of the runs (and attempts) it executes
+HOST = socket.gethostname()
 
 _MAX_RUN_ID_LENGTH = 200
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # the IO manager uses run ids as folders
@@ -55,6 +70,8 @@ class TaskStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    #: its owner died (or was fenced) while this attempt ran; a resume runs it again
+    INTERRUPTED = "interrupted"
 
 
 def _now() -> datetime:
@@ -81,6 +98,12 @@ class RunRecord:
         error: Why it failed, in one line.
         metadata: Anything else worth keeping.
         plan: `ExecutionPlan.to_dict()`, for the UI and for resume checks.
+        epoch: The ownership epoch: 0 until a process takes the run, then raised by one at
+            every take-over (`RunStore.claim_run`). Writes carrying an older epoch are refused.
+        owner_host: The machine of the process that owns the run.
+        owner_pid: That process's id.
+        lease_until: Until when the owner's lease holds; a live owner renews it. A running run
+            whose lease ran out, or whose owner process is gone, is stale (`is_stale`).
 
     The dicts must be JSON-serialisable and are stored as JSON, so tuples come back as lists
     and keys as strings. Datetimes come back in UTC; a naive datetime is taken to be UTC.
@@ -101,11 +124,18 @@ class RunRecord:
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    lease_until: datetime | None = None
 
 
 @dataclass(slots=True)
 class TaskRunRecord:
-    """The state of one task, or of one instance of a task mapped over a stream, in a run.
+    """One attempt of a task, or of one instance of a task mapped over a stream, in a run.
+
+    `get_task_runs` returns each task's latest attempt; `get_attempts` every attempt, the
+    earlier ones (failed and retried, or interrupted and resumed) included.
 
     Attributes:
         run_id: The run it belongs to.
@@ -120,6 +150,8 @@ class TaskRunRecord:
         traceback: The full traceback of that error.
         result_ids: The ids of the results it stored.
         output: Its captured stdout and stderr, already truncated by the engine.
+        host: The machine the attempt ran on.
+        pid: The process that ran it.
     """
 
     run_id: str
@@ -134,6 +166,8 @@ class TaskRunRecord:
     traceback: str | None = None
     result_ids: list[str] = field(default_factory=list)
     output: str = ""
+    host: str | None = None
+    pid: int | None = None
 
 
 @runtime_checkable
@@ -164,25 +198,80 @@ class RunStore(Protocol):
         error: str | None = None,
         metadata: dict[str, Any] | None = None,
         task_runs: Sequence[TaskRunRecord] = (),
+        attempts: Sequence[TaskRunRecord] = (),
+        epoch: int | None = None,
     ) -> None:
         """Change the given fields of a run (`metadata` is replaced whole); `None` keeps one.
 
-        `task_runs` are saved as by `save_task_runs`, in the same transaction: the engine
-        records a run's end and its last task states in one write.
+        `task_runs` and `attempts` are saved as by `save_task_runs`, in the same transaction:
+        the engine records a run's end and its last task states in one write.
 
         Raises:
             RunNotFoundError: No run has this id.
+            FencedError: `epoch` is given and the run is at another epoch; nothing changed.
         """
         ...
 
-    def save_task_runs(self, records: Sequence[TaskRunRecord]) -> None:
+    def save_task_runs(
+        self,
+        records: Sequence[TaskRunRecord],
+        *,
+        attempts: Sequence[TaskRunRecord] = (),
+        epoch: int | None = None,
+    ) -> None:
         """Insert or replace task runs, keyed by (run_id, task_name, instance), all at once.
 
         This is the engine's batched hot path: one transaction for the whole batch. When a key
-        occurs twice in the batch, the later record wins.
+        occurs twice in the batch, the later record wins. `attempts` are earlier attempts that
+        a retry or a resume superseded, kept by (run_id, task_name, instance, attempt).
+        With `epoch`, every run of the batch must still be at that epoch.
 
         Raises:
             RunNotFoundError: A record's run is not recorded; nothing was saved.
+            FencedError: `epoch` is given and a run is at another epoch; nothing was saved.
+        """
+        ...
+
+    def claim_run(
+        self,
+        run_id: str,
+        *,
+        host: str,
+        pid: int,
+        lease_until: datetime,
+        expected_epoch: int | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        started_at: datetime | None = None,
+    ) -> int:
+        """Become the run's owner: raise its epoch by one, record the owner and its lease.
+
+        Whatever an older owner writes with its epoch is refused from then on. With
+        `expected_epoch`, the claim is a compare-and-set: of several processes claiming the
+        same run at the same epoch, exactly one wins and the others get `FencedError`.
+
+        Returns:
+            The new epoch.
+
+        Raises:
+            RunNotFoundError: No run has this id.
+            FencedError: The run is no longer at `expected_epoch`.
+        """
+        ...
+
+    def renew_lease(self, run_id: str, *, epoch: int, lease_until: datetime) -> None:
+        """Extend the owner's lease; the owner calls it well before the lease runs out.
+
+        Raises:
+            RunNotFoundError: No run has this id.
+            FencedError: The run is at another epoch: someone took it over.
+        """
+        ...
+
+    def get_attempts(self, run_id: str) -> list[TaskRunRecord]:
+        """Return every attempt of every task of a run, by task name, instance and attempt.
+
+        Raises:
+            RunNotFoundError: No run has this id.
         """
         ...
 
@@ -234,6 +323,44 @@ class RunStore(Protocol):
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
         ...
+
+
+def pid_alive(pid: object) -> bool:
+    """Whether a process with this id exists on this machine."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def owner_of(record: RunRecord) -> tuple[str | None, int | None]:
+    """The (host, pid) that owns a run; runs recorded by dp before schema 2 kept it in
+    `metadata["owner"]`."""
+    if record.owner_host is not None:
+        return record.owner_host, record.owner_pid
+    legacy = (record.metadata or {}).get("owner") or {}
+    host, pid = legacy.get("host"), legacy.get("pid")
+    return (host if isinstance(host, str) else None, pid if isinstance(pid, int) else None)
+
+
+def is_stale(record: RunRecord, *, now: datetime | None = None) -> bool:
+    """Whether a run that says it is running (or queued) has lost its owner: the owner process
+    is gone from this machine, or its lease ran out without being renewed. A stale run can be
+    resumed (`dp runs resume`); an interrupted one was stopped on purpose and is not stale."""
+    if record.status not in (RunStatus.RUNNING, RunStatus.QUEUED):
+        return False
+    host, pid = owner_of(record)
+    if host == HOST and pid is not None and pid != os.getpid() and not pid_alive(pid):
+        return True
+    lease = record.lease_until
+    return lease is not None and _as_utc(lease) < (now or datetime.now(UTC))
 
 
 def _check_run_id(run_id: object) -> str:

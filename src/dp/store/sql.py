@@ -17,141 +17,52 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from dp.errors import DuplicateRunError, RunNotFoundError, StoreError
+from dp.errors import DuplicateRunError, FencedError, RunNotFoundError, StoreError
 from dp.store.records import (
     RunRecord,
     RunStatus,
     TaskRunRecord,
-    TaskStatus,
-    _as_utc,
     _check_page,
     _check_run_id,
     _not_json_error,
     _status_filter,
+)
+from dp.store.schema import (
+    _ATTEMPT_KEY,
+    _TASK_KEY,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Migration,
+    _attempts,
+    _meta,
+    _metadata,
+    _run_record,
+    _run_row,
+    _runs,
+    _stored_version,
+    _task_row,
+    _task_run_record,
+    _task_runs,
+    _upsert_statement,
 )
 
 __all__ = ["DEFAULT_PATH", "MIGRATIONS", "SCHEMA_VERSION", "Migration", "SQLRunStore"]
 
 #: Where the run store lives when neither a URL nor a path is given, relative to the cwd.
 DEFAULT_PATH = Path(".dp") / "runs.db"
-#: The schema version this code reads and writes.
-SCHEMA_VERSION = 1
-Migration = Callable[[sa.Connection], None]
-#: `MIGRATIONS[n]` upgrades a version-`n` schema to `n + 1`, inside the transaction that opens
-#: the store. A new store gets the current tables directly, so there is none for version 1 yet.
-MIGRATIONS: dict[int, Migration] = {}
 
 _SUPPORTED = ("postgresql", "sqlite")
 _BUSY_TIMEOUT_MS = 30_000
 _PG_SCHEMA_LOCK = 0x64705F72756E73  # any constant; serialises concurrent first opens
 _WRITE = "dp_write"  # execution option: this transaction writes, so BEGIN IMMEDIATE on SQLite
-
-
-# On SQLite a datetime is text in SQLAlchemy's own DATETIME format, `2025-03-01 09:30:00.000000`,
-# in UTC, so it sorts chronologically. `_UTCDateTime` formats it with `isoformat`, which costs
-# less than SQLAlchemy's formatter on the path that writes every task run, and this type only
-# names the column.
-class _SQLiteDateTimeText(sa.types.UserDefinedType[str]):
-    cache_ok = True
-
-    def get_col_spec(self, **kw: Any) -> str:
-        return "DATETIME"
-
-
-# Stored in UTC and returned UTC-aware on every database, also on SQLite, which keeps no zone.
-class _UTCDateTime(sa.types.TypeDecorator[datetime]):
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
-        if dialect.name == "sqlite":
-            return _SQLiteDateTimeText()
-        return self.impl_instance
-
-    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
-        if value is None:
-            return None
-        value = _as_utc(value)
-        if dialect.name == "sqlite":
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
-        return value
-
-    def process_result_value(
-        self, value: datetime | str | None, dialect: sa.Dialect
-    ) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            return datetime.fromisoformat(value).replace(tzinfo=UTC)
-        return _as_utc(value)
-
-
-_metadata = sa.MetaData()
-
-_runs = sa.Table(
-    "dp_runs",
-    _metadata,
-    sa.Column("run_id", sa.String(200), primary_key=True),
-    sa.Column("dag_id", sa.String, nullable=False),
-    sa.Column("pipeline", sa.String, nullable=False),
-    sa.Column("target", sa.Text, nullable=False),
-    sa.Column("selection", sa.JSON, nullable=False),
-    sa.Column("params", sa.JSON, nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("trigger", sa.String, nullable=False),
-    sa.Column("event_id", sa.String, nullable=True),
-    sa.Column("created_at", _UTCDateTime, nullable=False),
-    sa.Column("started_at", _UTCDateTime),
-    sa.Column("finished_at", _UTCDateTime),
-    sa.Column("error", sa.Text),
-    sa.Column("metadata", sa.JSON, nullable=False),
-    sa.Column("plan", sa.JSON, nullable=False),
-    sa.Index("ix_dp_runs_status", "status"),
-    sa.Index("ix_dp_runs_pipeline", "pipeline"),
-    sa.Index("ix_dp_runs_created_at", "created_at"),
-    # NULLs never collide, so only runs started by an event are held to one per event.
-    sa.Index("ux_dp_runs_event_id", "event_id", unique=True),
-)
-
-_task_runs = sa.Table(
-    "dp_task_runs",
-    _metadata,
-    sa.Column(
-        "run_id",
-        sa.String(200),
-        sa.ForeignKey("dp_runs.run_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    sa.Column("task_name", sa.String, primary_key=True),
-    sa.Column("instance", sa.String, primary_key=True),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("started_at", _UTCDateTime),
-    sa.Column("finished_at", _UTCDateTime),
-    sa.Column("duration", sa.Float),
-    sa.Column("error", sa.Text),
-    sa.Column("traceback", sa.Text),
-    sa.Column("result_ids", sa.JSON, nullable=False),
-    sa.Column("output", sa.Text, nullable=False),
-)
-
-_meta = sa.Table(
-    "dp_meta",
-    _metadata,
-    sa.Column("key", sa.String(100), primary_key=True),
-    sa.Column("value", sa.String, nullable=False),
-)
-
-_TASK_KEY = ("run_id", "task_name", "instance")
 
 
 class SQLRunStore:
@@ -210,7 +121,8 @@ class SQLRunStore:
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if backend == "sqlite" else contextlib.nullcontext()
         )
-        self._upsert_task_runs = _upsert_statement(backend)
+        self._upsert_task_runs = _upsert_statement(backend, _task_runs, _TASK_KEY)
+        self._upsert_attempts = _upsert_statement(backend, _attempts, _ATTEMPT_KEY)
         _open_stores.add(self)
         try:
             self._open_schema()
@@ -254,6 +166,8 @@ class SQLRunStore:
         error: str | None = None,
         metadata: dict[str, Any] | None = None,
         task_runs: Sequence[TaskRunRecord] = (),
+        attempts: Sequence[TaskRunRecord] = (),
+        epoch: int | None = None,
     ) -> None:
         """Change the given fields of a run, and save `task_runs`, in one transaction; see
         `RunStore.update_run`."""
@@ -266,41 +180,85 @@ class SQLRunStore:
             "metadata": metadata,
         }
         values = {name: value for name, value in given.items() if value is not None}
-        # PostgreSQL refuses to upsert one key twice in a statement; the later record wins.
-        latest = {(r.run_id, r.task_name, r.instance): r for r in task_runs}
-        if any(key[0] != run_id for key in latest):
+        latest = _latest(task_runs)
+        if any(r.run_id != run_id for r in (*latest, *attempts)):
             raise StoreError(f"update_run({run_id!r}) got task runs of another run")
-        if not values and not latest:
-            if not self._exists(run_id):
-                raise RunNotFoundError(run_id)
-            return
         with self._writing() as conn:
-            if values:
-                statement = _runs.update().where(_runs.c.run_id == run_id).values(values)
-                found = conn.execute(statement).rowcount > 0
-            else:
-                exists = sa.select(_runs.c.run_id).where(_runs.c.run_id == run_id)
-                found = conn.execute(exists).first() is not None
-            if not found:
-                raise RunNotFoundError(run_id)  # rolls the transaction back
-            if latest:
-                conn.execute(self._upsert_task_runs, [_task_row(r) for r in latest.values()])
+            self._hold(conn, run_id, epoch, values)  # rolls everything back if refused
+            self._put_task_runs(conn, latest, attempts)
 
-    def save_task_runs(self, records: Sequence[TaskRunRecord]) -> None:
+    def save_task_runs(
+        self,
+        records: Sequence[TaskRunRecord],
+        *,
+        attempts: Sequence[TaskRunRecord] = (),
+        epoch: int | None = None,
+    ) -> None:
         """Insert or replace task runs in one transaction; see `RunStore.save_task_runs`."""
-        # PostgreSQL refuses to upsert one key twice in a statement; the later record wins.
-        latest = {(r.run_id, r.task_name, r.instance): r for r in records}
-        rows = [_task_row(r) for r in latest.values()]
-        if not rows:
+        latest = _latest(records)
+        if not latest and not attempts:
             return
+        run_ids = list(dict.fromkeys(r.run_id for r in (*latest, *attempts)))
+        for run_id in run_ids:
+            _check_run_id(run_id)
         try:
             with self._writing() as conn:
-                conn.execute(self._upsert_task_runs, rows)
+                if epoch is not None:
+                    for run_id in run_ids:
+                        self._hold(conn, run_id, epoch, {})
+                self._put_task_runs(conn, latest, attempts)
         except sa.exc.IntegrityError as exc:
-            for run_id in dict.fromkeys(row["run_id"] for row in rows):
+            for run_id in run_ids:
                 if not self._exists(run_id):
                     raise RunNotFoundError(run_id) from None
             raise StoreError(f"could not save task runs: {exc.orig}") from exc
+
+    def claim_run(
+        self,
+        run_id: str,
+        *,
+        host: str,
+        pid: int,
+        lease_until: datetime,
+        expected_epoch: int | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        started_at: datetime | None = None,
+    ) -> int:
+        """Become the run's owner at a new epoch; see `RunStore.claim_run`."""
+        _check_run_id(run_id)
+        values: dict[str, Any] = {
+            "epoch": _runs.c.epoch + 1,
+            "owner_host": host,
+            "owner_pid": pid,
+            "lease_until": lease_until,
+            "status": RunStatus(status).value,
+        }
+        if started_at is not None:
+            values["started_at"] = started_at
+        with self._writing() as conn:
+            self._hold(conn, run_id, expected_epoch, values)
+            query = sa.select(_runs.c.epoch).where(_runs.c.run_id == run_id)
+            return int(conn.execute(query).scalar_one())
+
+    def renew_lease(self, run_id: str, *, epoch: int, lease_until: datetime) -> None:
+        """Extend the owner's lease; see `RunStore.renew_lease`."""
+        _check_run_id(run_id)
+        with self._writing() as conn:
+            self._hold(conn, run_id, epoch, {"lease_until": lease_until})
+
+    def get_attempts(self, run_id: str) -> list[TaskRunRecord]:
+        """Return every attempt of a run, the latest ones included; see
+        `RunStore.get_attempts`."""
+        _check_run_id(run_id)
+        earlier = sa.select(_attempts).where(_attempts.c.run_id == run_id)
+        latest = sa.select(_task_runs).where(_task_runs.c.run_id == run_id)
+        with self._engine.connect() as conn:
+            rows = [*conn.execute(earlier).all(), *conn.execute(latest).all()]
+        if not rows and not self._exists(run_id):
+            raise RunNotFoundError(run_id)
+        records = [_task_run_record(row) for row in rows]
+        records.sort(key=lambda t: (t.task_name, t.instance, t.attempt))
+        return records
 
     def get_run(self, run_id: str) -> RunRecord:
         """Return a run; see `RunStore.get_run`."""
@@ -384,6 +342,43 @@ class SQLRunStore:
                 raise exc.orig from None
             raise
 
+    def _hold(
+        self, conn: sa.Connection, run_id: str, epoch: int | None, values: dict[str, Any]
+    ) -> None:
+        """Update the run's row (or just lock it) if it is still at `epoch`; or refuse.
+
+        On PostgreSQL the UPDATE keeps the row locked until the transaction ends, so a
+        concurrent claim waits for this write instead of slipping in between the check and
+        the write; on SQLite the whole transaction already holds the database's write lock.
+        """
+        statement = _runs.update().where(_runs.c.run_id == run_id)
+        if epoch is not None:
+            statement = statement.where(_runs.c.epoch == epoch)
+        # no values: a no-op update that takes the row lock and tells whether the run matches
+        statement = statement.values(values or {"epoch": _runs.c.epoch})
+        if conn.execute(statement).rowcount > 0:
+            return
+        current = conn.execute(
+            sa.select(_runs.c.epoch).where(_runs.c.run_id == run_id)
+        ).scalar_one_or_none()
+        if current is None:
+            raise RunNotFoundError(run_id)
+        assert epoch is not None
+        raise FencedError(run_id, epoch, int(current))
+
+    def _put_task_runs(
+        self,
+        conn: sa.Connection,
+        latest: Sequence[TaskRunRecord],
+        attempts: Sequence[TaskRunRecord],
+    ) -> None:
+        if latest:
+            conn.execute(self._upsert_task_runs, [_task_row(r) for r in latest])
+        if attempts:
+            # PostgreSQL refuses to upsert one key twice in a statement; the later one wins.
+            earlier = {(r.run_id, r.task_name, r.instance, r.attempt): r for r in attempts}
+            conn.execute(self._upsert_attempts, [_task_row(r) for r in earlier.values()])
+
     def _exists(self, run_id: str) -> bool:
         query = sa.select(_runs.c.run_id).where(_runs.c.run_id == run_id)
         with self._engine.connect() as conn:
@@ -462,20 +457,10 @@ def _on_sqlite_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def _upsert_statement(backend: str) -> sa.Insert:
-    insert = sqlite.insert(_task_runs) if backend == "sqlite" else postgresql.insert(_task_runs)
-    return insert.on_conflict_do_update(
-        index_elements=list(_TASK_KEY),
-        set_={c.name: insert.excluded[c.name] for c in _task_runs.c if c.name not in _TASK_KEY},
-    )
-
-
-def _stored_version(conn: sa.Connection) -> int | None:
-    if not sa.inspect(conn).has_table(_meta.name):
-        return None
-    query = sa.select(_meta.c.value).where(_meta.c.key == "schema_version")
-    value = conn.execute(query).scalar_one_or_none()
-    return None if value is None else int(value)
+def _latest(records: Sequence[TaskRunRecord]) -> list[TaskRunRecord]:
+    """The last record of each task in a batch: PostgreSQL refuses to upsert one key twice in
+    a statement, and the later record wins anyway."""
+    return list({(r.run_id, r.task_name, r.instance): r for r in records}.values())
 
 
 def _filtered(
@@ -494,52 +479,3 @@ def _json_dumps(value: Any) -> str:
         return json.dumps(value)
     except (TypeError, ValueError) as exc:
         raise _not_json_error(value, exc) from None
-
-
-def _run_row(record: RunRecord) -> dict[str, Any]:
-    return {
-        "run_id": record.run_id,
-        "dag_id": record.dag_id,
-        "pipeline": record.pipeline,
-        "target": record.target,
-        "selection": record.selection,
-        "params": record.params,
-        "status": RunStatus(record.status).value,
-        "trigger": record.trigger,
-        "event_id": record.event_id,
-        "created_at": record.created_at,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "error": record.error,
-        "metadata": record.metadata,
-        "plan": record.plan,
-    }
-
-
-def _task_row(record: TaskRunRecord) -> dict[str, Any]:
-    return {
-        "run_id": _check_run_id(record.run_id),
-        "task_name": record.task_name,
-        "instance": record.instance,
-        "status": TaskStatus(record.status).value,
-        "attempt": record.attempt,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "duration": record.duration,
-        "error": record.error,
-        "traceback": record.traceback,
-        "result_ids": record.result_ids,
-        "output": record.output,
-    }
-
-
-def _run_record(row: sa.Row[Any]) -> RunRecord:
-    fields = row._asdict()
-    fields["status"] = RunStatus(fields["status"])
-    return RunRecord(**fields)
-
-
-def _task_run_record(row: sa.Row[Any]) -> TaskRunRecord:
-    fields = row._asdict()
-    fields["status"] = TaskStatus(fields["status"])
-    return TaskRunRecord(**fields)
