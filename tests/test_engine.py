@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import pickle
 import threading
 import time
@@ -19,6 +20,7 @@ from dp.engine.orchestrator import ResumeError
 from dp.errors import DPError, InvalidRunParameterError, RunNotFoundError
 from dp.io import FilesystemIOManager, InMemoryIOManager
 from dp.store import MemoryRunStore, RunStatus, TaskStatus
+from dp.store.records import HOST
 from dp.testing import plan_for, run_inline
 
 EXECUTORS = ["inline", "inprocess"]
@@ -443,7 +445,7 @@ def test_runs_and_task_runs_are_recorded(registry: TaskRegistry) -> None:
     assert record.dag_id == result.dag_id
     assert record.started_at is not None
     assert record.finished_at is not None
-    assert "owner" in record.metadata
+    assert (record.owner_host, record.owner_pid, record.epoch) == (HOST, os.getpid(), 1)
     rows = {r.task_name: r for r in store.get_task_runs(result.run_id)}
     assert rows["extract"].status == TaskStatus.SUCCEEDED
     assert rows["extract"].output == "extracting 2026-11-22\n"
@@ -924,18 +926,51 @@ async def test_a_run_owned_by_another_host_is_not_taken_over(registry: TaskRegis
 
     plan = plan_for(registry)
     store = MemoryRunStore()
+    lease = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
     store.create_run(
         RunRecord(
             "r1",
             dag_id=plan.dag_id,
             status=RunStatus.RUNNING,
-            metadata={"owner": {"host": "replica-1", "pid": 4242}},
+            owner_host="replica-1",
+            owner_pid=4242,
+            lease_until=lease,
         )
     )
     orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
-    with pytest.raises(ResumeError, match="marked running on host 'replica-1'"):
+    with pytest.raises(ResumeError, match="marked running on host 'replica-1' and its lease"):
         await orchestrator.resume_pipeline("r1", plan=plan)
     assert (await orchestrator.resume_pipeline("r1", plan=plan, force=True)).ok
+    await orchestrator.shutdown()
+
+
+async def test_a_run_of_another_host_whose_lease_ran_out_is_resumed_without_force(
+    registry: TaskRegistry,
+) -> None:
+    """An expired lease means the owner is gone: the run is stale and resumes at a new epoch."""
+    from dp.store import RunRecord
+
+    @task(registry=registry)
+    def only() -> int:
+        return 1
+
+    plan = plan_for(registry)
+    store = MemoryRunStore()
+    gone = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    store.create_run(
+        RunRecord(
+            "r1",
+            dag_id=plan.dag_id,
+            status=RunStatus.RUNNING,
+            epoch=4,
+            owner_host="replica-1",
+            owner_pid=4242,
+            lease_until=gone,
+        )
+    )
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
+    assert (await orchestrator.resume_pipeline("r1", plan=plan)).ok
+    assert store.get_run("r1").epoch == 5
     await orchestrator.shutdown()
 
 
@@ -959,3 +994,98 @@ async def test_cancelling_a_run_cancels_its_async_tasks(registry: TaskRegistry) 
     assert (await handle.result()).status == RunStatus.CANCELLED
     await asyncio.wait_for(cancelled.wait(), PATIENCE)
     await orchestrator.shutdown()
+
+
+async def _killed_after_every_result(
+    store: MemoryRunStore, io: InMemoryIOManager, registry: TaskRegistry, run_id: str
+) -> None:
+    """Leave `run_id` as a killed owner leaves it: every result stored, the run `running`."""
+    orchestrator = Orchestrator(io_manager=io, store=store, executor="inline")
+    assert (await orchestrator.start_pipeline(plan_for(registry), run_id=run_id)).ok
+    store.update_run(run_id, status=RunStatus.RUNNING)
+    store.claim_run(run_id, host=HOST, pid=2**22 + 1, lease_until=dt.datetime.now(dt.UTC))
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+async def test_resuming_a_run_whose_results_are_all_stored_records_its_end(
+    registry: TaskRegistry, executor: str
+) -> None:
+    """Resume with nothing left to run ends the run `succeeded` with `finished_at`, every time,
+    also with 20 such runs resumed at once: no late `running` write lands after the end."""
+
+    @task(registry=registry)
+    def first() -> int:
+        return 1
+
+    @task(registry=registry, dependencies=["first"])
+    def second(first: int) -> int:
+        return first + 1
+
+    store, io = MemoryRunStore(), InMemoryIOManager()
+    ids = [f"stored-{i}" for i in range(20)]
+    for run_id in ids:
+        await _killed_after_every_result(store, io, registry, run_id)
+    orchestrator = Orchestrator(io_manager=io, store=store, executor=executor, flush_interval=0.001)
+    plan = plan_for(registry)
+    results = await asyncio.gather(*(orchestrator.resume_pipeline(r, plan=plan) for r in ids))
+    await orchestrator.shutdown()
+    assert {r.status for r in results} == {RunStatus.SUCCEEDED}
+    await asyncio.sleep(0.05)  # anything still writing in the background would land by now
+    for run_id in ids:
+        record = store.get_run(run_id)
+        assert (record.status, record.epoch) == (RunStatus.SUCCEEDED, 3)
+        assert record.finished_at is not None
+
+
+async def test_every_attempt_is_recorded_and_numbers_go_on_across_a_resume(
+    registry: TaskRegistry, tmp_path: Path
+) -> None:
+    """A task failing twice then succeeding keeps three attempts, each with its error, output
+    and process; a task re-run by a resume is attempt 2, its interrupted attempt 1 kept."""
+    calls = {"flaky": 0}
+    gate = threading.Event()
+
+    @task(registry=registry, max_retries=3)
+    def flaky() -> int:
+        calls["flaky"] += 1
+        print(f"try {calls['flaky']}")
+        if calls["flaky"] < 3:
+            raise ValueError(f"boom {calls['flaky']}")
+        return 1
+
+    @task(registry=registry, dependencies=["flaky"])
+    def waits(flaky: int) -> int:
+        if not gate.is_set():
+            time.sleep(PATIENCE)
+        return flaky
+
+    store = MemoryRunStore()
+    io = FilesystemIOManager(tmp_path)
+    plan = plan_for(registry)
+    orchestrator = Orchestrator(io_manager=io, store=store, executor="inprocess")
+    handle = await orchestrator.submit_pipeline(plan, run_id="tries")
+    while store.get_task_runs("tries")[-1:] == [] or not any(
+        t.task_name == "waits" and t.status == TaskStatus.RUNNING
+        for t in store.get_task_runs("tries")
+    ):
+        await asyncio.sleep(0.01)
+    orchestrator.cancel("tries", status=RunStatus.INTERRUPTED)
+    assert (await handle.result()).status == RunStatus.INTERRUPTED
+    gate.set()
+    resumed = await orchestrator.resume_pipeline("tries", plan=plan)
+    await orchestrator.shutdown()
+    assert resumed.ok
+    assert resumed.task("waits").attempts == 2
+
+    attempts = [(a.task_name, a.attempt, a.status, a.error) for a in store.get_attempts("tries")]
+    assert attempts == [
+        ("flaky", 1, TaskStatus.FAILED, "ValueError: boom 1"),
+        ("flaky", 2, TaskStatus.FAILED, "ValueError: boom 2"),
+        ("flaky", 3, TaskStatus.SUCCEEDED, None),
+        ("waits", 1, TaskStatus.INTERRUPTED, None),
+        ("waits", 2, TaskStatus.SUCCEEDED, None),
+    ]
+    flaky_attempts = [a for a in store.get_attempts("tries") if a.task_name == "flaky"]
+    assert [a.output for a in flaky_attempts] == ["try 1\n", "try 2\n", "try 3\n"]
+    assert {(a.host, a.pid) for a in flaky_attempts} == {(HOST, os.getpid())}
+    assert "ValueError: boom 2" in (flaky_attempts[1].traceback or "")

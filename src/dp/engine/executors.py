@@ -115,13 +115,13 @@ class InlineExecutor:
                 meta = task.metadata
                 chunk_cb = functools.partial(sink.on_chunk, task) if meta.stream_output else None
                 if not meta.is_async:
-                    outcome = worker.execute(task, chunk_cb)
+                    outcome = worker.execute(task, chunk_cb, sink)
                 elif meta.timeout is None:
-                    outcome = await worker.execute_async(task, chunk_cb)
+                    outcome = await worker.execute_async(task, chunk_cb, sink)
                 else:
                     try:
                         async with asyncio.timeout(meta.timeout):
-                            outcome = await worker.execute_async(task, chunk_cb)
+                            outcome = await worker.execute_async(task, chunk_cb, sink)
                     except TimeoutError:
                         outcome = timeout_outcome(task, meta.timeout)
                 sink.on_done(task, outcome)
@@ -271,7 +271,7 @@ class InProcessExecutor:
                 def on_chunk(result_id: str, attempt: _Attempt = attempt) -> None:
                     self._hand_back(attempt, result_id)
 
-            self._hand_back(attempt, worker.execute(task, on_chunk))
+            self._hand_back(attempt, worker.execute(task, on_chunk, attempt.sink))
 
     def _forget(self, running: asyncio.Task[None]) -> None:
         self._async_tasks.pop(running, None)
@@ -348,7 +348,7 @@ class InProcessExecutor:
         timeout = task.metadata.timeout
         try:
             async with asyncio.timeout(timeout):
-                outcome = await worker.execute_async(task, chunk_cb)
+                outcome = await worker.execute_async(task, chunk_cb, attempt.sink)
         except TimeoutError:
             outcome = timeout_outcome(task, timeout or 0.0)
         self._done(attempt, outcome)

@@ -65,10 +65,14 @@ class ExecutableTask:
     params: dict[str, Any] = field(default_factory=dict)
     retry_count: int = 0
     instance: str = ""
+    #: the run's ownership epoch when this attempt was handed out (see `RunStore.claim_run`)
+    epoch: int = 0
+    #: attempts an earlier owner already made (a resumed task goes on counting from there)
+    attempt_offset: int = 0
 
     @property
     def attempt(self) -> int:
-        return self.retry_count + 1
+        return self.attempt_offset + self.retry_count + 1
 
     @property
     def key(self) -> tuple[str, str]:
@@ -93,6 +97,8 @@ class TaskOutcome:
     traceback: str | None = None
     output: str = ""
     retryable: bool = True
+    host: str | None = None  # where the attempt ran
+    pid: int | None = None
 
 
 @dataclass(slots=True)
@@ -111,6 +117,8 @@ class TaskRunResult:
     traceback: str | None = None
     result_ids: list[str] = field(default_factory=list)
     output: str = ""
+    host: str | None = None
+    pid: int | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -177,7 +185,8 @@ _SEVERITY = {
     TaskStatus.RUNNING: 2,
     TaskStatus.SKIPPED: 3,
     TaskStatus.CANCELLED: 4,
-    TaskStatus.FAILED: 5,
+    TaskStatus.INTERRUPTED: 5,
+    TaskStatus.FAILED: 6,
 }
 
 

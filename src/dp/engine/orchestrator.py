@@ -12,15 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from dp.engine.executors import Executor, InlineExecutor, InProcessExecutor
+from dp.engine.lease import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from dp.engine.model import ExecutionContext, RunHandle, RunListener, RunResult
 from dp.engine.recorder import RunRecorder
-from dp.engine.run import HOST, ActiveRun, owner
-from dp.errors import DPError, DuplicateRunError
+from dp.engine.run import ActiveRun
+from dp.errors import DPError, DuplicateRunError, FencedError
 from dp.io import FilesystemIOManager, IOManager
 from dp.logs import get_logger
 from dp.planner import ExecutionPlan
 from dp.planner.params import jsonable
-from dp.store.records import RunRecord, RunStatus
+from dp.store.records import (
+    HOST,
+    RunRecord,
+    RunStatus,
+    RunStore,
+    TaskRunRecord,
+    is_stale,
+    owner_of,
+    pid_alive,
+)
 
 __all__ = [
     "ExecutionContext",
@@ -95,13 +105,15 @@ class Orchestrator:
         max_concurrent_pipelines: runs executing at once; more wait in a queue.
         max_queued_pipelines: runs allowed to wait; beyond, `TooManyPipelinesError`.
         listeners: `RunListener`s told about every run and task change.
+        lease_seconds: how long a run's lease in the store lasts; a thread renews it every
+            third of that. A run whose lease ran out counts as stale and may be taken over.
     """
 
     def __init__(
         self,
         *,
         io_manager: IOManager | None = None,
-        store: Any | None = None,
+        store: RunStore | None = None,
         executor: str | Executor = "inprocess",
         workers: int | None = None,
         max_parallel_tasks: int | None = None,
@@ -109,12 +121,15 @@ class Orchestrator:
         max_queued_pipelines: int = 100,
         listeners: Sequence[RunListener] = (),
         flush_interval: float = 0.2,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> None:
         _check_limits(max_parallel_tasks, max_concurrent_pipelines, max_queued_pipelines, workers)
         self.io_manager = (
             io_manager if io_manager is not None else FilesystemIOManager(Path(".dp") / "results")
         )
         self.store = store
+        #: keeps the leases of this orchestrator's runs alive (None: nothing is recorded)
+        self.leases = LeaseKeeper(store, lease_seconds) if store is not None else None
         self.executor = make_executor(executor, workers)
         self.max_parallel_tasks = max_parallel_tasks
         self.max_concurrent_pipelines = max_concurrent_pipelines
@@ -180,12 +195,14 @@ class Orchestrator:
         selection: Mapping[str, Any] | None = None,
         event_id: str | None = None,
         resume: bool = False,
+        resume_epoch: int = 0,
     ) -> RunHandle:
         """Record a run of `plan` and start it in the background; returns at once.
 
         Everything that can be refused is refused here, before the run exists: bad run
         parameters, a full wait queue, a duplicate run or event id. With `resume=True`,
-        `run_id` names an earlier, interrupted run whose stored results are reused.
+        `run_id` names an earlier, interrupted run whose stored results are reused; the run
+        is taken over from `resume_epoch` (use `submit_resume`, which checks it can be).
 
         Raises:
             MissingRunParameterError, InvalidRunParameterError: bad `params`.
@@ -209,28 +226,17 @@ class Orchestrator:
         waiter = self._reserve_slot()
         recorder = RunRecorder(self.store, context.run_id, self.flush_interval)
         try:
-            if not resume and self.store is not None:
-                # With a slot free now, the record says running at once: one write, not two.
-                starts_now = waiter is None
-                await recorder.create_run(
-                    RunRecord(
-                        run_id=context.run_id,
-                        dag_id=plan.dag_id,
-                        pipeline=context.pipeline,
-                        target=target,
-                        selection=dict(selection or {}),
-                        params={name: jsonable(value) for name, value in bound.items()},
-                        status=RunStatus.RUNNING if starts_now else RunStatus.QUEUED,
-                        started_at=datetime.now(UTC) if starts_now else None,
-                        trigger=trigger,
-                        event_id=event_id,
-                        metadata={**context.metadata, "owner": owner()}
-                        if starts_now
-                        else context.metadata,
-                        plan=_plan_dict(plan),
-                    )
+            if self.store is not None:
+                await self._own(
+                    recorder,
+                    context,
+                    starts_now=waiter is None,
+                    resume=resume,
+                    resume_epoch=resume_epoch,
+                    target=target,
+                    selection=dict(selection or {}),
+                    event_id=event_id,
                 )
-                recorder.started_recorded = starts_now
         except BaseException:
             self._cancel_reservation(waiter)
             raise
@@ -240,6 +246,50 @@ class Orchestrator:
             self._execute(handle, recorder, waiter, resume), name=f"dp-run-{context.run_id}"
         )
         return handle
+
+    async def _own(
+        self,
+        recorder: RunRecorder,
+        context: ExecutionContext,
+        *,
+        starts_now: bool,
+        resume: bool,
+        resume_epoch: int,
+        target: str,
+        selection: dict[str, Any],
+        event_id: str | None,
+    ) -> None:
+        """Record the run as this process's (epoch 1), or take a resumed one over."""
+        assert self.leases is not None
+        lease_until = self.leases.lease_until()
+        if resume:
+            await recorder.claim(
+                host=HOST, pid=os.getpid(), lease_until=lease_until, expected=resume_epoch
+            )
+            return
+        plan = context.plan
+        # With a slot free now, the record says running at once: one write, not two.
+        await recorder.create_run(
+            RunRecord(
+                run_id=context.run_id,
+                dag_id=plan.dag_id,
+                pipeline=context.pipeline,
+                target=target,
+                selection=selection,
+                params={name: jsonable(value) for name, value in context.params.items()},
+                status=RunStatus.RUNNING if starts_now else RunStatus.QUEUED,
+                started_at=datetime.now(UTC) if starts_now else None,
+                trigger=context.trigger,
+                event_id=event_id,
+                metadata=context.metadata,
+                plan=_plan_dict(plan),
+                epoch=1,
+                owner_host=HOST,
+                owner_pid=os.getpid(),
+                lease_until=lease_until,
+            )
+        )
+        recorder.started_recorded = starts_now
 
     def active_runs(self) -> list[RunHandle]:
         """Runs submitted and not finished yet (waiting for a slot or running)."""
@@ -275,7 +325,7 @@ class Orchestrator:
                     return await ActiveRun.never_started(context, recorder, handle.stop_status)
             try:
                 await self._start_executor()  # again: a shutdown may have come in between
-                previous: dict[tuple[str, str], Any] = {}
+                previous: dict[tuple[str, str], TaskRunRecord] = {}
                 if resume and self.store is not None:
                     rows = await asyncio.to_thread(self.store.get_task_runs, context.run_id)
                     previous = {(row.task_name, row.instance): row for row in rows}
@@ -309,26 +359,22 @@ class Orchestrator:
         if self.store is None:
             raise ResumeError(run_id, "this orchestrator has no run store to resume from")
         record = await asyncio.to_thread(self.store.get_run, run_id)
-        if record.status in _FINISHED:
+        if record.status.finished:
             raise ResumeError(
                 run_id, f"it already {record.status.value}; start a new run to run it again"
             )
-        owner = (record.metadata or {}).get("owner") or {}
-        if run_id in self._active or (
-            record.status == RunStatus.RUNNING
-            and owner.get("host") == HOST
-            and owner.get("pid") != os.getpid()
-            and _pid_alive(owner.get("pid"))
-        ):
-            raise ResumeError(run_id, f"it is still running in process {owner.get('pid')}")
-        if (
-            record.status == RunStatus.RUNNING
-            and owner.get("host") not in (None, HOST)
-            and not force
-        ):
+        if run_id in self._active:
+            raise ResumeError(run_id, f"it is still running in this process ({os.getpid()})")
+        live = record.status in (RunStatus.RUNNING, RunStatus.QUEUED) and not is_stale(record)
+        host, pid = owner_of(record)
+        if live and host == HOST and pid != os.getpid() and pid_alive(pid):
+            raise ResumeError(run_id, f"it is still running in process {pid}")
+        if live and host not in (None, HOST) and not force:
+            lease = record.lease_until
+            until = f" and its lease holds until {lease:%Y-%m-%d %H:%M:%S} UTC" if lease else ""
             raise ResumeError(
                 run_id,
-                f"it is marked running on host {owner.get('host')!r}, which this process cannot "
+                f"it is marked running on host {host!r}{until}, which this process cannot "
                 "check; if that machine is gone, resume with force",
             )
         if plan is None:
@@ -339,15 +385,21 @@ class Orchestrator:
                 f"its tasks changed since it started (dag_id {record.dag_id} is now "
                 f"{plan.dag_id}); start a new run",
             )
-        return await self.submit_pipeline(
-            plan,
-            record.params,
-            run_id=run_id,
-            metadata=record.metadata,
-            trigger=record.trigger,
-            pipeline=record.pipeline,
-            resume=True,
-        )
+        try:
+            return await self.submit_pipeline(
+                plan,
+                record.params,
+                run_id=run_id,
+                metadata=record.metadata,
+                trigger=record.trigger,
+                pipeline=record.pipeline,
+                resume=True,
+                resume_epoch=record.epoch,
+            )
+        except FencedError:
+            raise ResumeError(
+                run_id, "another process took it over a moment ago (it resumes it)"
+            ) from None
 
     def run(
         self, plan: ExecutionPlan, params: Mapping[str, Any] | None = None, **options: Any
@@ -401,9 +453,6 @@ class Orchestrator:
         self._running -= 1
 
 
-_FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.CANCELLED)
-
-
 class ResumeError(DPError):
     """A run cannot be resumed; the message says why."""
 
@@ -419,18 +468,6 @@ def _plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
     if cached is None:
         cached = plan.cache["dict"] = plan.to_dict()
     return cached
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def plan_for_record(record: RunRecord) -> ExecutionPlan:

@@ -5,6 +5,13 @@ fork, so the behaviour is the same on every OS and threads in the parent are saf
 worker has its own pair of `MultiprocessQueue`s: a worker that dies (killed, segfault,
 `os._exit`) can only damage its own queues, which are thrown away with it.
 
+No worker outlives its orchestrator: each watches a pipe that only the orchestrator holds
+(`multiprocessing.parent_process().sentinel`) from a thread, and exits the moment it reads
+end-of-file there, whatever killed the orchestrator (SIGKILL included), abandoning its task
+without saving anything more. (`PR_SET_PDEATHSIG` would not do: a forkserver worker's parent
+is the forkserver, not the orchestrator.) The forkserver and multiprocessing's resource
+tracker end by themselves once the workers are gone.
+
 Messages are small tuples: tasks travel as references (`module:qualname`, run id, input
 result ids), results stay in the IO manager, and only completions come back. Each worker
 keeps `prefetch` tasks queued so IPC latency overlaps with work, and sends completions in
@@ -19,9 +26,11 @@ import ctypes
 import importlib
 import inspect
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -419,6 +428,7 @@ def _worker_main(
     running: Any,
 ) -> None:
     """Entry point of a worker process: run task batches until told to stop."""
+    _exit_with_the_orchestrator()
     for entry in reversed(sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -482,6 +492,24 @@ def _worker_main(
         flush()
     flush()
     loop.close()
+
+
+#: exit status of a worker that ended because its orchestrator was gone
+_ORPHANED = 70
+
+
+def _exit_with_the_orchestrator() -> None:
+    """End this worker as soon as the process that started it is gone, however it died."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])  # readable only once the parent is gone
+        os._exit(_ORPHANED)  # at once: no cleanup, no result saved, no message sent
+
+    threading.Thread(target=watch, name="dp-orphan-watch", daemon=True).start()
 
 
 def _resolve(import_path: str) -> TaskMetadata | str:

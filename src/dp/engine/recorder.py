@@ -3,20 +3,28 @@
 Task state changes are coalesced by task (only the latest state of each is written) and
 flushed in batches from a worker thread every `interval` seconds and at the end of the
 run, so recording costs one transaction per batch, not one per state change.
+
+Every write carries the run's ownership epoch: once another process took the run over, the
+store refuses them (`FencedError`), and the recorder stops writing and tells the run. The
+changes of a run's own status (started, finished) are awaited, never left in the
+background, so the record follows the run's life cycle in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from dp.engine.model import TaskRunResult
+from dp.errors import FencedError
 from dp.logs import get_logger
-from dp.store.records import RunRecord, RunStatus, TaskRunRecord
+from dp.store.records import RunRecord, RunStatus, RunStore, TaskRunRecord, TaskStatus
 
-__all__ = ["RunRecorder"]
+__all__ = ["RunRecorder", "task_run_record"]
 
 _log = get_logger("dp.engine")
 
@@ -24,35 +32,69 @@ _log = get_logger("dp.engine")
 class RunRecorder:
     """Batches one run's writes to a `RunStore`; does nothing without a store."""
 
-    def __init__(self, store: Any | None, run_id: str, interval: float = 0.2) -> None:
+    def __init__(self, store: RunStore | None, run_id: str, interval: float = 0.2) -> None:
         self.store = store
         self.run_id = run_id
         self.interval = interval
+        #: the ownership epoch every write carries; None: not owned yet (nothing is written)
+        self.epoch: int | None = None
+        #: called (on the loop) when a write finds the run taken over by a newer owner
+        self.on_fenced: Callable[[FencedError], None] | None = None
+        self.fenced: FencedError | None = None
         self._dirty: dict[tuple[str, str], TaskRunResult] = {}
+        self._attempts: list[TaskRunRecord] = []
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         #: create_run already wrote status running (the run had a slot at once)
         self.started_recorded = False
+        #: `time.monotonic()` when this process took the run (its lease runs from then)
+        self.owned_at: float | None = None
 
     async def create_run(self, record: RunRecord) -> None:
         """Record a new run before it starts (synchronously: resume relies on it)."""
         if self.store is not None:
+            self.owned_at = time.monotonic()
             await asyncio.to_thread(self.store.create_run, record)
+            self.epoch = record.epoch
 
-    def run_started(self, started_at: datetime, metadata: dict[str, Any]) -> None:
-        """Mark the run running (unless `create_run` already recorded it so)."""
+    async def claim(self, *, host: str, pid: int, lease_until: datetime, expected: int) -> int:
+        """Take the run over from its earlier owner (resume): a new epoch fences that owner."""
+        assert self.store is not None
+        self.owned_at = time.monotonic()
+        self.epoch = await asyncio.to_thread(
+            self.store.claim_run,
+            self.run_id,
+            host=host,
+            pid=pid,
+            lease_until=lease_until,
+            expected_epoch=expected,
+            status=RunStatus.QUEUED,
+        )
+        return self.epoch
+
+    async def run_started(self, started_at: datetime, metadata: dict[str, Any]) -> None:
+        """Mark the run running (unless `create_run` already recorded it so), before any of
+        its tasks is recorded, so a late write can never undo its end."""
         if self.store is not None and not self.started_recorded:
-            self._spawn(
-                self.store.update_run,
-                self.run_id,
-                status=RunStatus.RUNNING,
-                started_at=started_at,
-                metadata=metadata,
-            )
+            async with self._lock:
+                await self._write(
+                    self.store.update_run,
+                    self.run_id,
+                    status=RunStatus.RUNNING,
+                    started_at=started_at,
+                    metadata=metadata,
+                    epoch=self.epoch,
+                )
+            self.started_recorded = True
 
     def task_changed(self, result: TaskRunResult) -> None:
         if self.store is not None:
             self._dirty[result.key] = result
+
+    def attempt_ended(self, record: TaskRunRecord) -> None:
+        """Keep an attempt that the next one (a retry, a resume) supersedes."""
+        if self.store is not None:
+            self._attempts.append(record)
 
     def start_flushing(self) -> None:
         if self.store is not None and self._flusher is None:
@@ -60,10 +102,11 @@ class RunRecorder:
 
     async def run_finished(
         self, status: RunStatus, finished_at: datetime, error: str | None
-    ) -> None:
-        """Write everything pending and the run's final status."""
+    ) -> bool:
+        """Write everything pending and the run's final status; False if it was refused
+        because another owner took the run over meanwhile."""
         if self.store is None:
-            return
+            return True
         async with self._lock:
             # under the lock: a periodic flush still writing (in its thread) finishes first,
             # so an older batch can never land after the final one
@@ -72,55 +115,67 @@ class RunRecorder:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._flusher
                 self._flusher = None
-            batch = self._take_batch()
+            batch, attempts = self._take_batch()
             # the last task states and the run's end: one transaction
-            await asyncio.to_thread(
+            return await self._write(
                 self.store.update_run,
                 self.run_id,
                 status=status,
                 finished_at=finished_at,
                 error=error,
                 task_runs=batch,
+                attempts=attempts,
+                epoch=self.epoch,
             )
 
     async def flush(self) -> None:
-        if not self._dirty or self.store is None:
+        if (not self._dirty and not self._attempts) or self.store is None:
             return
         async with self._lock:
-            batch = self._take_batch()
+            batch, attempts = self._take_batch()
             try:
-                await asyncio.to_thread(self.store.save_task_runs, batch)
+                await self._write(
+                    self.store.save_task_runs, batch, attempts=attempts, epoch=self.epoch
+                )
             except Exception:
                 _log.exception("store.flush_failed", run_id=self.run_id, records=len(batch))
 
-    def _take_batch(self) -> list[TaskRunRecord]:
-        """The latest state of every task changed since the last write, as records."""
-        batch = [_record(self.run_id, r) for r in self._dirty.values()]
+    async def _write(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> bool:
+        """One write in a thread; False, and the run told once, if the run was taken over."""
+        if self.fenced is not None:
+            return False
+        try:
+            await asyncio.to_thread(method, *args, **kwargs)
+        except FencedError as fenced:
+            self.fenced = fenced
+            _log.warning("run.fenced", run_id=self.run_id, epoch=self.epoch, now=fenced.current)
+            if self.on_fenced is not None:
+                self.on_fenced(fenced)
+            return False
+        return True
+
+    def _take_batch(self) -> tuple[list[TaskRunRecord], list[TaskRunRecord]]:
+        """The latest state of every task changed since the last write, as records, and the
+        attempts superseded since then."""
+        batch = [task_run_record(self.run_id, r) for r in self._dirty.values()]
         self._dirty = {}
-        return batch
+        attempts, self._attempts = self._attempts, []
+        return batch, attempts
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
             await self.flush()
 
-    def _spawn(self, func: Any, *args: Any, **kwargs: Any) -> None:
-        async def call() -> None:
-            async with self._lock:
-                try:
-                    await asyncio.to_thread(func, *args, **kwargs)
-                except Exception:
-                    _log.exception("store.write_failed", run_id=self.run_id)
 
-        asyncio.get_running_loop().create_task(call())
-
-
-def _record(run_id: str, result: TaskRunResult) -> TaskRunRecord:
+def task_run_record(
+    run_id: str, result: TaskRunResult, status: TaskStatus | None = None
+) -> TaskRunRecord:
     return TaskRunRecord(
         run_id=run_id,
         task_name=result.task_name,
         instance=result.instance,
-        status=result.status,
+        status=result.status if status is None else status,
         attempt=result.attempts,
         started_at=result.started_at,
         finished_at=result.finished_at,
@@ -129,4 +184,6 @@ def _record(run_id: str, result: TaskRunResult) -> TaskRunRecord:
         traceback=result.traceback,
         result_ids=list(result.result_ids),
         output=result.output,
+        host=result.host,
+        pid=result.pid,
     )

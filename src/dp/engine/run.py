@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -19,31 +17,24 @@ from dp.engine.model import (
     TaskRunResult,
     manifest_result_id,
 )
-from dp.engine.recorder import RunRecorder
+from dp.engine.recorder import RunRecorder, task_run_record
 from dp.engine.resolver import TaskDependencyResolver
 from dp.engine.worker import format_error
-from dp.errors import DPError
+from dp.errors import DPError, FencedError
 from dp.logs import get_logger
-from dp.store.records import RunStatus, TaskStatus
+from dp.store.records import RunStatus, TaskRunRecord, TaskStatus
 
 if TYPE_CHECKING:
     from dp.engine.orchestrator import Orchestrator
 
-__all__ = ["HOST", "ActiveRun", "owner"]
+__all__ = ["ActiveRun"]
 
 _log = get_logger("dp.engine")
-#: this machine's name, recorded as the owner of the runs it executes
-HOST = socket.gethostname()
 
 
 def _describe(key: tuple[str, str]) -> str:
     name, instance = key
     return f"{name}[{instance}]" if instance else name
-
-
-def owner() -> dict[str, Any]:
-    """Which process runs a run: resume refuses to take over a run whose owner lives."""
-    return {"host": HOST, "pid": os.getpid()}
 
 
 class ActiveRun:
@@ -56,7 +47,7 @@ class ActiveRun:
         recorder: RunRecorder,
         *,
         resume: bool,
-        previous: Mapping[tuple[str, str], Any] | None = None,
+        previous: Mapping[tuple[str, str], TaskRunRecord] | None = None,
     ) -> None:
         self.orchestrator = orchestrator
         self.context = context
@@ -82,6 +73,13 @@ class ActiveRun:
         self._retry_timers: set[asyncio.TimerHandle] = set()
         #: the recorder's hook, or None when nothing is recorded (saves a call per change)
         self._record = recorder.task_changed if recorder.store is not None else None
+        #: the ownership epoch every task of this run is handed out with
+        self.epoch = recorder.epoch or 0
+        #: set when another process took the run over: it stops and writes nothing more
+        self.fenced: FencedError | None = None
+        self._handle: RunHandle | None = None
+        self._leases = orchestrator.leases
+        recorder.on_fenced = self._taken_over
 
     @staticmethod
     async def never_started(
@@ -94,7 +92,29 @@ class ActiveRun:
 
     async def execute(self, handle: RunHandle | None = None) -> RunResult:
         context = self.context
-        self.recorder.run_started(self.started_at, {**context.metadata, "owner": owner()})
+        self._handle = handle
+        leases = self.orchestrator.leases
+        try:
+            taken_at = time.monotonic()
+            await self.recorder.run_started(self.started_at, context.metadata)
+            if leases is not None and self.fenced is None:
+                leases.hold(
+                    context.run_id,
+                    self.epoch,
+                    on_fenced=self._taken_over,
+                    on_renewed=self._pump,
+                    taken_at=self.recorder.owned_at or taken_at,
+                )
+            if self.fenced is not None:  # taken over before it even started here
+                return await self._finish(stopped=RunStatus.INTERRUPTED)
+            return await self._run()
+        finally:
+            if leases is not None:
+                leases.release(context.run_id)
+
+    async def _run(self) -> RunResult:
+        context = self.context
+        handle = self._handle
         self.log.info(
             "run.started", tasks=len(context.plan.execution_order), trigger=context.trigger
         )
@@ -134,6 +154,7 @@ class ActiveRun:
         result.duration = outcome.duration
         result.output = outcome.output
         result.end_time = outcome.started_at + outcome.duration
+        result.host, result.pid = outcome.host, outcome.pid
         if outcome.ok:
             result.status = TaskStatus.SUCCEEDED
             result.result_ids = outcome.result_ids
@@ -161,6 +182,10 @@ class ActiveRun:
                 delay=delay,
             )
             self.retrying += 1
+            # the next attempt overwrites the task's record: keep this one as it ended
+            self.recorder.attempt_ended(
+                task_run_record(self.context.run_id, result, TaskStatus.FAILED)
+            )
             task.retry_count += 1
             self._retry_timers.add(self.loop.call_later(delay, self._retry, task))
         else:
@@ -195,6 +220,10 @@ class ActiveRun:
     def _pump(self) -> None:
         """Hand ready tasks to the executor, up to the run's limit; notice the end."""
         ready = self.resolver.ready
+        if self.closed:
+            return
+        if ready and self._leases is not None and self._leases.lapsed(self.context.run_id):
+            return  # maybe no longer the owner: wait for the renewal (or the fence) first
         limit = self.limit or self.executor.capacity
         while ready and self.in_flight < limit:
             task = ready.popleft()
@@ -206,15 +235,25 @@ class ActiveRun:
 
     def _submit(self, task: ExecutableTask) -> None:
         self.in_flight += 1
+        task.epoch = self.epoch
         key = (task.task_name, task.instance)
         result = self.results.get(key)
         if result is None:
+            earlier = self.previous.get(key)
+            if earlier is not None and earlier.attempt > 0:
+                # run again after a resume: its attempts go on counting, the last one is kept
+                task.attempt_offset = earlier.attempt
+                if earlier.status in (TaskStatus.RUNNING, TaskStatus.PENDING):
+                    earlier.status = TaskStatus.INTERRUPTED
+                self.recorder.attempt_ended(earlier)
             result = self.results[key] = TaskRunResult(
-                task.task_name, TaskStatus.RUNNING, task.instance, 1, None, time.time()
+                task.task_name, TaskStatus.RUNNING, task.instance, task.attempt, None, time.time()
             )
         else:
             result.status = TaskStatus.RUNNING
-            result.attempts = task.retry_count + 1
+            result.attempts = task.attempt
+            result.start_time = time.time()
+            result.host = result.pid = None
         if self._record is not None or self.listeners:
             self._changed(result)
         self.executor.submit(task, self)
@@ -248,6 +287,7 @@ class ActiveRun:
             result.attempts = earlier.attempt
             result.duration = earlier.duration
             result.output = earlier.output
+            result.host, result.pid = earlier.host, earlier.pid
             if earlier.started_at is not None:
                 result.start_time = earlier.started_at.timestamp()
             if earlier.finished_at is not None:
@@ -256,6 +296,19 @@ class ActiveRun:
         self._changed(result)
         self.resolver.succeeded(name, task.instance, result_ids)
         return True
+
+    def _taken_over(self, fenced: FencedError) -> None:
+        """Another process took this run over (a resume, a second `dp serve`): stop at once
+        and write nothing more; the new owner finishes the run."""
+        if self.fenced is not None or self.closed:
+            return
+        self.fenced = fenced
+        self.recorder.fenced = fenced
+        self.log.warning("run.taken_over", epoch=self.epoch, now=fenced.current)
+        handle = self._handle
+        if handle is not None and handle.task is not None and not handle.task.done():
+            handle.stop_status = RunStatus.INTERRUPTED
+            handle.task.cancel()
 
     def _changed(self, result: TaskRunResult) -> None:
         if self._record is not None:
@@ -284,9 +337,12 @@ class ActiveRun:
             cancel_run = getattr(self.executor, "cancel_run", None)
             if cancel_run is not None:  # stop what the executor can stop (async tasks)
                 cancel_run(self)
+            stopped_task = (
+                TaskStatus.INTERRUPTED if stopped == RunStatus.INTERRUPTED else TaskStatus.CANCELLED
+            )
             for task_result in self.results.values():
                 if task_result.status == TaskStatus.RUNNING:
-                    task_result.status = TaskStatus.CANCELLED
+                    task_result.status = stopped_task
             if stopped == RunStatus.CANCELLED:  # interrupted runs keep pending tasks pending
                 self._record_missing(dict.fromkeys(resolver.unfinished(), TaskStatus.CANCELLED))
         else:
@@ -312,6 +368,10 @@ class ActiveRun:
         if self.failed_fatally is not None:
             failed = self.results[self.failed_fatally]
             error = f"task {_describe(self.failed_fatally)!r} failed: {failed.error}"
+        for task_result in self.results.values():
+            self.recorder.task_changed(task_result)
+        if not await self.recorder.run_finished(status, finished_at, error):
+            status, error = RunStatus.INTERRUPTED, str(self.recorder.fenced)
         result = RunResult(
             run_id=self.context.run_id,
             dag_id=self.context.dag_id,
@@ -321,9 +381,6 @@ class ActiveRun:
             finished_at=finished_at,
             error=error,
         )
-        for task_result in result.tasks.values():
-            self.recorder.task_changed(task_result)
-        await self.recorder.run_finished(status, finished_at, error)
         log = self.log.info if status == RunStatus.SUCCEEDED else self.log.warning
         log(
             "run.finished",

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from dp.engine import capture
 from dp.engine.model import ExecutableTask, TaskOutcome, chunk_result_id, manifest_result_id
-from dp.errors import DPError, SerializationError
+from dp.errors import DPError, FencedError, SerializationError
 from dp.io import IOManager
+from dp.store.records import HOST
 
-__all__ = ["ChunkCallback", "Worker", "format_error"]
+__all__ = ["ChunkCallback", "CommitGuard", "Worker", "format_error"]
 
 _output = capture._buffer
 
 #: Called with each chunk's result id right after the chunk is saved.
 ChunkCallback = Callable[[str], None]
+
+
+class CommitGuard(Protocol):
+    """Says whether an attempt may still commit results: `closed` once its run ended, was
+    taken over by a newer owner, or the orchestrator that handed it out is gone. A worker
+    checks it before every save, so an abandoned attempt stores nothing more."""
+
+    @property
+    def closed(self) -> bool: ...
 
 
 class Worker:
@@ -29,8 +40,14 @@ class Worker:
     def __init__(self, io_manager: IOManager, *, capture_output: bool = True) -> None:
         self.io_manager = io_manager
         self.capture_output = capture_output
+        self.pid = os.getpid()
 
-    def execute(self, task: ExecutableTask, on_chunk: ChunkCallback | None = None) -> TaskOutcome:
+    def execute(
+        self,
+        task: ExecutableTask,
+        on_chunk: ChunkCallback | None = None,
+        guard: CommitGuard | None = None,
+    ) -> TaskOutcome:
         """Run a sync task (function or generator) to its outcome; never raises."""
         started_at = time.time()
         chunks: list[str] = []
@@ -39,22 +56,24 @@ class Worker:
             kwargs = self._load_inputs(task)
             meta = task.metadata
             if meta.stream_output:
-                result_ids = self._drain(task, meta.func(**kwargs), on_chunk)
+                result_ids = self._drain(task, meta.func(**kwargs), on_chunk, guard)
             else:
                 value = meta.func(**kwargs)
                 if meta.is_generator:  # stream_output=False: the chunks are one list result
                     value = list(value)
-                self.io_manager.save(task.run_id, task.task_name, task.task_result_id, value)
-                result_ids = [task.task_result_id]
+                result_ids = [self._save(task, task.task_result_id, value, guard)]
         except (Exception, SystemExit) as exc:  # a task calling sys.exit() fails, nothing more
             return self._failed(task, exc, started_at, chunks)
         finally:
             if token is not None:
                 _output.reset(token)
-        return _succeeded(task, result_ids, started_at, chunks)
+        return self._succeeded(task, result_ids, started_at, chunks)
 
     async def execute_async(
-        self, task: ExecutableTask, on_chunk: ChunkCallback | None = None
+        self,
+        task: ExecutableTask,
+        on_chunk: ChunkCallback | None = None,
+        guard: CommitGuard | None = None,
     ) -> TaskOutcome:
         """Run an async task (coroutine or async generator) to its outcome; never raises
         except `asyncio.CancelledError`, so timeouts and cancellation reach the caller."""
@@ -66,15 +85,15 @@ class Worker:
             meta = task.metadata
             if meta.is_generator and not meta.stream_output:
                 value = [chunk async for chunk in meta.func(**kwargs)]
-                result_ids = [self._save(task, task.task_result_id, value)]
+                result_ids = [self._save(task, task.task_result_id, value, guard)]
             elif meta.is_generator:
                 result_ids = []
                 async for chunk in meta.func(**kwargs):
-                    self._save_chunk(task, chunk, result_ids, on_chunk)
-                self._save(task, manifest_result_id(task.task_result_id), result_ids)
+                    self._save_chunk(task, chunk, result_ids, on_chunk, guard)
+                self._save(task, manifest_result_id(task.task_result_id), result_ids, guard)
             else:
                 value = await meta.func(**kwargs)
-                result_ids = [self._save(task, task.task_result_id, value)]
+                result_ids = [self._save(task, task.task_result_id, value, guard)]
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -82,7 +101,7 @@ class Worker:
         finally:
             if token is not None:
                 _output.reset(token)
-        return _succeeded(task, result_ids, started_at, chunks)
+        return self._succeeded(task, result_ids, started_at, chunks)
 
     def _start_capture(self, chunks: list[str]) -> contextvars.Token[list[str] | None] | None:
         """Send what the task prints into `chunks`; the token undoes it."""
@@ -103,17 +122,25 @@ class Worker:
                     kwargs[parameter] = load(run_id, upstream, result_id)
         return kwargs
 
-    def _save(self, task: ExecutableTask, result_id: str, value: Any) -> str:
+    def _save(
+        self, task: ExecutableTask, result_id: str, value: Any, guard: CommitGuard | None
+    ) -> str:
+        if guard is not None and guard.closed:
+            raise FencedError(task.run_id, task.epoch)
         self.io_manager.save(task.run_id, task.task_name, result_id, value)
         return result_id
 
     def _drain(
-        self, task: ExecutableTask, generator: Any, on_chunk: ChunkCallback | None
+        self,
+        task: ExecutableTask,
+        generator: Any,
+        on_chunk: ChunkCallback | None,
+        guard: CommitGuard | None,
     ) -> list[str]:
         result_ids: list[str] = []
         for chunk in generator:
-            self._save_chunk(task, chunk, result_ids, on_chunk)
-        self._save(task, manifest_result_id(task.task_result_id), result_ids)
+            self._save_chunk(task, chunk, result_ids, on_chunk, guard)
+        self._save(task, manifest_result_id(task.task_result_id), result_ids, guard)
         return result_ids
 
     def _save_chunk(
@@ -122,9 +149,11 @@ class Worker:
         chunk: Any,
         result_ids: list[str],
         on_chunk: ChunkCallback | None,
+        guard: CommitGuard | None,
     ) -> None:
         """Save the next chunk of a stream at once and tell whoever waits for it."""
-        rid = self._save(task, chunk_result_id(task.task_result_id, len(result_ids)), chunk)
+        chunk_id = chunk_result_id(task.task_result_id, len(result_ids))
+        rid = self._save(task, chunk_id, chunk, guard)
         result_ids.append(rid)
         if on_chunk is not None:
             on_chunk(rid)
@@ -146,25 +175,30 @@ class Worker:
             error=format_error(exc),
             traceback="".join(traceback.format_exception(exc)),
             output=capture.joined(chunks),
-            # an unpicklable result fails the same way every time: retrying only wastes time
-            retryable=not isinstance(exc, SerializationError),
+            # an unpicklable result fails the same way every time, and an abandoned attempt
+            # must not run again here: retrying only wastes time
+            retryable=not isinstance(exc, SerializationError | FencedError),
+            host=HOST,
+            pid=self.pid,
         )
 
-
-def _succeeded(
-    task: ExecutableTask, result_ids: list[str], started_at: float, chunks: list[str]
-) -> TaskOutcome:
-    return TaskOutcome(
-        task.task_name,
-        task.instance,
-        True,
-        result_ids,
-        started_at,
-        time.time() - started_at,
-        None,
-        None,
-        capture.joined(chunks) if chunks else "",
-    )
+    def _succeeded(
+        self, task: ExecutableTask, result_ids: list[str], started_at: float, chunks: list[str]
+    ) -> TaskOutcome:
+        return TaskOutcome(
+            task.task_name,
+            task.instance,
+            True,
+            result_ids,
+            started_at,
+            time.time() - started_at,
+            None,
+            None,
+            capture.joined(chunks) if chunks else "",
+            True,
+            HOST,
+            self.pid,
+        )
 
 
 def format_error(exc: BaseException) -> str:
