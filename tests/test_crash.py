@@ -238,7 +238,8 @@ def test_a_frozen_owner_that_wakes_after_a_take_over_writes_nothing_and_runs_not
     try:
         deadline = time.monotonic() + 30
         while "slow-started" not in _effects(tmp_path):
-            assert time.monotonic() < deadline and owner.poll() is None, "never started"
+            assert time.monotonic() < deadline, "the owner never started its task"
+            assert owner.poll() is None, "the owner exited early"
             time.sleep(0.01)
         owner.send_signal(signal.SIGSTOP)
         time.sleep(1.5)  # its 1 s lease runs out while it is frozen
