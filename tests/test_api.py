@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -290,6 +291,23 @@ def test_run_succeeds_with_task_runs_and_logs(tmp_path: Path) -> None:
     assert logs["output"] == "hello ada\n"
     assert logs["status"] == "succeeded"
     assert logs["attempt"] == 1
+    assert (run["epoch"], run["stale"], run["owner"]["pid"]) == (1, False, os.getpid())
+    (attempt,) = run["tasks"][0]["attempts"]
+    assert (attempt["attempt"], attempt["status"], attempt["pid"]) == (1, "succeeded", os.getpid())
+
+
+def test_logs_of_an_attempt_that_does_not_exist_are_404(tmp_path: Path) -> None:
+    """`?attempt=N` beyond what the task made is a 404 naming the attempts it made."""
+    with serving(tmp_path) as api:
+        run_id = api.client.post("/pipelines/hello/runs", json={}).json()["run_id"]
+        api.wait_for_status(run_id, "succeeded")
+        first = api.client.get(f"/runs/{run_id}/tasks/greet/logs?attempt=1")
+        missing = api.client.get(f"/runs/{run_id}/tasks/greet/logs?attempt=2")
+    assert first.json()["output"] == "hello world\n"
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == (
+        f"task 'greet' of run '{run_id}' has no attempt 2; it made 1."
+    )
 
 
 def test_a_run_id_starts_one_run(api: Api) -> None:

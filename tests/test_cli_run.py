@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dp.store import RunStatus, SQLRunStore
+from dp.store import RunStatus, SQLRunStore, TaskStatus
 
 PIPELINE = textwrap.dedent(
     """
@@ -147,7 +147,8 @@ def test_resume_after_the_orchestrator_is_killed(project: Path) -> None:
     )
     try:
         deadline = time.monotonic() + 30
-        while "c" not in executions(project):
+        # until c is running and recorded so (task states are written every 0.2 s)
+        while "c" not in executions(project) or not _recorded_running(project, "c"):
             assert time.monotonic() < deadline, "the run never reached task c"
             assert process.poll() is None, "dp run exited early"
             time.sleep(0.02)
@@ -160,6 +161,13 @@ def test_resume_after_the_orchestrator_is_killed(project: Path) -> None:
     (record,) = store.list_runs()
     assert record.status == RunStatus.RUNNING  # nobody was left to record the end
     store.close()
+    listed = dp(project, "runs", "list")
+    assert "(stale)" in listed.stdout
+    assert f"dp runs resume {record.run_id}" in listed.stdout
+    shown = dp(project, "runs", "show", record.run_id)
+    assert f"stale: its owner is gone; resume it with `dp runs resume {record.run_id}`" in (
+        shown.stdout
+    )
 
     (project / "release").touch()
     resumed = dp(project, "runs", "resume", record.run_id)
@@ -168,6 +176,54 @@ def test_resume_after_the_orchestrator_is_killed(project: Path) -> None:
     store = SQLRunStore(path=project / ".dp" / "runs.db")
     assert store.get_run(record.run_id).status == RunStatus.SUCCEEDED
     store.close()
+    attempts = dp(project, "runs", "show", record.run_id, "--attempts")
+    rows = [line.split("│")[1:4] for line in attempts.stdout.splitlines() if "│" in line]
+    cells = [tuple(cell.strip() for cell in row) for row in rows]
+    assert ("c", "1", "interrupted") in cells
+    assert ("c", "2", "succeeded") in cells
+    first = dp(project, "runs", "logs", record.run_id, "c", "--attempt", "1")
+    assert "(interrupted, attempt 1)" in first.stdout
+    none = dp(project, "runs", "logs", record.run_id, "c", "--attempt", "3")
+    assert none.returncode == 2
+    assert f"run {record.run_id!r} has no attempt 3 of task 'c'" in none.stderr
+
+
+def _recorded_running(project: Path, task_name: str) -> bool:
+    path = project / ".dp" / "runs.db"
+    if not path.exists():
+        return False
+    store = SQLRunStore(path=path)
+    try:
+        runs = store.list_runs()
+        return bool(runs) and any(
+            t.task_name == task_name and t.status == TaskStatus.RUNNING
+            for t in store.get_task_runs(runs[0].run_id)
+        )
+    finally:
+        store.close()
+
+
+def test_ctrl_c_names_the_run_to_resume(project: Path) -> None:
+    """SIGINT during `dp run` exits 130 and prints the exact `dp runs resume <id>` command."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dp.cli", "run", "pipeline.py"],
+        cwd=project,
+        env=_env(project),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while "c" not in executions(project):
+        assert time.monotonic() < deadline, "the run never reached task c"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    (record,) = store.list_runs()
+    store.close()
+    assert process.returncode == 130
+    assert f"resume with `dp runs resume {record.run_id}`" in err
 
 
 def test_resume_refuses_unknown_and_finished_runs(project: Path) -> None:

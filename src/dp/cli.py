@@ -20,7 +20,14 @@ from dp.errors import DPError
 from dp.loader import load_tasks
 from dp.logs import configure_logging
 from dp.planner import ExecutionPlan, Planner, type_name
-from dp.store.records import RunRecord, RunStatus, TaskStatus
+from dp.store.records import (
+    RunRecord,
+    RunStatus,
+    TaskRunRecord,
+    TaskStatus,
+    is_stale,
+    owner_of,
+)
 
 app = typer.Typer(
     name="dp",
@@ -270,7 +277,8 @@ def _with_progress(
     except DPError as exc:
         raise _fail(exc) from exc
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: resume with `dp runs resume RUN_ID`")
+        run_id = progress.run_id or "<run id>"
+        err_console.print(f"[yellow]interrupted[/]: resume with `dp runs resume {run_id}`")
         raise typer.Exit(code=130) from None
 
 
@@ -279,6 +287,7 @@ class _Progress:
 
     def __init__(self, total: int) -> None:
         self.total = total
+        self.run_id: str | None = None
         self.state: dict[tuple[str, str], TaskStatus] = {}
         # kept up to date per change (not recounted), so updates cost O(1) however big the run
         self.open: dict[str, int] = {}  # task name -> instances not finished
@@ -301,6 +310,7 @@ class _Progress:
         return self.bar
 
     def on_run_start(self, *, context: ExecutionContext, **_: Any) -> None:
+        self.run_id = context.run_id
         self.console.print(
             f"run [cyan]{context.run_id}[/] started: {self.total} tasks, dag_id {context.dag_id}",
             highlight=False,
@@ -394,21 +404,34 @@ def runs_list(
     table = Table(show_header=True, header_style="bold")
     for column in ("run id", "pipeline", "status", "trigger", "started", "duration"):
         table.add_column(column, no_wrap=column in ("run id", "started"))
+    stale = [record.run_id for record in records if is_stale(record)]
     for record in records:
+        status_text = _status_text(record.status.value)
+        if record.run_id in stale:
+            status_text += " [magenta](stale)[/]"
         table.add_row(
             record.run_id,
             escape(Path(record.pipeline).name if record.pipeline else ""),
-            _status_text(record.status.value),
+            status_text,
             escape(record.trigger),
             f"{record.started_at:%Y-%m-%d %H:%M:%S}" if record.started_at else "",
             _duration(record.started_at, record.finished_at),
         )
     Console().print(table)
+    if stale:
+        Console().print(
+            f"stale: the owner of {len(stale)} run(s) is gone; resume one with "
+            f"`dp runs resume {stale[0]}`",
+            highlight=False,
+        )
 
 
 @runs_app.command("show")
 def runs_show(
     run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    attempts: Annotated[
+        bool, typer.Option("--attempts", help="List every attempt of every task.")
+    ] = False,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Show a run and the status, attempts, duration and error of each task."""
@@ -421,10 +444,21 @@ def runs_show(
         highlight=False,
     )
     console.print(f"pipeline: {escape(record.pipeline)}", highlight=False)
+    host, pid = owner_of(record)
+    if host is not None:
+        console.print(f"owner: {escape(host)} pid {pid}, epoch {record.epoch}", highlight=False)
+    if is_stale(record):
+        console.print(
+            f"[magenta]stale[/]: its owner is gone; resume it with `dp runs resume {run_id}`",
+            highlight=False,
+        )
     if record.params:
         console.print(f"params: {escape(repr(record.params))}", highlight=False)
     if record.error:
         console.print(f"[red]{escape(record.error)}[/]", highlight=False)
+    if attempts:
+        _print_attempts(console, store.get_attempts(run_id))
+        return
     rows = [
         (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error)
         for r in store.get_task_runs(run_id)
@@ -432,18 +466,46 @@ def runs_show(
     _print_task_table(console, rows)
 
 
+def _print_attempts(console: Console, attempts: list[TaskRunRecord]) -> None:
+    table = Table(show_header=True, header_style="bold")
+    for column in ("task", "attempt", "status", "started", "duration", "where", "error"):
+        table.add_column(column)
+    for a in attempts:
+        table.add_row(
+            escape(a.task_name + (f"[{a.instance}]" if a.instance else "")),
+            str(a.attempt),
+            _status_text(a.status.value),
+            f"{a.started_at:%H:%M:%S}" if a.started_at else "",
+            "" if a.duration is None else f"{a.duration * 1000:.1f} ms",
+            escape(f"{a.host}:{a.pid}" if a.host else ""),
+            escape(a.error or ""),
+        )
+    console.print(table)
+
+
 @runs_app.command("logs")
 def runs_logs(
     run_id: Annotated[str, typer.Argument(help="The run.")],
     task_name: Annotated[str | None, typer.Argument(help="Only this task.")] = None,
+    attempt: Annotated[
+        int | None, typer.Option(help="Only this attempt (1 is the first); default: the last.")
+    ] = None,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Print what each task printed, and the traceback of each failure."""
     store = _store(root)
     _get_run(store, run_id)
-    rows = [r for r in store.get_task_runs(run_id) if task_name in (None, r.task_name)]
+    if attempt is None:
+        rows = [r for r in store.get_task_runs(run_id) if task_name in (None, r.task_name)]
+    else:
+        rows = [
+            r
+            for r in store.get_attempts(run_id)
+            if task_name in (None, r.task_name) and r.attempt == attempt
+        ]
     if task_name is not None and not rows:
-        raise _fail(DPError(f"run {run_id!r} has no task {task_name!r}."))
+        which = f" attempt {attempt} of" if attempt is not None else ""
+        raise _fail(DPError(f"run {run_id!r} has no{which} task {task_name!r}."))
     console = Console()
     for row in rows:
         label = row.task_name + (f"[{row.instance}]" if row.instance else "")

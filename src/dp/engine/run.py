@@ -277,8 +277,9 @@ class ActiveRun:
                 return False
         except DPError:
             return False  # unreadable: run it again
+        # its result is stored, so it ran at least once, even if that was never recorded
         result = self.results.get(task.key) or TaskRunResult(
-            name, TaskStatus.SUCCEEDED, task.instance
+            name, TaskStatus.SUCCEEDED, task.instance, attempts=1
         )
         result.status = TaskStatus.SUCCEEDED
         result.result_ids = result_ids

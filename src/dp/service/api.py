@@ -16,7 +16,7 @@ import http
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -46,10 +46,11 @@ from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineError
 from dp.scheduler import CircuitOpenError, SchedulerError, TriggerNotFoundError
 from dp.service.runtime import PipelineBusyError, Service, ServiceUnavailableError
-from dp.store.records import RunRecord, RunStatus, TaskRunRecord
+from dp.store.records import RunRecord, RunStatus, TaskRunRecord, is_stale, owner_of
 
 __all__ = [
     "ApiDisabledError",
+    "AttemptNotFoundError",
     "BearerAuth",
     "BodyLimit",
     "EventRequest",
@@ -110,6 +111,19 @@ class TaskRunNotFoundError(DPError, LookupError):
         super().__init__(f"run {run_id!r} has no task {task!r} (instance {instance!r}){hint}.")
 
 
+class AttemptNotFoundError(DPError, LookupError):
+    """A task run has no attempt with this number."""
+
+    def __init__(self, run_id: str, task: str, attempt: int, attempts: list[int]) -> None:
+        self.run_id = run_id
+        self.task = task
+        self.attempt = attempt
+        made = ", ".join(map(str, attempts))
+        super().__init__(
+            f"task {task!r} of run {run_id!r} has no attempt {attempt}; it made {made}."
+        )
+
+
 class NoRunStoreError(DPError):
     """The service's orchestrator records no runs, so there are none to list or show."""
 
@@ -119,6 +133,7 @@ _STATUS: dict[type[DPError], int] = {
     PipelineError: 404,  # only raised for unknown names once the service has started
     RunNotFoundError: 404,
     TaskRunNotFoundError: 404,
+    AttemptNotFoundError: 404,
     TriggerNotFoundError: 404,
     ApiDisabledError: 403,
     DuplicateRunError: 409,
@@ -561,11 +576,20 @@ def _routes() -> APIRouter:
     async def get_run(run_id: str, service: ServiceDep) -> dict[str, Any]:
         store = _store(service)
         record = await asyncio.to_thread(store.get_run, run_id)
-        tasks = await asyncio.to_thread(store.get_task_runs, run_id)
+        every = await asyncio.to_thread(store.get_attempts, run_id)
+        attempts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        latest: dict[tuple[str, str], TaskRunRecord] = {}
+        for attempt in every:  # by task, instance and attempt: the last one is the task run
+            key = (attempt.task_name, attempt.instance)
+            attempts.setdefault(key, []).append(_attempt_dict(attempt))
+            latest[key] = attempt
+        tasks = sorted(latest.values(), key=_task_order)
         return {
             **_run_dict(record),
             "plan": record.plan,
-            "tasks": [_task_dict(t) for t in tasks],
+            "tasks": [
+                {**_task_dict(t), "attempts": attempts[t.task_name, t.instance]} for t in tasks
+            ],
         }
 
     @router.get(
@@ -579,11 +603,22 @@ def _routes() -> APIRouter:
         task: str,
         service: ServiceDep,
         instance: Annotated[str, Query(max_length=300)] = "",
+        attempt: Annotated[int | None, Query(ge=1)] = None,
     ) -> dict[str, Any]:
-        rows = await asyncio.to_thread(_store(service).get_task_runs, run_id)
+        store = _store(service)
+        if attempt is None:
+            rows = await asyncio.to_thread(store.get_task_runs, run_id)
+        else:
+            rows = await asyncio.to_thread(store.get_attempts, run_id)
         rows = [r for r in rows if r.task_name == task]
-        row = next((r for r in rows if r.instance == instance), None)
+        row = next(
+            (r for r in rows if r.instance == instance and attempt in (None, r.attempt)), None
+        )
         if row is None:
+            if attempt is not None and any(r.instance == instance for r in rows):
+                raise AttemptNotFoundError(
+                    run_id, task, attempt, [r.attempt for r in rows if r.instance == instance]
+                )
             raise TaskRunNotFoundError(run_id, task, instance, [r.instance for r in rows])
         return {
             "run_id": run_id,
@@ -694,6 +729,7 @@ def _triggers(service: Service) -> list[dict[str, Any]]:
 
 
 def _run_dict(record: RunRecord) -> dict[str, Any]:
+    host, pid = owner_of(record)
     duration = (
         (record.finished_at - record.started_at).total_seconds()
         if record.started_at and record.finished_at
@@ -712,6 +748,34 @@ def _run_dict(record: RunRecord) -> dict[str, Any]:
         "finished_at": _iso(record.finished_at),
         "duration": duration,
         "error": record.error,
+        "epoch": record.epoch,
+        "owner": {"host": host, "pid": pid} if host is not None else None,
+        "lease_until": _iso(record.lease_until),
+        "stale": is_stale(record),
+    }
+
+
+def _task_order(record: TaskRunRecord) -> tuple[bool, datetime, str, str]:
+    """As `RunStore.get_task_runs` orders: by start time (unstarted last), name, instance."""
+    started = record.started_at
+    return (
+        started is None,
+        started or datetime.min.replace(tzinfo=UTC),
+        record.task_name,
+        record.instance,
+    )
+
+
+def _attempt_dict(record: TaskRunRecord) -> dict[str, Any]:
+    return {
+        "attempt": record.attempt,
+        "status": record.status.value,
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+        "duration": record.duration,
+        "error": record.error,
+        "host": record.host,
+        "pid": record.pid,
     }
 
 
