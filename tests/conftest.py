@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from dp import get_registry
+from postgres_server import FAST, PostgresServer
 
 
 @pytest.fixture
@@ -23,3 +24,11 @@ def clean_default_registry() -> Iterator[None]:
         path = getattr(sys.modules[name], "__file__", None) or ""
         if not path.startswith((sys.prefix, sys.base_prefix)):  # user task files only
             del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the whole session; `postgres.create_database()` gives
+    each test an empty database of its own."""
+    with PostgresServer(FAST) as server:
+        yield server

@@ -1,8 +1,7 @@
 """The run store: one contract for every adapter, then what only the SQL store does.
 
-The contract runs against `MemoryRunStore` and `SQLRunStore` on a SQLite file; set
-`DP_TEST_POSTGRES_URL` (e.g. `postgresql+psycopg://dp@127.0.0.1/dp_test`) to run it against a
-PostgreSQL database as well. That database is emptied before and after each test.
+The contract runs against `MemoryRunStore`, and `SQLRunStore` on a SQLite file and on a
+private PostgreSQL server (`tests/postgres_server.py`), each test in a new database.
 """
 
 from __future__ import annotations
@@ -39,34 +38,20 @@ from dp.store import (
 )
 from dp.store.records import HOST, is_stale
 
-POSTGRES_URL = os.environ.get("DP_TEST_POSTGRES_URL")
-ADAPTERS = ["memory", "sqlite"] + (["postgresql"] if POSTGRES_URL else [])
+ADAPTERS = ["memory", "sqlite", "postgresql"]
 T0 = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
 CEST = timezone(timedelta(hours=2))
 
 
-def _open(kind: str, tmp_path: Path) -> RunStore:
-    if kind == "memory":
-        return MemoryRunStore()
-    if kind == "sqlite":
-        return SQLRunStore(path=tmp_path / "runs.db")
-    store = SQLRunStore(POSTGRES_URL)
-    _delete_all(store)
-    return store
-
-
-def _delete_all(store: RunStore) -> None:
-    while runs := store.list_runs(limit=500):
-        for run in runs:
-            store.delete_run(run.run_id)
-
-
 @pytest.fixture(params=ADAPTERS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunStore]:
-    opened = _open(request.param, tmp_path)
+    if request.param == "memory":
+        opened: RunStore = MemoryRunStore()
+    elif request.param == "sqlite":
+        opened = SQLRunStore(path=tmp_path / "runs.db")
+    else:
+        opened = SQLRunStore(request.getfixturevalue("postgres").create_database())
     yield opened
-    if request.param == "postgresql":
-        _delete_all(opened)
     opened.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dp import config
 from dp.engine import ExecutionContext, Orchestrator, RunResult, TaskRunResult
 from dp.engine.orchestrator import plan_for_record
 from dp.errors import DPError
@@ -23,6 +25,7 @@ from dp.planner import ExecutionPlan, Planner, type_name
 from dp.store.records import (
     RunRecord,
     RunStatus,
+    RunStore,
     TaskRunRecord,
     TaskStatus,
     is_stale,
@@ -168,11 +171,39 @@ WorkersOpt = Annotated[
 ]
 ExecutorOpt = Annotated[
     str | None,
-    typer.Option("--executor", "-e", help="inline, inprocess (default) or process."),
+    typer.Option(
+        "--executor",
+        "-e",
+        help="inline, inprocess (default) or process [env DP_EXECUTOR].",
+        show_default=False,
+    ),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Run store URL: sqlite:///PATH, postgresql://USER@HOST/DB or memory:// "
+        "[env DP_STORE_URL; default sqlite:///ROOT/runs.db].",
+        show_default=False,
+    ),
+]
+BusOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Event bus URL: memory:// or redis://HOST:PORT/DB [env DP_BUS_URL; default memory://].",
+        show_default=False,
+    ),
+]
+ResultsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Where results go: file://PATH or memory:// "
+        "[env DP_RESULTS_URL; default file://ROOT/results].",
+        show_default=False,
+    ),
 ]
 RootOpt = Annotated[
     Path,
-    typer.Option("--root", envvar="DP_HOME", help="Where results and the run store live."),
+    typer.Option("--root", envvar="DP_HOME", help="Home of the default run store and results."),
 ]
 
 #: exit codes: 0 succeeded, 1 failed, 2 bad input, 3 partial (fail-safe tasks failed)
@@ -189,30 +220,35 @@ def _parse_params(pairs: list[str] | None) -> dict[str, str]:
     return params
 
 
-def _executor(executor: str | None, workers: int | None) -> tuple[str, int | None]:
-    if executor is None:
-        executor = "process" if workers else "inprocess"
-    return executor, workers
+def _settings(root: Path, **flags: str | int | None) -> config.Settings:
+    """The backends: these flags, else DP_* variables, else dp.toml, else defaults."""
+    try:
+        return config.resolve(flags, home=root)
+    except DPError as exc:
+        raise _fail(exc) from exc
 
 
 @app.command()
 def run(
+    ctx: typer.Context,
     target: TargetArg,
     tags: TagsOpt = None,
     task: TaskOpt = None,
     param: ParamOpt = None,
     workers: WorkersOpt = None,
     executor: ExecutorOpt = None,
+    store: StoreOpt = None,
+    results: ResultsOpt = None,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Plan and run the tasks in TARGET once, with a live progress display."""
     configure_logging(level="WARNING")
+    settings = _settings(root, store=store, results=results, executor=executor, workers=workers)
     execution_plan = _plan(target, tags, task)
     params = _parse_params(param)
-    kind, count = _executor(executor, workers)
     target_path = str(Path(target).resolve()) if target.endswith(".py") else target
     selection = {"tags": tags or [], "task_names": task or []}
-    orchestrator = _orchestrator(root, kind, count)
+    orchestrator = _orchestrator(ctx, settings)
 
     async def go() -> RunResult:
         try:
@@ -223,14 +259,17 @@ def run(
             await orchestrator.shutdown()
 
     result = _with_progress(orchestrator, execution_plan, go)
-    _report(result, root)
+    _report(result, settings)
 
 
 @runs_app.command("resume")
 def runs_resume(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The interrupted run.")],
     workers: WorkersOpt = None,
     executor: ExecutorOpt = None,
+    store: StoreOpt = None,
+    results: ResultsOpt = None,
     root: RootOpt = Path(".dp"),
     force: Annotated[
         bool,
@@ -239,13 +278,13 @@ def runs_resume(
 ) -> None:
     """Resume an interrupted run: tasks whose results are stored do not run again."""
     configure_logging(level="WARNING")
-    record = _get_run(_store(root), run_id)
+    settings = _settings(root, store=store, results=results, executor=executor, workers=workers)
+    record = _get_run(_store(ctx, settings), run_id)
     try:
         execution_plan = plan_for_record(record)
     except DPError as exc:
         raise _fail(exc) from exc
-    kind, count = _executor(executor, workers)
-    orchestrator = _orchestrator(root, kind, count)
+    orchestrator = _orchestrator(ctx, settings)
 
     async def go() -> RunResult:
         try:
@@ -254,14 +293,17 @@ def runs_resume(
             await orchestrator.shutdown()
 
     result = _with_progress(orchestrator, execution_plan, go)
-    _report(result, root)
+    _report(result, settings)
 
 
-def _orchestrator(root: Path, executor: str, workers: int | None) -> Orchestrator:
+def _orchestrator(ctx: typer.Context, settings: config.Settings) -> Orchestrator:
     try:
-        return Orchestrator.embedded(root, executor=executor, workers=workers)
+        orchestrator = config.build_orchestrator(settings)
     except DPError as exc:
         raise _fail(exc) from exc
+    if orchestrator.store is not None:
+        ctx.call_on_close(orchestrator.store.close)  # its database connections
+    return orchestrator
 
 
 def _with_progress(
@@ -346,7 +388,7 @@ class _Progress:
 _FINISHED = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED)
 
 
-def _report(result: RunResult, root: Path) -> None:
+def _report(result: RunResult, settings: config.Settings) -> None:
     console = Console()
     _print_task_table(console, [_row_of(r) for r in result.tasks.values()])
     colour = {RunStatus.SUCCEEDED: "green", RunStatus.PARTIAL: "yellow"}.get(result.status, "red")
@@ -357,8 +399,10 @@ def _report(result: RunResult, root: Path) -> None:
     )
     if result.error:
         console.print(f"[red]{escape(result.error)}[/]", highlight=False)
+    results = settings.results_path
+    where = "in memory (gone when dp exits)" if results is None else results / result.run_id
     console.print(
-        f"results: {root / 'results' / result.run_id}   details: dp runs show {result.run_id}",
+        f"results: {where}   details: dp runs show {result.run_id}",
         highlight=False,
         soft_wrap=True,
     )
@@ -368,33 +412,36 @@ def _report(result: RunResult, root: Path) -> None:
 # --- inspecting runs --------------------------------------------------------------------------
 
 
-def _store(root: Path) -> Any:
-    from dp.store import SQLRunStore
-
-    path = root / "runs.db"
-    if not path.exists():
-        raise _fail(DPError(f"no run store at {path}; run a pipeline first (dp run FILE)."))
-    return SQLRunStore(path=path)
-
-
-def _get_run(store: Any, run_id: str) -> RunRecord:
+def _store(ctx: typer.Context, settings: config.Settings) -> RunStore:
+    """The run store to read earlier runs from: it must exist already."""
     try:
-        return store.get_run(run_id)  # type: ignore[no-any-return]
+        store = config.open_store(settings, must_exist=True)
+    except DPError as exc:
+        raise _fail(exc) from exc
+    ctx.call_on_close(store.close)  # its database connections
+    return store
+
+
+def _get_run(store: RunStore, run_id: str) -> RunRecord:
+    try:
+        return store.get_run(run_id)
     except DPError as exc:
         raise _fail(exc) from exc
 
 
 @runs_app.command("list")
 def runs_list(
+    ctx: typer.Context,
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
     pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
     limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
+    store: StoreOpt = None,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """List recent runs, newest first."""
-    store = _store(root)
+    run_store = _store(ctx, _settings(root, store=store))
     try:
-        records = store.list_runs(
+        records = run_store.list_runs(
             status=RunStatus(status) if status else None, pipeline=pipeline, limit=limit
         )
     except ValueError as exc:
@@ -428,15 +475,17 @@ def runs_list(
 
 @runs_app.command("show")
 def runs_show(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run to show.")],
     attempts: Annotated[
         bool, typer.Option("--attempts", help="List every attempt of every task.")
     ] = False,
+    store: StoreOpt = None,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Show a run and the status, attempts, duration and error of each task."""
-    store = _store(root)
-    record = _get_run(store, run_id)
+    run_store = _store(ctx, _settings(root, store=store))
+    record = _get_run(run_store, run_id)
     console = Console()
     console.print(
         f"run [cyan]{record.run_id}[/] {_status_text(record.status.value)}  "
@@ -457,11 +506,11 @@ def runs_show(
     if record.error:
         console.print(f"[red]{escape(record.error)}[/]", highlight=False)
     if attempts:
-        _print_attempts(console, store.get_attempts(run_id))
+        _print_attempts(console, run_store.get_attempts(run_id))
         return
     rows = [
         (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error)
-        for r in store.get_task_runs(run_id)
+        for r in run_store.get_task_runs(run_id)
     ]
     _print_task_table(console, rows)
 
@@ -485,22 +534,24 @@ def _print_attempts(console: Console, attempts: list[TaskRunRecord]) -> None:
 
 @runs_app.command("logs")
 def runs_logs(
+    ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run.")],
     task_name: Annotated[str | None, typer.Argument(help="Only this task.")] = None,
     attempt: Annotated[
         int | None, typer.Option(help="Only this attempt (1 is the first); default: the last.")
     ] = None,
+    store: StoreOpt = None,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Print what each task printed, and the traceback of each failure."""
-    store = _store(root)
-    _get_run(store, run_id)
+    run_store = _store(ctx, _settings(root, store=store))
+    _get_run(run_store, run_id)
     if attempt is None:
-        rows = [r for r in store.get_task_runs(run_id) if task_name in (None, r.task_name)]
+        rows = [r for r in run_store.get_task_runs(run_id) if task_name in (None, r.task_name)]
     else:
         rows = [
             r
-            for r in store.get_attempts(run_id)
+            for r in run_store.get_attempts(run_id)
             if task_name in (None, r.task_name) and r.attempt == attempt
         ]
     if task_name is not None and not rows:
@@ -587,6 +638,9 @@ def serve(
     root: RootOpt = Path(".dp"),
     workers: WorkersOpt = None,
     executor: ExecutorOpt = None,
+    store: StoreOpt = None,
+    bus: BusOpt = None,
+    results: ResultsOpt = None,
     grace: Annotated[
         float, typer.Option(min=0, help="Seconds running pipelines may finish in on shutdown.")
     ] = 30.0,
@@ -600,7 +654,9 @@ def serve(
     """Serve the pipelines in TARGET: cron and event triggers, and the HTTP API (/docs)."""
     from dp.service.server import serve as serve_forever
 
-    kind, count = _executor(executor, workers)
+    settings = _settings(
+        root, store=store, bus=bus, results=results, executor=executor, workers=workers
+    )
     try:
         serve_forever(
             target,
@@ -608,14 +664,60 @@ def serve(
             port=port,
             token=token,
             root=root,
-            executor=kind,
-            workers=count,
+            settings=settings,
             grace=grace,
             max_concurrent_pipelines=max_concurrent_pipelines,
             max_queued_pipelines=max_queued_pipelines,
         )
     except DPError as exc:
         raise _fail(exc) from exc
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+@app.command("config")
+def show_config(
+    store: StoreOpt = None,
+    bus: BusOpt = None,
+    results: ResultsOpt = None,
+    executor: ExecutorOpt = None,
+    workers: WorkersOpt = None,
+    root: RootOpt = Path(".dp"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the settings as JSON.")] = False,
+) -> None:
+    """Print the backends dp would use here, and where each setting came from.
+
+    Flags beat DP_* environment variables, which beat dp.toml (or [tool.dp] in
+    pyproject.toml, the nearest from here upward), which beats the defaults. Passwords are
+    masked.
+    """
+    settings = _settings(
+        root, store=store, bus=bus, results=results, executor=executor, workers=workers
+    )
+    values = settings.masked()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "file": None if settings.file is None else str(settings.file),
+                    "settings": {
+                        name: {"value": value, "source": settings.source(name)}
+                        for name, value in values.items()
+                    },
+                },
+                indent=2,
+            )
+        )
+        return
+    if settings.file is None:
+        print(f"config file: none (no dp.toml or pyproject.toml [tool.dp] from {Path.cwd()} up)")
+    else:
+        print(f"config file: {settings.file}")
+    shown = {name: "-" if value is None else str(value) for name, value in values.items()}
+    width = max(len(value) for value in shown.values())
+    for name, value in shown.items():
+        print(f"{name:<9} {value:<{width}}  {settings.source(name)}")
 
 
 def main() -> None:

@@ -284,3 +284,30 @@ class FencedError(DPError):
             f"run {run_id!r} was taken over by a newer owner: this owner holds epoch {epoch},"
             f"{now}; what this owner still writes is refused (the new owner finishes the run)."
         )
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+class ConfigError(DPError):
+    """A setting (`--store`, `DP_BUS_URL`, a `dp.toml` key, ...) has a value dp cannot use."""
+
+    def __init__(
+        self, setting: str, value: str, source: str, problem: str, accepted: Sequence[str] = ()
+    ) -> None:
+        self.setting = setting
+        self.value = value
+        self.source = source
+        self.problem = problem
+        self.accepted = tuple(accepted)
+        hint = f"; accepted: {', '.join(self.accepted)}" if self.accepted else ""
+        super().__init__(f"{setting} {value!r} (from {source}) {problem}{hint}.")
+
+
+class ConfigFileError(DPError):
+    """A `dp.toml` (or the `[tool.dp]` table of a `pyproject.toml`) cannot be read."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")

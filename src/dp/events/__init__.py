@@ -6,14 +6,22 @@
 
 from dp.events.event import EventBase, new_event_id
 from dp.events.memory import (
-    BrokerStats,
     InMemoryBroker,
     InMemoryConsumer,
     InMemoryPublisher,
     InMemorySubscription,
     Overflow,
 )
-from dp.events.ports import Broker, Consumer, Publisher, Queue, QueueEmptyError, Subscription
+from dp.events.ports import (
+    Broker,
+    BrokerConsumer,
+    BrokerStats,
+    Consumer,
+    Publisher,
+    Queue,
+    QueueEmptyError,
+    Subscription,
+)
 from dp.events.queues import InMemoryQueue, MultiprocessQueue
 from dp.events.topics import (
     MAX_TOPIC_LENGTH,
@@ -27,6 +35,7 @@ from dp.events.topics import (
 __all__ = [
     "MAX_TOPIC_LENGTH",
     "Broker",
+    "BrokerConsumer",
     "BrokerStats",
     "Consumer",
     "EventBase",

@@ -15,12 +15,11 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Literal, Self, get_args
 
 from dp.errors import BrokerClosedError, InvalidTopicError, QueueFullError
 from dp.events.event import EventBase
-from dp.events.ports import Subscription
+from dp.events.ports import BrokerStats, Subscription
 from dp.events.topics import Predicate, compile_pattern, validate_topic
 
 __all__ = [
@@ -82,23 +81,6 @@ class _Mailbox:
         self.closed = True
         self.wake_getter()
         self.wake_putters()
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerStats:
-    """Counters of an `InMemoryBroker`, for metrics and tests.
-
-    Attributes:
-        published: events accepted by `publish` since the broker was created.
-        subscriptions: live subscriptions.
-        dropped: events discarded by `drop_oldest` subscribers, over the broker's lifetime.
-        retained: topics whose last event is retained now.
-    """
-
-    published: int
-    subscriptions: int
-    dropped: int
-    retained: int
 
 
 class InMemoryBroker:

@@ -8,6 +8,7 @@ an adapter can be swapped by configuration.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
 from dp.errors import QueueEmptyError
@@ -15,6 +16,8 @@ from dp.events.event import EventBase
 
 __all__ = [
     "Broker",
+    "BrokerConsumer",
+    "BrokerStats",
     "Consumer",
     "Publisher",
     "Queue",
@@ -65,6 +68,23 @@ class Consumer(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerStats:
+    """Counters of a broker, for `/health`, metrics and tests.
+
+    Attributes:
+        published: events accepted by `publish` since the broker was created.
+        subscriptions: live subscriptions.
+        dropped: events discarded by `drop_oldest` subscribers, over the broker's lifetime.
+        retained: topics whose last event is retained now.
+    """
+
+    published: int
+    subscriptions: int
+    dropped: int
+    retained: int
+
+
 @runtime_checkable
 class Broker(Protocol):
     """Routes published events to every subscription whose pattern matches the topic.
@@ -86,9 +106,41 @@ class Broker(Protocol):
         """Deliver `event` to every matching subscription."""
         ...
 
+    def publish_nowait(self, topic: str, event: EventBase) -> None:
+        """Accept `event` for delivery without waiting, from sync code on the event loop
+        (run listeners publish lifecycle events this way).
+
+        Raises:
+            QueueFullError: the event cannot be accepted now (it is not published).
+            BrokerClosedError: the broker is closed.
+        """
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called (or the broker failed for good)."""
+        ...
+
+    def stats(self) -> BrokerStats:
+        """A snapshot of the broker's counters."""
+        ...
+
     async def close(self) -> None:
         """Refuse new events and end every subscription's iteration."""
         ...
+
+
+class BrokerConsumer:
+    """The `Consumer` port over any `Broker`: `consume(pattern)` subscribes at once."""
+
+    __slots__ = ("broker",)
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def consume(self, pattern: str) -> Subscription:
+        """`async for event in consumer.consume("sales.*.created")`."""
+        return self.broker.subscribe(pattern)
 
 
 @runtime_checkable

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dp.engine import ExecutionContext, RunResult, TaskRunResult
 from dp.errors import DPError
-from dp.events import EventBase, InMemoryBroker
+from dp.events import Broker, EventBase
 from dp.logs import get_logger
 from dp.store.records import TaskStatus
 
@@ -29,7 +29,7 @@ class LifecycleEvents:
     """Publishes `dp.run.started`, `dp.run.<status>` and `dp.task.<status>` on the bus, so
     pipelines (and anyone else) can react to runs: chain pipelines, alert, audit."""
 
-    def __init__(self, broker: InMemoryBroker, *, task_events: bool = True) -> None:
+    def __init__(self, broker: Broker, *, task_events: bool = True) -> None:
         self.broker = broker
         self.task_events = task_events
 

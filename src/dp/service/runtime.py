@@ -16,16 +16,26 @@ import time
 from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
 from dp.errors import DPError, DuplicateRunError, PlanError
-from dp.events import EventBase, InMemoryBroker, InMemoryConsumer, InMemoryPublisher
+from dp.events import (
+    Broker,
+    BrokerConsumer,
+    Consumer,
+    EventBase,
+    InMemoryBroker,
+    Publisher,
+)
 from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineError, PipelineRegistry
 from dp.planner import ExecutionPlan
 from dp.service.lifecycle import LifecycleEvents, Metrics
 from dp.store.records import RunStatus
+
+if TYPE_CHECKING:
+    from dp.scheduler import Scheduler
 
 __all__ = ["PipelineBusyError", "Service", "ServiceUnavailableError"]
 
@@ -56,7 +66,7 @@ class Service:
     Args:
         pipelines: the pipeline definitions.
         orchestrator: runs the pipelines (its store records them; its limits apply).
-        broker: the event bus (default: a new `InMemoryBroker`).
+        broker: the event bus, any `Broker` (default: a new `InMemoryBroker`).
         scheduler: fires cron and event triggers (default: a `Scheduler` on the broker).
         target: the task file or module, recorded with each run so it can be resumed.
         resume_interrupted: on start, resume runs a previous process left interrupted.
@@ -68,8 +78,8 @@ class Service:
         pipelines: PipelineRegistry | Iterable[Pipeline],
         *,
         orchestrator: Orchestrator,
-        broker: InMemoryBroker | None = None,
-        scheduler: Any | None = None,
+        broker: Broker | None = None,
+        scheduler: Scheduler | None = None,
         target: str = "",
         resume_interrupted: bool = True,
         grace: float = 30.0,
@@ -77,14 +87,14 @@ class Service:
     ) -> None:
         self.pipelines = {p.name: p for p in pipelines}
         self.orchestrator = orchestrator
-        self.broker = broker if broker is not None else InMemoryBroker()
-        self.publisher = InMemoryPublisher(self.broker)
-        self.consumer = InMemoryConsumer(self.broker)
+        self.broker: Broker = broker if broker is not None else InMemoryBroker()
+        self.publisher: Publisher = self.broker
+        self.consumer: Consumer = BrokerConsumer(self.broker)
         if scheduler is None:
             from dp.scheduler import Scheduler
 
             scheduler = Scheduler(self.publisher)
-        self.scheduler = scheduler
+        self.scheduler: Scheduler = scheduler
         self.target = target
         self.resume_interrupted = resume_interrupted
         self.grace = grace
@@ -417,7 +427,7 @@ class Service:
         }
 
 
-def _stats(broker: InMemoryBroker) -> dict[str, Any]:
+def _stats(broker: Broker) -> dict[str, Any]:
     stats = dataclasses.asdict(broker.stats())
     return {k: v for k, v in stats.items() if isinstance(v, int | float | str)}
 

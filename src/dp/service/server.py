@@ -1,9 +1,10 @@
 """`serve`: load a task file, build the embedded service around it, and run the HTTP API.
 
-What `dp serve FILE` calls. Results go under `root/results`, runs into `root/runs.db`, cron
-fire times into `root/schedule.json`. SIGTERM or SIGINT stops it gracefully: triggers stop,
-running pipelines get `grace` seconds to finish, the rest are recorded as interrupted and
-resumed by the next start.
+What `dp serve FILE` calls. The run store, bus, results and executor are the `Settings` of
+`dp.config` (by default results under `root/results`, runs in `root/runs.db`, an in-memory
+bus); cron fire times go into `root/schedule.json`. SIGTERM or SIGINT stops it gracefully:
+triggers stop, running pipelines get `grace` seconds to finish, the rest are recorded as
+interrupted and resumed by the next start.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from dp.engine import Orchestrator
+from dp.config import Settings, build_orchestrator, mask, open_broker, resolve
 from dp.errors import DPError
-from dp.events import InMemoryBroker, InMemoryPublisher
 from dp.loader import load_tasks
 from dp.logs import configure_logging, get_logger
 from dp.pipelines import PipelineError, get_pipelines
@@ -52,8 +52,7 @@ def serve(
     port: int = 8080,
     token: str | None = None,
     root: str | os.PathLike[str] = ".dp",
-    executor: str = "inprocess",
-    workers: int | None = None,
+    settings: Settings | None = None,
     grace: float = 30.0,
     max_concurrent_pipelines: int = 8,
     max_queued_pipelines: int = 100,
@@ -66,9 +65,9 @@ def serve(
         host: the address to listen on; without a token only a loopback address is allowed.
         port: the TCP port.
         token: the API token state-changing requests must carry (`Authorization: Bearer`).
-        root: where results, the run store and the schedule state live.
-        executor: 'inprocess' (threads), 'process' (worker processes) or 'inline'.
-        workers: threads or worker processes.
+        root: where the schedule state lives, and the default store and results.
+        settings: the backends (default: `dp.config.resolve(home=root)`, i.e. environment,
+            `dp.toml`, defaults).
         grace: seconds running pipelines may take to finish on shutdown.
         max_concurrent_pipelines: runs executing at once; more wait in a queue.
         max_queued_pipelines: runs allowed to wait; beyond, starts are refused (HTTP 429).
@@ -76,6 +75,7 @@ def serve(
 
     Raises:
         ServeError: a non-loopback host without a token, or a file without pipelines.
+        ConfigError: a backend setting is invalid.
         LoadError, PipelineError: the file cannot be imported or a pipeline cannot be planned.
     """
     import uvicorn
@@ -87,11 +87,11 @@ def serve(
         )
     configure_logging(level=log_level)
     _route_uvicorn_logs()
+    settings = resolve(home=root) if settings is None else settings
     service = build_service(
         target,
         root=root,
-        executor=executor,
-        workers=workers,
+        settings=settings,
         grace=grace,
         max_concurrent_pipelines=max_concurrent_pipelines,
         max_queued_pipelines=max_queued_pipelines,
@@ -106,7 +106,10 @@ def serve(
         url=f"http://{host}:{port}",
         docs=f"http://{host}:{port}/docs",
         pipelines=sorted(service.pipelines),
-        root=str(Path(root).resolve()),
+        store=mask(settings.store),
+        bus=mask(settings.bus),
+        results=settings.results,
+        executor=settings.executor,
     )
     config = uvicorn.Config(
         create_app(service, token=token),
@@ -127,13 +130,13 @@ def build_service(
     target: str | os.PathLike[str],
     *,
     root: str | os.PathLike[str] = ".dp",
-    executor: str = "inprocess",
-    workers: int | None = None,
+    settings: Settings | None = None,
     grace: float = 30.0,
     max_concurrent_pipelines: int = 8,
     max_queued_pipelines: int = 100,
 ) -> Service:
-    """Load `target` and build the embedded service for its pipelines (not started yet).
+    """Load `target` and build the service for its pipelines on the backends of `settings`
+    (default: `dp.config.resolve(home=root)`); not started yet.
 
     Every pipeline is planned here, so a broken definition fails before anything listens.
     """
@@ -156,19 +159,16 @@ def build_service(
             problems.append(str(exc))
     if problems:
         raise PipelineError("\n".join(problems))
+    settings = resolve(home=root) if settings is None else settings
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    orchestrator = Orchestrator.embedded(
-        root,
-        executor=executor,
-        workers=workers,
+    broker = open_broker(settings)
+    orchestrator = build_orchestrator(
+        settings,
         max_concurrent_pipelines=max_concurrent_pipelines,
         max_queued_pipelines=max_queued_pipelines,
     )
-    broker = InMemoryBroker()
-    scheduler = Scheduler(
-        InMemoryPublisher(broker), state=FileScheduleState(root / "schedule.json")
-    )
+    scheduler = Scheduler(broker, state=FileScheduleState(root / "schedule.json"))
     return Service(
         pipelines,
         orchestrator=orchestrator,

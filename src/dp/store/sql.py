@@ -101,6 +101,8 @@ class SQLRunStore:
             parsed = sa.URL.create("sqlite", database=str(file))
         else:
             parsed = sa.make_url(url)
+        if parsed.drivername == "postgresql":  # SQLAlchemy's default driver is psycopg2
+            parsed = parsed.set(drivername="postgresql+psycopg")
         backend = parsed.get_backend_name()
         if backend not in _SUPPORTED:
             raise StoreError(
@@ -109,7 +111,13 @@ class SQLRunStore:
             )
         if backend == "sqlite":
             _prepare_sqlite_file(parsed)
-        self._engine = sa.create_engine(parsed, echo=echo, json_serializer=_json_dumps)
+        try:
+            self._engine = sa.create_engine(parsed, echo=echo, json_serializer=_json_dumps)
+        except ModuleNotFoundError as exc:
+            raise StoreError(
+                f"the run store {parsed.render_as_string()} needs the {exc.name!r} driver, "
+                "which is not installed; for PostgreSQL: pip install 'dp[postgres]'."
+            ) from None
         if backend == "sqlite":
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
             sa.event.listen(self._engine, "begin", _on_sqlite_begin)
