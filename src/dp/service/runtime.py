@@ -378,7 +378,9 @@ class Service:
         store = self.orchestrator.store
         assert store is not None
         records = await asyncio.to_thread(
-            store.list_runs, status=[RunStatus.INTERRUPTED, RunStatus.RUNNING], limit=1000
+            store.list_runs,
+            status=[RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.QUEUED],
+            limit=1000,
         )
         for record in records:
             if record.pipeline not in self._plans:
