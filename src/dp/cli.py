@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.pretty import Pretty
 
-from dp.engine import ExecutionContext, Orchestrator, RunResult, TaskRunResult
+from dp.display import (
+    LiveProgress,
+    duration_text,
+    pipeline_label,
+    plural,
+    print_plan,
+    print_runs,
+    print_task_table,
+    status_text,
+    task_row,
+)
+from dp.engine import Orchestrator, RunResult
 from dp.engine.orchestrator import plan_for_record
-from dp.errors import DPError
+from dp.errors import CLIError, DPError
 from dp.loader import load_tasks
 from dp.logs import configure_logging
-from dp.planner import ExecutionPlan, Planner, type_name
-from dp.store.records import RunRecord, RunStatus, TaskStatus
+from dp.planner import ExecutionPlan, Planner
+from dp.store.records import RunRecord, RunStatus
 
 app = typer.Typer(
     name="dp",
@@ -28,29 +43,56 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: full option names, no `<bool>` type column
 )
 
 
-runs_app = typer.Typer(help="Inspect and resume recorded runs.", no_args_is_help=True)
+runs_app = typer.Typer(
+    help="Inspect and resume recorded runs.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(runs_app, name="runs")
 
 
+def _dp_version() -> str:
+    try:
+        return version("dp")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"dp {_dp_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print dp's version."
+        ),
+    ] = False,
+) -> None:
     """dp: event-driven data pipelines. Plan and run @task functions."""
 
 
 err_console = Console(stderr=True)
 
 TargetArg = Annotated[
-    str, typer.Argument(help="A .py file or importable module with @task functions.")
+    str,
+    typer.Argument(metavar="TARGET", help="A .py file or importable module with @task functions."),
 ]
 TagsOpt = Annotated[
-    list[str] | None, typer.Option("--tags", "-t", help="Select tasks with this tag (repeatable).")
+    list[str] | None,
+    typer.Option("--tags", "-t", metavar="TAG", help="Select tasks with this tag (repeatable)."),
 ]
 TaskOpt = Annotated[
     list[str] | None,
-    typer.Option("--task", help="Select this task (repeatable); upstream comes too."),
+    typer.Option(
+        "--task", metavar="NAME", help="Select this task (repeatable); upstream comes too."
+    ),
 ]
 
 
@@ -62,9 +104,34 @@ def _fail(exc: Exception) -> typer.Exit:
 def _plan(target: str, tags: list[str] | None, tasks: list[str] | None) -> ExecutionPlan:
     try:
         load_tasks(target)
-        return Planner().create_execution_plan(tags=tags or None, task_names=tasks or None)
+        execution_plan = Planner().create_execution_plan(
+            tags=tags or None, task_names=tasks or None
+        )
     except DPError as exc:
         raise _fail(exc) from exc
+    if not execution_plan.execution_order:
+        raise _fail(
+            CLIError(
+                f"{target!r} defines no @task functions; decorate a function with @task "
+                "(from dp import task) and plan it again."
+            )
+        )
+    return execution_plan
+
+
+def _command() -> str:
+    """How to call dp again, as this process was called: `dp` when that is on PATH, else the
+    path it was started by (e.g. `.venv/bin/dp` after `make run`)."""
+    argv0 = sys.argv[0]
+    if Path(argv0).name != "dp":
+        return "dp"  # python -m dp.cli, or a test runner
+    on_path = shutil.which("dp")
+    if on_path and Path(on_path).resolve() == Path(argv0).resolve():
+        return "dp"
+    if not Path(argv0).is_absolute():
+        return argv0
+    relative = os.path.relpath(argv0)
+    return argv0 if relative.startswith("..") else relative
 
 
 @app.command()
@@ -79,93 +146,44 @@ def plan(
     if as_json:
         print(execution_plan.to_json(indent=2))
         return
-    print_plan(execution_plan)
-
-
-def print_plan(execution_plan: ExecutionPlan) -> None:
-    """Render a plan for humans."""
-    console = Console()
-    tasks = execution_plan.tasks
-    console.print(
-        f"[bold]Plan[/] dag_id=[cyan]{execution_plan.dag_id}[/]  "
-        f"{len(tasks)} tasks in {len(execution_plan.parallel_levels)} levels"
-    )
-    table = Table(show_header=True, header_style="bold")
-    for column in ("#", "level", "task", "inputs", "returns", "after", "options"):
-        table.add_column(column)
-    level_of = {name: i for i, level in enumerate(execution_plan.parallel_levels) for name in level}
-    data_edges: dict[str, list[str]] = {}
-    control_edges: dict[str, list[str]] = {}
-    for edge in execution_plan.edges:
-        if edge.kind == "data":
-            label = (
-                edge.upstream
-                + {"value": "", "chunk": " (each chunk)", "collect": " (all)"}[edge.mode]
-            )
-            data_edges.setdefault(edge.downstream, []).append(label)
-        else:
-            control_edges.setdefault(edge.downstream, []).append(edge.upstream)
-    for i, name in enumerate(execution_plan.execution_order, 1):
-        meta = tasks[name]
-        options = []
-        if meta.stream_output:
-            options.append("stream")
-        if meta.max_retries:
-            options.append(f"retries={meta.max_retries}")
-        if meta.timeout:
-            options.append(f"timeout={meta.timeout:g}s")
-        if meta.fail_safe:
-            options.append("fail_safe")
-        if meta.is_async:
-            options.append("async")
-        cells = (
-            str(i),
-            str(level_of[name]),
-            name,
-            ", ".join(data_edges.get(name, [])),
-            type_name(meta.output_schema),
-            ", ".join(control_edges.get(name, [])),
-            " ".join(options),
-        )
-        table.add_row(*(escape(cell) for cell in cells))
-    console.print(table)
-    console.print("[bold]Parallel levels[/]")
-    for i, level in enumerate(execution_plan.parallel_levels):
-        console.print(f"  {i}: {', '.join(level)}", highlight=False)
-    if execution_plan.run_parameters:
-        console.print("[bold]Run parameters[/] (pass with --param NAME=VALUE)")
-        for param in execution_plan.run_parameters:
-            need = "required" if param.required else f"default {param.default!r}"
-            console.print(
-                escape(
-                    f"  {param.name}: {type_name(param.annotation)} ({need}; "
-                    f"used by {', '.join(param.tasks)})"
-                ),
-                highlight=False,
-            )
-    else:
-        console.print("[bold]Run parameters[/] none")
+    print_plan(Console(), execution_plan)
 
 
 # --- running ---------------------------------------------------------------------------------
 
 ParamOpt = Annotated[
     list[str] | None,
-    typer.Option("--param", "-p", help="A run parameter NAME=VALUE (repeatable)."),
+    typer.Option(
+        "--param",
+        "-p",
+        metavar="NAME=VALUE",
+        help="A run parameter (repeatable); lists and dicts as JSON, e.g. ids=[1,2].",
+    ),
 ]
 WorkersOpt = Annotated[
     int | None,
     typer.Option(
-        "--workers", "-w", min=1, help="Run tasks in N worker processes (process executor)."
+        "--workers",
+        "-w",
+        min=1,
+        metavar="N",
+        help="Run tasks in N worker processes (with -e inprocess: at most N threads).",
     ),
 ]
 ExecutorOpt = Annotated[
     str | None,
-    typer.Option("--executor", "-e", help="inline, inprocess (default) or process."),
+    typer.Option(
+        "--executor",
+        "-e",
+        metavar="NAME",
+        help="inline, inprocess (default; alias threads) or process (alias processes).",
+    ),
 ]
 RootOpt = Annotated[
     Path,
-    typer.Option("--root", envvar="DP_HOME", help="Where results and the run store live."),
+    typer.Option(
+        "--root", envvar="DP_HOME", metavar="DIR", help="Where results and the run store live."
+    ),
 ]
 
 #: exit codes: 0 succeeded, 1 failed, 2 bad input, 3 partial (fail-safe tasks failed)
@@ -176,8 +194,10 @@ def _parse_params(pairs: list[str] | None) -> dict[str, str]:
     params: dict[str, str] = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise _fail(DPError(f"--param {pair!r} must look like NAME=VALUE"))
+        if not sep or not name.strip():
+            raise _fail(
+                CLIError(f"--param {pair!r} must look like NAME=VALUE, e.g. --param day=2026-01-31")
+            )
         params[name.strip()] = value
     return params
 
@@ -185,7 +205,52 @@ def _parse_params(pairs: list[str] | None) -> dict[str, str]:
 def _executor(executor: str | None, workers: int | None) -> tuple[str, int | None]:
     if executor is None:
         executor = "process" if workers else "inprocess"
+    elif executor == "inline" and workers is not None:
+        raise _fail(
+            CLIError(
+                f"--workers {workers} and --executor inline contradict each other: inline runs "
+                "one task at a time in this process. Drop one of them."
+            )
+        )
     return executor, workers
+
+
+class _Stderr:
+    """Whatever `sys.stderr` is at the time of writing: while the progress bar is live, rich
+    swaps in a proxy that prints log lines above the bar instead of across it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+#: engine events the CLI reports itself, in the task table and the closing line
+_SHOWN_BY_THE_CLI = frozenset({"task.failed", "run.finished"})
+
+
+def _not_shown_by_the_cli(record: logging.LogRecord) -> bool:
+    event = record.msg.get("event") if isinstance(record.msg, dict) else None
+    return event not in _SHOWN_BY_THE_CLI
+
+
+def _cli_logging() -> None:
+    """Warnings as readable lines (never JSON) on stderr, above the progress bar."""
+    configure_logging(level="WARNING", json=False, stream=_Stderr())  # type: ignore[arg-type]
+    for handler in logging.getLogger("dp").handlers:
+        if handler.get_name() == "dp":
+            handler.addFilter(_not_shown_by_the_cli)
+
+
+def _check_params(execution_plan: ExecutionPlan, params: dict[str, str]) -> None:
+    try:
+        execution_plan.bind_params(params)
+    except DPError as exc:
+        raise _fail(exc) from exc
 
 
 @app.command()
@@ -199,10 +264,11 @@ def run(
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Plan and run the tasks in TARGET once, with a live progress display."""
-    configure_logging(level="WARNING")
+    _cli_logging()
+    kind, count = _executor(executor, workers)
     execution_plan = _plan(target, tags, task)
     params = _parse_params(param)
-    kind, count = _executor(executor, workers)
+    _check_params(execution_plan, params)
     target_path = str(Path(target).resolve()) if target.endswith(".py") else target
     selection = {"tags": tags or [], "task_names": task or []}
     orchestrator = _orchestrator(root, kind, count)
@@ -210,7 +276,11 @@ def run(
     async def go() -> RunResult:
         try:
             return await orchestrator.start_pipeline(
-                execution_plan, params, target=target_path, selection=selection
+                execution_plan,
+                params,
+                target=target_path,
+                pipeline=pipeline_label(target),
+                selection=selection,
             )
         finally:
             await orchestrator.shutdown()
@@ -231,7 +301,7 @@ def runs_resume(
     ] = False,
 ) -> None:
     """Resume an interrupted run: tasks whose results are stored do not run again."""
-    configure_logging(level="WARNING")
+    _cli_logging()
     record = _get_run(_store(root), run_id)
     try:
         execution_plan = plan_for_record(record)
@@ -262,7 +332,7 @@ def _with_progress(
     execution_plan: ExecutionPlan,
     go: Callable[[], Coroutine[Any, Any, RunResult]],
 ) -> RunResult:
-    progress = _Progress(len(execution_plan.execution_order))
+    progress = LiveProgress(len(execution_plan.execution_order), Console(stderr=True))
     orchestrator.listeners.append(progress)
     try:
         with progress.live():
@@ -270,88 +340,34 @@ def _with_progress(
     except DPError as exc:
         raise _fail(exc) from exc
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: resume with `dp runs resume RUN_ID`")
+        err_console.print(f"[yellow]interrupted[/]: resume with `{_command()} runs resume RUN_ID`")
         raise typer.Exit(code=130) from None
-
-
-class _Progress:
-    """A RunListener that drives a rich progress bar: tasks done/total, running, failed."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.state: dict[tuple[str, str], TaskStatus] = {}
-        # kept up to date per change (not recounted), so updates cost O(1) however big the run
-        self.open: dict[str, int] = {}  # task name -> instances not finished
-        self.done = 0  # task names whose every instance finished
-        self.running = 0
-        self.failed = 0
-        self.console = Console(stderr=True)
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} tasks"),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=False,
-        )
-        self.bar_id = self.bar.add_task("run", total=total, detail="")
-
-    def live(self) -> Progress:
-        return self.bar
-
-    def on_run_start(self, *, context: ExecutionContext, **_: Any) -> None:
-        self.console.print(
-            f"run [cyan]{context.run_id}[/] started: {self.total} tasks, dag_id {context.dag_id}",
-            highlight=False,
-        )
-        self.bar.update(self.bar_id, description=context.run_id)
-
-    def on_task_update(self, *, task: TaskRunResult, **_: Any) -> None:
-        before = self.state.get(task.key)
-        after = self.state[task.key] = task.status
-        self.running += (after == TaskStatus.RUNNING) - (before == TaskStatus.RUNNING)
-        self.failed += (after == TaskStatus.FAILED) - (before == TaskStatus.FAILED)
-        name = task.task_name
-        if name not in self.open:  # a task seen for the first time counts as done until...
-            self.open[name] = 0
-            self.done += 1
-        was_open = before is not None and before not in _FINISHED
-        is_open = after not in _FINISHED
-        if is_open and not was_open:  # ...one of its instances is running
-            if self.open[name] == 0:
-                self.done -= 1
-            self.open[name] += 1
-        elif was_open and not is_open:
-            self.open[name] -= 1
-            if self.open[name] == 0:
-                self.done += 1
-        failed = f", [red]{self.failed} failed[/]" if self.failed else ""
-        self.bar.update(self.bar_id, completed=self.done, detail=f"{self.running} running{failed}")
-
-    def on_run_end(self, *, result: RunResult, **_: Any) -> None:
-        self.bar.update(self.bar_id, completed=self.total if result.ok else None)
-
-
-_FINISHED = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED)
 
 
 def _report(result: RunResult, root: Path) -> None:
     console = Console()
-    _print_task_table(console, [_row_of(r) for r in result.tasks.values()])
+    rows = [task_row(r) for r in result.tasks.values()]
+    print_task_table(console, rows)
     colour = {RunStatus.SUCCEEDED: "green", RunStatus.PARTIAL: "yellow"}.get(result.status, "red")
-    duration = f" in {result.duration:.2f}s" if result.duration is not None else ""
+    duration = f" in {duration_text(result.duration)}" if result.duration is not None else ""
     console.print(
         f"run [cyan]{result.run_id}[/] [bold {colour}]{result.status.value}[/]{duration}",
         highlight=False,
     )
-    if result.error:
+    if result.error and not any(error for *_, error in rows):  # else the table shows it
         console.print(f"[red]{escape(result.error)}[/]", highlight=False)
+    dp = _command()
+    last = next((r.task_name for r in reversed(result.tasks.values()) if r.result_ids), None)
     console.print(
-        f"results: {root / 'results' / result.run_id}   details: dp runs show {result.run_id}",
+        f"results: {root / 'results' / result.run_id}/<task>/",
         highlight=False,
         soft_wrap=True,
     )
+    console.print(f"details: {dp} runs show {result.run_id}", highlight=False, soft_wrap=True)
+    if last is not None:
+        console.print(
+            f"a result: {dp} runs result {result.run_id} {last}", highlight=False, soft_wrap=True
+        )
     raise typer.Exit(code=_EXIT.get(result.status, 1))
 
 
@@ -363,7 +379,9 @@ def _store(root: Path) -> Any:
 
     path = root / "runs.db"
     if not path.exists():
-        raise _fail(DPError(f"no run store at {path}; run a pipeline first (dp run FILE)."))
+        raise _fail(
+            CLIError(f"no run store at {path}; run a pipeline first ({_command()} run FILE).")
+        )
     return SQLRunStore(path=path)
 
 
@@ -376,39 +394,54 @@ def _get_run(store: Any, run_id: str) -> RunRecord:
 
 @runs_app.command("list")
 def runs_list(
-    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
-    pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
-    limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
+    status: Annotated[
+        str | None, typer.Option(metavar="STATUS", help="Only runs with this status.")
+    ] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Only runs of this pipeline (or task file, e.g. sales.py)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="How many runs to show.")] = 20,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """List recent runs, newest first."""
-    store = _store(root)
     try:
-        records = store.list_runs(
-            status=RunStatus(status) if status else None, pipeline=pipeline, limit=limit
-        )
+        wanted = RunStatus(status) if status else None
     except ValueError as exc:
         raise _fail(
-            DPError(f"unknown status {status!r}; one of {[s.value for s in RunStatus]}")
+            CLIError(f"unknown status {status!r}; one of {', '.join(s.value for s in RunStatus)}.")
         ) from exc
-    table = Table(show_header=True, header_style="bold")
-    for column in ("run id", "pipeline", "status", "trigger", "started", "duration"):
-        table.add_column(column, no_wrap=column in ("run id", "started"))
-    for record in records:
-        table.add_row(
-            record.run_id,
-            escape(Path(record.pipeline).name if record.pipeline else ""),
-            _status_text(record.status.value),
-            escape(record.trigger),
-            f"{record.started_at:%Y-%m-%d %H:%M:%S}" if record.started_at else "",
-            _duration(record.started_at, record.finished_at),
+    store = _store(root)
+    if pipeline is None:
+        records = store.list_runs(status=wanted, limit=limit)
+    else:
+        # a task file's runs are recorded under its file name (older dp: its absolute path)
+        names = {pipeline, pipeline_label(pipeline), str(Path(pipeline).resolve())}
+        found = [
+            r for name in names for r in store.list_runs(status=wanted, pipeline=name, limit=limit)
+        ]
+        found.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        records = found[:limit]
+    console = Console()
+    if not records:
+        what = " and ".join(
+            f"{option} {value}"
+            for option, value in (("--status", status), ("--pipeline", pipeline))
+            if value
         )
-    Console().print(table)
+        console.print(
+            f"no runs match {what} in {root}." if what else f"no runs recorded in {root} yet.",
+            highlight=False,
+        )
+        return
+    print_runs(console, records)
 
 
 @runs_app.command("show")
 def runs_show(
-    run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to show.")],
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Show a run and the status, attempts, duration and error of each task."""
@@ -416,26 +449,28 @@ def runs_show(
     record = _get_run(store, run_id)
     console = Console()
     console.print(
-        f"run [cyan]{record.run_id}[/] {_status_text(record.status.value)}  "
+        f"run [cyan]{record.run_id}[/] {status_text(record.status.value)}  "
         f"dag_id {record.dag_id}  trigger {escape(record.trigger)}",
         highlight=False,
     )
     console.print(f"pipeline: {escape(record.pipeline)}", highlight=False)
     if record.params:
-        console.print(f"params: {escape(repr(record.params))}", highlight=False)
+        console.print(f"params: {escape(json.dumps(record.params))}", highlight=False)
     if record.error:
         console.print(f"[red]{escape(record.error)}[/]", highlight=False)
     rows = [
         (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error)
         for r in store.get_task_runs(run_id)
     ]
-    _print_task_table(console, rows)
+    print_task_table(console, rows)
 
 
 @runs_app.command("logs")
 def runs_logs(
-    run_id: Annotated[str, typer.Argument(help="The run.")],
-    task_name: Annotated[str | None, typer.Argument(help="Only this task.")] = None,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run.")],
+    task_name: Annotated[
+        str | None, typer.Argument(metavar="[TASK]", help="Only this task.")
+    ] = None,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Print what each task printed, and the traceback of each failure."""
@@ -443,7 +478,7 @@ def runs_logs(
     _get_run(store, run_id)
     rows = [r for r in store.get_task_runs(run_id) if task_name in (None, r.task_name)]
     if task_name is not None and not rows:
-        raise _fail(DPError(f"run {run_id!r} has no task {task_name!r}."))
+        raise _fail(_no_such_task(run_id, task_name, store))
     console = Console()
     for row in rows:
         label = row.task_name + (f"[{row.instance}]" if row.instance else "")
@@ -458,50 +493,67 @@ def runs_logs(
             console.print("[dim](no output)[/]")
 
 
-def _print_task_table(
-    console: Console, rows: list[tuple[str, str, str, int, float | None, str | None]]
-) -> None:
-    table = Table(show_header=True, header_style="bold")
-    for column in ("task", "status", "attempts", "duration", "error"):
-        table.add_column(column)
-    for name, instance, status, attempts, duration, error in rows:
-        table.add_row(
-            escape(name + (f"[{instance}]" if instance else "")),
-            _status_text(status),
-            str(attempts),
-            "" if duration is None else f"{duration * 1000:.1f} ms",
-            escape(error or ""),
-        )
-    console.print(table)
-
-
-def _row_of(result: TaskRunResult) -> tuple[str, str, str, int, float | None, str | None]:
-    return (
-        result.task_name,
-        result.instance,
-        result.status.value,
-        result.attempts,
-        result.duration,
-        result.error,
+def _no_such_task(run_id: str, task_name: str, store: Any) -> CLIError:
+    names = sorted({r.task_name for r in store.get_task_runs(run_id)})
+    return CLIError(
+        f"run {run_id!r} has no task {task_name!r}; its tasks are {', '.join(names) or 'none'}."
     )
 
 
-def _status_text(status: str) -> str:
-    colour = {
-        "succeeded": "green",
-        "running": "cyan",
-        "queued": "cyan",
-        "partial": "yellow",
-        "skipped": "yellow",
-        "interrupted": "magenta",
-    }.get(status, "red")
-    return f"[{colour}]{status}[/]"
+@runs_app.command("result")
+def runs_result(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run.")],
+    task_name: Annotated[
+        str, typer.Argument(metavar="TASK", help="The task whose result to print.")
+    ],
+    chunk: Annotated[
+        int | None,
+        typer.Option(min=0, metavar="N", help="Only chunk N (from 0) of a streaming task."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Print the result a task stored in a run (each chunk, for a streaming or mapped task)."""
+    from dp.io import FilesystemIOManager
+    from dp.planner.params import jsonable
 
-
-def _duration(start: datetime | None, end: datetime | None) -> str:
-    if start is None or end is None:
-        return ""
-    return f"{(end - start).total_seconds():.2f}s"
+    store = _store(root)
+    _get_run(store, run_id)
+    rows = [r for r in store.get_task_runs(run_id) if r.task_name == task_name]
+    if not rows:
+        raise _fail(_no_such_task(run_id, task_name, store))
+    result_ids = [rid for row in rows for rid in row.result_ids]
+    if not result_ids:
+        states = ", ".join(sorted({r.status.value for r in rows}))
+        raise _fail(
+            CLIError(
+                f"task {task_name!r} of run {run_id!r} stored no result (it is {states}); "
+                f"{_command()} runs show {run_id} says why."
+            )
+        )
+    streamed = len(result_ids) > 1 or any(r.instance for r in rows)
+    if chunk is not None:
+        if chunk >= len(result_ids):
+            raise _fail(
+                CLIError(
+                    f"task {task_name!r} of run {run_id!r} stored "
+                    f"{plural(len(result_ids), 'chunk')}; --chunk takes 0 to {len(result_ids) - 1}."
+                )
+            )
+        result_ids = [result_ids[chunk]]
+        streamed = False
+    io_manager = FilesystemIOManager(root / "results")
+    try:
+        values = [io_manager.load(run_id, task_name, rid) for rid in result_ids]
+    except DPError as exc:
+        raise _fail(exc) from exc
+    value: Any = values if streamed else values[0]
+    if as_json:
+        print(json.dumps(jsonable(value), indent=2))
+    elif isinstance(value, str):
+        print(value)
+    else:
+        Console().print(Pretty(value))
 
 
 # --- serving ---------------------------------------------------------------------------------

@@ -309,7 +309,7 @@ class Orchestrator:
         if self.store is None:
             raise ResumeError(run_id, "this orchestrator has no run store to resume from")
         record = await asyncio.to_thread(self.store.get_run, run_id)
-        if record.status in _FINISHED:
+        if record.status.finished:
             raise ResumeError(
                 run_id, f"it already {record.status.value}; start a new run to run it again"
             )
@@ -399,9 +399,6 @@ class Orchestrator:
                 waiter.set_result(None)  # hand our slot over: _running stays the same
                 return
         self._running -= 1
-
-
-_FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.CANCELLED)
 
 
 class ResumeError(DPError):

@@ -8,8 +8,11 @@ parse as a last resort for strings given to structured types (`--param ids=[1,2]
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 from dp.errors import InvalidRunParameterError
 from dp.planner.schema import type_name
@@ -54,9 +57,31 @@ def validate_param(param: RunParameter, value: Any) -> Any:
             except (ValueError, ValidationError):
                 pass
         reason = "; ".join(error["msg"] for error in exc.errors()[:3])
+        example = _json_example(annotation)
+        if isinstance(value, str) and example:
+            reason += f"; give it as JSON, e.g. {param.name}={example}"
         raise InvalidRunParameterError(
             param.name, value, type_name(annotation), reason, param.tasks
         ) from None
+
+
+def _json_example(annotation: Any) -> str:
+    """What a structured value looks like as JSON text, for the error message; `""` for
+    scalars, whose text form needs no hint."""
+    origin = get_origin(annotation) or annotation
+    if origin is Annotated:
+        return _json_example(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return next(filter(None, (_json_example(a) for a in get_args(annotation))), "")
+    if not isinstance(origin, type):
+        return ""
+    if issubclass(origin, (str, bytes)):
+        return ""
+    if issubclass(origin, (dict, Mapping)):
+        return '{"key": 1}'
+    if issubclass(origin, (list, tuple, set, frozenset, Sequence, AbstractSet)):
+        return "[1,2]"
+    return ""
 
 
 @lru_cache(maxsize=256)

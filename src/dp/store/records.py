@@ -73,6 +73,11 @@ class TaskStatus(StrEnum):
     #: its owner died (or was fenced) while this attempt ran; a resume runs it again
     INTERRUPTED = "interrupted"
 
+    @property
+    def finished(self) -> bool:
+        """Whether this task (instance) will not change any more in this run."""
+        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
