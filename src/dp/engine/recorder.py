@@ -31,6 +31,7 @@ class RunRecorder:
         self._dirty: dict[tuple[str, str], TaskRunResult] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._writes: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         #: create_run already wrote status running (the run had a slot at once)
         self.started_recorded = False
 
@@ -112,7 +113,9 @@ class RunRecorder:
                 except Exception:
                     _log.exception("store.write_failed", run_id=self.run_id)
 
-        asyncio.get_running_loop().create_task(call())
+        write = asyncio.get_running_loop().create_task(call())
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
 
 
 def _record(run_id: str, result: TaskRunResult) -> TaskRunRecord:

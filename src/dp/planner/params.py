@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from dp.planner.plan import RunParameter
 
-__all__ = ["jsonable", "validate_param"]
+__all__ = ["check_storable", "jsonable", "validate_param"]
 
 
 def jsonable(value: Any) -> Any:
@@ -32,6 +32,27 @@ def jsonable(value: Any) -> Any:
     from pydantic_core import to_jsonable_python
 
     return to_jsonable_python(value, fallback=repr)
+
+
+def check_storable(param: RunParameter, value: Any) -> Any:
+    """`value`, once it is known to store as JSON text and read back: a run's parameters are
+    recorded, and a lone surrogate (from `"\\ud800"` in JSON) would make every later read of
+    the run fail.
+
+    Raises:
+        InvalidRunParameterError: naming the parameter.
+    """
+    try:
+        json.dumps(jsonable(value), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRunParameterError(
+            param.name,
+            value,
+            type_name(param.annotation),
+            "it contains a lone surrogate, which is not Unicode text; send valid UTF-8",
+            param.tasks,
+        ) from None
+    return value
 
 
 def validate_param(param: RunParameter, value: Any) -> Any:

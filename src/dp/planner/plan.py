@@ -22,7 +22,7 @@ from dp.errors import (
     UnknownRunParameterError,
 )
 from dp.planner.dag import DAG, DAGBuilder
-from dp.planner.params import jsonable, validate_param
+from dp.planner.params import check_storable, jsonable, validate_param
 from dp.planner.schema import is_compatible, type_name
 from dp.tasks import TaskMetadata, TaskRegistry
 
@@ -131,7 +131,7 @@ class ExecutionPlan:
         for name, value in params.items():
             if name in known:
                 try:
-                    bound[name] = validate_param(known[name], value)
+                    bound[name] = check_storable(known[name], validate_param(known[name], value))
                 except InvalidRunParameterError as exc:
                     problems.append(exc)
         if len(problems) == 1:
