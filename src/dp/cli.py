@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.pretty import Pretty
+from rich.text import Text
 
 from dp.display import (
     LiveProgress,
@@ -216,17 +217,29 @@ def _executor(executor: str | None, workers: int | None) -> tuple[str, int | Non
 
 
 class _Stderr:
-    """Whatever `sys.stderr` is at the time of writing: while the progress bar is live, rich
-    swaps in a proxy that prints log lines above the bar instead of across it."""
+    """stderr as it was when the command started, written through the progress display's
+    rich Console: log lines print above the live bar instead of across it, and never land in
+    a task's captured output (the engine routes `sys.stderr` per task while tasks run)."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+
+    def reset(self) -> None:
+        self.console = Console(file=sys.stderr)
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        if text.strip():
+            self.console.print(Text.from_ansi(text.rstrip("\n")), soft_wrap=True, highlight=False)
+        return len(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        self.console.file.flush()
 
     def isatty(self) -> bool:
-        return sys.stderr.isatty()
+        return self.console.is_terminal
+
+
+_stderr = _Stderr()
 
 
 #: engine events the CLI reports itself, in the task table and the closing line
@@ -240,7 +253,8 @@ def _not_shown_by_the_cli(record: logging.LogRecord) -> bool:
 
 def _cli_logging() -> None:
     """Warnings as readable lines (never JSON) on stderr, above the progress bar."""
-    configure_logging(level="WARNING", json=False, stream=_Stderr())  # type: ignore[arg-type]
+    _stderr.reset()
+    configure_logging(level="WARNING", json=False, stream=_stderr)  # type: ignore[arg-type]
     for handler in logging.getLogger("dp").handlers:
         if handler.get_name() == "dp":
             handler.addFilter(_not_shown_by_the_cli)
@@ -332,7 +346,7 @@ def _with_progress(
     execution_plan: ExecutionPlan,
     go: Callable[[], Coroutine[Any, Any, RunResult]],
 ) -> RunResult:
-    progress = LiveProgress(len(execution_plan.execution_order), Console(stderr=True))
+    progress = LiveProgress(len(execution_plan.execution_order), _stderr.console)
     orchestrator.listeners.append(progress)
     try:
         with progress.live():
