@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import threading
 import time
@@ -319,6 +320,34 @@ def test_a_run_id_starts_one_run(api: Api) -> None:
     assert second.json()["error"] == "DuplicateRunError"
 
 
+@pytest.mark.parametrize("run_id", ["a..b", ".hidden", "-x", "a/b", "x" * 201])
+def test_a_run_id_that_cannot_name_a_folder_is_refused_up_front(api: Api, run_id: str) -> None:
+    """A run id the IO manager would refuse is a 422 before any run is recorded."""
+    response = api.client.post("/pipelines/noop/runs", json={"run_id": run_id})
+    assert response.status_code == 422, response.text
+    assert "run_id" in response.json()["detail"]
+    assert all(r["run_id"] != run_id for r in api.client.get("/runs").json()["items"])
+
+
+def test_a_parameter_that_cannot_be_stored_is_refused(api: Api) -> None:
+    """A lone surrogate in a parameter is a 422, and the run list stays readable."""
+    response = api.client.post(
+        "/pipelines/hello/runs",
+        content='{"params": {"name": "\\ud800"}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert "lone surrogate" in response.json()["detail"]
+    assert api.client.get("/runs").status_code == 200
+
+
+def test_pipelines_selected_by_tag_list_their_tasks(api: Api) -> None:
+    """GET /pipelines lists the tasks a pipeline runs, also when it selects them by tag."""
+    items = {p["name"]: p for p in api.client.get("/pipelines").json()["items"]}
+    assert items["hello"]["tags"] == ["hello"]
+    assert items["hello"]["tasks"] == ["greet"]
+
+
 def test_run_listing_filters_by_pipeline(api: Api) -> None:
     """GET /runs?pipeline= lists only that pipeline's runs, with the total and the page."""
     run_id = api.start("noop")
@@ -427,6 +456,15 @@ def test_metrics_count_pipeline_executions(api: Api) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert 'pipeline_executions_total{pipeline="noop",status="succeeded"}' in response.text
+
+
+def test_metrics_include_the_scheduler_trigger_counters(api: Api) -> None:
+    """/metrics serves the scheduler's per-trigger counters, trigger failures among them."""
+    text = api.client.get("/metrics").text
+    assert re.search(
+        r'^scheduler_trigger_failures_total\{kind="\w+",trigger="[^"]+"\} 0\.0$', text, re.M
+    )
+    assert "# TYPE scheduler_trigger_circuit_open gauge" in text
 
 
 async def test_a_service_that_is_not_accepting_answers_503() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -67,11 +70,13 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def dp(project: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def dp(
+    project: Path, *args: str, timeout: float = 60, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dp.cli", *args],
         cwd=project,
-        env=_env(project),
+        env={**_env(project), "COLUMNS": str(columns)},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -102,12 +107,14 @@ def test_run_succeeds_and_shows_where_results_are(project: Path) -> None:
     assert executions(project) == ["a", "b", "c", "d"]
 
 
-def test_failing_run_exits_non_zero_with_the_error(project: Path) -> None:
-    """A task raising makes `dp run` exit 1 and print which task failed and why."""
+def test_failing_run_exits_non_zero_with_the_error_once(project: Path) -> None:
+    """A task raising makes `dp run` exit 1; its error is printed once, in the task's row."""
     (project / "release").touch()
     done = dp(project, "run", "pipeline.py", "--param", "factor=-2")
     assert done.returncode == 1
-    assert "task 'd' failed: ValueError: factor must be positive, got -2" in done.stdout
+    error = "ValueError: factor must be positive, got -2"
+    assert re.search(rf"^d +failed +1 +\S+ ms +{error}", done.stdout, re.MULTILINE), done.stdout
+    assert (done.stdout + done.stderr).count(error) == 1
 
 
 def test_bad_param_is_refused_before_running(project: Path) -> None:
@@ -162,7 +169,8 @@ def test_resume_after_the_orchestrator_is_killed(project: Path) -> None:
     assert record.status == RunStatus.RUNNING  # nobody was left to record the end
     store.close()
     listed = dp(project, "runs", "list")
-    assert "(stale)" in listed.stdout
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith(record.run_id)]
+    assert row.split()[1] == "stale"
     assert f"dp runs resume {record.run_id}" in listed.stdout
     shown = dp(project, "runs", "show", record.run_id)
     assert f"stale: its owner is gone; resume it with `dp runs resume {record.run_id}`" in (
@@ -239,3 +247,108 @@ def test_resume_refuses_unknown_and_finished_runs(project: Path) -> None:
     finished = dp(project, "runs", "resume", record.run_id)
     assert finished.returncode == 2
     assert "cannot be resumed: it already succeeded" in finished.stderr
+
+
+RETRYING = textwrap.dedent(
+    """
+    from collections.abc import Iterator
+
+    from dp import task
+
+
+    @task
+    def numbers() -> Iterator[int]:
+        yield from (10, 20, 30)
+
+
+    @task(dependencies=["numbers"])
+    def total(numbers: list[int]) -> dict[str, int]:
+        return {"total": sum(numbers)}
+
+
+    @task(max_retries=1, fail_safe=True)
+    def flaky() -> int:
+        raise RuntimeError("flaky service")
+    """
+)
+
+
+@pytest.fixture
+def streams(tmp_path: Path) -> Path:
+    (tmp_path / "streams.py").write_text(RETRYING)
+    return tmp_path
+
+
+def test_runs_list_fits_80_columns_and_filters_by_file_name(project: Path) -> None:
+    """`dp runs list` is readable at 80 columns; `--pipeline pipeline.py` finds the CLI's runs."""
+    (project / "release").touch()
+    dp(project, "run", "pipeline.py")
+    listed = dp(project, "runs", "list", "--pipeline", "pipeline.py", columns=80)
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split() == ["run", "id", "status", "started", "duration", "trigger", "pipeline"]
+    assert "…" not in listed.stdout
+    assert row.split()[1] == "succeeded"
+    assert row.split()[-2:] == ["manual", "pipeline.py"]
+    assert max(len(line) for line in listed.stdout.splitlines()) <= 80
+
+
+def test_runs_list_says_when_nothing_matches(project: Path) -> None:
+    """An empty listing says so and names the filter instead of printing an empty table."""
+    (project / "release").touch()
+    dp(project, "run", "pipeline.py")
+    listed = dp(project, "runs", "list", "--pipeline", "other.py")
+    assert listed.returncode == 0
+    assert listed.stdout.strip() == "no runs match --pipeline other.py in .dp."
+
+
+def test_runs_result_prints_a_result_its_chunks_and_json(streams: Path) -> None:
+    """`dp runs result` prints a task's value, a stream's chunks, one chunk, or JSON."""
+    done = dp(streams, "run", "streams.py")
+    assert done.returncode == 3, done.stdout + done.stderr  # partial: flaky is fail-safe
+    run_id = re.search(r"run (\S+) partial", done.stdout).group(1)  # type: ignore[union-attr]
+    total = dp(streams, "runs", "result", run_id, "total", "--json")
+    assert json.loads(total.stdout) == {"total": 60}
+    assert json.loads(dp(streams, "runs", "result", run_id, "numbers", "--json").stdout) == [
+        10,
+        20,
+        30,
+    ]
+    assert dp(streams, "runs", "result", run_id, "numbers", "--chunk", "1").stdout.strip() == "20"
+    beyond = dp(streams, "runs", "result", run_id, "numbers", "--chunk", "3")
+    assert beyond.returncode == 2
+    assert "stored 3 chunks; --chunk takes 0 to 2" in beyond.stderr
+    failed = dp(streams, "runs", "result", run_id, "flaky")
+    assert failed.returncode == 2
+    assert "stored no result (it is failed)" in failed.stderr
+    unknown = dp(streams, "runs", "result", run_id, "nope")
+    assert unknown.returncode == 2
+    assert "has no task 'nope'; its tasks are flaky, numbers, total" in unknown.stderr
+
+
+def test_logs_are_readable_lines_and_the_failure_is_not_repeated(streams: Path) -> None:
+    """With stderr not a terminal, a retry is one readable line (no JSON), and the failure is
+    left to the task table."""
+    done = dp(streams, "run", "streams.py")
+    assert "{" not in done.stderr
+    (retry,) = [line for line in done.stderr.splitlines() if "task.retrying" in line]
+    assert "task_name=flaky" in retry
+    assert "task.failed" not in done.stderr
+    assert "run.finished" not in done.stderr
+
+
+def test_the_printed_next_step_works_as_printed(project: Path) -> None:
+    """Called by path (as `make run` does, dp not on PATH), dp prints commands that work."""
+    (project / "release").touch()
+    script = Path(sys.executable).parent / "dp"
+    env = {**_env(project), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [str(script), "run", "pipeline.py"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    (details,) = [line for line in done.stdout.splitlines() if line.startswith("details: ")]
+    command = shlex.split(details.removeprefix("details: "))
+    assert command[0] == str(script)
+    shown = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "succeeded" in shown.stdout

@@ -239,7 +239,10 @@ def test_invalid_expression(expression: str, problem: str) -> None:
     assert repr(expression) in str(raised.value)
 
 
-@pytest.mark.parametrize("zone", ["Mars/Olympus", "Europe/berlin", "", "/etc/localtime"])
+@pytest.mark.parametrize(
+    "zone",
+    ["Mars/Olympus", "Europe/berlin", "", "/etc/localtime", "Europe", "x" * 300, "Europe/\x00"],
+)
 def test_invalid_time_zone(zone: str) -> None:
     """An unknown zone is refused with its name."""
     with pytest.raises(InvalidTimezoneError) as raised:

@@ -187,6 +187,12 @@ def test_invalid_json_is_reported() -> None:
         EventBase.from_json('{"eventId": ')
 
 
+def test_deeply_nested_json_is_a_format_error() -> None:
+    """JSON nested deeper than Python can decode raises EventFormatError, not RecursionError."""
+    with pytest.raises(EventFormatError, match="nested too deeply"):
+        EventBase.from_json("[" * 100_000 + "]" * 100_000)
+
+
 def test_a_json_value_that_is_not_an_object_is_reported() -> None:
     """An event must be a JSON object."""
     with pytest.raises(EventFormatError, match=r"must be a JSON object.*got list"):

@@ -112,6 +112,15 @@ async def test_bad_payload_is_rejected_with_an_event_and_no_run(service: Service
     assert runs_of(service, "score") == []
 
 
+async def test_a_rejection_names_the_event_the_publisher_sent(service: Service) -> None:
+    """dp.run.rejected carries the id of the event that was published, not an internal one."""
+    async with service.consumer.consume("dp.run.rejected") as rejections:
+        sent = await service.publish("sales.orders.created", {"amount": 3}, event_id="order-7")
+        rejection: EventBase = await asyncio.wait_for(anext(rejections), PATIENCE)
+    assert sent.event_id == "order-7"
+    assert rejection.payload["event_id"] == "order-7"
+
+
 async def test_lifecycle_events_announce_each_run(service: Service) -> None:
     """Runs publish dp.run.started and dp.run.succeeded with the pipeline and run id."""
     async with service.consumer.consume("dp.run.*") as events:

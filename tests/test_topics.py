@@ -148,6 +148,13 @@ def test_matches_validates_the_topic() -> None:
         matches("sales.*.created", "sales..created")
 
 
+@pytest.mark.parametrize("pattern", ["sales", "sales.*", "**", "a.**.b.**"])
+def test_matcher_refuses_a_topic_that_is_not_a_str(pattern: str) -> None:
+    """`None` (or any non-str) is not a topic: an error, never a match, whatever the pattern."""
+    with pytest.raises(InvalidTopicError, match="a topic is a str, not NoneType"):
+        TopicMatcher(pattern).matches(None)  # type: ignore[arg-type]
+
+
 def test_matcher_rejects_an_invalid_pattern() -> None:
     """A TopicMatcher cannot be built from a malformed pattern."""
     with pytest.raises(InvalidTopicError, match=re.escape("invalid topic pattern 'sales.**x'")):

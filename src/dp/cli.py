@@ -4,30 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import shutil
+import sys
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.pretty import Pretty
+from rich.text import Text
 
 from dp import config
-from dp.engine import ExecutionContext, Orchestrator, RunResult, TaskRunResult
+from dp.display import (
+    LiveProgress,
+    duration_text,
+    pipeline_label,
+    plural,
+    print_plan,
+    print_runs,
+    print_task_table,
+    status_text,
+    task_row,
+)
+from dp.engine import Orchestrator, RunResult
 from dp.engine.orchestrator import plan_for_record
-from dp.errors import DPError
+from dp.errors import CLIError, DPError
 from dp.loader import load_tasks
 from dp.logs import configure_logging
-from dp.planner import ExecutionPlan, Planner, type_name
+from dp.planner import ExecutionPlan, Planner
 from dp.store.records import (
     RunRecord,
     RunStatus,
     RunStore,
     TaskRunRecord,
-    TaskStatus,
     is_stale,
     owner_of,
 )
@@ -38,29 +52,56 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: full option names, no `<bool>` type column
 )
 
 
-runs_app = typer.Typer(help="Inspect and resume recorded runs.", no_args_is_help=True)
+runs_app = typer.Typer(
+    help="Inspect and resume recorded runs.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(runs_app, name="runs")
 
 
+def _dp_version() -> str:
+    try:
+        return version("dp")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"dp {_dp_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print dp's version."
+        ),
+    ] = False,
+) -> None:
     """dp: event-driven data pipelines. Plan and run @task functions."""
 
 
 err_console = Console(stderr=True)
 
 TargetArg = Annotated[
-    str, typer.Argument(help="A .py file or importable module with @task functions.")
+    str,
+    typer.Argument(metavar="TARGET", help="A .py file or importable module with @task functions."),
 ]
 TagsOpt = Annotated[
-    list[str] | None, typer.Option("--tags", "-t", help="Select tasks with this tag (repeatable).")
+    list[str] | None,
+    typer.Option("--tags", "-t", metavar="TAG", help="Select tasks with this tag (repeatable)."),
 ]
 TaskOpt = Annotated[
     list[str] | None,
-    typer.Option("--task", help="Select this task (repeatable); upstream comes too."),
+    typer.Option(
+        "--task", metavar="NAME", help="Select this task (repeatable); upstream comes too."
+    ),
 ]
 
 
@@ -72,9 +113,34 @@ def _fail(exc: Exception) -> typer.Exit:
 def _plan(target: str, tags: list[str] | None, tasks: list[str] | None) -> ExecutionPlan:
     try:
         load_tasks(target)
-        return Planner().create_execution_plan(tags=tags or None, task_names=tasks or None)
+        execution_plan = Planner().create_execution_plan(
+            tags=tags or None, task_names=tasks or None
+        )
     except DPError as exc:
         raise _fail(exc) from exc
+    if not execution_plan.execution_order:
+        raise _fail(
+            CLIError(
+                f"{target!r} defines no @task functions; decorate a function with @task "
+                "(from dp import task) and plan it again."
+            )
+        )
+    return execution_plan
+
+
+def _command() -> str:
+    """How to call dp again, as this process was called: `dp` when that is on PATH, else the
+    path it was started by (e.g. `.venv/bin/dp` after `make run`)."""
+    argv0 = sys.argv[0]
+    if Path(argv0).name != "dp":
+        return "dp"  # python -m dp.cli, or a test runner
+    on_path = shutil.which("dp")
+    if on_path and Path(on_path).resolve() == Path(argv0).resolve():
+        return "dp"
+    if not Path(argv0).is_absolute():
+        return argv0
+    relative = os.path.relpath(argv0)
+    return argv0 if relative.startswith("..") else relative
 
 
 @app.command()
@@ -89,84 +155,28 @@ def plan(
     if as_json:
         print(execution_plan.to_json(indent=2))
         return
-    print_plan(execution_plan)
-
-
-def print_plan(execution_plan: ExecutionPlan) -> None:
-    """Render a plan for humans."""
-    console = Console()
-    tasks = execution_plan.tasks
-    console.print(
-        f"[bold]Plan[/] dag_id=[cyan]{execution_plan.dag_id}[/]  "
-        f"{len(tasks)} tasks in {len(execution_plan.parallel_levels)} levels"
-    )
-    table = Table(show_header=True, header_style="bold")
-    for column in ("#", "level", "task", "inputs", "returns", "after", "options"):
-        table.add_column(column)
-    level_of = {name: i for i, level in enumerate(execution_plan.parallel_levels) for name in level}
-    data_edges: dict[str, list[str]] = {}
-    control_edges: dict[str, list[str]] = {}
-    for edge in execution_plan.edges:
-        if edge.kind == "data":
-            label = (
-                edge.upstream
-                + {"value": "", "chunk": " (each chunk)", "collect": " (all)"}[edge.mode]
-            )
-            data_edges.setdefault(edge.downstream, []).append(label)
-        else:
-            control_edges.setdefault(edge.downstream, []).append(edge.upstream)
-    for i, name in enumerate(execution_plan.execution_order, 1):
-        meta = tasks[name]
-        options = []
-        if meta.stream_output:
-            options.append("stream")
-        if meta.max_retries:
-            options.append(f"retries={meta.max_retries}")
-        if meta.timeout:
-            options.append(f"timeout={meta.timeout:g}s")
-        if meta.fail_safe:
-            options.append("fail_safe")
-        if meta.is_async:
-            options.append("async")
-        cells = (
-            str(i),
-            str(level_of[name]),
-            name,
-            ", ".join(data_edges.get(name, [])),
-            type_name(meta.output_schema),
-            ", ".join(control_edges.get(name, [])),
-            " ".join(options),
-        )
-        table.add_row(*(escape(cell) for cell in cells))
-    console.print(table)
-    console.print("[bold]Parallel levels[/]")
-    for i, level in enumerate(execution_plan.parallel_levels):
-        console.print(f"  {i}: {', '.join(level)}", highlight=False)
-    if execution_plan.run_parameters:
-        console.print("[bold]Run parameters[/] (pass with --param NAME=VALUE)")
-        for param in execution_plan.run_parameters:
-            need = "required" if param.required else f"default {param.default!r}"
-            console.print(
-                escape(
-                    f"  {param.name}: {type_name(param.annotation)} ({need}; "
-                    f"used by {', '.join(param.tasks)})"
-                ),
-                highlight=False,
-            )
-    else:
-        console.print("[bold]Run parameters[/] none")
+    print_plan(Console(), execution_plan)
 
 
 # --- running ---------------------------------------------------------------------------------
 
 ParamOpt = Annotated[
     list[str] | None,
-    typer.Option("--param", "-p", help="A run parameter NAME=VALUE (repeatable)."),
+    typer.Option(
+        "--param",
+        "-p",
+        metavar="NAME=VALUE",
+        help="A run parameter (repeatable); lists and dicts as JSON, e.g. ids=[1,2].",
+    ),
 ]
 WorkersOpt = Annotated[
     int | None,
     typer.Option(
-        "--workers", "-w", min=1, help="Run tasks in N worker processes (process executor)."
+        "--workers",
+        "-w",
+        min=1,
+        metavar="N",
+        help="Run tasks in N worker processes (with -e inprocess: at most N threads).",
     ),
 ]
 ExecutorOpt = Annotated[
@@ -174,7 +184,9 @@ ExecutorOpt = Annotated[
     typer.Option(
         "--executor",
         "-e",
-        help="inline, inprocess (default) or process [env DP_EXECUTOR].",
+        metavar="NAME",
+        help="inline, inprocess (default; alias threads) or process (alias processes) "
+        "[env DP_EXECUTOR].",
         show_default=False,
     ),
 ]
@@ -203,7 +215,12 @@ ResultsOpt = Annotated[
 ]
 RootOpt = Annotated[
     Path,
-    typer.Option("--root", envvar="DP_HOME", help="Home of the default run store and results."),
+    typer.Option(
+        "--root",
+        envvar="DP_HOME",
+        metavar="DIR",
+        help="Home of the default run store and results.",
+    ),
 ]
 
 #: exit codes: 0 succeeded, 1 failed, 2 bad input, 3 partial (fail-safe tasks failed)
@@ -214,16 +231,77 @@ def _parse_params(pairs: list[str] | None) -> dict[str, str]:
     params: dict[str, str] = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise _fail(DPError(f"--param {pair!r} must look like NAME=VALUE"))
+        if not sep or not name.strip():
+            raise _fail(
+                CLIError(f"--param {pair!r} must look like NAME=VALUE, e.g. --param day=2026-01-31")
+            )
         params[name.strip()] = value
     return params
 
 
 def _settings(root: Path, **flags: str | int | None) -> config.Settings:
     """The backends: these flags, else DP_* variables, else dp.toml, else defaults."""
+    executor, workers = flags.get("executor"), flags.get("workers")
+    if executor == "inline" and workers is not None:
+        raise _fail(
+            CLIError(
+                f"--workers {workers} and --executor inline contradict each other: inline runs "
+                "one task at a time in this process. Drop one of them."
+            )
+        )
     try:
         return config.resolve(flags, home=root)
+    except DPError as exc:
+        raise _fail(exc) from exc
+
+
+class _Stderr:
+    """stderr as it was when the command started, written through the progress display's
+    rich Console: log lines print above the live bar instead of across it, and never land in
+    a task's captured output (the engine routes `sys.stderr` per task while tasks run)."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+
+    def reset(self) -> None:
+        self.console = Console(file=sys.stderr)
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.console.print(Text.from_ansi(text.rstrip("\n")), soft_wrap=True, highlight=False)
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.file.flush()
+
+    def isatty(self) -> bool:
+        return self.console.is_terminal
+
+
+_stderr = _Stderr()
+
+
+#: engine events the CLI reports itself, in the task table and the closing line
+_SHOWN_BY_THE_CLI = frozenset({"task.failed", "run.finished"})
+
+
+def _not_shown_by_the_cli(record: logging.LogRecord) -> bool:
+    event = record.msg.get("event") if isinstance(record.msg, dict) else None
+    return event not in _SHOWN_BY_THE_CLI
+
+
+def _cli_logging() -> None:
+    """Warnings as readable lines (never JSON) on stderr, above the progress bar."""
+    _stderr.reset()
+    configure_logging(level="WARNING", json=False, stream=_stderr)  # type: ignore[arg-type]
+    for handler in logging.getLogger("dp").handlers:
+        if handler.get_name() == "dp":
+            handler.addFilter(_not_shown_by_the_cli)
+
+
+def _check_params(execution_plan: ExecutionPlan, params: dict[str, str]) -> None:
+    try:
+        execution_plan.bind_params(params)
     except DPError as exc:
         raise _fail(exc) from exc
 
@@ -242,10 +320,11 @@ def run(
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Plan and run the tasks in TARGET once, with a live progress display."""
-    configure_logging(level="WARNING")
+    _cli_logging()
     settings = _settings(root, store=store, results=results, executor=executor, workers=workers)
     execution_plan = _plan(target, tags, task)
     params = _parse_params(param)
+    _check_params(execution_plan, params)
     target_path = str(Path(target).resolve()) if target.endswith(".py") else target
     selection = {"tags": tags or [], "task_names": task or []}
     orchestrator = _orchestrator(ctx, settings)
@@ -253,7 +332,11 @@ def run(
     async def go() -> RunResult:
         try:
             return await orchestrator.start_pipeline(
-                execution_plan, params, target=target_path, selection=selection
+                execution_plan,
+                params,
+                target=target_path,
+                pipeline=pipeline_label(target),
+                selection=selection,
             )
         finally:
             await orchestrator.shutdown()
@@ -277,7 +360,7 @@ def runs_resume(
     ] = False,
 ) -> None:
     """Resume an interrupted run: tasks whose results are stored do not run again."""
-    configure_logging(level="WARNING")
+    _cli_logging()
     settings = _settings(root, store=store, results=results, executor=executor, workers=workers)
     record = _get_run(_store(ctx, settings), run_id)
     try:
@@ -311,7 +394,7 @@ def _with_progress(
     execution_plan: ExecutionPlan,
     go: Callable[[], Coroutine[Any, Any, RunResult]],
 ) -> RunResult:
-    progress = _Progress(len(execution_plan.execution_order))
+    progress = LiveProgress(len(execution_plan.execution_order), _stderr.console)
     orchestrator.listeners.append(progress)
     try:
         with progress.live():
@@ -319,93 +402,43 @@ def _with_progress(
     except DPError as exc:
         raise _fail(exc) from exc
     except KeyboardInterrupt:
-        run_id = progress.run_id or "<run id>"
-        err_console.print(f"[yellow]interrupted[/]: resume with `dp runs resume {run_id}`")
+        run_id = progress.run_id or "RUN_ID"
+        err_console.print(
+            f"[yellow]interrupted[/]: resume with `{_command()} runs resume {run_id}`"
+        )
         raise typer.Exit(code=130) from None
-
-
-class _Progress:
-    """A RunListener that drives a rich progress bar: tasks done/total, running, failed."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.run_id: str | None = None
-        self.state: dict[tuple[str, str], TaskStatus] = {}
-        # kept up to date per change (not recounted), so updates cost O(1) however big the run
-        self.open: dict[str, int] = {}  # task name -> instances not finished
-        self.done = 0  # task names whose every instance finished
-        self.running = 0
-        self.failed = 0
-        self.console = Console(stderr=True)
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} tasks"),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            transient=False,
-        )
-        self.bar_id = self.bar.add_task("run", total=total, detail="")
-
-    def live(self) -> Progress:
-        return self.bar
-
-    def on_run_start(self, *, context: ExecutionContext, **_: Any) -> None:
-        self.run_id = context.run_id
-        self.console.print(
-            f"run [cyan]{context.run_id}[/] started: {self.total} tasks, dag_id {context.dag_id}",
-            highlight=False,
-        )
-        self.bar.update(self.bar_id, description=context.run_id)
-
-    def on_task_update(self, *, task: TaskRunResult, **_: Any) -> None:
-        before = self.state.get(task.key)
-        after = self.state[task.key] = task.status
-        self.running += (after == TaskStatus.RUNNING) - (before == TaskStatus.RUNNING)
-        self.failed += (after == TaskStatus.FAILED) - (before == TaskStatus.FAILED)
-        name = task.task_name
-        if name not in self.open:  # a task seen for the first time counts as done until...
-            self.open[name] = 0
-            self.done += 1
-        was_open = before is not None and before not in _FINISHED
-        is_open = after not in _FINISHED
-        if is_open and not was_open:  # ...one of its instances is running
-            if self.open[name] == 0:
-                self.done -= 1
-            self.open[name] += 1
-        elif was_open and not is_open:
-            self.open[name] -= 1
-            if self.open[name] == 0:
-                self.done += 1
-        failed = f", [red]{self.failed} failed[/]" if self.failed else ""
-        self.bar.update(self.bar_id, completed=self.done, detail=f"{self.running} running{failed}")
-
-    def on_run_end(self, *, result: RunResult, **_: Any) -> None:
-        self.bar.update(self.bar_id, completed=self.total if result.ok else None)
-
-
-_FINISHED = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, TaskStatus.CANCELLED)
 
 
 def _report(result: RunResult, settings: config.Settings) -> None:
     console = Console()
-    _print_task_table(console, [_row_of(r) for r in result.tasks.values()])
+    rows = [task_row(r) for r in result.tasks.values()]
+    print_task_table(console, rows)
     colour = {RunStatus.SUCCEEDED: "green", RunStatus.PARTIAL: "yellow"}.get(result.status, "red")
-    duration = f" in {result.duration:.2f}s" if result.duration is not None else ""
+    duration = f" in {duration_text(result.duration)}" if result.duration is not None else ""
     console.print(
         f"run [cyan]{result.run_id}[/] [bold {colour}]{result.status.value}[/]{duration}",
         highlight=False,
     )
-    if result.error:
+    if result.error and not any(error for *_, error in rows):  # else the table shows it
         console.print(f"[red]{escape(result.error)}[/]", highlight=False)
+    dp = _command()
+    last = next((r.task_name for r in reversed(result.tasks.values()) if r.result_ids), None)
     results = settings.results_path
-    where = "in memory (gone when dp exits)" if results is None else results / result.run_id
+    where = (
+        "in memory (gone when dp exits)"
+        if results is None
+        else f"{results / result.run_id}/<task>/"
+    )
     console.print(
-        f"results: {where}   details: dp runs show {result.run_id}",
+        f"results: {where}",
         highlight=False,
         soft_wrap=True,
     )
+    console.print(f"details: {dp} runs show {result.run_id}", highlight=False, soft_wrap=True)
+    if last is not None:
+        console.print(
+            f"a result: {dp} runs result {result.run_id} {last}", highlight=False, soft_wrap=True
+        )
     raise typer.Exit(code=_EXIT.get(result.status, 1))
 
 
@@ -432,43 +465,57 @@ def _get_run(store: RunStore, run_id: str) -> RunRecord:
 @runs_app.command("list")
 def runs_list(
     ctx: typer.Context,
-    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
-    pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
-    limit: Annotated[int, typer.Option(help="How many runs to show.")] = 20,
+    status: Annotated[
+        str | None, typer.Option(metavar="STATUS", help="Only runs with this status.")
+    ] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME", help="Only runs of this pipeline (or task file, e.g. sales.py)."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, metavar="N", help="How many runs to show.")] = 20,
     store: StoreOpt = None,
     root: RootOpt = Path(".dp"),
 ) -> None:
     """List recent runs, newest first."""
     run_store = _store(ctx, _settings(root, store=store))
     try:
-        records = run_store.list_runs(
-            status=RunStatus(status) if status else None, pipeline=pipeline, limit=limit
-        )
+        wanted = RunStatus(status) if status else None
     except ValueError as exc:
         raise _fail(
-            DPError(f"unknown status {status!r}; one of {[s.value for s in RunStatus]}")
+            CLIError(f"unknown status {status!r}; one of {', '.join(s.value for s in RunStatus)}.")
         ) from exc
-    table = Table(show_header=True, header_style="bold")
-    for column in ("run id", "pipeline", "status", "trigger", "started", "duration"):
-        table.add_column(column, no_wrap=column in ("run id", "started"))
-    stale = [record.run_id for record in records if is_stale(record)]
-    for record in records:
-        status_text = _status_text(record.status.value)
-        if record.run_id in stale:
-            status_text += " [magenta](stale)[/]"
-        table.add_row(
-            record.run_id,
-            escape(Path(record.pipeline).name if record.pipeline else ""),
-            status_text,
-            escape(record.trigger),
-            f"{record.started_at:%Y-%m-%d %H:%M:%S}" if record.started_at else "",
-            _duration(record.started_at, record.finished_at),
+    if pipeline is None:
+        records = run_store.list_runs(status=wanted, limit=limit)
+    else:
+        # a task file's runs are recorded under its file name (older dp: its absolute path)
+        names = {pipeline, pipeline_label(pipeline), str(Path(pipeline).resolve())}
+        found = [
+            r
+            for name in names
+            for r in run_store.list_runs(status=wanted, pipeline=name, limit=limit)
+        ]
+        found.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        records = found[:limit]
+    console = Console()
+    if not records:
+        what = " and ".join(
+            f"{option} {value}"
+            for option, value in (("--status", status), ("--pipeline", pipeline))
+            if value
         )
-    Console().print(table)
+        console.print(
+            f"no runs match {what} in {root}." if what else f"no runs recorded in {root} yet.",
+            highlight=False,
+        )
+        return
+    print_runs(console, records)
+    stale = [record.run_id for record in records if is_stale(record)]
     if stale:
-        Console().print(
-            f"stale: the owner of {len(stale)} run(s) is gone; resume one with "
-            f"`dp runs resume {stale[0]}`",
+        console.print(
+            f"stale: the owner of {plural(len(stale), 'run')} is gone; resume with "
+            f"`{_command()} runs resume {stale[0]}`",
             highlight=False,
         )
 
@@ -476,7 +523,7 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run to show.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to show.")],
     attempts: Annotated[
         bool, typer.Option("--attempts", help="List every attempt of every task.")
     ] = False,
@@ -488,7 +535,7 @@ def runs_show(
     record = _get_run(run_store, run_id)
     console = Console()
     console.print(
-        f"run [cyan]{record.run_id}[/] {_status_text(record.status.value)}  "
+        f"run [cyan]{record.run_id}[/] {status_text(record.status.value)}  "
         f"dag_id {record.dag_id}  trigger {escape(record.trigger)}",
         highlight=False,
     )
@@ -502,7 +549,7 @@ def runs_show(
             highlight=False,
         )
     if record.params:
-        console.print(f"params: {escape(repr(record.params))}", highlight=False)
+        console.print(f"params: {escape(json.dumps(record.params))}", highlight=False)
     if record.error:
         console.print(f"[red]{escape(record.error)}[/]", highlight=False)
     if attempts:
@@ -512,10 +559,12 @@ def runs_show(
         (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error)
         for r in run_store.get_task_runs(run_id)
     ]
-    _print_task_table(console, rows)
+    print_task_table(console, rows)
 
 
 def _print_attempts(console: Console, attempts: list[TaskRunRecord]) -> None:
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold")
     for column in ("task", "attempt", "status", "started", "duration", "where", "error"):
         table.add_column(column)
@@ -523,7 +572,7 @@ def _print_attempts(console: Console, attempts: list[TaskRunRecord]) -> None:
         table.add_row(
             escape(a.task_name + (f"[{a.instance}]" if a.instance else "")),
             str(a.attempt),
-            _status_text(a.status.value),
+            status_text(a.status.value),
             f"{a.started_at:%H:%M:%S}" if a.started_at else "",
             "" if a.duration is None else f"{a.duration * 1000:.1f} ms",
             escape(f"{a.host}:{a.pid}" if a.host else ""),
@@ -535,8 +584,10 @@ def _print_attempts(console: Console, attempts: list[TaskRunRecord]) -> None:
 @runs_app.command("logs")
 def runs_logs(
     ctx: typer.Context,
-    run_id: Annotated[str, typer.Argument(help="The run.")],
-    task_name: Annotated[str | None, typer.Argument(help="Only this task.")] = None,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run.")],
+    task_name: Annotated[
+        str | None, typer.Argument(metavar="[TASK]", help="Only this task.")
+    ] = None,
     attempt: Annotated[
         int | None, typer.Option(help="Only this attempt (1 is the first); default: the last.")
     ] = None,
@@ -555,8 +606,9 @@ def runs_logs(
             if task_name in (None, r.task_name) and r.attempt == attempt
         ]
     if task_name is not None and not rows:
-        which = f" attempt {attempt} of" if attempt is not None else ""
-        raise _fail(DPError(f"run {run_id!r} has no{which} task {task_name!r}."))
+        if attempt is not None:
+            raise _fail(CLIError(f"run {run_id!r} has no attempt {attempt} of task {task_name!r}."))
+        raise _fail(_no_such_task(run_id, task_name, run_store))
     console = Console()
     for row in rows:
         label = row.task_name + (f"[{row.instance}]" if row.instance else "")
@@ -571,50 +623,70 @@ def runs_logs(
             console.print("[dim](no output)[/]")
 
 
-def _print_task_table(
-    console: Console, rows: list[tuple[str, str, str, int, float | None, str | None]]
-) -> None:
-    table = Table(show_header=True, header_style="bold")
-    for column in ("task", "status", "attempts", "duration", "error"):
-        table.add_column(column)
-    for name, instance, status, attempts, duration, error in rows:
-        table.add_row(
-            escape(name + (f"[{instance}]" if instance else "")),
-            _status_text(status),
-            str(attempts),
-            "" if duration is None else f"{duration * 1000:.1f} ms",
-            escape(error or ""),
-        )
-    console.print(table)
-
-
-def _row_of(result: TaskRunResult) -> tuple[str, str, str, int, float | None, str | None]:
-    return (
-        result.task_name,
-        result.instance,
-        result.status.value,
-        result.attempts,
-        result.duration,
-        result.error,
+def _no_such_task(run_id: str, task_name: str, store: Any) -> CLIError:
+    names = sorted({r.task_name for r in store.get_task_runs(run_id)})
+    return CLIError(
+        f"run {run_id!r} has no task {task_name!r}; its tasks are {', '.join(names) or 'none'}."
     )
 
 
-def _status_text(status: str) -> str:
-    colour = {
-        "succeeded": "green",
-        "running": "cyan",
-        "queued": "cyan",
-        "partial": "yellow",
-        "skipped": "yellow",
-        "interrupted": "magenta",
-    }.get(status, "red")
-    return f"[{colour}]{status}[/]"
+@runs_app.command("result")
+def runs_result(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run.")],
+    task_name: Annotated[
+        str, typer.Argument(metavar="TASK", help="The task whose result to print.")
+    ],
+    chunk: Annotated[
+        int | None,
+        typer.Option(min=0, metavar="N", help="Only chunk N (from 0) of a streaming task."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    store: StoreOpt = None,
+    results: ResultsOpt = None,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Print the result a task stored in a run (each chunk, for a streaming or mapped task)."""
+    from dp.planner.params import jsonable
 
-
-def _duration(start: datetime | None, end: datetime | None) -> str:
-    if start is None or end is None:
-        return ""
-    return f"{(end - start).total_seconds():.2f}s"
+    settings = _settings(root, store=store, results=results)
+    run_store = _store(ctx, settings)
+    _get_run(run_store, run_id)
+    rows = [r for r in run_store.get_task_runs(run_id) if r.task_name == task_name]
+    if not rows:
+        raise _fail(_no_such_task(run_id, task_name, run_store))
+    result_ids = [rid for row in rows for rid in row.result_ids]
+    if not result_ids:
+        states = ", ".join(sorted({r.status.value for r in rows}))
+        raise _fail(
+            CLIError(
+                f"task {task_name!r} of run {run_id!r} stored no result (it is {states}); "
+                f"{_command()} runs show {run_id} says why."
+            )
+        )
+    streamed = len(result_ids) > 1 or any(r.instance for r in rows)
+    if chunk is not None:
+        if chunk >= len(result_ids):
+            raise _fail(
+                CLIError(
+                    f"task {task_name!r} of run {run_id!r} stored "
+                    f"{plural(len(result_ids), 'chunk')}; --chunk takes 0 to {len(result_ids) - 1}."
+                )
+            )
+        result_ids = [result_ids[chunk]]
+        streamed = False
+    try:
+        io_manager = config.open_results(settings)
+        values = [io_manager.load(run_id, task_name, rid) for rid in result_ids]
+    except DPError as exc:
+        raise _fail(exc) from exc
+    value: Any = values if streamed else values[0]
+    if as_json:
+        print(json.dumps(jsonable(value), indent=2))
+    elif isinstance(value, str):
+        print(value)
+    else:
+        Console().print(Pretty(value))
 
 
 # --- serving ---------------------------------------------------------------------------------

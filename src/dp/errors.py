@@ -45,12 +45,18 @@ class TaskNotFoundError(DPError, KeyError):
         self.name = name
         self.suggestions = tuple(suggestions)
         self.referenced_by = referenced_by
-        where = f"task {referenced_by!r} depends on " if referenced_by else ""
-        message = f"{where}task {name!r}, which is not registered"
+        if referenced_by:
+            message = f"task {referenced_by!r} depends on task {name!r}, which is not registered"
+        else:
+            message = f"no task named {name!r} is registered"
         if self.suggestions:
             message += f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
         else:
-            message += "; register it with @task or remove it from the dependencies."
+            message += (
+                "; register it with @task or remove it from the dependencies."
+                if referenced_by
+                else "; `dp plan FILE` lists the tasks there are."
+            )
         super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would otherwise quote the whole message
@@ -125,6 +131,27 @@ class MissingRunParameterError(PlanError):
             f"missing run parameter(s): {'; '.join(parts)}. "
             "Pass them with --param NAME=VALUE, the API body or the event payload."
         )
+
+
+class UnknownRunParameterError(PlanError):
+    """Run parameters were given that no task of the plan accepts."""
+
+    def __init__(self, unknown: Sequence[str], accepted: Sequence[str]) -> None:
+        self.unknown = tuple(unknown)
+        self.accepted = tuple(accepted)
+        super().__init__(
+            f"unknown run parameter(s) {list(self.unknown)}; this plan accepts "
+            f"{list(self.accepted) or 'no parameters'}."
+        )
+
+
+class RunParametersError(PlanError):
+    """Several run parameters are wrong at once; `problems` holds one error for each."""
+
+    def __init__(self, problems: Sequence[PlanError]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n  ".join(str(p) for p in self.problems)
+        super().__init__(f"{len(self.problems)} problems with the run parameters:\n  {lines}")
 
 
 # --- IO manager ---------------------------------------------------------------------------
@@ -311,3 +338,10 @@ class ConfigFileError(DPError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+class CLIError(DPError):
+    """Bad command-line input: a malformed or contradictory option, a name that is not there."""

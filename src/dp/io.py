@@ -19,12 +19,11 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from dp.errors import InvalidIdError, ResultNotFoundError, SerializationError
+from dp.errors import ResultNotFoundError, SerializationError
+from dp.ids import check_id, is_id
 
 __all__ = ["FilesystemIOManager", "IOManager", "InMemoryIOManager"]
 
-_MAX_ID_LENGTH = 200
-_ID = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{_MAX_ID_LENGTH - 1}}}")
 _KNOWN_IDS_MAX = 4096
 _known_ids: set[str] = set()
 _NUMBER = re.compile(r"([0-9]+)")
@@ -219,7 +218,7 @@ class FilesystemIOManager:
         """
         try:
             with os.scandir(self._base) as entries:
-                runs = [e.name for e in entries if _is_id(e.name) and e.is_dir()]
+                runs = [e.name for e in entries if is_id(e.name) and e.is_dir()]
         except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(runs, key=_natural)
@@ -386,34 +385,8 @@ def _learn_id(kind: str, value: str) -> None:
 
 
 def _check_id(kind: str, value: str) -> None:
-    if type(value) is str and _ID.fullmatch(value) and ".." not in value:
-        return
-    raise InvalidIdError(kind, value, _why_invalid(value))
-
-
-def _is_id(name: str) -> bool:
-    return _ID.fullmatch(name) is not None and ".." not in name
-
-
-def _why_invalid(value: object) -> str:
-    if type(value) is not str:
-        plain = "a plain str" if isinstance(value, str) else "a str"
-        return f"must be {plain}, not {type(value).__qualname__}"
-    if not value:
-        return "must not be empty"
-    if len(value) > _MAX_ID_LENGTH:
-        return f"is {len(value)} characters long, more than {_MAX_ID_LENGTH}"
-    for char, name in (("/", "a path separator '/'"), ("\\", "a path separator '\\'")):
-        if char in value:
-            return f"contains {name}"
-    if "\0" in value:
-        return "contains a NUL character"
-    if ".." in value:
-        return "contains '..'"
-    if value.startswith("."):
-        return "starts with '.', which is reserved for temporary files"
-    bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in "_.-"))})
-    return f"contains {', '.join(repr(c) for c in bad)}"
+    if not is_id(value):
+        check_id(kind, value)
 
 
 def _natural(name: str) -> tuple[tuple[str | int, ...], str]:
@@ -429,7 +402,7 @@ def _result_ids(task_dir: str) -> list[str]:
             names = [e.name for e in entries if e.name.endswith(_SUFFIX) and e.is_file()]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [stem for stem in (n[: -len(_SUFFIX)] for n in names) if _is_id(stem)]
+    return [stem for stem in (n[: -len(_SUFFIX)] for n in names) if is_id(stem)]
 
 
 def _pickle_failure(exc: Exception) -> str:

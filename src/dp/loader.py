@@ -16,6 +16,10 @@ class LoadError(DPError):
     """A task file or module could not be found or imported."""
 
 
+#: the dp extra that installs a module: a task file importing it when it is missing gets told
+EXTRAS = {"pandas": "examples"}
+
+
 def module_name_for(path: Path) -> tuple[str, Path]:
     """The dotted module name of `path` and the folder to put on `sys.path` to import it.
 
@@ -41,6 +45,10 @@ def load_tasks(target: str | Path) -> ModuleType:
     is_path = text.endswith(".py") or "/" in text or "\\" in text
     if is_path:
         path = Path(text)
+        if path.is_dir():
+            raise LoadError(
+                f"{text!r} is a folder; pass the .py file that defines the @task functions."
+            )
         if not path.is_file():
             raise LoadError(f"task file {text!r} does not exist (looked in {Path.cwd()}).")
         name, root = module_name_for(path)
@@ -55,7 +63,14 @@ def load_tasks(target: str | Path) -> ModuleType:
             raise LoadError(
                 f"module {name!r} is not importable; pass a path to a .py file or install it."
             ) from exc
-        raise LoadError(f"importing {text!r} failed: {exc}") from exc
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        hint = (
+            f"; it comes with dp's {extra!r} extra: pip install 'dp[{extra}]' (from a clone: "
+            f"pip install '.[{extra}]')"
+            if extra
+            else ""
+        )
+        raise LoadError(f"importing {text!r} failed: {exc}{hint}") from exc
     except DPError:
         raise
     except Exception as exc:

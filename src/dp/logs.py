@@ -8,7 +8,9 @@ application that never configures anything only sees warnings, as with any libra
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -44,6 +46,27 @@ _LEVELS = {
 }
 
 
+class _Event(dict[str, Any]):
+    """An event as the record's message: `ProcessorFormatter` renders it as a dict, and any
+    other handler (Python's last-resort one when nothing is configured) gets readable text
+    instead of a dict repr."""
+
+    def __str__(self) -> str:
+        fields = " ".join(
+            f"{key}={value!r}"
+            for key, value in self.items()
+            if key not in ("event", "level", "logger", "timestamp") and not key.startswith("_")
+        )
+        return f"{self.get('event', '')} {fields}".rstrip()
+
+
+def _wrap_for_formatter(
+    logger: Any, name: str, event_dict: MutableMapping[str, Any]
+) -> tuple[Any, ...]:
+    """structlog's `ProcessorFormatter.wrap_for_formatter`, with a readable message."""
+    return (_Event(event_dict),), {"extra": {"_logger": logger, "_name": name}}
+
+
 def get_logger(name: str = "dp", **bound: Any) -> Any:
     """A structlog logger writing to stdlib logger `name`, with `bound` context attached."""
     logger = structlog.wrap_logger(
@@ -51,7 +74,7 @@ def get_logger(name: str = "dp", **bound: Any) -> Any:
         processors=[
             *_PRE_CHAIN,
             structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            _wrap_for_formatter,
         ],
         wrapper_class=_BoundLogger,
         cache_logger_on_first_use=True,
@@ -68,6 +91,8 @@ def configure_logging(
         level: the lowest level shown.
         json: force JSON (True) or console (False) rendering; default: JSON unless a terminal.
         stream: where to write.
+
+    Console lines are coloured on a terminal unless `NO_COLOR` is set (https://no-color.org).
     """
     stream = stream or sys.stderr
     if json is None:
@@ -75,7 +100,9 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=stream.isatty() and not os.environ.get("NO_COLOR")
+        )
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(

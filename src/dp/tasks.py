@@ -6,7 +6,6 @@ import collections.abc
 import contextlib
 import difflib
 import inspect
-import re
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 from dp.errors import DuplicateTaskError, TaskDefinitionError, TaskNotFoundError
+from dp.ids import is_id
 
 __all__ = [
     "Parameter",
@@ -25,8 +25,8 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Task names become result-path components and parameter names, so they are kept simple.
-_TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,199}")
+# Task names become result folders (so they follow `dp.ids`) and parameter names of their
+# data dependents (so they also start with a letter or '_').
 
 _GENERATOR_ORIGINS = (
     collections.abc.Generator,
@@ -95,11 +95,7 @@ class TaskMetadata:
         if not callable(func):
             raise TaskDefinitionError(repr(func), "@task can only decorate a function")
         task_name = name if name is not None else getattr(func, "__name__", "")
-        if (
-            not isinstance(task_name, str)
-            or not _TASK_NAME.fullmatch(task_name)
-            or ".." in task_name
-        ):
+        if not is_id(task_name) or not (task_name[0].isalpha() or task_name[0] == "_"):
             raise TaskDefinitionError(
                 str(task_name),
                 "task names must start with a letter or '_' and contain only letters, digits, "

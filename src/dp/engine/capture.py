@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, TextIO
 
-__all__ = ["MAX_OUTPUT", "captured_output", "install"]
+__all__ = ["MAX_OUTPUT", "install", "joined"]
 
 #: Characters of output kept per task attempt (the end is kept: it usually holds the error).
 MAX_OUTPUT = 64 * 1024
@@ -58,17 +56,6 @@ def install() -> None:
             sys.stdout = _Router(sys.stdout)
         if not isinstance(sys.stderr, _Router):
             sys.stderr = _Router(sys.stderr)
-
-
-@contextmanager
-def captured_output() -> Iterator[list[str]]:
-    """Collect what the current thread/task prints into the yielded list."""
-    chunks: list[str] = []
-    token = _buffer.set(chunks)
-    try:
-        yield chunks
-    finally:
-        _buffer.reset(token)
 
 
 def joined(chunks: list[str]) -> str:

@@ -136,6 +136,10 @@ class EventBase:
             decoded = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EventFormatError(f"event is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise EventFormatError(
+                "event JSON is nested too deeply to decode; flatten the payload"
+            ) from None
         return cls.from_dict(decoded)
 
     @classmethod

@@ -1,8 +1,8 @@
 """The event system's ports: what the engine, the scheduler and the service program against.
 
-Adapters satisfy these structurally (no base class): the in-memory ones in `dp.events.memory`
-and `dp.events.multiprocess`, Redis Streams and Kafka later. Keep callers on these types and
-an adapter can be swapped by configuration.
+Adapters satisfy these structurally (no base class): the in-memory broker in
+`dp.events.memory`, the in-memory and multiprocess queues in `dp.events.queues`, Redis Streams
+and Kafka later. Keep callers on these types and an adapter can be swapped by configuration.
 """
 
 from __future__ import annotations

@@ -194,10 +194,18 @@ class TopicMatcher:
         self._cache_size = cache_size
 
     def matches(self, topic: str) -> bool:
-        """Whether `topic` matches this pattern; `topic` is assumed valid."""
+        """Whether `topic` matches this pattern; `topic` is assumed valid.
+
+        Raises:
+            InvalidTopicError: if `topic` is not a str at all (e.g. `None`).
+        """
         # dict.get, not try/except KeyError: raising costs more than the match on a miss.
         result = self._cache.get(topic)
         if result is None:
+            if type(topic) is not str:  # only a miss pays for the check
+                raise InvalidTopicError(
+                    repr(topic), f"a topic is a str, not {type(topic).__name__}"
+                )
             result = True if self._test(topic) else False  # noqa: SIM210 (bool() is a slower call)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()

@@ -8,8 +8,11 @@ parse as a last resort for strings given to structured types (`--param ids=[1,2]
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 from dp.errors import InvalidRunParameterError
 from dp.planner.schema import type_name
@@ -19,7 +22,7 @@ if TYPE_CHECKING:
 
     from dp.planner.plan import RunParameter
 
-__all__ = ["jsonable", "validate_param"]
+__all__ = ["check_storable", "jsonable", "validate_param"]
 
 
 def jsonable(value: Any) -> Any:
@@ -29,6 +32,27 @@ def jsonable(value: Any) -> Any:
     from pydantic_core import to_jsonable_python
 
     return to_jsonable_python(value, fallback=repr)
+
+
+def check_storable(param: RunParameter, value: Any) -> Any:
+    """`value`, once it is known to store as JSON text and read back: a run's parameters are
+    recorded, and a lone surrogate (from `"\\ud800"` in JSON) would make every later read of
+    the run fail.
+
+    Raises:
+        InvalidRunParameterError: naming the parameter.
+    """
+    try:
+        json.dumps(jsonable(value), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRunParameterError(
+            param.name,
+            value,
+            type_name(param.annotation),
+            "it contains a lone surrogate, which is not Unicode text; send valid UTF-8",
+            param.tasks,
+        ) from None
+    return value
 
 
 def validate_param(param: RunParameter, value: Any) -> Any:
@@ -54,9 +78,31 @@ def validate_param(param: RunParameter, value: Any) -> Any:
             except (ValueError, ValidationError):
                 pass
         reason = "; ".join(error["msg"] for error in exc.errors()[:3])
+        example = _json_example(annotation)
+        if isinstance(value, str) and example:
+            reason += f"; give it as JSON, e.g. {param.name}={example}"
         raise InvalidRunParameterError(
             param.name, value, type_name(annotation), reason, param.tasks
         ) from None
+
+
+def _json_example(annotation: Any) -> str:
+    """What a structured value looks like as JSON text, for the error message; `""` for
+    scalars, whose text form needs no hint."""
+    origin = get_origin(annotation) or annotation
+    if origin is Annotated:
+        return _json_example(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return next(filter(None, (_json_example(a) for a in get_args(annotation))), "")
+    if not isinstance(origin, type):
+        return ""
+    if issubclass(origin, (str, bytes)):
+        return ""
+    if issubclass(origin, (dict, Mapping)):
+        return '{"key": 1}'
+    if issubclass(origin, (list, tuple, set, frozenset, Sequence, AbstractSet)):
+        return "[1,2]"
+    return ""
 
 
 @lru_cache(maxsize=256)

@@ -12,9 +12,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from dp.errors import MissingRunParameterError, PlanError, SchemaMismatch, SchemaMismatchError
+from dp.errors import (
+    InvalidRunParameterError,
+    MissingRunParameterError,
+    PlanError,
+    RunParametersError,
+    SchemaMismatch,
+    SchemaMismatchError,
+    UnknownRunParameterError,
+)
 from dp.planner.dag import DAG, DAGBuilder
-from dp.planner.params import jsonable, validate_param
+from dp.planner.params import check_storable, jsonable, validate_param
 from dp.planner.schema import is_compatible, type_name
 from dp.tasks import TaskMetadata, TaskRegistry
 
@@ -105,22 +113,32 @@ class ExecutionPlan:
         Raises:
             InvalidRunParameterError: a value that does not fit its parameter's type.
             MissingRunParameterError: naming each missing parameter and the tasks needing it.
-            PlanError: for a parameter no task of the plan accepts.
+            UnknownRunParameterError: for parameters no task of the plan accepts.
+            RunParametersError: more than one of these at once (`.problems` lists them).
         """
         params = dict(params or {})
         known = {p.name: p for p in self.run_parameters}
+        problems: list[PlanError] = []
         unknown = sorted(set(params) - set(known))
         if unknown:
-            raise PlanError(
-                f"unknown run parameter(s) {unknown}; this plan accepts "
-                f"{sorted(known) or 'no parameters'}."
-            )
+            problems.append(UnknownRunParameterError(unknown, sorted(known)))
         missing = {
             p.name: p.tasks for p in self.run_parameters if p.required and p.name not in params
         }
         if missing:
-            raise MissingRunParameterError(missing)
-        return {name: validate_param(known[name], value) for name, value in params.items()}
+            problems.append(MissingRunParameterError(missing))
+        bound = {}
+        for name, value in params.items():
+            if name in known:
+                try:
+                    bound[name] = check_storable(known[name], validate_param(known[name], value))
+                except InvalidRunParameterError as exc:
+                    problems.append(exc)
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise RunParametersError(problems)
+        return bound
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description for the API, the UI and `dp plan --json`."""

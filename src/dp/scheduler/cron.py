@@ -323,10 +323,12 @@ def _zone(name: str) -> tzinfo:
         raise InvalidTimezoneError(str(name), "expected a non-empty str")
     try:
         return ZoneInfo(name)
-    except ZoneInfoNotFoundError:
+    except (ZoneInfoNotFoundError, IsADirectoryError):  # "Europe" is a folder of zones
         raise InvalidTimezoneError(name, "no such zone in the tz database") from None
     except ValueError as exc:  # malformed keys, e.g. absolute paths
         raise InvalidTimezoneError(name, str(exc)) from None
+    except OSError as exc:  # e.g. a name too long to be a file
+        raise InvalidTimezoneError(name, exc.strerror or "not a zone file") from None
 
 
 def _offset(tz: tzinfo, instant: datetime) -> timedelta:

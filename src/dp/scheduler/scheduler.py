@@ -16,7 +16,6 @@ import asyncio
 import dataclasses
 import heapq
 import itertools
-import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
@@ -24,6 +23,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from dp.events import EventBase, Publisher, compile_pattern, validate_topic
+from dp.ids import id_problem
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock, SystemClock
 from dp.scheduler.errors import (
@@ -54,7 +54,6 @@ from dp.scheduler.triggers import (
 __all__ = ["Scheduler"]
 
 _log = get_logger("dp.scheduler")
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _DEFAULT_SOURCE = next(f.default for f in dataclasses.fields(EventBase) if f.name == "source")
 _CALLED_KINDS = ("api", "manual")
 
@@ -172,10 +171,12 @@ class Scheduler:
             DuplicateTriggerError: if the name is taken.
             InvalidTopicError: if `target_topic` is not a valid topic.
         """
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        problem = id_problem(name)  # names are keys of the schedule state
+        if problem is not None:
             raise InvalidTriggerError(
                 str(name),
-                "names are 1 to 200 letters, digits, '_', '.' or '-', e.g. 'nightly_report'",
+                f"the name {problem}; names are 1 to 200 letters, digits, '_', '.' or '-', "
+                "e.g. 'nightly_report'",
             )
         if name in self._entries:
             raise DuplicateTriggerError(name)

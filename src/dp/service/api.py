@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,6 +42,7 @@ from dp.errors import (
     RunNotFoundError,
 )
 from dp.events import MAX_TOPIC_LENGTH, TopicMatcher
+from dp.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
 from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineError
 from dp.scheduler import CircuitOpenError, SchedulerError, TriggerNotFoundError
@@ -68,7 +69,6 @@ _log = get_logger("dp.service.api")
 RETRY_AFTER = 1
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _FIREABLE = ("api", "manual")
-_RUN_ID = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"
 _MAX_OFFSET = 2**31  # SQLite integers are 64-bit; bigger offsets would be a 500
 
 
@@ -200,17 +200,22 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _run_id(value: str) -> str:
+    return check_id("run id", value)  # the pattern cannot say "no '..'"
+
+
 class RunRequest(_Body):
     """Start a run: its run parameters, and optionally its id."""
 
     params: dict[str, Any] = Field(
         default_factory=dict, description="Run parameters; they override the pipeline's."
     )
-    run_id: str | None = Field(
+    run_id: Annotated[str, AfterValidator(_run_id)] | None = Field(
         default=None,
-        pattern=_RUN_ID,
-        max_length=200,
-        description="The run's id (default: a new one); an id can start only one run.",
+        pattern=ID_PATTERN,
+        max_length=MAX_ID_LENGTH,
+        description="The run's id (default: a new one); an id can start only one run. "
+        "Letters, digits, '_', '.', '-', not starting with '.' or '-', without '..'.",
     )
 
 
@@ -695,7 +700,7 @@ def _pipeline_dict(service: Service, definition: Pipeline) -> dict[str, Any]:
         "name": definition.name,
         "description": definition.description,
         "tags": list(definition.tags),
-        "tasks": list(definition.tasks),
+        "tasks": list(plan.execution_order),  # what a run runs, also when selected by tag
         "triggers": {
             "cron": [
                 {"expression": c.expression, "timezone": c.timezone, "misfire": c.misfire}

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from dp.engine import ExecutionContext, RunResult, TaskRunResult
 from dp.errors import DPError
 from dp.events import Broker, EventBase
 from dp.logs import get_logger
+from dp.scheduler import Scheduler
 from dp.store.records import TaskStatus
 
 __all__ = ["LifecycleEvents", "Metrics"]
@@ -97,13 +99,16 @@ class Metrics:
     `active_pipelines`, `queued_pipelines`, `pipeline_duration_seconds{pipeline}`, and at task
     level `task_executions_total{pipeline,status}` and `task_duration_seconds{pipeline}`; the
     bus counts `databus_messages_total{topic}` for what the service publishes, triggers count
-    `trigger_fires_total{trigger}` and `trigger_failures_total{trigger}`, rejected starts
-    `pipeline_rejections_total{pipeline,reason}`.
+    `trigger_fires_total{trigger}` (runs they started), rejected starts
+    `pipeline_rejections_total{pipeline,reason}`. Trigger failures are the scheduler's to
+    count: `scheduler_trigger_failures_total{trigger}`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scheduler: Scheduler | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        if scheduler is not None:
+            r.register(_SchedulerMetrics(scheduler))
         self.pipeline_executions = Counter(
             "pipeline_executions", "Finished pipeline runs", ["pipeline", "status"], registry=r
         )
@@ -128,9 +133,6 @@ class Metrics:
         self.trigger_fires = Counter(
             "trigger_fires", "Runs started by a trigger", ["trigger"], registry=r
         )
-        self.trigger_failures = Counter(
-            "trigger_failures", "Trigger firings that failed", ["trigger"], registry=r
-        )
         self.rejections = Counter(
             "pipeline_rejections", "Run starts refused", ["pipeline", "reason"], registry=r
         )
@@ -149,3 +151,30 @@ class Metrics:
         self.pipeline_executions.labels(context.pipeline, result.status.value).inc()
         if result.duration is not None:
             self.pipeline_duration.labels(context.pipeline).observe(result.duration)
+
+
+class _SchedulerMetrics:
+    """A Prometheus collector serving `Scheduler.metrics()` (fires, failures, skipped fire
+    times, open circuits per trigger) next to the service's own metrics, read at scrape time."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def describe(self) -> list[Metric]:
+        return []  # the triggers are known only once registered; nothing to check up front
+
+    def collect(self) -> list[Metric]:
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for sample in self.scheduler.metrics():
+            keys = sorted(sample.labels)
+            family = families.get(sample.name)
+            if family is None:
+                if sample.name.endswith("_total"):
+                    family = CounterMetricFamily(
+                        sample.name.removesuffix("_total"), "Scheduler trigger counter", labels=keys
+                    )
+                else:
+                    family = GaugeMetricFamily(sample.name, "Scheduler trigger state", labels=keys)
+                families[sample.name] = family
+            family.add_metric([sample.labels[k] for k in keys], sample.value)
+        return list(families.values())

@@ -98,7 +98,7 @@ class Service:
         self.target = target
         self.resume_interrupted = resume_interrupted
         self.grace = grace
-        self.metrics = Metrics()
+        self.metrics = Metrics(scheduler)
         self.accepting = False
         self.started_at: float | None = None
         self._plans: dict[str, ExecutionPlan] = {}
@@ -332,10 +332,18 @@ class Service:
     async def _reject(self, name: str, event: EventBase, reason: str) -> None:
         """A start event that cannot become a run: say so on the bus, start nothing."""
         self.metrics.rejections.labels(name, "invalid").inc()
-        _log.warning("service.start_rejected", pipeline=name, event_id=event.event_id, error=reason)
+        # The id the publisher knows: a forwarded start event carries it as correlation_id.
+        event_id = event.correlation_id or event.event_id
+        _log.warning(
+            "service.start_rejected",
+            pipeline=name,
+            event_id=event_id,
+            start_event_id=event.event_id,
+            error=reason,
+        )
         await self.publish(
             "dp.run.rejected",
-            {"pipeline": name, "event_id": event.event_id, "topic": event.topic, "error": reason},
+            {"pipeline": name, "event_id": event_id, "topic": event.topic, "error": reason},
             source="dp.service",
             correlation_id=event.correlation_id or event.event_id,
         )

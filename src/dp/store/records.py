@@ -8,7 +8,6 @@ so changing a record you got back never changes what is stored.
 from __future__ import annotations
 
 import os
-import re
 import reprlib
 import socket
 from collections.abc import Sequence
@@ -17,7 +16,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, overload, runtime_checkable
 
-from dp.errors import InvalidIdError, StoreError
+from dp.errors import StoreError
+from dp.ids import check_id
 
 __all__ = [
     "HOST",
@@ -33,10 +33,6 @@ __all__ = [
 
 #: this machine's name, recorded as the owner of the runs (and attempts) it executes
 HOST = socket.gethostname()
-
-_MAX_RUN_ID_LENGTH = 200
-_RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # the IO manager uses run ids as folders
-_RUN_ID_CHAR = re.compile(r"[A-Za-z0-9_.-]")
 
 
 class RunStatus(StrEnum):
@@ -73,6 +69,11 @@ class TaskStatus(StrEnum):
     #: its owner died (or was fenced) while this attempt ran; a resume runs it again
     INTERRUPTED = "interrupted"
 
+    @property
+    def finished(self) -> bool:
+        """Whether this task (instance) will not change any more in this run."""
+        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -83,7 +84,7 @@ class RunRecord:
     """One run of a plan: what was run, why, with which parameters, and how it ended.
 
     Attributes:
-        run_id: Unique id, `[A-Za-z0-9_][A-Za-z0-9_.-]*`, at most 200 characters.
+        run_id: Unique id following `dp.ids` (it names the run's results folder).
         dag_id: The plan's `dag_id`; resuming checks the plan still has it.
         pipeline: The pipeline name, or the task file for an ad-hoc run.
         target: What to import to rebuild the plan on resume (a file path or a module).
@@ -364,20 +365,7 @@ def is_stale(record: RunRecord, *, now: datetime | None = None) -> bool:
 
 
 def _check_run_id(run_id: object) -> str:
-    if type(run_id) is str and len(run_id) <= _MAX_RUN_ID_LENGTH and _RUN_ID.fullmatch(run_id):
-        return run_id
-    if type(run_id) is not str:
-        reason = f"must be a str, not {type(run_id).__qualname__}"
-    elif not run_id:
-        reason = "must not be empty"
-    elif len(run_id) > _MAX_RUN_ID_LENGTH:
-        reason = f"is {len(run_id)} characters long, more than {_MAX_RUN_ID_LENGTH}"
-    elif not _RUN_ID.fullmatch(run_id[0]):
-        reason = f"must start with a letter, a digit or '_', not {run_id[0]!r}"
-    else:
-        bad = next(c for c in run_id if not _RUN_ID_CHAR.fullmatch(c))
-        reason = f"contains {bad!r}; only letters, digits and '_', '.', '-' are allowed"
-    raise InvalidIdError("run id", run_id, reason)
+    return check_id("run id", run_id)
 
 
 # SQLite keeps no time zone, so every adapter stores and returns UTC to behave alike.
