@@ -109,7 +109,7 @@ def serve(
         root=str(Path(root).resolve()),
     )
     config = uvicorn.Config(
-        create_app(service, token=token),
+        create_app(service, token=token, protect_reads=not is_loopback(host)),
         host=host,
         port=port,
         log_config=None,
