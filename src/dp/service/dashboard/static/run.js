@@ -194,12 +194,21 @@ export function runPage(main, runId) {
     });
   }
 
+  // drawn at once, then at most every 200 ms while changes keep coming
   let ganttTimer = null;
+  let ganttStale = false;
   function redrawGantt() {
-    if (ganttTimer) return;
+    if (ganttTimer) {
+      ganttStale = true;
+      return;
+    }
+    drawGantt(gantt, [...state.tasks.values()], (record) => showTask(record.task, record.instance));
     ganttTimer = setTimeout(() => {
       ganttTimer = null;
-      drawGantt(gantt, [...state.tasks.values()], (record) => showTask(record.task, record.instance));
+      if (ganttStale) {
+        ganttStale = false;
+        redrawGantt();
+      }
     }, 200);
   }
 
