@@ -6,7 +6,7 @@ const LABEL = 180;
 function bars(record) {
   const secs = (v) => (v === null || v === undefined ? null : typeof v === "number" ? v : new Date(v).getTime() / 1000);
   if (Array.isArray(record.attempts) && record.attempts.length) {
-    return record.attempts.map((a) => ({ start: secs(a.start), end: secs(a.end), status: a.status }));
+    return record.attempts.map((a) => ({ start: secs(a.started_at ?? a.start), end: secs(a.finished_at ?? a.end), status: a.status }));
   }
   return [{ start: record.start ?? secs(record.started_at), end: record.end ?? secs(record.finished_at), status: record.status }];
 }

@@ -238,15 +238,31 @@ export function runPage(main, runId) {
     }
     const box = h("div", { class: "attempts" }, h("p", { class: "muted", text: "Loading…" }));
     panel.append(box);
-    let attempts = chosen.attempts;
-    if (!Array.isArray(attempts)) {
-      try {
-        const logs = await api(`/runs/${encodeURIComponent(runId)}/tasks/${encodeURIComponent(name)}/logs?instance=${encodeURIComponent(chosen.instance)}`);
-        attempts = [{ number: logs.attempt, status: logs.status, start: chosen.started_at, end: chosen.finished_at, error: logs.error, output: logs.output, traceback: logs.traceback }];
-      } catch (error) {
-        fill(box, message(error.message));
-        return;
-      }
+    // each attempt's record (GET /runs/{id} lists them), with its output and traceback
+    const logsUrl = `/runs/${encodeURIComponent(runId)}/tasks/${encodeURIComponent(name)}/logs?instance=${encodeURIComponent(chosen.instance)}`;
+    const listed = Array.isArray(chosen.attempts) && chosen.attempts.length ? chosen.attempts : [null];
+    let attempts;
+    try {
+      attempts = await Promise.all(
+        listed.map(async (record) => {
+          const number = record?.attempt ?? record?.number;
+          const logs = await api(number ? `${logsUrl}&attempt=${number}` : logsUrl);
+          return {
+            number: number ?? logs.attempt,
+            status: record?.status ?? logs.status,
+            start: record?.started_at ?? record?.start ?? chosen.started_at,
+            end: record?.finished_at ?? record?.end ?? chosen.finished_at,
+            host: record?.host,
+            pid: record?.pid,
+            error: logs.error ?? record?.error,
+            output: logs.output,
+            traceback: logs.traceback,
+          };
+        }),
+      );
+    } catch (error) {
+      fill(box, message(error.message));
+      return;
     }
     fill(box, ...[...attempts].reverse().map(attemptView));
   }
