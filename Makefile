@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint format clean
+.PHONY: install run test bench lint format clean screenshots swagger-ui
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,18 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench examples
 	$(BIN)/ruff check --fix src tests bench examples
+
+screenshots: $(STAMP)
+	$(BIN)/python scripts/screenshots.py
+
+# Re-vendor swagger-ui (served offline at /docs) from the npm registry, pinned.
+SWAGGER_UI := 5.35.0
+SWAGGER_DIR := src/dp/service/dashboard/static/vendor/swagger-ui
+swagger-ui:
+	rm -rf .swagger-ui && mkdir .swagger-ui && cd .swagger-ui && npm install --no-save --ignore-scripts swagger-ui-dist@$(SWAGGER_UI)
+	for f in swagger-ui-bundle.js swagger-ui.css LICENSE NOTICE swagger-ui-bundle.js.LICENSE.txt; do cp .swagger-ui/node_modules/swagger-ui-dist/$$f $(SWAGGER_DIR)/; done
+	sed -i 's/sourceMappingURL=[^ ]*//' $(SWAGGER_DIR)/swagger-ui-bundle.js $(SWAGGER_DIR)/swagger-ui.css
+	rm -rf .swagger-ui
 
 clean:
 	rm -rf $(VENV) .dp .pytest_cache .mypy_cache .ruff_cache

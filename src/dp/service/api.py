@@ -381,15 +381,23 @@ def _replay(messages: list[Any], then: Receive | None = None) -> Receive:
 
 
 def create_app(
-    service: Service, *, token: str | None = None, max_body_bytes: int = 1024 * 1024
+    service: Service,
+    *,
+    token: str | None = None,
+    max_body_bytes: int = 1024 * 1024,
+    protect_reads: bool = False,
 ) -> FastAPI:
-    """The HTTP API of `service`; the app's lifespan starts and (gracefully) stops it.
+    """The HTTP API of `service` and its dashboard at `/`; the app's lifespan starts and
+    (gracefully) stops the service.
 
     Args:
         service: the service to expose.
         token: when set, every state-changing request needs `Authorization: Bearer <token>`.
         max_body_bytes: larger request bodies are refused with 413.
+        protect_reads: reads need the token too, except health, metrics and static pages
+            (for a service listening beyond loopback).
     """
+    from dp.service import dashboard
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -404,9 +412,12 @@ def create_app(
         summary="Start pipeline runs, fire triggers, publish events, inspect runs.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # the dashboard serves /docs with swagger-ui shipped in the package
+        redoc_url=None,
     )
     app.state.service = service
     app.include_router(_routes())
+    dashboard.mount(app, service, token=token, protect_reads=protect_reads)
     app.add_exception_handler(DPError, _dp_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -555,15 +566,18 @@ def _routes() -> APIRouter:
         service: ServiceDep,
         pipeline: Annotated[str | None, Query(max_length=200)] = None,
         status: Annotated[list[RunStatus] | None, Query()] = None,
+        trigger: Annotated[
+            str | None,
+            Query(max_length=300, description="`api`, `cron`, `event`, `manual`, or exact"),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         offset: Annotated[int, Query(ge=0, le=_MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         store = _store(service)
+        where = {"status": status, "pipeline": pipeline, "trigger": trigger}
         records, total = await asyncio.gather(
-            asyncio.to_thread(
-                store.list_runs, status=status, pipeline=pipeline, limit=limit, offset=offset
-            ),
-            asyncio.to_thread(store.count_runs, status=status, pipeline=pipeline),
+            asyncio.to_thread(store.list_runs, **where, limit=limit, offset=offset),
+            asyncio.to_thread(store.count_runs, **where),
         )
         return {
             "items": [_run_dict(r) for r in records],

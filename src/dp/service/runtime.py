@@ -394,15 +394,31 @@ class Service:
             if record.pipeline not in self._plans:
                 continue
             try:
-                handle = await self.orchestrator.submit_resume(
-                    record.run_id, plan=self._plans[record.pipeline]
-                )
+                await self.resume_run(record.run_id)
             except DPError as exc:
                 _log.info("service.not_resumed", run_id=record.run_id, reason=str(exc))
-                continue
-            self._running[record.pipeline] += 1
-            self._track(record.pipeline, handle)
-            _log.info("service.resumed", run_id=record.run_id, pipeline=record.pipeline)
+
+    async def resume_run(self, run_id: str, *, force: bool = False) -> RunHandle:
+        """Resume an interrupted run of one of the pipelines (or of a task file) in the
+        background; tasks whose results are stored do not run again.
+
+        Raises:
+            RunNotFoundError: no such run.
+            ResumeError: it finished, is still running, or its tasks changed.
+            ServiceUnavailableError: the service is not accepting runs.
+        """
+        if not self.accepting:
+            raise ServiceUnavailableError("the service is not accepting runs (shutting down)")
+        store = self.orchestrator.store
+        if store is None:
+            raise ServiceUnavailableError("this service records no runs, so none can resume")
+        record = await asyncio.to_thread(store.get_run, run_id)
+        plan = self._plans.get(record.pipeline)
+        handle = await self.orchestrator.submit_resume(run_id, plan=plan, force=force)
+        self._running[record.pipeline] += 1
+        self._track(record.pipeline, handle)
+        _log.info("service.resumed", run_id=run_id, pipeline=record.pipeline)
+        return handle
 
     # --- health ----------------------------------------------------------------------------------
 

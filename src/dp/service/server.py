@@ -112,7 +112,7 @@ def serve(
         executor=settings.executor,
     )
     config = uvicorn.Config(
-        create_app(service, token=token),
+        create_app(service, token=token, protect_reads=not is_loopback(host)),
         host=host,
         port=port,
         log_config=None,

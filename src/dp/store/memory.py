@@ -20,6 +20,7 @@ from dp.store.records import (
     _check_run_id,
     _not_json_error,
     _status_filter,
+    _trigger_matches,
 )
 
 __all__ = ["MemoryRunStore"]
@@ -172,22 +173,27 @@ class MemoryRunStore:
         *,
         status: RunStatus | Sequence[RunStatus] | None = None,
         pipeline: str | None = None,
+        trigger: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[RunRecord]:
         """Return copies of runs, newest first; see `RunStore.list_runs`."""
         _check_page(limit, offset)
         with self._lock:
-            runs = self._matching(status, pipeline)
+            runs = self._matching(status, pipeline, trigger)
             runs.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
             return [_copy_run(r) for r in runs[offset : offset + limit]]
 
     def count_runs(
-        self, *, status: RunStatus | Sequence[RunStatus] | None = None, pipeline: str | None = None
+        self,
+        *,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        pipeline: str | None = None,
+        trigger: str | None = None,
     ) -> int:
         """Return how many runs match; see `RunStore.count_runs`."""
         with self._lock:
-            return len(self._matching(status, pipeline))
+            return len(self._matching(status, pipeline, trigger))
 
     def find_run_by_event(self, event_id: str) -> RunRecord | None:
         """Return a copy of the run the event started, or `None`."""
@@ -223,7 +229,10 @@ class MemoryRunStore:
             raise RunNotFoundError(run_id) from None
 
     def _matching(
-        self, status: RunStatus | Sequence[RunStatus] | None, pipeline: str | None
+        self,
+        status: RunStatus | Sequence[RunStatus] | None,
+        pipeline: str | None,
+        trigger: str | None = None,
     ) -> list[RunRecord]:
         statuses = _status_filter(status)
         return [
@@ -231,6 +240,7 @@ class MemoryRunStore:
             for r in self._runs.values()
             if (statuses is None or r.status in statuses)
             and (pipeline is None or r.pipeline == pipeline)
+            and _trigger_matches(r.trigger, trigger)
         ]
 
 

@@ -289,14 +289,22 @@ class RunStore(Protocol):
         *,
         status: RunStatus | Sequence[RunStatus] | None = None,
         pipeline: str | None = None,
+        trigger: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[RunRecord]:
-        """Return runs newest first (`created_at`, then `run_id`, both descending)."""
+        """Return runs newest first (`created_at`, then `run_id`, both descending).
+
+        `trigger` matches a run's trigger exactly or its kind: `cron` matches `cron:<name>`.
+        """
         ...
 
     def count_runs(
-        self, *, status: RunStatus | Sequence[RunStatus] | None = None, pipeline: str | None = None
+        self,
+        *,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        pipeline: str | None = None,
+        trigger: str | None = None,
     ) -> int:
         """Return how many runs match the same filters as `list_runs`."""
         ...
@@ -391,6 +399,10 @@ def _status_filter(status: RunStatus | Sequence[RunStatus] | None) -> frozenset[
     if isinstance(status, str):
         return frozenset({RunStatus(status)})
     return frozenset(RunStatus(s) for s in status)
+
+
+def _trigger_matches(trigger: str, wanted: str | None) -> bool:
+    return wanted is None or trigger == wanted or trigger.startswith(wanted + ":")
 
 
 def _check_page(limit: int, offset: int) -> None:

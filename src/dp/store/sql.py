@@ -282,13 +282,14 @@ class SQLRunStore:
         *,
         status: RunStatus | Sequence[RunStatus] | None = None,
         pipeline: str | None = None,
+        trigger: str | None = None,
         limit: int = 50,
         offset: int = 0,
     ) -> list[RunRecord]:
         """Return runs newest first; see `RunStore.list_runs`."""
         _check_page(limit, offset)
         query = (
-            _filtered(sa.select(_runs), status, pipeline)
+            _filtered(sa.select(_runs), status, pipeline, trigger)
             .order_by(_runs.c.created_at.desc(), _runs.c.run_id.desc())
             .limit(limit)
             .offset(offset)
@@ -297,10 +298,14 @@ class SQLRunStore:
             return [_run_record(row) for row in conn.execute(query)]
 
     def count_runs(
-        self, *, status: RunStatus | Sequence[RunStatus] | None = None, pipeline: str | None = None
+        self,
+        *,
+        status: RunStatus | Sequence[RunStatus] | None = None,
+        pipeline: str | None = None,
+        trigger: str | None = None,
     ) -> int:
         """Return how many runs match; see `RunStore.count_runs`."""
-        query = _filtered(sa.select(sa.func.count()).select_from(_runs), status, pipeline)
+        query = _filtered(sa.select(sa.func.count()).select_from(_runs), status, pipeline, trigger)
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -472,13 +477,21 @@ def _latest(records: Sequence[TaskRunRecord]) -> list[TaskRunRecord]:
 
 
 def _filtered(
-    query: sa.Select[Any], status: RunStatus | Sequence[RunStatus] | None, pipeline: str | None
+    query: sa.Select[Any],
+    status: RunStatus | Sequence[RunStatus] | None,
+    pipeline: str | None,
+    trigger: str | None = None,
 ) -> sa.Select[Any]:
     statuses = _status_filter(status)
     if statuses is not None:
         query = query.where(_runs.c.status.in_(sorted(s.value for s in statuses)))
     if pipeline is not None:
         query = query.where(_runs.c.pipeline == pipeline)
+    if trigger is not None:
+        query = query.where(
+            (_runs.c.trigger == trigger)
+            | _runs.c.trigger.startswith(trigger + ":", autoescape=True)
+        )
     return query
 
 

@@ -1,0 +1,121 @@
+"""The dashboard's routes: its page, the offline API docs, the live stream, events, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from dp.events import MAX_TOPIC_LENGTH, TopicMatcher
+from dp.service.dashboard.live import LiveFeed, Subscriber, event_dict
+from dp.service.runtime import Service
+
+__all__ = ["STATIC", "ResumeRequest", "routes"]
+
+#: the dashboard's HTML, CSS and JavaScript, and the vendored swagger-ui
+STATIC = Path(__file__).parent / "static"
+_SWAGGER = "/ui/static/vendor/swagger-ui"
+
+
+class ResumeRequest(BaseModel):
+    """Resume an interrupted run: only tasks without a stored result run again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(
+        default=False,
+        description="Take over a run recorded as running on another host (its owner is gone).",
+    )
+
+
+def _feed(request: Request) -> LiveFeed:
+    feed: LiveFeed = request.app.state.live_feed
+    return feed
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def routes() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @router.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="dp - API",
+            swagger_js_url=f"{_SWAGGER}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_SWAGGER}/swagger-ui.css",
+            swagger_favicon_url="/ui/static/favicon.svg",
+        )
+
+    @router.get(
+        "/ui/stream",
+        include_in_schema=False,  # endless: generated API clients and fuzzers must not call it
+        tags=["dashboard"],
+        summary="Live changes as server-sent events",
+        description=(
+            "One `data:` line per batch (at most a few a second), a JSON object with `runs` "
+            "(runs that started or ended), `tasks` (task changes of the run named by `run`, "
+            "each in its latest state) and `events` (bus events matching `events`); "
+            '`{"resync": true}` when the page fell behind and should reload its state.'
+        ),
+        response_class=StreamingResponse,
+    )
+    async def stream(
+        request: Request,
+        run: Annotated[str | None, Query(max_length=200)] = None,
+        events: Annotated[str | None, Query(max_length=MAX_TOPIC_LENGTH)] = None,
+    ) -> StreamingResponse:
+        matcher = TopicMatcher(events) if events else None
+        subscriber = Subscriber(run_id=run, events=matcher)
+        return StreamingResponse(
+            _feed(request).stream(subscriber),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @router.get("/ui/events", tags=["dashboard"], summary="Recent bus events, oldest first")
+    async def recent_events(
+        request: Request,
+        pattern: Annotated[str | None, Query(max_length=MAX_TOPIC_LENGTH)] = None,
+    ) -> dict[str, Any]:
+        matcher = TopicMatcher(pattern) if pattern else None
+        broker: Any = _service(request).broker
+        keeper = getattr(broker, "dead_letters", None)
+        dead = None
+        if callable(keeper):  # a bus that keeps dead letters (e.g. Redis Streams)
+            dead = [event_dict(e) for e in await _maybe_await(keeper())]
+        return {"items": _feed(request).recent(matcher), "dead_letters": dead}
+
+    @router.post(
+        "/runs/{run_id}/resume",
+        tags=["runs"],
+        summary="Resume an interrupted run",
+        description="Tasks whose results are stored are not run again.",
+        status_code=202,
+    )
+    async def resume_run(
+        run_id: str, request: Request, body: ResumeRequest | None = None
+    ) -> dict[str, Any]:
+        force = body.force if body is not None else False
+        handle = await _service(request).resume_run(run_id, force=force)
+        return {"run_id": handle.run_id, "status": "resuming"}
+
+    return router
+
+
+async def _maybe_await(value: Any) -> Any:
+    if hasattr(value, "__await__"):
+        return await value
+    return value
