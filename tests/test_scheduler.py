@@ -105,6 +105,29 @@ async def test_cron_trigger_publishes_at_each_fire_time(
     assert {e.source for e in received} == {"dp.scheduler/hourly"}
 
 
+async def test_two_schedulers_firing_one_tick_publish_one_event_id(
+    publisher: InMemoryPublisher, consumer: InMemoryConsumer
+) -> None:
+    """A cron tick's event id names the trigger and the due time, so two instances on one bus
+    publish the same id for the same tick (the service starts one run per id)."""
+    clock = ManualClock(START)
+    first = Scheduler(publisher, clock=clock)
+    second = Scheduler(publisher, clock=clock)
+    for scheduler in (first, second):
+        await scheduler.register_trigger(
+            "hourly", create_cron_trigger("0 * * * *", stamped(clock)), "jobs.tick"
+        )
+    async with consumer.consume("jobs.tick") as events, first, second:
+        await clock.advance(timedelta(hours=2))
+        received = await drain(events)
+    assert sorted(e.event_id for e in received) == [
+        "cron-hourly-20250602T010000Z",
+        "cron-hourly-20250602T010000Z",
+        "cron-hourly-20250602T020000Z",
+        "cron-hourly-20250602T020000Z",
+    ]
+
+
 async def test_event_is_moved_to_the_target_topic(
     publisher: InMemoryPublisher, consumer: InMemoryConsumer, clock: ManualClock
 ) -> None:
@@ -636,7 +659,7 @@ async def test_system_clock_is_utc_and_sleeps_until_a_time() -> None:
 def test_file_state_keeps_last_fire_times_across_instances(tmp_path: Path) -> None:
     """What one `FileScheduleState` records, a new one on the same file reads back."""
     path = tmp_path / "state" / "schedule.json"
-    FileScheduleState(path).record({"nightly": datetime(2025, 3, 30, 1, tzinfo=UTC)})
+    FileScheduleState(path).record_fires({"nightly": datetime(2025, 3, 30, 1, tzinfo=UTC)})
     assert FileScheduleState(path).last_fire("nightly") == datetime(2025, 3, 30, 1, tzinfo=UTC)
     assert FileScheduleState(path).last_fire("other") is None
     assert json.loads(path.read_text())["last_fire"] == {"nightly": "2025-03-30T01:00:00Z"}

@@ -756,3 +756,21 @@ def test_update_run_with_task_runs_of_an_unknown_run_is_refused(store: RunStore)
     """An unknown run id in update_run raises RunNotFoundError and saves no task run."""
     with pytest.raises(RunNotFoundError):
         store.update_run("ghost", status=RunStatus.FAILED, task_runs=[TaskRunRecord("ghost", "t")])
+
+
+# --- contract: the scheduler's state ------------------------------------------------------
+
+
+def test_the_store_keeps_the_schedule_state_and_never_moves_it_back(store: RunStore) -> None:
+    """Every store is a `ScheduleState`: fire times per trigger, the later of two kept."""
+    from dp.scheduler import ScheduleState
+
+    assert isinstance(store, ScheduleState)
+    assert store.last_fire("nightly") is None
+    store.record_fires({"nightly": T0, "hourly": T0})
+    store.record_fires({"nightly": T0 + timedelta(days=1), "hourly": T0 - timedelta(hours=1)})
+    assert store.last_fire("nightly") == T0 + timedelta(days=1)
+    assert store.last_fire("hourly") == T0  # an instance that fired earlier changes nothing
+    with pytest.raises(ValueError, match="fire time of trigger 'naive' has no time zone"):
+        store.record_fires({"naive": datetime(2025, 3, 1, 9, 30)})
+    assert store.last_fire("naive") is None

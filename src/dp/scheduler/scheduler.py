@@ -17,7 +17,7 @@ import dataclasses
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -99,6 +99,11 @@ class _Entry:
         self.circuit: CircuitState = "closed"
         self.retry_at: datetime | None = None
         self.problem: str | None = None
+
+
+def cron_event_id(trigger: str, scheduled_for: datetime) -> str:
+    """The id of the event a cron trigger publishes for the tick due at `scheduled_for`."""
+    return f"cron-{trigger}-{scheduled_for.astimezone(UTC):%Y%m%dT%H%M%SZ}"
 
 
 class Scheduler:
@@ -485,7 +490,7 @@ class Scheduler:
                 _log.warning(
                     "trigger_misfire_run_once", trigger=entry.name, missed=due.isoformat(), now=now
                 )
-            event = await self._publish(entry, trigger.event_factory, now)
+            event = await self._publish(entry, trigger.event_factory, now, scheduled_for=due)
             if event is not None:
                 # After a catch-up, remember now: the missed times are all covered.
                 fired[entry.name] = now if missed else due
@@ -494,7 +499,7 @@ class Scheduler:
 
     def _record(self, fired: dict[str, datetime]) -> None:
         try:
-            self._state.record(fired)
+            self._state.record_fires(fired)
         except Exception as exc:  # losing a record only risks one extra catch-up fire
             _log.error("schedule_state_write_failed", error=str(exc), triggers=sorted(fired))
 
@@ -553,6 +558,7 @@ class Scheduler:
         now: datetime,
         *,
         correlation_id: str | None = None,
+        scheduled_for: datetime | None = None,
         reraise: bool = False,
     ) -> EventBase | None:
         """Build the event, address it and publish it; count the outcome."""
@@ -562,7 +568,7 @@ class Scheduler:
                 raise TypeError(
                     f"event_factory returned {type(event).__name__}, expected an EventBase"
                 )
-            event = self._address(entry, event, correlation_id)
+            event = self._address(entry, event, correlation_id, scheduled_for)
             await self._publisher.publish(entry.target_topic, event)
         except Exception as exc:
             self._failed(entry, exc, now, what="fire")
@@ -579,9 +585,18 @@ class Scheduler:
         return event
 
     @staticmethod
-    def _address(entry: _Entry, event: EventBase, correlation_id: str | None) -> EventBase:
-        """The event with the trigger's topic, source and correlation id filled in."""
+    def _address(
+        entry: _Entry,
+        event: EventBase,
+        correlation_id: str | None,
+        scheduled_for: datetime | None = None,
+    ) -> EventBase:
+        """The event with the trigger's topic, source and correlation id filled in; a cron
+        tick's id names the trigger and the time it was due, so every scheduler instance
+        firing the same tick publishes the same event id (consumers dedupe by it: one run)."""
         changes: dict[str, Any] = {}
+        if scheduled_for is not None:
+            changes["event_id"] = cron_event_id(entry.name, scheduled_for)
         if event.topic != entry.target_topic:
             changes["topic"] = entry.target_topic
             if type(event) is EventBase and event.event_type == event.topic:

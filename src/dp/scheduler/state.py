@@ -2,7 +2,9 @@
 
 The misfire policy needs it: a scheduler that was down for three days compares the last
 fire time with now to see that fire times were missed. `MemoryScheduleState` forgets on
-exit (nothing is caught up after a restart); `FileScheduleState` keeps a small JSON file::
+exit (nothing is caught up after a restart); every `RunStore` is a `ScheduleState` too
+(`dp serve` keeps fire times there, beside the runs, shared by every instance on one
+database); `FileScheduleState` keeps a small JSON file for a scheduler without a store::
 
     {"version": 1, "last_fire": {"nightly": "2025-03-30T01:00:00Z"}}
 """
@@ -31,7 +33,7 @@ class ScheduleState(Protocol):
         """When the trigger `name` last fired (UTC), or None if it never did."""
         ...
 
-    def record(self, fires: Mapping[str, datetime]) -> None:
+    def record_fires(self, fires: Mapping[str, datetime]) -> None:
         """Remember these fire times; the scheduler calls it once per batch of fires."""
         ...
 
@@ -48,7 +50,7 @@ class MemoryScheduleState:
         """When `name` last fired, or None."""
         return self._times.get(name)
 
-    def record(self, fires: Mapping[str, datetime]) -> None:
+    def record_fires(self, fires: Mapping[str, datetime]) -> None:
         """Remember these fire times."""
         for name, when in fires.items():
             self._times[name] = _utc(name, when)
@@ -80,7 +82,7 @@ class FileScheduleState:
         """When `name` last fired, or None."""
         return self._load().get(name)
 
-    def record(self, fires: Mapping[str, datetime]) -> None:
+    def record_fires(self, fires: Mapping[str, datetime]) -> None:
         """Remember these fire times and rewrite the file.
 
         Raises:

@@ -32,7 +32,7 @@ from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineError, PipelineRegistry
 from dp.planner import ExecutionPlan
 from dp.service.lifecycle import LifecycleEvents, Metrics
-from dp.store.records import RunStatus
+from dp.store.records import RunStatus, is_stale
 
 if TYPE_CHECKING:
     from dp.scheduler import Scheduler
@@ -69,7 +69,9 @@ class Service:
         broker: the event bus, any `Broker` (default: a new `InMemoryBroker`).
         scheduler: fires cron and event triggers (default: a `Scheduler` on the broker).
         target: the task file or module, recorded with each run so it can be resumed.
-        resume_interrupted: on start, resume runs a previous process left interrupted.
+        resume_interrupted: on start, resume runs a previous process left interrupted, and
+            from then on adopt the runs of any instance on the same store that died (their
+            lease ran out): several `dp serve` on one database finish each other's runs.
         grace: seconds `stop()` lets running pipelines finish before interrupting them.
     """
 
@@ -106,6 +108,7 @@ class Service:
         self._running: Tally[str] = Tally()
         self._seen: OrderedDict[str, None] = OrderedDict()  # recent dedupe keys
         self._starter: asyncio.Task[None] | None = None
+        self._adopter: asyncio.Task[None] | None = None
         orchestrator.listeners.extend(
             [LifecycleEvents(self.broker, task_events=task_events), self.metrics]
         )
@@ -142,6 +145,11 @@ class Service:
         self.started_at = time.time()
         if self.resume_interrupted and self.orchestrator.store is not None:
             await self._resume_interrupted()
+            leases = self.orchestrator.leases
+            every = leases.seconds / 2 if leases is not None else 15.0
+            self._adopter = asyncio.get_running_loop().create_task(
+                self._adopt_forever(every), name="dp-service-adopt"
+            )
         _log.info("service.started", pipelines=sorted(self.pipelines))
 
     async def stop(self, grace: float | None = None) -> None:
@@ -151,10 +159,11 @@ class Service:
         self.accepting = False
         with contextlib.suppress(Exception):
             await self.scheduler.stop()
-        if self._starter is not None:
-            self._starter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._starter
+        for background in (self._starter, self._adopter):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         handles = self.orchestrator.active_runs()
         pending = [h.task for h in handles if h.task is not None]
         if pending:
@@ -382,7 +391,9 @@ class Service:
             )
             await self.scheduler.register_trigger(name, event_trigger, topic)
 
-    async def _resume_interrupted(self) -> None:
+    async def _resume_interrupted(self, *, only_orphans: bool = False) -> None:
+        """Resume this service's pipelines' runs that were interrupted or lost their owner;
+        with `only_orphans`, skip runs whose owner still holds its lease (no log noise)."""
         store = self.orchestrator.store
         assert store is not None
         records = await asyncio.to_thread(
@@ -390,13 +401,26 @@ class Service:
             status=[RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.QUEUED],
             limit=1000,
         )
+        active = {handle.run_id for handle in self.orchestrator.active_runs()}
         for record in records:
-            if record.pipeline not in self._plans:
+            if record.pipeline not in self._plans or record.run_id in active:
+                continue
+            if only_orphans and record.status != RunStatus.INTERRUPTED and not is_stale(record):
                 continue
             try:
                 await self.resume_run(record.run_id)
-            except DPError as exc:
+            except DPError as exc:  # another instance won the claim, or its owner lives
                 _log.info("service.not_resumed", run_id=record.run_id, reason=str(exc))
+
+    async def _adopt_forever(self, every: float) -> None:
+        """Take over, now and then, the runs of instances that died (their lease ran out).
+        Claims are compare-and-set in the store: of several instances, exactly one wins."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._resume_interrupted(only_orphans=True)
+            except Exception:  # the store is down for a moment: try again next time
+                _log.warning("service.adopt_failed", exc_info=True)
 
     async def resume_run(self, run_id: str, *, force: bool = False) -> RunHandle:
         """Resume an interrupted run of one of the pipelines (or of a task file) in the

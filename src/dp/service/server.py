@@ -2,7 +2,8 @@
 
 What `dp serve FILE` calls. The run store, bus, results and executor are the `Settings` of
 `dp.config` (by default results under `root/results`, runs in `root/runs.db`, an in-memory
-bus); cron fire times go into `root/schedule.json`. SIGTERM or SIGINT stops it gracefully:
+bus); cron fire times go into the run store, shared by every instance on one database
+(`root/schedule.json` only when runs are not recorded). SIGTERM or SIGINT stops it gracefully:
 triggers stop, running pipelines get `grace` seconds to finish, the rest are recorded as
 interrupted and resumed by the next start.
 """
@@ -168,7 +169,9 @@ def build_service(
         max_concurrent_pipelines=max_concurrent_pipelines,
         max_queued_pipelines=max_queued_pipelines,
     )
-    scheduler = Scheduler(broker, state=FileScheduleState(root / "schedule.json"))
+    store = orchestrator.store
+    state = store if store is not None else FileScheduleState(root / "schedule.json")
+    scheduler = Scheduler(broker, state=state)
     return Service(
         pipelines,
         orchestrator=orchestrator,

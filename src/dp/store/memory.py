@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from dp.store.records import (
     _as_utc,
     _check_page,
     _check_run_id,
+    _fire_time,
     _not_json_error,
     _status_filter,
     _trigger_matches,
@@ -44,6 +45,7 @@ class MemoryRunStore:
         self._events: dict[str, str] = {}  # event id -> run id
         self._tasks: dict[str, dict[_TaskKey, TaskRunRecord]] = {}
         self._attempts: dict[str, dict[_AttemptKey, TaskRunRecord]] = {}
+        self._fires: dict[str, datetime] = {}
 
     def create_run(self, record: RunRecord) -> None:
         """Record a new run; see `RunStore.create_run`."""
@@ -218,6 +220,19 @@ class MemoryRunStore:
             del self._runs[run_id], self._tasks[run_id], self._attempts[run_id]
             if run.event_id is not None:
                 del self._events[run.event_id]
+
+    def last_fire(self, name: str) -> datetime | None:
+        """When the cron trigger `name` last fired; see `RunStore.last_fire`."""
+        with self._lock:
+            return self._fires.get(name)
+
+    def record_fires(self, fires: Mapping[str, datetime]) -> None:
+        """Remember fire times, keeping the later; see `RunStore.record_fires`."""
+        given = {name: _fire_time(name, when) for name, when in fires.items()}
+        with self._lock:
+            for name, when in given.items():
+                stored = self._fires.get(name)
+                self._fires[name] = when if stored is None else max(stored, when)
 
     def close(self) -> None:
         """Nothing to release; present to satisfy `RunStore`."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import reprlib
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -329,6 +329,16 @@ class RunStore(Protocol):
         """
         ...
 
+    def last_fire(self, name: str) -> datetime | None:
+        """When the cron trigger `name` last fired (UTC), or None: the store is the
+        scheduler's `ScheduleState`, shared by every `dp serve` on one database."""
+        ...
+
+    def record_fires(self, fires: Mapping[str, datetime]) -> None:
+        """Remember these fire times; a time earlier than the one stored (another instance
+        fired later already) leaves the stored one."""
+        ...
+
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
         ...
@@ -391,6 +401,12 @@ def _as_utc(value: datetime | None) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def _fire_time(name: str, when: datetime) -> datetime:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"fire time of trigger {name!r} has no time zone: {when.isoformat()}")
+    return when.astimezone(UTC)
 
 
 def _status_filter(status: RunStatus | Sequence[RunStatus] | None) -> frozenset[RunStatus] | None:

@@ -6,7 +6,7 @@ version, inside the transaction that opens it.
 
 Version 2 added ownership (`epoch`, `owner_host`, `owner_pid`, `lease_until` on runs), where
 each attempt ran (`host`, `pid` on task runs) and `dp_task_attempts`, the earlier attempts a
-retry or a resume superseded.
+retry or a resume superseded, and `dp_schedule`, the scheduler's last fire times.
 """
 
 from __future__ import annotations
@@ -141,6 +141,14 @@ _attempts = sa.Table(
     *_task_columns(attempt_in_key=True),
 )
 
+#: The scheduler's state: when each cron trigger last fired, shared by every instance.
+_schedule = sa.Table(
+    "dp_schedule",
+    _metadata,
+    sa.Column("trigger", sa.String(200), primary_key=True),
+    sa.Column("last_fire", _UTCDateTime, nullable=False),
+)
+
 _meta = sa.Table(
     "dp_meta",
     _metadata,
@@ -167,6 +175,7 @@ def _add_ownership_and_attempts(conn: sa.Connection) -> None:
         default = " NOT NULL DEFAULT 0" if column.name == "epoch" else ""
         conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {spec}{default}"))
     _attempts.create(conn)
+    _schedule.create(conn)
     # The owner used to live in the run's metadata; move it where resume and `is_stale` look.
     query = sa.select(_runs.c.run_id, _runs.c.metadata)
     for run_id, metadata in conn.execute(query).all():
@@ -185,11 +194,18 @@ def _add_ownership_and_attempts(conn: sa.Connection) -> None:
 MIGRATIONS: dict[int, Migration] = {1: _add_ownership_and_attempts}
 
 
-def _upsert_statement(backend: str, table: sa.Table, key: tuple[str, ...]) -> sa.Insert:
+def _upsert_statement(
+    backend: str, table: sa.Table, key: tuple[str, ...], *, forward_only: str | None = None
+) -> sa.Insert:
+    """INSERT ... ON CONFLICT DO UPDATE; with `forward_only`, an existing row is updated only
+    when that column moves forward (a later fire time)."""
     insert = sqlite.insert(table) if backend == "sqlite" else postgresql.insert(table)
     return insert.on_conflict_do_update(
         index_elements=list(key),
         set_={c.name: insert.excluded[c.name] for c in table.c if c.name not in key},
+        where=None
+        if forward_only is None
+        else table.c[forward_only] < insert.excluded[forward_only],
     )
 
 

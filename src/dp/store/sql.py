@@ -17,7 +17,7 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from dp.store.records import (
     TaskRunRecord,
     _check_page,
     _check_run_id,
+    _fire_time,
     _not_json_error,
     _status_filter,
 )
@@ -47,6 +48,7 @@ from dp.store.schema import (
     _run_record,
     _run_row,
     _runs,
+    _schedule,
     _stored_version,
     _task_row,
     _task_run_record,
@@ -131,6 +133,9 @@ class SQLRunStore:
         )
         self._upsert_task_runs = _upsert_statement(backend, _task_runs, _TASK_KEY)
         self._upsert_attempts = _upsert_statement(backend, _attempts, _ATTEMPT_KEY)
+        self._upsert_fires = _upsert_statement(
+            backend, _schedule, ("trigger",), forward_only="last_fire"
+        )
         _open_stores.add(self)
         try:
             self._open_schema()
@@ -338,6 +343,24 @@ class SQLRunStore:
             deleted = conn.execute(_runs.delete().where(_runs.c.run_id == run_id)).rowcount
         if deleted == 0:
             raise RunNotFoundError(run_id)
+
+    def last_fire(self, name: str) -> datetime | None:
+        """When the cron trigger `name` last fired; see `RunStore.last_fire`."""
+        query = sa.select(_schedule.c.last_fire).where(_schedule.c.trigger == name)
+        with self._engine.connect() as conn:
+            value: datetime | None = conn.execute(query).scalar_one_or_none()
+        return value
+
+    def record_fires(self, fires: Mapping[str, datetime]) -> None:
+        """Remember fire times, keeping the later; see `RunStore.record_fires`."""
+        rows = [
+            {"trigger": name, "last_fire": _fire_time(name, when)} for name, when in fires.items()
+        ]
+        if not rows:
+            return
+        # insert, or move forward only: of two instances recording one tick, the later wins
+        with self._writing() as conn:
+            conn.execute(self._upsert_fires, rows)
 
     def close(self) -> None:
         """Close the pooled connections."""
