@@ -25,6 +25,7 @@ from dp.display import (
     duration_text,
     pipeline_label,
     plural,
+    print_attempts,
     print_plan,
     print_runs,
     print_task_table,
@@ -41,7 +42,6 @@ from dp.store.records import (
     RunRecord,
     RunStatus,
     RunStore,
-    TaskRunRecord,
     is_stale,
     owner_of,
 )
@@ -553,32 +553,13 @@ def runs_show(
     if record.error:
         console.print(f"[red]{escape(record.error)}[/]", highlight=False)
     if attempts:
-        _print_attempts(console, run_store.get_attempts(run_id))
+        print_attempts(console, run_store.get_attempts(run_id))
         return
     rows = [
         (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error)
         for r in run_store.get_task_runs(run_id)
     ]
     print_task_table(console, rows)
-
-
-def _print_attempts(console: Console, attempts: list[TaskRunRecord]) -> None:
-    from rich.table import Table
-
-    table = Table(show_header=True, header_style="bold")
-    for column in ("task", "attempt", "status", "started", "duration", "where", "error"):
-        table.add_column(column)
-    for a in attempts:
-        table.add_row(
-            escape(a.task_name + (f"[{a.instance}]" if a.instance else "")),
-            str(a.attempt),
-            status_text(a.status.value),
-            f"{a.started_at:%H:%M:%S}" if a.started_at else "",
-            "" if a.duration is None else f"{a.duration * 1000:.1f} ms",
-            escape(f"{a.host}:{a.pid}" if a.host else ""),
-            escape(a.error or ""),
-        )
-    console.print(table)
 
 
 @runs_app.command("logs")

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from dp.engine import ExecutionContext, RunResult, TaskRunResult
 from dp.planner import ExecutionPlan, type_name
-from dp.store.records import RunRecord, TaskStatus, is_stale
+from dp.store.records import RunRecord, TaskRunRecord, TaskStatus, is_stale
 
 __all__ = [
     "TaskRow",
@@ -162,6 +162,24 @@ def print_task_table(console: Console, rows: Sequence[TaskRow]) -> None:
             str(attempts),
             duration_text(duration),
             escape(error or ""),
+        )
+    console.print(table)
+
+
+def print_attempts(console: Console, attempts: Sequence[TaskRunRecord]) -> None:
+    """One line per attempt of each task: number, status, start, duration, where, error."""
+    table = _table(
+        "task", "attempt", "status", "started", "duration", "where", "error", wrap=("error",)
+    )
+    for a in attempts:
+        table.add_row(
+            escape(a.task_name + (f"[{a.instance}]" if a.instance else "")),
+            str(a.attempt),
+            status_text(a.status.value),
+            f"{a.started_at:%H:%M:%S}" if a.started_at else "",
+            duration_text(a.duration),
+            escape(f"{a.host}:{a.pid}" if a.host else ""),
+            escape(a.error or ""),
         )
     console.print(table)
 
