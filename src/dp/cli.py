@@ -703,6 +703,15 @@ def serve(
     max_queued_pipelines: Annotated[
         int, typer.Option(min=0, help="Runs allowed to wait; beyond, starts get HTTP 429.")
     ] = 100,
+    lease: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            metavar="SECONDS",
+            help="How long a run's lease lasts: another instance on the same store takes the "
+            "runs of one that died over once their leases ran out.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the pipelines in TARGET: cron and event triggers, and the HTTP API (/docs)."""
     from dp.service.server import serve as serve_forever
@@ -721,6 +730,7 @@ def serve(
             grace=grace,
             max_concurrent_pipelines=max_concurrent_pipelines,
             max_queued_pipelines=max_queued_pipelines,
+            lease=lease,
         )
     except DPError as exc:
         raise _fail(exc) from exc

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from dp.config import Settings, build_orchestrator, mask, open_broker, resolve
+from dp.engine.lease import DEFAULT_LEASE_SECONDS
 from dp.errors import DPError
 from dp.loader import load_tasks
 from dp.logs import configure_logging, get_logger
@@ -57,6 +58,7 @@ def serve(
     grace: float = 30.0,
     max_concurrent_pipelines: int = 8,
     max_queued_pipelines: int = 100,
+    lease: float = DEFAULT_LEASE_SECONDS,
     log_level: str = "INFO",
 ) -> None:
     """Serve the pipelines defined in `target` until SIGTERM or SIGINT.
@@ -72,6 +74,8 @@ def serve(
         grace: seconds running pipelines may take to finish on shutdown.
         max_concurrent_pipelines: runs executing at once; more wait in a queue.
         max_queued_pipelines: runs allowed to wait; beyond, starts are refused (HTTP 429).
+        lease: seconds a run's lease lasts; when an instance dies, another instance on the
+            same store takes its runs over once their leases ran out.
         log_level: the lowest level logged (JSON lines unless stderr is a terminal).
 
     Raises:
@@ -96,6 +100,7 @@ def serve(
         grace=grace,
         max_concurrent_pipelines=max_concurrent_pipelines,
         max_queued_pipelines=max_queued_pipelines,
+        lease=lease,
     )
     if not token:
         _log.warning(
@@ -135,6 +140,7 @@ def build_service(
     grace: float = 30.0,
     max_concurrent_pipelines: int = 8,
     max_queued_pipelines: int = 100,
+    lease: float = DEFAULT_LEASE_SECONDS,
 ) -> Service:
     """Load `target` and build the service for its pipelines on the backends of `settings`
     (default: `dp.config.resolve(home=root)`); not started yet.
@@ -168,6 +174,7 @@ def build_service(
         settings,
         max_concurrent_pipelines=max_concurrent_pipelines,
         max_queued_pipelines=max_queued_pipelines,
+        lease_seconds=lease,
     )
     store = orchestrator.store
     state = store if store is not None else FileScheduleState(root / "schedule.json")
