@@ -9,6 +9,7 @@ import pytest
 
 from dp import get_registry
 from postgres_server import FAST, PostgresServer
+from redis_server import RedisServer
 
 
 @pytest.fixture
@@ -32,3 +33,11 @@ def postgres() -> Iterator[PostgresServer]:
     each test an empty database of its own."""
     with PostgresServer(FAST) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for the whole session (tests use their own key prefixes)."""
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

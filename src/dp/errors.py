@@ -237,6 +237,51 @@ class QueueFullError(DPError):
         )
 
 
+class BusUnavailableError(DPError):
+    """The event bus's server could not be reached within the time allowed."""
+
+    def __init__(self, url: str, waited: float, reason: str) -> None:
+        self.url = url
+        self.waited = waited
+        self.reason = reason
+        super().__init__(
+            f"the event bus at {url} is unreachable ({reason}); gave up after {waited:.1f}s. "
+            "Check that the server runs, or raise the broker's publish_timeout."
+        )
+
+
+class InvalidBusURLError(DPError, ValueError):
+    """An event bus URL (or option) that dp cannot use."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(
+            f"invalid event bus URL {url!r}: {problem}. Use e.g. redis://127.0.0.1:6379/0."
+        )
+
+
+class GroupError(DPError, ValueError):
+    """A durable subscription's group is malformed, or taken by another pattern."""
+
+    def __init__(self, group: str, problem: str) -> None:
+        self.group = group
+        self.problem = problem
+        super().__init__(f"subscription group {group!r}: {problem}")
+
+
+class NotPendingError(DPError, LookupError):
+    """`ack`/`nack` of an event this durable subscription has not delivered, or has settled."""
+
+    def __init__(self, group: str, event_id: str) -> None:
+        self.group = group
+        self.event_id = event_id
+        super().__init__(
+            f"event {event_id} is not pending in group {group!r}: acknowledge only events this "
+            "subscription delivered, once each."
+        )
+
+
 class QueueEmptyError(DPError):
     """A non-blocking get found nothing waiting (or a blocking one timed out)."""
 

@@ -5,6 +5,7 @@
 """
 
 from dp.events.event import EventBase, new_event_id
+from dp.events.groups import InMemoryDurableSubscription
 from dp.events.memory import (
     InMemoryBroker,
     InMemoryConsumer,
@@ -17,6 +18,8 @@ from dp.events.ports import (
     BrokerConsumer,
     BrokerStats,
     Consumer,
+    DeadLetter,
+    DurableSubscription,
     Publisher,
     Queue,
     QueueEmptyError,
@@ -38,9 +41,12 @@ __all__ = [
     "BrokerConsumer",
     "BrokerStats",
     "Consumer",
+    "DeadLetter",
+    "DurableSubscription",
     "EventBase",
     "InMemoryBroker",
     "InMemoryConsumer",
+    "InMemoryDurableSubscription",
     "InMemoryPublisher",
     "InMemoryQueue",
     "InMemorySubscription",

@@ -14,12 +14,18 @@ import sys
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, Self, get_args
 
-from dp.errors import BrokerClosedError, InvalidTopicError, QueueFullError
+from dp.errors import BrokerClosedError, GroupError, InvalidTopicError, QueueFullError
 from dp.events.event import EventBase
-from dp.events.ports import BrokerStats, Subscription
+from dp.events.groups import (
+    InMemoryDurableSubscription,
+    MemoryGroup,
+    default_consumer_name,
+    validate_group,
+)
+from dp.events.ports import BrokerStats, DeadLetter, Subscription
 from dp.events.topics import Predicate, compile_pattern, validate_topic
 
 __all__ = [
@@ -116,6 +122,7 @@ class InMemoryBroker:
         self._retained: dict[str, tuple[int, float, EventBase]] = {}
         self._mailboxes: tuple[_Mailbox, ...] = ()
         self._routes: dict[str, tuple[_Mailbox, ...]] = {}  # valid topic -> matching mailboxes
+        self._groups: dict[str, MemoryGroup] = {}
         self._closed = False
         self._published = 0
         self._dropped = 0
@@ -164,6 +171,75 @@ class InMemoryBroker:
         """Stop delivering to `subscription`; its iteration ends, buffered events are dropped."""
         if isinstance(subscription, InMemorySubscription) and subscription._broker is self:
             subscription.close()
+
+    # --- durable groups -------------------------------------------------------------------
+
+    def durable(
+        self,
+        pattern: str,
+        *,
+        group: str,
+        consumer: str | None = None,
+        claim_idle: float = 60.0,
+        max_deliveries: int = 5,
+        maxsize: int | None = None,
+    ) -> InMemoryDurableSubscription:
+        """Join the durable group `group` on `pattern` (see `Broker.durable`).
+
+        The group lives as long as the broker: events published while it has no consumer
+        wait in its buffer (`maxsize`, default the broker's, with the broker's overflow).
+
+        Raises:
+            GroupError: the name or options are invalid, or the group has another pattern.
+            InvalidTopicError: the pattern is malformed.
+            BrokerClosedError: the broker is closed.
+        """
+        validate_group(group, max_deliveries=max_deliveries, claim_idle=claim_idle)
+        matches = compile_pattern(pattern)
+        if self._closed:
+            raise BrokerClosedError(pattern)
+        state = self._groups.get(group)
+        if state is None:
+            limit = self.maxsize if maxsize is None else maxsize
+            box = _Mailbox(pattern, matches, limit, self.overflow)
+            state = self._groups[group] = MemoryGroup(group, box, self._clock)
+            self._mailboxes = (*self._mailboxes, box)
+            self._routes.clear()
+        elif state.box.pattern != pattern:
+            raise GroupError(
+                group,
+                f"it exists with pattern {state.box.pattern!r}, not {pattern!r}; "
+                "use another group name for another pattern",
+            )
+        return InMemoryDurableSubscription(
+            state,
+            consumer=consumer or default_consumer_name(),
+            claim_idle=claim_idle,
+            max_deliveries=max_deliveries,
+        )
+
+    def _group(self, group: str) -> MemoryGroup:
+        try:
+            return self._groups[group]
+        except KeyError:
+            known = ", ".join(sorted(self._groups)) or "none"
+            raise GroupError(group, f"no such group on this broker (known: {known})") from None
+
+    async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        """The oldest `limit` dead letters of `group`.
+
+        Raises:
+            GroupError: no such group.
+        """
+        return list(self._group(group).dead.values())[:limit]
+
+    async def replay_dead_letters(self, group: str, ids: Sequence[str] | None = None) -> int:
+        """Deliver dead letters (these `ids`, or all) to `group` again; unknown ids are skipped.
+
+        Raises:
+            GroupError: no such group.
+        """
+        return self._group(group).replay(ids)
 
     def _remove(self, box: _Mailbox) -> None:
         box.close()

@@ -7,8 +7,9 @@ and Kafka later. Keep callers on these types and an adapter can be swapped by co
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
 from dp.errors import QueueEmptyError
@@ -19,6 +20,8 @@ __all__ = [
     "BrokerConsumer",
     "BrokerStats",
     "Consumer",
+    "DeadLetter",
+    "DurableSubscription",
     "Publisher",
     "Queue",
     "QueueEmptyError",
@@ -48,6 +51,64 @@ class Subscription(Protocol):
     async def aclose(self) -> None:
         """Unsubscribe; buffered events are discarded."""
         ...
+
+
+@runtime_checkable
+class DurableSubscription(Subscription, Protocol):
+    """One consumer of a named group: each event matching the pattern goes to one consumer.
+
+    The group outlives its consumers: events published while none runs wait for the next.
+    An event stays pending until `ack`; `nack` (the handler failed) delivers it again at once,
+    and an event a consumer neither acks nor nacks (it died, or hangs) goes to another consumer
+    once it has been pending longer than `claim_idle` seconds. The delivery after the
+    `max_deliveries`-th moves it to the group's dead letters instead, with its last error.
+    """
+
+    @property
+    def group(self) -> str:
+        """The group's name, e.g. `dp.service`."""
+        ...
+
+    async def ack(self, *events: EventBase) -> None:
+        """Settle `events` (delivered by this subscription): they are never delivered again.
+
+        Raises:
+            NotPendingError: for an event this subscription did not deliver or already settled.
+        """
+        ...
+
+    async def nack(self, event: EventBase, error: str) -> None:
+        """The handler failed with `error`: deliver `event` again, or dead-letter it."""
+        ...
+
+    def deliveries(self, event: EventBase) -> int:
+        """How many times the pending `event` has been delivered, this time included."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a group gave up on after `deliveries` failed deliveries.
+
+    Attributes:
+        id: the dead letter's id, for `replay_dead_letters`.
+        group: the durable subscription group that failed it.
+        topic: where it was published.
+        event: the event, or None when its entry could not be decoded (see `raw`).
+        raw: the event as it was stored (the JSON wire format).
+        error: the last handler error, or why it was given up.
+        deliveries: how many times it was delivered.
+        failed_at: when it was dead-lettered (UTC).
+    """
+
+    id: str
+    group: str
+    topic: str
+    event: EventBase | None
+    raw: str
+    error: str
+    deliveries: int
+    failed_at: datetime
 
 
 @runtime_checkable
@@ -98,8 +159,36 @@ class Broker(Protocol):
         """Subscribe to `pattern`; with `replay_retained`, start with the retained events."""
         ...
 
+    def durable(
+        self,
+        pattern: str,
+        *,
+        group: str,
+        consumer: str | None = None,
+        claim_idle: float = 60.0,
+        max_deliveries: int = 5,
+    ) -> DurableSubscription:
+        """Join (or create) the durable group `group` on `pattern` as one more consumer.
+
+        A new group starts with the events published after this call. `claim_idle` must be
+        longer than the handler may take: a pending event idle for that long goes to another
+        consumer. `consumer` names this consumer (default: host, process and a counter).
+
+        Raises:
+            GroupError: the group name is malformed, or the group exists with another pattern.
+        """
+        ...
+
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop delivering to `subscription`; unknown or already closed ones are ignored."""
+        ...
+
+    async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        """The oldest `limit` dead letters of `group`."""
+        ...
+
+    async def replay_dead_letters(self, group: str, ids: Sequence[str] | None = None) -> int:
+        """Deliver dead letters (these `ids`, or all) to `group` again; return how many."""
         ...
 
     async def publish(self, topic: str, event: EventBase) -> None:
