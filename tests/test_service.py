@@ -102,6 +102,69 @@ async def test_duplicate_event_starts_one_run(service: Service) -> None:
     assert len(runs_of(service, "score")) == 1
 
 
+async def test_start_events_sharing_a_correlation_id_start_a_run_each(service: Service) -> None:
+    """Two start events with different ids and one correlation id are two runs (issue 8)."""
+    for event_id in ("s-1", "s-2"):
+        await service.publish(
+            "dp.pipelines.score.start",
+            {"order_id": event_id, "amount": 1},
+            event_id=event_id,
+            correlation_id="batch-7",
+        )
+    await until(lambda: len(runs_of(service, "score")) == 2, "two scoring runs")
+    assert sorted(r.params["order_id"] for r in runs_of(service, "score")) == ["s-1", "s-2"]
+
+
+async def test_a_start_event_is_unacknowledged_until_its_run_is_recorded(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a run is not yet recorded its start event stays pending: another instance of the
+    `dp.service` group claims it; once recorded, the re-delivery starts no second run."""
+    received, recording = asyncio.Event(), asyncio.Event()
+    submit = service.orchestrator.submit_pipeline
+
+    async def slow_submit(*args: Any, **kwargs: Any) -> Any:
+        received.set()
+        await recording.wait()
+        return await submit(*args, **kwargs)
+
+    monkeypatch.setattr(service.orchestrator, "submit_pipeline", slow_submit)
+    await service.publish("dp.pipelines.score.start", {"order_id": "P", "amount": 1})
+    await asyncio.wait_for(received.wait(), PATIENCE)
+    peer = service.broker.durable("dp.pipelines.*.start", group="dp.service", claim_idle=0.05)
+    claimed = await asyncio.wait_for(anext(peer), PATIENCE)
+    assert peer.deliveries(claimed) == 2
+    recording.set()
+    await until(lambda: runs_of(service, "score"), "the scoring run")
+    await service._start_from_event("score", claimed)  # the peer handles it too: a no-op
+    await peer.ack(claimed)
+    assert len(runs_of(service, "score")) == 1
+
+
+async def test_a_start_event_that_keeps_failing_becomes_a_dead_letter(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error handling a start event is retried, then dead-lettered with it."""
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("store on fire")
+
+    monkeypatch.setattr(service, "start_run", broken)
+    sent = await service.publish("dp.pipelines.score.start", {"order_id": "X", "amount": 1})
+
+    async def buried() -> bool:
+        return bool(await service.broker.dead_letters("dp.service"))
+
+    deadline = asyncio.get_running_loop().time() + PATIENCE
+    while not await buried():
+        assert asyncio.get_running_loop().time() < deadline, "no dead letter"
+        await asyncio.sleep(0.01)
+    (letter,) = await service.broker.dead_letters("dp.service")
+    assert letter.event is not None
+    assert letter.event.event_id == sent.event_id
+    assert (letter.error, letter.deliveries) == ("RuntimeError: store on fire", 5)
+
+
 async def test_bad_payload_is_rejected_with_an_event_and_no_run(service: Service) -> None:
     """A payload missing a run parameter publishes dp.run.rejected naming it; nothing runs."""
     async with service.consumer.consume("dp.run.rejected") as rejections:

@@ -24,6 +24,7 @@ from dp.events import (
     Broker,
     BrokerConsumer,
     Consumer,
+    DurableSubscription,
     EventBase,
     InMemoryBroker,
     Publisher,
@@ -42,6 +43,8 @@ __all__ = ["PipelineBusyError", "Service", "ServiceUnavailableError"]
 _log = get_logger("dp.service")
 
 _START_PATTERN = "dp.pipelines.*.start"
+START_GROUP = "dp.service"
+"""The durable group of the start-event consumers: instances on one bus share the events."""
 
 
 class ServiceUnavailableError(DPError):
@@ -136,7 +139,7 @@ class Service:
         if problems:
             raise PipelineError("\n".join(problems))
         await self._register_triggers()
-        subscription = self.consumer.consume(_START_PATTERN)
+        subscription = self.broker.durable(_START_PATTERN, group=START_GROUP)
         self._starter = asyncio.get_running_loop().create_task(
             self._consume_starts(subscription), name="dp-service-starts"
         )
@@ -282,24 +285,35 @@ class Service:
 
     # --- events -> runs ----------------------------------------------------------------------
 
-    async def _consume_starts(self, subscription: Any) -> None:
+    async def _consume_starts(self, subscription: DurableSubscription) -> None:
+        """Turn start events into runs; acknowledge each once its run or rejection is recorded.
+
+        An event left unacknowledged (shutdown, or an instance that died) is delivered again,
+        here or to another instance of the group; its event id makes that a no-op if the
+        run was recorded after all.
+        """
         async for event in subscription:
             name = event.topic.split(".")[2]
             try:
-                await self._start_from_event(name, event)
-            except Exception:  # one bad event must not stop the consumer
+                settled = await self._start_from_event(name, event)
+            except Exception as exc:  # one bad event must not stop the consumer
                 _log.exception(
                     "service.start_event_failed", topic=event.topic, event_id=event.event_id
                 )
+                await subscription.nack(event, f"{type(exc).__name__}: {exc}")
+                continue
+            if settled:
+                await subscription.ack(event)
 
-    async def _start_from_event(self, name: str, event: EventBase) -> None:
+    async def _start_from_event(self, name: str, event: EventBase) -> bool:
+        """Start (or reject) the run of a start event; False if it must be delivered again."""
         if name not in self.pipelines:
             await self._reject(name, event, f"no pipeline named {name!r}")
-            return
-        key = f"{name}/{event.correlation_id or event.event_id}"
+            return True
+        key = f"{name}/{event.event_id}"
         if key in self._seen:
             _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
-            return
+            return True
         accepted = self._param_names[name]
         params = {k: v for k, v in event.payload.items() if k in accepted}
         trigger = (
@@ -323,15 +337,15 @@ class Service:
                 delay = min(delay * 2, 1.0)
                 if self.accepting:
                     continue
-                return
+                return False
             except (PlanError, PipelineError) as exc:
                 await self._reject(name, event, str(exc))
-                return
+                return True
             except ServiceUnavailableError:
-                return
+                return False
             self._remember(key)
             self.metrics.trigger_fires.labels(trigger).inc()
-            return
+            return True
 
     def _remember(self, key: str) -> None:
         self._seen[key] = None
@@ -491,11 +505,14 @@ def _cron_event(topic: str, source: str) -> Any:
 
 def _forwarded_event(topic: str) -> Any:
     def make(event: EventBase) -> EventBase:
+        # The start event's id is derived from the source event's, so a redelivered source
+        # event makes the same start event, which starts no second run.
         return EventBase(
             topic=topic,
             payload=dict(event.payload),
             source=f"event:{event.topic}",
             correlation_id=event.event_id,
+            event_id=f"{event.event_id}@{topic}",
         )
 
     return make
