@@ -86,6 +86,13 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
 # --- publish / subscribe ----------------------------------------------------------------------
 
 
+def test_brokers_satisfy_the_ports(broker: Broker) -> None:
+    """Each broker is a Broker, its subscriptions Subscriptions, its groups durable ones."""
+    assert isinstance(broker, Broker)
+    assert isinstance(broker.subscribe("a.*"), Subscription)
+    assert isinstance(broker.durable("a.*", group="g"), DurableSubscription)
+
+
 async def test_subscribers_receive_matching_events_in_order(broker: Broker) -> None:
     """A pattern subscription receives the matching events, in publish order, and no others."""
     subscription = broker.subscribe("sales.*.created")

@@ -20,6 +20,7 @@ from rich.pretty import Pretty
 from rich.text import Text
 
 from dp import config
+from dp.cli_events import events_app
 from dp.display import (
     LiveProgress,
     duration_text,
@@ -60,6 +61,7 @@ runs_app = typer.Typer(
     help="Inspect and resume recorded runs.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(runs_app, name="runs")
+app.add_typer(events_app, name="events")
 
 
 def _dp_version() -> str:

@@ -34,7 +34,7 @@ from dp.errors import (
 )
 from dp.events.event import EventBase
 from dp.events.groups import default_consumer_name, validate_group
-from dp.events.ports import DeadLetter, Subscription
+from dp.events.ports import Broker, DeadLetter, Subscription
 from dp.events.topics import compile_pattern, validate_topic
 from dp.logs import get_logger
 
@@ -155,7 +155,8 @@ class RedisBroker:
         self._unsettled: dict[str, int] = {}  # topic -> publishes since its last trim
         self._trims: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: set[Subscription] = set()
-        self._clock_offset_ms: float | None = None  # Redis time minus local time
+        self._clock_offset: tuple[float, float] | None = None  # see _clock()
+        self._clock_lock = asyncio.Lock()
         self._outage = False
 
     # --- keys -------------------------------------------------------------------------------
@@ -210,19 +211,38 @@ class RedisBroker:
 
     async def server_ms(self) -> int:
         """Redis's clock in milliseconds, estimated locally after the first call."""
-        if self._clock_offset_ms is None:
-            before = time.time()
-            seconds, micros = await self.redis.time()
-            now = (before + time.time()) / 2
-            self._clock_offset_ms = seconds * 1000 + micros / 1000 - now * 1000
-        return int(time.time() * 1000 + self._clock_offset_ms)
+        offset, _ = await self._clock()
+        return int(time.time() * 1000 + offset)
+
+    async def _clock(self) -> tuple[float, float]:
+        """(Redis time minus local time, the estimate's uncertainty), in milliseconds.
+
+        Of three `TIME` round trips the fastest is kept; Redis read its clock somewhere
+        within it, so the offset is right to half the round trip.
+        """
+        async with self._clock_lock:
+            if self._clock_offset is None:
+                best: tuple[float, float] | None = None
+                for _ in range(3):
+                    before = time.time()
+                    seconds, micros = await self.redis.time()
+                    after = time.time()
+                    sample = (
+                        seconds * 1000 + micros / 1000 - (before + after) * 500,
+                        (after - before) * 500,
+                    )
+                    if best is None or sample[1] < best[1]:
+                        best = sample
+                self._clock_offset = best
+        assert self._clock_offset is not None
+        return self._clock_offset
 
     async def start_id_at(self, local_time: float) -> str:
         """The id to read after so that entries added from `local_time` (local clock) on
-        are included, whatever the skew between this machine's clock and Redis's."""
-        await self.server_ms()
-        assert self._clock_offset_ms is not None
-        return just_before(int(local_time * 1000 + self._clock_offset_ms) - 1)
+        are included, whatever the skew between this machine's clock and Redis's: the cut
+        errs early by the estimate's uncertainty, plus a millisecond."""
+        offset, uncertainty = await self._clock()
+        return just_before(int(local_time * 1000 + offset - uncertainty) - 1)
 
     # --- publishing ---------------------------------------------------------------------------
 
@@ -315,8 +335,9 @@ class RedisBroker:
     ) -> RedisDurableSubscription:
         """Join the durable group `group` on `pattern` (a Redis consumer group per stream).
 
-        A new group starts at this call. A group taken by another pattern raises
-        `GroupError` from the first read. See `DurableSubscription` for the semantics.
+        A new group starts at this call and is registered by the first read (a subscription
+        never read creates no group). A group taken by another pattern raises `GroupError`
+        from the first read. See `DurableSubscription` for the semantics.
 
         Raises:
             GroupError: malformed name or options.
@@ -622,3 +643,9 @@ def mask(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+if TYPE_CHECKING:
+
+    def _satisfies_the_port(broker: RedisBroker) -> Broker:
+        return broker  # mypy checks RedisBroker against the Broker protocol here
