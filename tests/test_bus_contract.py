@@ -105,6 +105,21 @@ async def test_subscribers_receive_matching_events_in_order(broker: Broker) -> N
     assert [e.payload["n"] for e in received] == [0, 1, 2, 3]
 
 
+async def test_publish_nowait_delivers_in_order_and_is_counted(broker: Broker) -> None:
+    """Events published without waiting arrive in order; stats() counts them."""
+    subscription = broker.subscribe("runs.*")
+    await start(subscription)
+    before = broker.stats().published
+    for n in range(5):
+        broker.publish_nowait("runs.done", event("runs.done", n=n))
+    received = await receive(subscription, 5)
+    assert [e.payload["n"] for e in received] == [0, 1, 2, 3, 4]
+    assert broker.stats().published == before + 5
+    assert broker.stats().subscriptions >= 1
+    with pytest.raises(InvalidTopicError, match="own topic"):
+        broker.publish_nowait("runs.other", event("runs.done"))
+
+
 async def test_patterns_see_topics_created_after_subscribing(broker: Broker) -> None:
     """`**` subscriptions receive events on topics nobody had published to before."""
     subscription = broker.subscribe("shop.**")

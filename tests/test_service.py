@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
 from dp.events import EventBase
+from dp.events.redis import RedisBroker
 from dp.pipelines import PipelineRegistry, pipeline
 from dp.scheduler import ManualClock, Scheduler
 from dp.service import PipelineBusyError, Service
 from dp.store import RunStatus
+from redis_server import RedisServer
 
 PATIENCE = 10.0
 
@@ -235,3 +239,46 @@ async def test_broken_pipeline_definitions_fail_at_start(
     assert service.scheduler.triggers() == []
     assert service._starter is None
     await service.stop(grace=0)
+
+
+async def test_a_service_on_redis_acknowledges_a_raw_start_event_once_its_run_is_recorded(
+    redis_server: RedisServer,
+) -> None:
+    """A start event XADD-ed by another program starts one run; then it is no longer pending."""
+    tasks, pipelines = TaskRegistry(), PipelineRegistry()
+
+    @task(registry=tasks)
+    def score(order_id: str, amount: float) -> float:
+        return amount * 2
+
+    pipeline("score", tasks=["score"], registry=tasks, pipelines=pipelines)
+    broker = RedisBroker(redis_server.url, prefix="service-test", topic_refresh=0.05)
+    orchestrator = Orchestrator(
+        io_manager=InMemoryIOManager(), store=MemoryRunStore(), executor="inline"
+    )
+    service = Service(pipelines, orchestrator=orchestrator, broker=broker)
+    raw = aioredis.Redis.from_url(redis_server.url)
+    await service.start()
+    try:
+        key = broker.stream_key("dp.pipelines.score.start")
+        wire = {
+            "eventId": "kotlin-42",
+            "eventType": "StartScore",
+            "topic": "dp.pipelines.score.start",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "source": "kotlin",
+            "payload": {"order_id": "K-1", "amount": 2},
+        }
+        await raw.xadd(key, {"event": json.dumps(wire)})
+        await raw.sadd("service-test:topics", "dp.pipelines.score.start")
+        await until(lambda: runs_of(service, "score"), "the scoring run")
+        (run,) = runs_of(service, "score")
+        assert run.params == {"order_id": "K-1", "amount": 2}
+        for _ in range(int(PATIENCE / 0.02)):
+            if (await raw.xpending(key, "dp.service"))["pending"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert (await raw.xpending(key, "dp.service"))["pending"] == 0
+    finally:
+        await service.stop(grace=5)
+        await raw.aclose()

@@ -19,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar, cast
-from urllib.parse import urlsplit
 
 from dp.errors import (
     BrokerClosedError,
@@ -31,10 +31,24 @@ from dp.errors import (
     GroupError,
     InvalidBusURLError,
     InvalidTopicError,
+    QueueFullError,
 )
 from dp.events.event import EventBase
 from dp.events.groups import default_consumer_name, validate_group
-from dp.events.ports import Broker, DeadLetter, Subscription
+from dp.events.ports import Broker, BrokerStats, DeadLetter, Subscription
+from dp.events.redis_entries import (
+    CONNECTION_ERRORS,
+    Entries,
+    StreamId,
+    after,
+    check_url,
+    decode_entry,
+    format_id,
+    just_before,
+    mask,
+    parse_id,
+    text,
+)
 from dp.events.topics import compile_pattern, validate_topic
 from dp.logs import get_logger
 
@@ -42,8 +56,6 @@ try:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "the Redis event bus needs redis-py; install it with: pip install 'dp[redis]'"
@@ -52,43 +64,10 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 if TYPE_CHECKING:
     from dp.events.redis_reader import RedisDurableSubscription, RedisSubscription
 
-__all__ = ["RedisBroker", "StreamId"]
+__all__ = ["RedisBroker"]
 
 _log = get_logger("dp.events.redis")
 T = TypeVar("T")
-
-CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-"""What a lost or refused connection raises; everything else is a real error."""
-
-StreamId = tuple[int, int]
-"""A stream entry id `<ms>-<seq>` as numbers, so ids compare correctly."""
-
-Entries = list[tuple[bytes, dict[bytes, bytes]]]
-"""Stream entries as redis-py returns them without `decode_responses`: (id, fields)."""
-
-
-def text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-def parse_id(entry_id: bytes | str) -> StreamId:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(entry_id: StreamId) -> str:
-    return f"{entry_id[0]}-{entry_id[1]}"
-
-
-def after(entry_id: StreamId) -> StreamId:
-    """The smallest id greater than `entry_id`."""
-    return entry_id[0], entry_id[1] + 1
-
-
-def just_before(ms: int) -> str:
-    """The id to read "after" so that entries from millisecond `ms` on are included."""
-    return f"{ms - 1}-18446744073709551615" if ms > 0 else "0-0"
 
 
 class RedisBroker:
@@ -109,6 +88,7 @@ class RedisBroker:
             raising `BusUnavailableError`.
         batch: entries read per call (and the prefetch of a subscription).
         trim_every: trim a stream after this many publishes to it from this broker.
+        outbox: how many `publish_nowait` events may wait to be sent.
         client: an existing `redis.asyncio.Redis` to use instead of `url`.
     """
 
@@ -124,6 +104,7 @@ class RedisBroker:
         publish_timeout: float = 10.0,
         batch: int = 256,
         trim_every: int = 1_000,
+        outbox: int = 10_000,
         client: aioredis.Redis | None = None,
     ) -> None:
         self.url = check_url(url) if client is None else url
@@ -140,6 +121,7 @@ class RedisBroker:
         self.publish_timeout = publish_timeout
         self.batch = batch
         self.trim_every = trim_every
+        self.outbox = outbox
         self.redis: aioredis.Redis = client or aioredis.Redis.from_url(
             url,
             socket_connect_timeout=2.0,
@@ -158,6 +140,10 @@ class RedisBroker:
         self._clock_offset: tuple[float, float] | None = None  # see _clock()
         self._clock_lock = asyncio.Lock()
         self._outage = False
+        self._outbox: deque[EventBase] = deque()
+        self._sender: asyncio.Task[None] | None = None
+        self._published = 0
+        self._dropped = 0  # publish_nowait events lost to an outage longer than publish_timeout
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -294,6 +280,7 @@ class RedisBroker:
             return cast(list[bytes], await pipe.execute())
 
         ids = await self.call(send, wait=self.publish_timeout)
+        self._published += len(events)
         self._known_topics.update(new_topics)
         last = self.last_ids
         for event, entry_id in zip(events, ids, strict=False):
@@ -301,6 +288,52 @@ class RedisBroker:
         if self.maxlen is not None or self.max_age is not None:
             for event in events:
                 self._count_for_trim(event.topic)
+
+    def publish_nowait(self, topic: str, event: EventBase) -> None:
+        """Queue `event` to be published by a background sender, without waiting.
+
+        The sender publishes queued events in order, in pipelined batches. During an outage it
+        waits like `publish`; events it still cannot send after `publish_timeout` are logged
+        (`bus.publish_failed`, at error level) and counted in `stats().dropped`.
+        `close()` sends what is queued first.
+
+        Raises:
+            InvalidTopicError: malformed topic, or not the event's topic.
+            BrokerClosedError: the broker is closed.
+            QueueFullError: `outbox` events are already waiting (Redis is slow or down).
+        """
+        if self._closed:
+            raise BrokerClosedError(topic)
+        if event.topic != topic:
+            validate_topic(topic)
+            raise InvalidTopicError(
+                topic,
+                f"the event's own topic is {event.topic!r}; publish it there, or derive a "
+                f"copy with dataclasses.replace(event, topic={topic!r})",
+            )
+        validate_topic(topic)
+        if len(self._outbox) >= self.outbox:
+            raise QueueFullError(f"the Redis outbox of {mask(self.url)}", self.outbox)
+        self._outbox.append(event)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_outbox())
+
+    async def _send_outbox(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            batch = [outbox.popleft() for _ in range(min(len(outbox), self.batch))]
+            try:
+                await self.publish_many(batch)
+            except (BusUnavailableError, BrokerClosedError) as exc:
+                self._dropped += len(batch)
+                _log.error("bus.publish_failed", events=len(batch), error=str(exc))
+
+    def stats(self) -> BrokerStats:
+        """Counters: events published, live subscriptions, `publish_nowait` events lost,
+        and topics this broker has published to."""
+        return BrokerStats(
+            self._published, len(self._subscriptions), self._dropped, len(self._known_topics)
+        )
 
     # --- subscribing --------------------------------------------------------------------------
 
@@ -572,6 +605,8 @@ class RedisBroker:
         """Stop every subscription (they yield what they have read, then end) and disconnect."""
         if self._closed:
             return
+        if self._sender is not None and not self._sender.done():
+            await asyncio.wait([self._sender], timeout=self.publish_timeout)
         self._closed = True
         for subscription in list(self._subscriptions):
             stop = getattr(subscription, "stop", None)
@@ -590,59 +625,6 @@ class RedisBroker:
 
     def __repr__(self) -> str:
         return f"<RedisBroker {mask(self.url)} prefix={self.prefix!r}>"
-
-
-def decode_entry(fields: dict[bytes, bytes], topic: str | None) -> EventBase:
-    """The event in a stream entry; `topic` (when given) must be the event's topic.
-
-    Raises:
-        EventFormatError: the entry has no `event` field, or it is not a dp event.
-    """
-    data = fields.get(b"event")
-    if data is None:
-        present = ", ".join(sorted(k.decode(errors="replace") for k in fields)) or "none"
-        raise EventFormatError(
-            f"stream entry has no 'event' field (fields: {present}); add events with "
-            "XADD <prefix>:stream:<topic> * event '<JSON wire format>'"
-        )
-    event = EventBase.from_json(data)
-    if topic is not None and event.topic != topic:
-        raise EventFormatError(
-            f"event {event.event_id} says topic {event.topic!r} but is on the stream of "
-            f"{topic!r}; add it to the stream of its own topic"
-        )
-    return event
-
-
-def check_url(url: str) -> str:
-    """Return `url` if it is a Redis URL dp can use.
-
-    Raises:
-        InvalidBusURLError: naming the URL and what is wrong.
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsing the port raises ValueError when it is malformed
-    except ValueError as exc:
-        raise InvalidBusURLError(url, str(exc)) from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise InvalidBusURLError(url, f"scheme {parts.scheme!r} is not redis, rediss or unix")
-    if parts.scheme != "unix":
-        if not parts.hostname:
-            raise InvalidBusURLError(url, "it names no host, e.g. redis://127.0.0.1:6379/0")
-        database = parts.path.strip("/")
-        if database and not database.isdigit():
-            raise InvalidBusURLError(url, f"database {database!r} must be a number, e.g. /0")
-    return url
-
-
-def mask(url: str) -> str:
-    """`url` with its password replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 if TYPE_CHECKING:

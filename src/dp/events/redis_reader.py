@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Self, cast
 from dp.errors import EventFormatError, GroupError, NotPendingError
 from dp.events.event import EventBase
 from dp.events.groups import not_acknowledged
-from dp.events.redis import CONNECTION_ERRORS, Entries, decode_entry, parse_id, text
+from dp.events.redis_entries import CONNECTION_ERRORS, Entries, decode_entry, parse_id, text
 from dp.events.topics import compile_pattern
 from dp.logs import get_logger
 

@@ -10,9 +10,10 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from dp.events import MAX_TOPIC_LENGTH, TopicMatcher
+from dp.errors import GroupError
+from dp.events import MAX_TOPIC_LENGTH, DeadLetter, TopicMatcher
 from dp.service.dashboard.live import LiveFeed, Subscriber, event_dict
-from dp.service.runtime import Service
+from dp.service.runtime import START_GROUP, Service
 
 __all__ = ["STATIC", "ResumeRequest", "routes"]
 
@@ -91,11 +92,11 @@ def routes() -> APIRouter:
         pattern: Annotated[str | None, Query(max_length=MAX_TOPIC_LENGTH)] = None,
     ) -> dict[str, Any]:
         matcher = TopicMatcher(pattern) if pattern else None
-        broker: Any = _service(request).broker
-        keeper = getattr(broker, "dead_letters", None)
-        dead = None
-        if callable(keeper):  # a bus that keeps dead letters (e.g. Redis Streams)
-            dead = [event_dict(e) for e in await _maybe_await(keeper())]
+        try:
+            letters = await _service(request).broker.dead_letters(START_GROUP)
+        except GroupError:  # the service has not started consuming start events
+            letters = []
+        dead = [_dead_letter_dict(letter) for letter in letters]
         return {"items": _feed(request).recent(matcher), "dead_letters": dead}
 
     @router.post(
@@ -115,7 +116,19 @@ def routes() -> APIRouter:
     return router
 
 
-async def _maybe_await(value: Any) -> Any:
-    if hasattr(value, "__await__"):
-        return await value
-    return value
+def _dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
+    """A dead letter of the service's start-event group, shown like an event, with its error."""
+    shown = (
+        event_dict(letter.event)
+        if letter.event is not None
+        else {
+            "event_id": None,
+            "topic": letter.topic,
+            "event_type": "(undecodable)",
+            "source": "",
+            "correlation_id": None,
+            "timestamp": letter.failed_at.isoformat(),
+            "payload": letter.raw[:500],
+        }
+    )
+    return {**shown, "id": letter.id, "error": letter.error, "deliveries": letter.deliveries}
