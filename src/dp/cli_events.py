@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dp import config
 from dp.errors import DPError, InvalidBusURLError
 from dp.events.ports import DeadLetter
 
@@ -33,7 +33,8 @@ _errors = Console(stderr=True)
 BusOpt = Annotated[
     str | None,
     typer.Option(
-        "--bus", help="The bus URL, e.g. redis://127.0.0.1:6379/0 (default: $DP_BUS_URL)."
+        "--bus",
+        help="The bus URL, e.g. redis://127.0.0.1:6379/0 (default: $DP_BUS_URL, then dp.toml).",
     ),
 ]
 GroupOpt = Annotated[str, typer.Option("--group", "-g", help="The durable group, e.g. dp.service.")]
@@ -41,10 +42,8 @@ PrefixOpt = Annotated[str, typer.Option("--prefix", help="The bus's key prefix."
 
 
 def _with_broker(url: str | None, prefix: str, work: Callable[..., Awaitable[T]]) -> T:
-    url = url or os.environ.get("DP_BUS_URL") or ""
     try:
-        if not url:
-            raise InvalidBusURLError(url, "no bus given; pass --bus or set DP_BUS_URL")
+        url = config.resolve({"bus": url}).bus  # --bus, then DP_BUS_URL, then dp.toml
         if url.startswith("memory:"):
             raise InvalidBusURLError(
                 url,
