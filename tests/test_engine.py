@@ -20,7 +20,7 @@ from dp.engine.orchestrator import ResumeError
 from dp.errors import DPError, InvalidRunParameterError, RunNotFoundError
 from dp.io import FilesystemIOManager, InMemoryIOManager
 from dp.store import MemoryRunStore, RunStatus, TaskStatus
-from dp.store.records import HOST
+from dp.store.records import HOST, is_stale
 from dp.testing import plan_for, run_inline
 
 EXECUTORS = ["inline", "inprocess"]
@@ -1089,3 +1089,36 @@ async def test_every_attempt_is_recorded_and_numbers_go_on_across_a_resume(
     assert [a.output for a in flaky_attempts] == ["try 1\n", "try 2\n", "try 3\n"]
     assert {(a.host, a.pid) for a in flaky_attempts} == {(HOST, os.getpid())}
     assert "ValueError: boom 2" in (flaky_attempts[1].traceback or "")
+
+
+async def test_a_queued_run_keeps_its_lease_while_it_waits_for_a_slot(
+    registry: TaskRegistry,
+) -> None:
+    """A run waiting behind `max_concurrent_pipelines` is owned too: its lease is renewed, so
+    no other instance takes it for a dead one's."""
+    gate = threading.Event()
+
+    @task(registry=registry)
+    def waits() -> int:
+        gate.wait(PATIENCE)
+        return 1
+
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(
+        io_manager=InMemoryIOManager(),
+        store=store,
+        executor="inprocess",
+        max_concurrent_pipelines=1,
+        lease_seconds=0.3,
+    )
+    plan = plan_for(registry)
+    first = await orchestrator.submit_pipeline(plan, run_id="first")
+    second = await orchestrator.submit_pipeline(plan, run_id="second")
+    await asyncio.sleep(1.0)  # three leases long
+    queued = store.get_run("second")
+    assert queued.status == RunStatus.QUEUED
+    assert not is_stale(queued)
+    gate.set()
+    assert (await first.result()).ok
+    assert (await second.result()).ok
+    await orchestrator.shutdown()

@@ -91,6 +91,19 @@ class LeaseKeeper:
                 )
                 self._thread.start()
 
+    def rebind(
+        self,
+        run_id: str,
+        *,
+        on_fenced: Callable[[FencedError], None],
+        on_renewed: Callable[[], None],
+    ) -> None:
+        """Tell someone else from now on (the run that started after waiting for a slot)."""
+        with self._lock:
+            held = self._held.get(run_id)
+            if held is not None:
+                held.on_fenced, held.on_renewed = on_fenced, on_renewed
+
     def lapsed(self, run_id: str) -> bool:
         """Whether the run's lease may have run out; if so, a renewal is asked for at once
         and the run is called back (`on_renewed` or `on_fenced`) when it is known."""

@@ -242,6 +242,18 @@ class Orchestrator:
             raise
         handle = RunHandle(context)
         self._active[context.run_id] = handle
+        if self.leases is not None and recorder.epoch is not None:
+            # held from now on, also while the run waits for a slot: a queued run is owned too
+            def taken_over(fenced: FencedError) -> None:
+                self.cancel(context.run_id, status=RunStatus.INTERRUPTED)
+
+            self.leases.hold(
+                context.run_id,
+                recorder.epoch,
+                on_fenced=taken_over,
+                on_renewed=lambda: None,
+                taken_at=recorder.owned_at or 0.0,
+            )
         handle.task = asyncio.get_running_loop().create_task(
             self._execute(handle, recorder, waiter, resume), name=f"dp-run-{context.run_id}"
         )
@@ -335,6 +347,8 @@ class Orchestrator:
                 self._release_slot()
         finally:
             self._active.pop(context.run_id, None)
+            if self.leases is not None:
+                self.leases.release(context.run_id)
 
     async def resume_pipeline(
         self, run_id: str, *, plan: ExecutionPlan | None = None, force: bool = False

@@ -94,23 +94,12 @@ class ActiveRun:
         context = self.context
         self._handle = handle
         leases = self.orchestrator.leases
-        try:
-            taken_at = time.monotonic()
-            await self.recorder.run_started(self.started_at, context.metadata)
-            if leases is not None and self.fenced is None:
-                leases.hold(
-                    context.run_id,
-                    self.epoch,
-                    on_fenced=self._taken_over,
-                    on_renewed=self._pump,
-                    taken_at=self.recorder.owned_at or taken_at,
-                )
-            if self.fenced is not None:  # taken over before it even started here
-                return await self._finish(stopped=RunStatus.INTERRUPTED)
-            return await self._run()
-        finally:
-            if leases is not None:
-                leases.release(context.run_id)
+        if leases is not None:  # held since the run was recorded: from now on, tell this run
+            leases.rebind(context.run_id, on_fenced=self._taken_over, on_renewed=self._pump)
+        await self.recorder.run_started(self.started_at, context.metadata)
+        if self.fenced is not None:  # taken over before it even started here
+            return await self._finish(stopped=RunStatus.INTERRUPTED)
+        return await self._run()
 
     async def _run(self) -> RunResult:
         context = self.context
