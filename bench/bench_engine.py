@@ -442,8 +442,9 @@ def _as_async(fn: Callable[[], float]) -> Callable[[], Coroutine[Any, Any, float
 # --- peak memory ----------------------------------------------------------------------------
 
 #: the child of `_peak_rss`: runs W1 with 1 MB results at a width, prints its peak RSS in KiB
+#: (VmHWM: `ru_maxrss` would start from the forking parent's, which is preserved across exec)
 _RSS_CHILD = """
-import resource, sys, tempfile
+import sys, tempfile
 from bench.workloads import w1_megabytes
 from dp import DAGBuilder, Orchestrator, Planner
 from dp.io import FilesystemIOManager
@@ -456,7 +457,8 @@ with tempfile.TemporaryDirectory(prefix="dp-bench-rss-", dir=sys.argv[2]) as tmp
         result = Orchestrator(io_manager=io, executor="inprocess").run(plan)
         if not result.ok:
             raise SystemExit(f"run ended {result.status.value}: {result.error}")
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+with open("/proc/self/status") as status:
+    print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
 """
 
 

@@ -124,7 +124,7 @@ MEGABYTE = 1 << 20
 
 def megabyte(**inputs: Any) -> bytes:
     """A task returning a fresh 1 MB value (whatever it is given)."""
-    return bytes(MEGABYTE)
+    return b"x" * MEGABYTE  # written to, so resident (bytes(n) may map untouched pages)
 
 
 def _mb_meta(name: str, deps: list[str], *, data: bool) -> TaskMetadata:
