@@ -112,7 +112,7 @@ def _threads_vs_dask(
             tempfile.TemporaryDirectory(prefix="dp-bench-engine-", dir=parent) as tmp,
             _event_loop() as loop,
         ):
-            orchestrator = Orchestrator(io_manager=FilesystemIOManager(tmp), executor="inprocess")
+            orchestrator = Orchestrator(io_manager=FilesystemIOManager(tmp), executor=_in_process())
             threads = getattr(orchestrator.executor, "max_threads", "?")
             try:
                 for w in workloads:
@@ -158,6 +158,16 @@ def _memory_vs_dask(report: Report, workloads: list[_Workload]) -> None:
                 )
         finally:
             loop.run_until_complete(orchestrator.shutdown())
+
+
+def _in_process() -> Any:
+    """The in-process executor with results written behind (dp 0.1 has no such option)."""
+    from dp.engine import InProcessExecutor
+
+    try:
+        return InProcessExecutor(write_behind=True)
+    except TypeError:
+        return InProcessExecutor()
 
 
 def _dask_threaded() -> tuple[Callable[..., Any] | None, int, str | None]:
@@ -454,7 +464,8 @@ plan = Planner(DAGBuilder(w1_megabytes(width))).create_execution_plan() if width
 with tempfile.TemporaryDirectory(prefix="dp-bench-rss-", dir=sys.argv[2]) as tmp:
     if plan is not None:
         io = FilesystemIOManager(tmp)
-        result = Orchestrator(io_manager=io, executor="inprocess").run(plan)
+        from bench.bench_engine import _in_process
+        result = Orchestrator(io_manager=io, executor=_in_process()).run(plan)
         if not result.ok:
             raise SystemExit(f"run ended {result.status.value}: {result.error}")
 with open("/proc/self/status") as status:

@@ -184,9 +184,8 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'dp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # found once; later lookups do not come here
-    return value
+    # not cached here: a test that drops dp's modules from sys.modules gets fresh ones
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 from dp.engine.model import ExecutableTask, TaskOutcome
 from dp.engine.worker import Worker
 from dp.engine.writebehind import WriteBehind
-from dp.io import InMemoryIOManager, IOManager
+from dp.io import IOManager
 
 __all__ = ["Executor", "InProcessExecutor", "InlineExecutor", "TaskSink", "timeout_outcome"]
 
@@ -80,11 +80,13 @@ def timeout_outcome(task: ExecutableTask, seconds: float, note: str = "") -> Tas
 
 
 def _store_for(io_manager: IOManager, write_behind: bool | None) -> WriteBehind | None:
-    """The write-behind an in-process executor saves through: by default one for every IO
-    manager but the in-memory one (whose saves cost nothing to wait for)."""
-    if write_behind is None:
-        write_behind = not isinstance(io_manager, InMemoryIOManager)
-    return WriteBehind(io_manager) if write_behind else None
+    """The write-behind an in-process executor saves through, if asked for (`True`).
+
+    Off by default for now, until it has been through the crash trials of tests/test_crash.py
+    as the default (their frozen-owner case was seen failing under load with it on)."""
+    if not write_behind:
+        return None
+    return WriteBehind(io_manager)
 
 
 class InlineExecutor:
