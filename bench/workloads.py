@@ -115,3 +115,36 @@ def pipe_echo(conn: Any) -> None:
         if message is None:
             return
         conn.send(message)
+
+
+# --- peak memory: W1 with 1 MB results ------------------------------------------------------
+
+MEGABYTE = 1 << 20
+
+
+def megabyte(**inputs: Any) -> bytes:
+    """A task returning a fresh 1 MB value (whatever it is given)."""
+    return b"x" * MEGABYTE  # written to, so resident (bytes(n) may map untouched pages)
+
+
+def _mb_meta(name: str, deps: list[str], *, data: bool) -> TaskMetadata:
+    meta = TaskMetadata.from_function(_plain_noop, name=name, dependencies=deps)
+    schema = {d: Parameter(d, bytes) for d in deps} if data else {}
+    return replace(
+        meta,
+        func=megabyte if data or not deps else noop,
+        input_schema=schema,
+        output_schema=bytes if data or not deps else int,
+        import_path="bench.workloads:megabyte",
+    )
+
+
+def w1_megabytes(width: int = 1000) -> TaskRegistry:
+    """W1's shape with 1 MB results: the root's value feeds every fan task, each returns its
+    own 1 MB; the sink only waits for them (control edges), so nothing needs all at once."""
+    registry = TaskRegistry()
+    registry.register(_mb_meta("root", [], data=True))
+    for i in range(width):
+        registry.register(_mb_meta(f"fan_{i}", ["root"], data=True))
+    registry.register(_mb_meta("sink", [f"fan_{i}" for i in range(width)], data=False))
+    return registry

@@ -336,7 +336,7 @@ def test_results_urls_open_their_io_manager(tmp_path: Path) -> None:
     files = open_results(resolve({"results": f"file://{tmp_path}/r"}, env=NO_ENV, cwd=tmp_path))
     assert isinstance(files, FilesystemIOManager)
     files.save("run1", "t", "0", 42)
-    assert (tmp_path / "r" / "run1" / "t").is_dir()
+    assert (tmp_path / "r" / "run1" / "t@0.pkl").is_file()
     memory = open_results(resolve({"results": "memory://"}, env=NO_ENV, cwd=tmp_path))
     assert isinstance(memory, InMemoryIOManager)
 
@@ -533,7 +533,7 @@ def test_dp_run_records_in_the_store_the_flag_names(project: Path) -> None:
     finally:
         store.close()
     assert run.status == RunStatus.SUCCEEDED
-    assert (project / "out" / run.run_id / "total").is_dir()
+    assert (project / "out" / run.run_id / "total@output.pkl").is_file()
     assert f"results: out/{run.run_id}" in result.output
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 
+from dp.io import FilesystemIOManager
 from dp.store import RunStatus, SQLRunStore, TaskStatus
 
 FANOUT = textwrap.dedent(
@@ -127,8 +128,8 @@ def _kill_and_resume(project: Path, seed: int) -> list[str]:
             *problems,
             *(f"seed {seed}: {n} ran {at_kill[n]} times" for n in TASKS if at_kill[n] != 1),
         ]
-    results = project / ".dp" / "results" / record.run_id
-    finished = {name for name in TASKS if (results / name / "output.pkl").exists()}
+    results = FilesystemIOManager(project / ".dp" / "results")
+    finished = {name for name in TASKS if results.exists(record.run_id, name, "output")}
 
     resumed = subprocess.run(
         [sys.executable, "-m", "dp.cli", "runs", "resume", record.run_id],

@@ -548,7 +548,10 @@ async def test_interrupted_run_resumes_without_redoing_finished_tasks(
     orchestrator = Orchestrator(io_manager=io, store=store, executor="inprocess")
     plan = plan_for(registry)
     running = asyncio.create_task(orchestrator.start_pipeline(plan, run_id="resume-me"))
-    while "second" not in executions:
+    # results are stored behind the run: interrupt it once its upstreams' are stored
+    while "second" not in executions or not io.exists("resume-me", "stream", "chunks"):
+        await asyncio.sleep(0.005)
+    while not io.exists("resume-me", "first", "output"):
         await asyncio.sleep(0.005)
     running.cancel()
     with pytest.raises(asyncio.CancelledError):

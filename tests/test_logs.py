@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import subprocess
 import sys
@@ -57,10 +58,56 @@ def test_console_lines_honour_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_json_lines_when_not_a_terminal() -> None:
     """Off a terminal (the service's logs), each event is one JSON line."""
-    import json
-
     out = io.StringIO()
     configure_logging(level="INFO", stream=out)
     get_logger("dp.test", run_id="r1").info("run.started")
     line = json.loads(out.getvalue())
     assert (line["event"], line["run_id"], line["level"]) == ("run.started", "r1", "info")
+
+
+def _modules_after(script: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", f"{script}\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(done.stdout.split())
+
+
+def test_import_dp_loads_neither_the_engine_nor_structlog() -> None:
+    """`import dp` stays light: no engine, asyncio, structlog, rich or SQLAlchemy yet."""
+    loaded = _modules_after("import dp")
+    heavy = {"dp.engine", "dp.store", "dp.events", "asyncio", "structlog", "rich", "sqlalchemy"}
+    assert loaded & heavy == set()
+
+
+def test_public_names_load_on_first_use() -> None:
+    """`from dp import Orchestrator` loads the engine, still without structlog."""
+    loaded = _modules_after("from dp import Orchestrator, task, SQLRunStore")
+    assert {"dp.engine.orchestrator", "dp.tasks", "dp.store.sql"} <= loaded
+    assert "structlog" not in loaded
+
+
+def test_structlog_loads_when_a_line_is_logged() -> None:
+    """A logger costs nothing until an event passes its level; then structlog renders it."""
+    quiet = _modules_after("from dp.logs import get_logger\nget_logger('dp.x').info('hidden')")
+    loud = _modules_after("from dp.logs import get_logger\nget_logger('dp.x').warning('shown')")
+    assert ("structlog" in quiet, "structlog" in loud) == (False, True)
+
+
+def test_unknown_public_name_is_an_attribute_error() -> None:
+    """A name dp does not export raises AttributeError naming it."""
+    import dp
+
+    with pytest.raises(AttributeError, match="no attribute 'Orchestra'"):
+        _ = dp.Orchestra  # type: ignore[attr-defined]
+
+
+def test_bound_context_reaches_the_line() -> None:
+    """Context bound with `bind` appears on every line of the bound logger."""
+    out = io.StringIO()
+    configure_logging(level="INFO", stream=out, json=True)
+    get_logger("dp.test").bind(run_id="r2").bind(task_name="t").warning("task.retrying")
+    line = json.loads(out.getvalue())
+    assert (line["run_id"], line["task_name"]) == ("r2", "t")

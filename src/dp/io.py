@@ -29,6 +29,10 @@ _known_ids: set[str] = set()
 _NUMBER = re.compile(r"([0-9]+)")
 _SEP = os.sep
 _SUFFIX = ".pkl"
+#: between a task's name and a result id in a file name: a character no id may contain
+_JOIN = "@"
+#: longest task name + result id joined in one file name (255 bytes on most file systems)
+_NAME_MAX = 255 - len(_JOIN) - len(_SUFFIX) - 1
 # O_EXCL: two writers can never share a temporary file, even if their names somehow collided.
 _CREATE = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
@@ -94,7 +98,11 @@ class IOManager(Protocol):
 
 
 class FilesystemIOManager:
-    """Pickles each result to `{base_path}/{run_id}/{task_name}/{task_result_id}.pkl`.
+    """Pickles each result to `{base_path}/{run_id}/{task_name}@{task_result_id}.pkl`.
+
+    One directory per run, created by the run's first save: a task costs no `mkdir`. Results
+    written by dp 0.1, at `{run_id}/{task_name}/{task_result_id}.pkl`, are still
+    found (`load`, `exists`, `list_results`, `clear_run`); new saves use the flat layout.
 
     A save writes a hidden temporary file next to the result and renames it into place, so other
     threads and worker processes see the old result or the new one, never part of one, and a
@@ -139,15 +147,16 @@ class FilesystemIOManager:
     def save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
         """Pickle `value` atomically and return the path of the result file."""
         _check_ids(run_id, task_name, task_result_id)
-        task_dir = f"{self._base}{_SEP}{run_id}{_SEP}{task_name}"
-        path = f"{task_dir}{_SEP}{task_result_id}{_SUFFIX}"
-        tmp = f"{task_dir}{_SEP}{self._temp_name()}.tmp"
+        run_dir = f"{self._base}{_SEP}{run_id}"
+        path = _flat_path(run_dir, task_name, task_result_id)
+        directory = os.path.dirname(path)  # the run's folder, but for over-long ids
+        tmp = f"{directory}{_SEP}{self._temp_name()}.tmp"
         try:
             fd = os.open(tmp, _CREATE, 0o666)
         except FileNotFoundError:
-            # First result of this task: create the directories only now, so that the common
+            # First result of this run: create the directory only now, so that the common
             # case costs no mkdir or stat. makedirs(exist_ok=True) tolerates concurrent creators.
-            self._make_dirs(task_dir)
+            self._make_dirs(directory)
             fd = os.open(tmp, _CREATE, 0o666)
         try:
             # Unbuffered: pickle already writes in frames, and a buffered writer would add an
@@ -171,17 +180,23 @@ class FilesystemIOManager:
                 os.unlink(tmp)
             raise
         if self._durable:
-            _fsync_dir(task_dir)
+            _fsync_dir(directory)
         return path
 
     def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
         """Unpickle a stored result."""
         _check_ids(run_id, task_name, task_result_id)
-        path = f"{self._base}{_SEP}{run_id}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
+        run_dir = f"{self._base}{_SEP}{run_id}"
+        path = _flat_path(run_dir, task_name, task_result_id)
         try:
             fd = os.open(path, _READ)
         except (FileNotFoundError, NotADirectoryError):
-            raise ResultNotFoundError(run_id, task_name, task_result_id) from None
+            # written by dp 0.1
+            path = f"{run_dir}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
+            try:
+                fd = os.open(path, _READ)
+            except (FileNotFoundError, NotADirectoryError):
+                raise ResultNotFoundError(run_id, task_name, task_result_id) from None
         # Unbuffered and read whole: fewer system calls than a buffered file for small results.
         with io.FileIO(fd, "rb") as file:
             data = file.readall()
@@ -200,15 +215,19 @@ class FilesystemIOManager:
     def exists(self, run_id: str, task_name: str, task_result_id: str) -> bool:
         """Whether the result file exists."""
         _check_ids(run_id, task_name, task_result_id)
-        return os.path.isfile(
-            f"{self._base}{_SEP}{run_id}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
+        run_dir = f"{self._base}{_SEP}{run_id}"
+        return os.path.isfile(_flat_path(run_dir, task_name, task_result_id)) or os.path.isfile(
+            f"{run_dir}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
         )
 
     def list_results(self, run_id: str, task_name: str) -> list[str]:
         """Result ids of one task in natural order; temporary and stray files are skipped."""
         _check_id("run_id", run_id)
         _check_id("task_name", task_name)
-        return sorted(_result_ids(f"{self._base}{_SEP}{run_id}{_SEP}{task_name}"), key=_natural)
+        run_dir = f"{self._base}{_SEP}{run_id}"
+        ids = set(_result_ids(run_dir, f"{task_name}{_JOIN}"))
+        ids.update(_result_ids(f"{run_dir}{_SEP}{task_name}"))  # written by dp 0.1
+        return sorted(ids, key=_natural)
 
     def list_runs(self) -> list[str]:
         """Run directories in natural order; stray files and hidden entries are skipped.
@@ -241,7 +260,8 @@ class FilesystemIOManager:
             return 0
         with os.scandir(trash) as entries:
             task_dirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
-        count = sum(len(_result_ids(task_dir)) for task_dir in task_dirs)
+        count = sum(1 for rid in _result_ids(trash) if _JOIN in rid)
+        count += sum(len(_result_ids(task_dir)) for task_dir in task_dirs)  # written by dp 0.1
         shutil.rmtree(trash)
         if self._durable:
             _fsync_dir(self._base)
@@ -251,17 +271,16 @@ class FilesystemIOManager:
         # Leading dot: never a valid id, so listings skip it.
         return f".{self._token}-{_pid}-{threading.get_ident()}-{next(self._counter)}"
 
-    def _make_dirs(self, task_dir: str) -> None:
+    def _make_dirs(self, run_dir: str) -> None:
         try:
-            os.mkdir(task_dir)  # the usual case: the run's folder exists, the task's does not
+            os.mkdir(run_dir)  # the usual case: the base folder exists, the run's does not
         except FileExistsError:
             pass
         except FileNotFoundError:
-            os.makedirs(task_dir, exist_ok=True)
+            os.makedirs(run_dir, exist_ok=True)
         if self._durable:
-            run_dir = os.path.dirname(task_dir)
-            for directory in (run_dir, self._base, os.path.dirname(self._base)):
-                _fsync_dir(directory)
+            for parent in (os.path.dirname(run_dir), self._base, os.path.dirname(self._base)):
+                _fsync_dir(parent)
 
 
 class InMemoryIOManager:
@@ -396,13 +415,30 @@ def _natural(name: str) -> tuple[tuple[str | int, ...], str]:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
-def _result_ids(task_dir: str) -> list[str]:
+def _flat_path(run_dir: str, task_name: str, task_result_id: str) -> str:
+    """Where a result goes: `{run}/{task}@{result}.pkl`, or `{run}/{task}/{result}.pkl` when
+    the two ids are too long for one file name (as every result was in dp 0.1)."""
+    if len(task_name) + len(task_result_id) < _NAME_MAX:
+        return f"{run_dir}{_SEP}{task_name}{_JOIN}{task_result_id}{_SUFFIX}"
+    return f"{run_dir}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
+
+
+def _result_ids(directory: str, prefix: str = "") -> list[str]:
+    """Result ids of the `.pkl` files in `directory` whose names start with `prefix` (cut
+    off); with no prefix, `task@result` names are given whole (for counting)."""
     try:
-        with os.scandir(task_dir) as entries:
-            names = [e.name for e in entries if e.name.endswith(_SUFFIX) and e.is_file()]
+        with os.scandir(directory) as entries:
+            names = [
+                e.name
+                for e in entries
+                if e.name.startswith(prefix) and e.name.endswith(_SUFFIX) and e.is_file()
+            ]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [stem for stem in (n[: -len(_SUFFIX)] for n in names) if is_id(stem)]
+    stems = (n[len(prefix) : -len(_SUFFIX)] for n in names)
+    if prefix:
+        return [stem for stem in stems if is_id(stem)]
+    return [stem for stem in stems if all(map(is_id, stem.split(_JOIN, 1)))]
 
 
 def _pickle_failure(exc: Exception) -> str:

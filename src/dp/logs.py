@@ -13,27 +13,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
-
-__all__ = ["configure_logging", "get_logger"]
-
-_PRE_CHAIN: list[Any] = [
-    structlog.stdlib.add_log_level,
-    structlog.stdlib.add_logger_name,
-    structlog.processors.TimeStamper(fmt="iso", utc=True),
-]
-
-
-class _BoundLogger(structlog.stdlib.BoundLogger):
-    """Checks the level before building the event, so a disabled call costs one lookup
-    (structlog's `filter_by_level` processor would raise and catch an exception)."""
-
-    def _proxy_to_logger(self, method_name: str, event: Any = None, *args: Any, **kw: Any) -> Any:
-        level = _LEVELS.get(method_name)
-        if level is not None and not self._logger.isEnabledFor(level):
-            return None
-        return super()._proxy_to_logger(method_name, event, *args, **kw)
-
+__all__ = ["Logger", "configure_logging", "get_logger"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -44,6 +24,79 @@ _LEVELS = {
     "exception": logging.ERROR,
     "critical": logging.CRITICAL,
 }
+
+
+class Logger:
+    """What `get_logger` returns: structlog's bound-logger calls (`bind`, `info`, ...),
+    checking the level first and importing structlog only when an event is really emitted.
+
+    structlog (and, through its console renderer, rich) costs more to import than the rest of
+    `import dp` together; a library user who never sees a dp log line never pays for it.
+    """
+
+    __slots__ = ("_bound", "_context", "_name", "_stdlib")
+
+    def __init__(self, name: str, context: dict[str, Any]) -> None:
+        self._name = name
+        self._context = context
+        self._stdlib = logging.getLogger(name)
+        self._bound: Any = None  # the structlog logger, built on the first emitted event
+
+    def bind(self, **context: Any) -> Logger:
+        return Logger(self._name, {**self._context, **context})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the exception being handled (call it in an `except` block)."""
+        self._emit("exception", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._emit("critical", event, fields)
+
+    def _emit(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        if not self._stdlib.isEnabledFor(_LEVELS[method]):
+            return
+        bound = self._bound
+        if bound is None:
+            bound = self._bound = _structlog_logger(self._stdlib).bind(**self._context)
+        getattr(bound, method)(event, **fields)
+
+
+def get_logger(name: str = "dp", **bound: Any) -> Logger:
+    """A logger writing to stdlib logger `name` through structlog, with `bound` context."""
+    return Logger(name, bound)
+
+
+def _structlog_logger(stdlib: logging.Logger) -> Any:
+    import structlog
+
+    return structlog.wrap_logger(
+        stdlib,
+        processors=[*_pre_chain(), structlog.processors.format_exc_info, _wrap_for_formatter],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def _pre_chain() -> list[Any]:
+    import structlog
+
+    return [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
 
 
 class _Event(dict[str, Any]):
@@ -67,21 +120,6 @@ def _wrap_for_formatter(
     return (_Event(event_dict),), {"extra": {"_logger": logger, "_name": name}}
 
 
-def get_logger(name: str = "dp", **bound: Any) -> Any:
-    """A structlog logger writing to stdlib logger `name`, with `bound` context attached."""
-    logger = structlog.wrap_logger(
-        logging.getLogger(name),
-        processors=[
-            *_PRE_CHAIN,
-            structlog.processors.format_exc_info,
-            _wrap_for_formatter,
-        ],
-        wrapper_class=_BoundLogger,
-        cache_logger_on_first_use=True,
-    )
-    return logger.bind(**bound) if bound else logger
-
-
 def configure_logging(
     *, level: str | int = "INFO", json: bool | None = None, stream: TextIO | None = None
 ) -> None:
@@ -94,6 +132,8 @@ def configure_logging(
 
     Console lines are coloured on a terminal unless `NO_COLOR` is set (https://no-color.org).
     """
+    import structlog
+
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
@@ -106,7 +146,7 @@ def configure_logging(
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=_PRE_CHAIN)
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=_pre_chain())
     )
     handler.set_name("dp")
     root = logging.getLogger("dp")

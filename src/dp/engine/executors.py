@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from dp.engine.model import ExecutableTask, TaskOutcome
 from dp.engine.worker import Worker
+from dp.engine.writebehind import WriteBehind
 from dp.io import IOManager
 
 __all__ = ["Executor", "InProcessExecutor", "InlineExecutor", "TaskSink", "timeout_outcome"]
@@ -78,6 +79,16 @@ def timeout_outcome(task: ExecutableTask, seconds: float, note: str = "") -> Tas
     )
 
 
+def _store_for(io_manager: IOManager, write_behind: bool | None) -> WriteBehind | None:
+    """The write-behind an in-process executor saves through, if asked for (`True`).
+
+    Off by default for now, until it has been through the crash trials of tests/test_crash.py
+    as the default (their frozen-owner case was seen failing under load with it on)."""
+    if not write_behind:
+        return None
+    return WriteBehind(io_manager)
+
+
 class InlineExecutor:
     """Runs one task at a time in the caller's thread: for tests, debugging and tiny DAGs.
 
@@ -88,15 +99,22 @@ class InlineExecutor:
     name = "inline"
     capacity = 1 << 30  # queueing costs nothing: tasks run strictly one after another
 
-    def __init__(self, *, capture_output: bool = True) -> None:
+    def __init__(self, *, capture_output: bool = True, write_behind: bool | None = None) -> None:
         self.capture_output = capture_output
+        self.write_behind_wanted = write_behind
+        #: results are stored behind the run from memory (None: saved as tasks finish)
+        self.write_behind: WriteBehind | None = None
         self._queue: deque[tuple[ExecutableTask, TaskSink]] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._worker: Worker | None = None
+        self._io: IOManager | None = None
 
     async def start(self, io_manager: IOManager) -> None:
-        if self._worker is None or self._worker.io_manager is not io_manager:
-            self._worker = Worker(io_manager, capture_output=self.capture_output)
+        if self._worker is None or self._io is not io_manager:
+            self._io = io_manager
+            self.write_behind = _store_for(io_manager, self.write_behind_wanted)
+            store = self.write_behind or io_manager
+            self._worker = Worker(store, capture_output=self.capture_output)
 
     def submit(self, task: ExecutableTask, sink: TaskSink) -> None:
         self._queue.append((task, sink))
@@ -134,6 +152,8 @@ class InlineExecutor:
             self._drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drainer
+        if self.write_behind is not None:
+            await asyncio.to_thread(self.write_behind.stop)
 
 
 class _Attempt:
@@ -178,8 +198,13 @@ class InProcessExecutor:
         min_threads: int = 1,
         grow_after: float = 0.005,
         capture_output: bool = True,
+        write_behind: bool | None = None,
     ) -> None:
         self.max_threads = max_threads or 16
+        self.write_behind_wanted = write_behind
+        #: results are stored behind the run from memory (None: saved as tasks finish)
+        self.write_behind: WriteBehind | None = None
+        self._io: IOManager | None = None
         self.min_threads = max(1, min(min_threads, self.max_threads))
         self.grow_after = grow_after
         self.capture_output = capture_output
@@ -198,8 +223,11 @@ class InProcessExecutor:
 
     async def start(self, io_manager: IOManager) -> None:
         self._loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.io_manager is not io_manager:
-            self._worker = Worker(io_manager, capture_output=self.capture_output)
+        if self._worker is None or self._io is not io_manager:
+            self._io = io_manager
+            self.write_behind = _store_for(io_manager, self.write_behind_wanted)
+            store = self.write_behind or io_manager
+            self._worker = Worker(store, capture_output=self.capture_output)
         self._last_take = time.monotonic()
         while len(self._threads) < self.min_threads:
             self._add_thread()
@@ -250,6 +278,7 @@ class InProcessExecutor:
                 time.monotonic() - attempt.queued_at > self.grow_after
                 and len(self._threads) < self.max_threads
                 and not self._growing
+                and not self._writer_saturated()
             ):
                 self._growing = True  # tasks wait for threads: ask the loop for one more
                 with contextlib.suppress(RuntimeError):
@@ -273,6 +302,10 @@ class InProcessExecutor:
 
             self._hand_back(attempt, worker.execute(task, on_chunk, attempt.sink))
 
+    def _writer_saturated(self) -> bool:
+        """Threads blocked on the result writer are not busy: adding threads would not help."""
+        return self.write_behind is not None and self.write_behind.saturated
+
     def _forget(self, running: asyncio.Task[None]) -> None:
         self._async_tasks.pop(running, None)
 
@@ -289,7 +322,11 @@ class InProcessExecutor:
 
     def _grow(self) -> None:
         self._growing = False
-        if self._loop is not None and len(self._threads) < self.max_threads:
+        if (
+            self._loop is not None
+            and len(self._threads) < self.max_threads
+            and not self._writer_saturated()
+        ):
             self._add_thread()
 
     def _hand_back(self, attempt: _Attempt, item: TaskOutcome | str) -> None:
@@ -320,6 +357,7 @@ class InProcessExecutor:
             not self._jobs.empty()
             and time.monotonic() - self._last_take > self.grow_after
             and len(self._threads) < self.max_threads
+            and not self._writer_saturated()
         ):
             self._add_thread()  # every thread is stuck in a task while others wait
         if self._queued and self._poller is None and self._loop is not None:
@@ -384,3 +422,5 @@ class InProcessExecutor:
             self._jobs.put(None)
         self._threads = []
         self._loop = None
+        if self.write_behind is not None:
+            await asyncio.to_thread(self.write_behind.stop)

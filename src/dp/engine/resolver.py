@@ -158,6 +158,11 @@ class TaskDependencyResolver:
         for child in self._chunk_children[name]:
             self._skip(child)
 
+    def halt(self) -> None:
+        """Start nothing more (the run is failing for a reason outside any task)."""
+        self.halted = True
+        self.ready.clear()
+
     def cancel_pending(self) -> list[str]:
         """Mark every task that never started as cancelled (the run is stopping)."""
         self.ready.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -20,12 +21,14 @@ from dp.engine.model import (
 from dp.engine.recorder import RunRecorder, task_run_record
 from dp.engine.resolver import TaskDependencyResolver
 from dp.engine.worker import format_error
+from dp.engine.writebehind import WriteBehind
 from dp.errors import DPError, FencedError
 from dp.logs import get_logger
 from dp.store.records import RunStatus, TaskRunRecord, TaskStatus
 
 if TYPE_CHECKING:
     from dp.engine.orchestrator import Orchestrator
+    from dp.planner import ExecutionPlan
 
 __all__ = ["ActiveRun"]
 
@@ -80,6 +83,14 @@ class ActiveRun:
         self._handle: RunHandle | None = None
         self._leases = orchestrator.leases
         recorder.on_fenced = self._taken_over
+        #: the executor's write-behind: results reach their consumers before the disk
+        self._writer: WriteBehind | None = getattr(self.executor, "write_behind", None)
+        #: saves up to this number are stored (see `WriteBehind.accepted`)
+        self._durable = 0
+        #: succeeded tasks waiting for their results to be stored: (last save, result)
+        self._unsaved: deque[tuple[int, TaskRunResult]] = deque()
+        #: why the run fails: a result could not be stored (nothing later is stored)
+        self._write_error: str | None = None
 
     @staticmethod
     async def never_started(
@@ -110,6 +121,8 @@ class ActiveRun:
         for listener in self.listeners:
             self._notify(listener.on_run_start, context=context)
         self.recorder.start_flushing()
+        if self._writer is not None:
+            self._writer.open_run(context.run_id, self, _consumers(context.plan))
         try:
             self.resolver.start()
             self._pump()
@@ -149,11 +162,72 @@ class ActiveRun:
             result.result_ids = outcome.result_ids
             result.error = result.traceback = None
             self.resolver.succeeded(task.task_name, task.instance, outcome.result_ids)
+            writer = self._writer
+            if writer is not None:
+                if self._write_error is not None:
+                    self._not_saved(result)
+                elif writer.accepted > self._durable:
+                    # its consumers may start now; it is recorded succeeded once stored
+                    result.status = TaskStatus.RUNNING
+                    self._unsaved.append((writer.accepted, result))
+                    self._pump()
+                    return
         else:
             self._failed(task, outcome, result)
         if self._record is not None or self.listeners:
             self._changed(result)
         self._pump()
+
+    # --- WriteSink ------------------------------------------------------------------------
+
+    def on_durable(self, saved: int) -> None:
+        if self.closed:
+            return
+        self._durable = saved
+        unsaved = self._unsaved
+        while unsaved and unsaved[0][0] <= saved:
+            result = unsaved.popleft()[1]
+            result.status = TaskStatus.SUCCEEDED
+            self._changed(result)
+        self._pump()
+
+    def on_write_failed(self, number: int, task_name: str, result_id: str, error: str) -> None:
+        if self.closed or self._write_error is not None:
+            return
+        self._write_error = (
+            f"its result {result_id!r} could not be saved through "
+            f"{self.context.io_manager!r}: {error}"
+        )
+        self.log.error("result.save_failed", task_name=task_name, result_id=result_id, error=error)
+        unsaved = self._unsaved
+        while unsaved and unsaved[0][0] < number:  # saved before the failure: stored
+            result = unsaved.popleft()[1]
+            result.status = TaskStatus.SUCCEEDED
+            self._changed(result)
+        culprit = next(
+            (r for r in reversed(self.results.values()) if r.task_name == task_name), None
+        )
+        if culprit is not None and self.failed_fatally is None:
+            self.failed_fatally = culprit.key
+        for _, result in unsaved:
+            self._not_saved(result)
+        unsaved.clear()
+        if culprit is not None and culprit.status != TaskStatus.RUNNING:
+            self._not_saved(culprit)
+        self.resolver.halt()
+        self._pump()
+
+    def _not_saved(self, result: TaskRunResult) -> None:
+        """A task whose result was never stored, because a save failed: failed."""
+        result.status = TaskStatus.FAILED
+        if result.key == self.failed_fatally:
+            result.error = f"SaveError: {self._write_error}"
+        else:
+            result.error = (
+                f"SaveError: not saved, because an earlier result of the run could not be: "
+                f"{self._write_error}"
+            )
+        self._changed(result)
 
     def _failed(self, task: ExecutableTask, outcome: TaskOutcome, result: TaskRunResult) -> None:
         meta = task.metadata
@@ -219,7 +293,13 @@ class ActiveRun:
             if self.resume and self._restore(task):
                 continue
             self._submit(task)
-        if not ready and self.in_flight == 0 and self.retrying == 0 and not self.done.done():
+        if (
+            not ready
+            and self.in_flight == 0
+            and self.retrying == 0
+            and not self._unsaved
+            and not self.done.done()
+        ):
             self.done.set_result(None)
 
     def _submit(self, task: ExecutableTask) -> None:
@@ -320,6 +400,8 @@ class ActiveRun:
     ) -> RunResult:
         resolver = self.resolver
         self.closed = True
+        if self._writer is not None:  # what it still has queued is dropped, not stored
+            self._writer.close_run(self.context.run_id)
         for timer in self._retry_timers:
             timer.cancel()
         if stopped is not None:
@@ -391,3 +473,15 @@ class ActiveRun:
     def _ordered_results(self) -> dict[tuple[str, str], TaskRunResult]:
         rank = {name: i for i, name in enumerate(self.context.plan.execution_order)}
         return dict(sorted(self.results.items(), key=lambda item: (rank[item[0][0]], item[0][1])))
+
+
+def _consumers(plan: ExecutionPlan) -> dict[str, int]:
+    """How many loads each task's results get in a run: one per data edge out of it."""
+    cached = plan.cache.get("consumers")
+    if cached is None:
+        cached = {}
+        for edge in plan.edges:
+            if edge.kind == "data":
+                cached[edge.upstream] = cached.get(edge.upstream, 0) + 1
+        plan.cache["consumers"] = cached
+    return cached
