@@ -267,6 +267,6 @@ def test_a_frozen_owner_that_wakes_after_a_take_over_writes_nothing_and_runs_not
     assert tasks["after"].pid != owner.pid
     effects = _effects(tmp_path)
     # `slow` was in flight in the old owner: it may finish there too, but `after` runs once
-    assert effects["after"] == 1, effects
+    assert effects["after"] == 1, (effects, out, err[-2000:])
     assert out.startswith("interrupted"), out + err
     assert "taken over by a newer owner" in out

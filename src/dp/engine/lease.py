@@ -34,7 +34,7 @@ DEFAULT_LEASE_SECONDS = 30.0
 
 
 class _Held:
-    __slots__ = ("epoch", "loop", "on_fenced", "on_renewed", "valid_until", "waiting")
+    __slots__ = ("epoch", "fenced", "loop", "on_fenced", "on_renewed", "valid_until", "waiting")
 
     def __init__(
         self,
@@ -50,6 +50,7 @@ class _Held:
         self.on_renewed = on_renewed
         self.valid_until = valid_until  # time.monotonic() until which the lease surely holds
         self.waiting = False  # the run waits for a renewal before it hands out more tasks
+        self.fenced = False  # a renewal found the run taken over: it is not ours any more
 
 
 class LeaseKeeper:
@@ -108,7 +109,11 @@ class LeaseKeeper:
         """Whether the run's lease may have run out; if so, a renewal is asked for at once
         and the run is called back (`on_renewed` or `on_fenced`) when it is known."""
         held = self._held.get(run_id)
-        if held is None or time.monotonic() < held.valid_until:
+        if held is None:
+            return False
+        if held.fenced:  # known lost, though the run may not have been told yet
+            return True
+        if time.monotonic() < held.valid_until:
             return False
         held.waiting = True
         self._wake.set()
@@ -129,7 +134,7 @@ class LeaseKeeper:
                     self._thread = None
                     return
                 self._wake.clear()
-                held = list(self._held.items())
+                held = [(run_id, lease) for run_id, lease in self._held.items() if not lease.fenced]
             for run_id, lease in held:
                 self._renew(run_id, lease)
 
@@ -143,7 +148,8 @@ class LeaseKeeper:
                 with contextlib.suppress(RuntimeError):
                     lease.loop.call_soon_threadsafe(lease.on_renewed)
         except FencedError as fenced:
-            self.release(run_id)
+            # kept, marked, until the run lets go: a run that asks meanwhile hears it is lost
+            lease.fenced = True
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 lease.loop.call_soon_threadsafe(lease.on_fenced, fenced)
         except Exception:  # the store is down for a moment: the lease has slack, try again
