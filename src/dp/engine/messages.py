@@ -87,6 +87,9 @@ class TaskMessage(_Message):
         epoch: the run's ownership epoch when the attempt was handed out (fencing).
         timed: the task has a timeout, so the worker says when it starts.
         timeout: the task's timeout in seconds (a Celery worker enforces it itself).
+        queue: the Celery queue the task is routed to (`@task(queue=...)`; None: the default).
+        streams: the task yields chunks (a worker checks its stream's manifest on redelivery).
+        reply_to: where the answers go (the Celery executor's Redis list); empty locally.
     """
 
     kind: ClassVar[str] = "task"
@@ -105,9 +108,11 @@ class TaskMessage(_Message):
     timed: bool = False
     timeout: float | None = None
     queue: str | None = None
+    streams: bool = False
+    reply_to: str = ""
 
     @classmethod
-    def of(cls, task: ExecutableTask, handle: int) -> TaskMessage:
+    def of(cls, task: ExecutableTask, handle: int, reply_to: str = "") -> TaskMessage:
         meta = task.metadata
         return cls(
             handle,
@@ -123,7 +128,9 @@ class TaskMessage(_Message):
             task.epoch,
             meta.timeout is not None,
             meta.timeout,
-            getattr(meta, "queue", None),
+            meta.queue,
+            meta.stream_output,
+            reply_to,
         )
 
     @classmethod
