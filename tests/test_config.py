@@ -347,7 +347,9 @@ def test_results_urls_open_their_io_manager(tmp_path: Path) -> None:
 def test_memory_results_cannot_feed_worker_processes(tmp_path: Path) -> None:
     """The process executor's workers cannot see this process's memory: refused up front."""
     settings = resolve({"results": "memory://", "workers": 2}, env=NO_ENV, cwd=tmp_path)
-    with pytest.raises(ConfigError, match=r"workers of the process executor cannot reach; use file://PATH"):
+    with pytest.raises(
+        ConfigError, match=r"workers of the process executor cannot reach; use file://PATH"
+    ):
         build_orchestrator(settings)
 
 
