@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from dp.engine.executors import timeout_outcome
 from dp.engine.messages import (
     ChunkMessage,
     CompletionMessage,
@@ -40,6 +41,7 @@ from dp.engine.messages import (
 from dp.engine.model import manifest_result_id
 from dp.engine.worker import Worker, format_error, resolve_task
 from dp.errors import ConfigError, DPError, FencedError
+from dp.store.records import HOST
 from dp.tasks import TaskMetadata
 
 if TYPE_CHECKING:
@@ -142,10 +144,20 @@ def make_app(broker_url: str, *, visibility: float | None = None) -> Celery:
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": visibility or visibility_timeout()},
+        broker_transport_options=_transport_options(visibility or visibility_timeout()),
     )
     app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)(_run)
     return app
+
+
+def _transport_options(visibility: float) -> dict[str, float]:
+    """Redis transport options: a lost worker's messages are handed out again soon after the
+    visibility timeout (kombu sweeps every 10 s x 10 calls by default, 100 s in all)."""
+    return {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": min(10.0, max(1.0, visibility / 3)),
+        "unacked_restore_throttle": 1,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +249,12 @@ def _run(payload: dict[str, Any]) -> None:
         outcome = backends.loop.run_until_complete(backends.worker.execute_async(task, on_chunk))
     else:
         outcome = backends.worker.execute(task, on_chunk)
+    timeout = message.timeout
+    if not outcome.ok and timeout is not None and outcome.duration >= timeout * 0.99:
+        # the hard time limit: billiard ends the pool process with SystemExit, which the
+        # worker catches like a task's own sys.exit(); it is the timeout, and retryable
+        outcome = timeout_outcome(task, timeout, "; its pool process was stopped and replaced")
+        outcome.host, outcome.pid = HOST, os.getpid()
     reply(CompletionMessage.of(message.handle, outcome))
 
 
