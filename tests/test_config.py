@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from dp.cli import app
 from dp.config import (
     build_orchestrator,
+    celery_broker,
     find_config_file,
     mask,
     open_broker,
@@ -98,13 +99,15 @@ def test_flags_beat_the_environment(tmp_path: Path) -> None:
 
 
 def test_every_setting_has_its_variable(tmp_path: Path) -> None:
-    """DP_STORE_URL, DP_BUS_URL, DP_RESULTS_URL, DP_EXECUTOR and DP_WORKERS are all read."""
+    """DP_STORE_URL, DP_BUS_URL, DP_RESULTS_URL, DP_EXECUTOR, DP_WORKERS and
+    DP_CELERY_BROKER_URL are all read."""
     env = {
         "DP_STORE_URL": "memory://",
         "DP_BUS_URL": "redis://cache:6380/2",
         "DP_RESULTS_URL": "memory://",
         "DP_EXECUTOR": "inline",
         "DP_WORKERS": "2",
+        "DP_CELERY_BROKER_URL": "redis://broker:6379/1",
     }
     settings = resolve(env=env, cwd=tmp_path)
     assert (settings.store, settings.bus, settings.results, settings.executor) == (
@@ -113,7 +116,7 @@ def test_every_setting_has_its_variable(tmp_path: Path) -> None:
         "memory://",
         "inline",
     )
-    assert settings.workers == 2
+    assert (settings.workers, settings.celery_broker) == (2, "redis://broker:6379/1")
     assert dict(settings.sources) == dict(zip(settings.sources, env, strict=True))
 
 
@@ -250,7 +253,7 @@ def test_an_unknown_scheme_names_the_setting_its_source_and_the_schemes(
         ("bus", "redis://cache:6379/events", "a Redis database is a number"),
         ("bus", "redis://[::1/0", "is malformed"),
         ("results", "file://", "needs a directory"),
-        ("executor", "celery", "is not an executor; accepted: inline, inprocess, process"),
+        ("executor", "dask", "is not an executor; accepted: inline, inprocess, process, celery"),
         ("workers", "0", "must be a whole number >= 1"),
         ("workers", "many", "must be a whole number >= 1"),
     ],
@@ -344,7 +347,9 @@ def test_results_urls_open_their_io_manager(tmp_path: Path) -> None:
 def test_memory_results_cannot_feed_worker_processes(tmp_path: Path) -> None:
     """The process executor's workers cannot see this process's memory: refused up front."""
     settings = resolve({"results": "memory://", "workers": 2}, env=NO_ENV, cwd=tmp_path)
-    with pytest.raises(ConfigError, match=r"worker processes .* cannot reach; use file://PATH"):
+    with pytest.raises(
+        ConfigError, match=r"workers of the process executor cannot reach; use file://PATH"
+    ):
         build_orchestrator(settings)
 
 
@@ -512,11 +517,11 @@ def test_a_bad_setting_exits_2_naming_it(project: Path) -> None:
 
 
 def test_a_bad_variable_exits_2_on_every_command(project: Path) -> None:
-    """DP_EXECUTOR=celery is refused by dp config and dp runs alike."""
+    """DP_EXECUTOR=dask is refused by dp config and dp runs alike."""
     for args in (["config"], ["runs", "list"], ["serve", "tasks.py"]):
-        result = invoke(*args, env={"DP_EXECUTOR": "celery"})
+        result = invoke(*args, env={"DP_EXECUTOR": "dask"})
         assert result.exit_code == 2, args
-        assert "executor 'celery' (from DP_EXECUTOR) is not an executor" in result.output
+        assert "executor 'dask' (from DP_EXECUTOR) is not an executor" in result.output
 
 
 def test_dp_run_records_in_the_store_the_flag_names(project: Path) -> None:
@@ -590,3 +595,31 @@ def test_dp_serve_with_an_unavailable_bus_exits_2(
         get_pipelines().clear()
     assert result.exit_code == 2, result.output
     assert "bus 'redis://127.0.0.1:6379/0' (from --bus) needs dp.events.redis" in result.output
+
+
+def test_the_celery_broker_defaults_to_a_redis_bus(tmp_path: Path) -> None:
+    """With no DP_CELERY_BROKER_URL, the Celery executor uses the Redis bus as its broker."""
+    settings = resolve({"bus": "redis://bus:6379/0"}, cwd=tmp_path)
+    assert celery_broker(settings) == "redis://bus:6379/0"
+
+
+def test_the_celery_executor_without_a_broker_says_what_to_set(tmp_path: Path) -> None:
+    """The Celery executor on a memory bus and no broker names DP_CELERY_BROKER_URL."""
+    settings = resolve({"executor": "celery"}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match=r"set DP_CELERY_BROKER_URL"):
+        celery_broker(settings)
+
+
+def test_a_celery_broker_that_is_not_redis_is_refused(tmp_path: Path) -> None:
+    """DP_CELERY_BROKER_URL=amqp://... is refused, naming the accepted schemes."""
+    with pytest.raises(ConfigError, match=r"unknown scheme 'amqp'; accepted: redis://"):
+        resolve(env={"DP_CELERY_BROKER_URL": "amqp://rabbit//"}, cwd=tmp_path)
+
+
+def test_celery_with_results_in_memory_is_refused(tmp_path: Path) -> None:
+    """Celery workers cannot reach memory:// results: the error says to use a shared path."""
+    settings = resolve(
+        {"executor": "celery", "results": "memory://", "bus": "redis://b:6379/0"}, cwd=tmp_path
+    )
+    with pytest.raises(ConfigError, match=r"workers of the celery executor cannot reach"):
+        build_orchestrator(settings)

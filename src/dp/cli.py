@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.pretty import Pretty
 from rich.text import Text
 
-from dp import config
+from dp import cli_worker, config
 from dp.cli_events import events_app
 from dp.display import (
     LiveProgress,
@@ -783,6 +783,9 @@ def show_config(
     width = max(len(value) for value in shown.values())
     for name, value in shown.items():
         print(f"{name:<9} {value:<{width}}  {settings.source(name)}")
+
+
+app.command("worker")(cli_worker.worker)
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "SETTINGS",
     "Settings",
     "build_orchestrator",
+    "celery_broker",
     "find_config_file",
     "mask",
     "open_broker",
@@ -59,6 +60,7 @@ SETTINGS: Final[Mapping[str, tuple[str, str]]] = {
     "results": ("DP_RESULTS_URL", "--results"),
     "executor": ("DP_EXECUTOR", "--executor"),
     "workers": ("DP_WORKERS", "--workers"),
+    "celery_broker": ("DP_CELERY_BROKER_URL", "--celery-broker"),
 }
 
 STORE_SCHEMES: Final = (
@@ -69,7 +71,8 @@ STORE_SCHEMES: Final = (
 )
 BUS_SCHEMES: Final = ("memory://", "redis://HOST:PORT/DB", "rediss://HOST:PORT/DB")
 RESULTS_SCHEMES: Final = ("file://PATH", "memory://")
-EXECUTORS: Final = ("inline", "inprocess", "process")
+EXECUTORS: Final = ("inline", "inprocess", "process", "celery")
+CELERY_BROKER_SCHEMES: Final = ("redis://HOST:PORT/DB", "rediss://HOST:PORT/DB")
 
 _PYPROJECT_TABLE = "[tool.dp]"
 
@@ -82,8 +85,9 @@ class Settings:
         store: the run store URL (`sqlite:///...`, `postgresql+psycopg://...`, `memory://`).
         bus: the event bus URL (`memory://`, `redis://...`).
         results: where task results go (`file://PATH`, `memory://`).
-        executor: `inline`, `inprocess` or `process`.
+        executor: `inline`, `inprocess`, `process` or `celery`.
         workers: threads or worker processes of the executor (None: its default).
+        celery_broker: the Celery executor's broker (default: the bus, when it is Redis).
         sources: setting name -> `--store`, `DP_STORE_URL`, the config file, or `default`.
         file: the config file that was read, if any.
     """
@@ -93,6 +97,7 @@ class Settings:
     results: str
     executor: str
     workers: int | None = None
+    celery_broker: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
     file: Path | None = None
 
@@ -108,6 +113,7 @@ class Settings:
             "results": self.results,
             "executor": self.executor,
             "workers": self.workers,
+            "celery_broker": None if self.celery_broker is None else mask(self.celery_broker),
         }
 
     @property
@@ -147,6 +153,7 @@ def resolve(
         "results": f"file://{(base / 'results').as_posix()}",
         "executor": "inprocess",
         "workers": None,
+        "celery_broker": None,
     }
     raw: dict[str, str | int | None] = {}
     sources: dict[str, str] = {}
@@ -174,6 +181,7 @@ def resolve(
         results=_check_results(str(raw["results"]), sources["results"], base_of("results")),
         executor=_check_executor(str(raw["executor"]), sources["executor"]),
         workers=_check_workers(raw["workers"], sources["workers"]),
+        celery_broker=_check_celery_broker(raw["celery_broker"], sources["celery_broker"]),
         sources=sources,
         file=None if found is None else found[0],
     )
@@ -307,20 +315,45 @@ def build_orchestrator(settings: Settings, **options: Any) -> Orchestrator:
     """
     from dp.engine import Orchestrator
 
-    if settings.results == "memory://" and settings.executor == "process":
+    if settings.results == "memory://" and settings.executor in ("process", "celery"):
         raise ConfigError(
             "results",
             settings.results,
             settings.source("results"),
-            "lives in this process's memory, which worker processes of the process "
-            "executor cannot reach; use file://PATH, or the inprocess executor",
+            f"lives in this process's memory, which the workers of the {settings.executor} "
+            "executor cannot reach; use file://PATH (a shared path), or the inprocess executor",
         )
+    executor: Any = settings.executor
+    if executor == "celery":
+        from dp.engine.celery_executor import CeleryExecutor
+
+        executor = CeleryExecutor(celery_broker(settings))
     return Orchestrator(
         io_manager=open_results(settings),
         store=open_store(settings),
-        executor=settings.executor,
+        executor=executor,
         workers=settings.workers,
         **options,
+    )
+
+
+def celery_broker(settings: Settings) -> str:
+    """The Celery broker: `DP_CELERY_BROKER_URL`, else the bus when it is Redis.
+
+    Raises:
+        ConfigError: neither is set to a Redis URL.
+    """
+    if settings.celery_broker is not None:
+        return settings.celery_broker
+    if settings.bus.startswith(("redis://", "rediss://")):
+        return settings.bus
+    raise ConfigError(
+        "celery_broker",
+        "(not set)",
+        "default",
+        "is needed by the celery executor: set DP_CELERY_BROKER_URL (or a redis:// bus, "
+        "which it defaults to)",
+        CELERY_BROKER_SCHEMES,
     )
 
 
@@ -394,6 +427,17 @@ def _check_executor(value: str, source: str) -> str:
     if value not in EXECUTORS:
         raise ConfigError("executor", value, source, "is not an executor", EXECUTORS)
     return value
+
+
+def _check_celery_broker(value: str | int | None, source: str) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    scheme, url = _split("celery_broker", text, source, CELERY_BROKER_SCHEMES)
+    if scheme not in ("redis", "rediss"):
+        raise _unknown_scheme("celery_broker", text, source, scheme, CELERY_BROKER_SCHEMES)
+    _check_port("celery_broker", text, source, url)
+    return text
 
 
 def _check_workers(value: str | int | None, source: str) -> int | None:

@@ -358,6 +358,16 @@ class FencedError(DPError):
         )
 
 
+class MessageFormatError(DPError):
+    """A message between an orchestrator and its workers cannot be read: not JSON, an unknown
+    kind or format version, or a required field missing."""
+
+    def __init__(self, kind: str, problem: str) -> None:
+        self.kind = kind
+        self.problem = problem
+        super().__init__(f"{kind} message {problem}.")
+
+
 # --- configuration --------------------------------------------------------------------------
 
 

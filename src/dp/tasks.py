@@ -75,6 +75,8 @@ class TaskMetadata:
     timeout: float | None = None
     description: str = ""
     import_path: str = ""
+    #: the Celery queue the task's messages go to (None: the default queue, `dp`)
+    queue: str | None = None
 
     @classmethod
     def from_function(
@@ -90,6 +92,7 @@ class TaskMetadata:
         stream_output: bool | None = None,
         timeout: float | None = None,
         description: str | None = None,
+        queue: str | None = None,
     ) -> TaskMetadata:
         """Inspect `func` and validate the options; raises `TaskDefinitionError` on bad input."""
         if not callable(func):
@@ -106,6 +109,11 @@ class TaskMetadata:
             raise TaskDefinitionError(task_name, "a task cannot depend on itself")
         tag_tuple = tuple(sorted(set(_unique_strings(task_name, "tags", tags))))
         _check_options(task_name, max_retries, retry_delay, timeout)
+        if queue is not None and not is_id(queue):
+            raise TaskDefinitionError(
+                task_name,
+                f"queue must be a name of letters, digits, '_', '-' and '.', got {queue!r}",
+            )
 
         is_generator = inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func)
         is_async = inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
@@ -136,6 +144,7 @@ class TaskMetadata:
             timeout=None if timeout is None else float(timeout),
             description=description if description is not None else doc.split("\n\n")[0],
             import_path=f"{func.__module__}:{func.__qualname__}",
+            queue=queue,
         )
 
     @property
@@ -337,6 +346,7 @@ def task(
     stream_output: bool | None = None,
     timeout: float | None = None,
     description: str | None = None,
+    queue: str | None = None,
     registry: TaskRegistry | None = None,
 ) -> Callable[[F], F]: ...
 
@@ -354,6 +364,7 @@ def task(
     stream_output: bool | None = None,
     timeout: float | None = None,
     description: str | None = None,
+    queue: str | None = None,
     registry: TaskRegistry | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a dp task; use bare (`@task`) or with options (`@task(...)`).
@@ -372,6 +383,8 @@ def task(
         stream_output: Save each yielded chunk as its own result (default: on for generators).
         timeout: Seconds after which the attempt is stopped and counted as failed.
         description: Human description (default: the docstring's first paragraph).
+        queue: The Celery queue its attempts go to on the Celery executor (`dp worker
+            --queues`); other executors ignore it.
         registry: Where to register (default: `get_registry()`).
     """
 
@@ -387,6 +400,7 @@ def task(
             stream_output=stream_output,
             timeout=timeout,
             description=description,
+            queue=queue,
         )
         (registry if registry is not None else _default_registry).register(metadata)
         with contextlib.suppress(AttributeError):  # some callables refuse attributes

@@ -12,10 +12,13 @@ without saving anything more. (`PR_SET_PDEATHSIG` would not do: a forkserver wor
 is the forkserver, not the orchestrator.) The forkserver and multiprocessing's resource
 tracker end by themselves once the workers are gone.
 
-Messages are small tuples: tasks travel as references (`module:qualname`, run id, input
-result ids), results stay in the IO manager, and only completions come back. Each worker
-keeps `prefetch` tasks queued so IPC latency overlaps with work, and sends completions in
-small batches.
+Messages are those of `dp.engine.messages`: tasks travel as references (`module:qualname`, run
+id, input result ids), results stay in the IO manager, and only completions come back. Each
+worker keeps `prefetch` tasks queued so IPC latency overlaps with work, and sends completions in
+small batches. Over this local pipe the message objects are pickled, not turned into JSON:
+both ends are the same dp in the same interpreter, and JSON would add a dumps and a loads per
+message on the hot path (`python -m bench engine`). The Celery executor, whose workers may run
+another release on another machine, sends the same messages as JSON.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import importlib
-import inspect
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -34,12 +35,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import astuple
 from typing import Any
 
 from dp.engine.executors import TaskSink, timeout_outcome
+from dp.engine.messages import (
+    ChunkMessage,
+    CompletionMessage,
+    StartedMessage,
+    TaskMessage,
+    WorkerMessage,
+)
 from dp.engine.model import ExecutableTask, TaskOutcome
-from dp.engine.worker import Worker, format_error
+from dp.engine.worker import Worker, resolve_task
 from dp.errors import DPError, QueueClosedError, QueueEmptyError
 from dp.events.queues import MultiprocessQueue
 from dp.io import IOManager
@@ -50,8 +57,8 @@ __all__ = ["ProcessExecutor"]
 
 _log = get_logger("dp.engine")
 
-#: worker -> parent messages
-_STARTED, _CHUNK, _DONE, _READY = 0, 1, 2, 3
+#: what a worker sends first, once it is up (its other messages are `WorkerMessage`s)
+_READY = "ready"
 #: workers dying before they are ready this many times in a row: stop starting them
 _STARTUP_FAILURES = 3
 #: seconds a worker may hold finished outcomes before sending them
@@ -145,21 +152,7 @@ class ProcessExecutor:
         handle = self._next_handle
         self._next_handle += 1
         slot.in_flight[handle] = _Flight(task, sink)
-        meta = task.metadata
-        slot.outbox.append(
-            (
-                handle,
-                task.run_id,
-                task.task_name,
-                task.task_result_id,
-                meta.import_path,
-                task.inputs,
-                task.params,
-                task.retry_count,
-                task.instance,
-                meta.timeout is not None,
-            )
-        )
+        slot.outbox.append(TaskMessage.of(task, handle))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None
@@ -194,22 +187,23 @@ class ProcessExecutor:
             except (QueueClosedError, QueueEmptyError):
                 return
             for message in batch:
-                kind, handle = message[0], message[1]
-                if kind == _READY:
+                if message == _READY:
                     slot.ready = True
                     self._startup_failures = 0
                     continue
+                handle = message.handle
                 flight = slot.in_flight.get(handle)
                 if flight is None:
                     continue
-                if kind == _DONE:
+                kind = type(message)
+                if kind is CompletionMessage:
                     del slot.in_flight[handle]
                     if flight.timer is not None:
                         flight.timer.cancel()
-                    flight.sink.on_done(flight.task, TaskOutcome(*message[2]))
-                elif kind == _CHUNK:
-                    flight.sink.on_chunk(flight.task, message[2])
-                elif kind == _STARTED:
+                    flight.sink.on_done(flight.task, message.outcome())
+                elif kind is ChunkMessage:
+                    flight.sink.on_chunk(flight.task, message.result_id)
+                elif kind is StartedMessage:
                     timeout = flight.task.metadata.timeout or 0.0
                     assert self._loop is not None
                     flight.timer = self._loop.call_later(
@@ -366,7 +360,7 @@ class _Slot:
         #: names the task to blame, whatever completions were lost with the process
         self.running = running
         self.in_flight: dict[int, _Flight] = {}
-        self.outbox: list[tuple[Any, ...]] = []
+        self.outbox: list[TaskMessage] = []
         self.alive = True
         self.ready = False  # the worker said it is up (it died later, if at all)
         self.timed_out: tuple[int, float] | None = None
@@ -434,13 +428,13 @@ def _worker_main(
             sys.path.insert(0, entry)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     worker = Worker(io_manager, capture_output=capture_output)
-    results.put_sync([(_READY, -1)])
+    results.put_sync([_READY])
     resolved: dict[str, TaskMetadata | str] = {}
     loop = asyncio.new_event_loop()
-    pending: list[tuple[Any, ...]] = []
+    pending: list[WorkerMessage] = []
     first_pending = 0.0
 
-    def send(message: tuple[Any, ...], urgent: bool) -> None:
+    def send(message: WorkerMessage, urgent: bool) -> None:
         nonlocal first_pending
         if not pending:
             first_pending = time.monotonic()
@@ -460,26 +454,22 @@ def _worker_main(
             break
         if batch is None:
             break
+        message: TaskMessage
         for position, message in enumerate(batch):
             last = position == len(batch) - 1
-            handle, run_id, name, result_id, import_path, inputs, params, retry, instance, timed = (
-                message
-            )
-            meta = resolved.get(import_path)
+            handle = message.handle
+            meta = resolved.get(message.import_path)
             if meta is None:
-                meta = resolved[import_path] = _resolve(import_path)
+                meta = resolved[message.import_path] = resolve_task(message.import_path)
             if isinstance(meta, str):  # the import failed: say so, do not retry
-                outcome = TaskOutcome(
-                    name, instance, False, [], time.time(), 0.0, meta, None, "", False
-                )
-                send((_DONE, handle, astuple(outcome)), last)
+                send(CompletionMessage.refused(message, meta), last)
                 continue
-            if timed:
-                send((_STARTED, handle), True)
-            task = ExecutableTask(run_id, name, result_id, meta, inputs, params, retry, instance)
+            if message.timed:
+                send(StartedMessage(handle), True)
+            task = message.task(meta)
 
             def on_chunk(rid: str, handle: int = handle) -> None:
-                send((_CHUNK, handle, rid), True)
+                send(ChunkMessage(handle, rid), True)
 
             chunk_cb = on_chunk if meta.stream_output else None
             running.value = handle
@@ -488,7 +478,7 @@ def _worker_main(
             else:
                 outcome = worker.execute(task, chunk_cb)
             running.value = -1
-            send((_DONE, handle, astuple(outcome)), last)
+            send(CompletionMessage.of(handle, outcome), last)
         flush()
     flush()
     loop.close()
@@ -510,32 +500,3 @@ def _exit_with_the_orchestrator() -> None:
         os._exit(_ORPHANED)  # at once: no cleanup, no result saved, no message sent
 
     threading.Thread(target=watch, name="dp-orphan-watch", daemon=True).start()
-
-
-def _resolve(import_path: str) -> TaskMetadata | str:
-    """The task at `module:qualname`, or an error message saying why it cannot be had."""
-    module_name, _, qualname = import_path.partition(":")
-    if "<locals>" in qualname:
-        return (
-            f"ImportError: task {import_path!r} is defined inside a function, so worker "
-            "processes cannot import it; define it at module level or use the in-process "
-            "executor"
-        )
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except BaseException as exc:
-        return f"ImportError: worker could not import task {import_path!r}: {format_error(exc)}"
-    meta = getattr(obj, "__dp_task__", None)
-    if isinstance(meta, TaskMetadata):
-        return meta
-    # a plain function (not decorated here): workers only need how to call it
-    is_generator = inspect.isgeneratorfunction(obj) or inspect.isasyncgenfunction(obj)
-    return TaskMetadata(
-        name=qualname,
-        func=obj,
-        is_async=inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj),
-        is_generator=is_generator,
-        stream_output=is_generator,
-    )

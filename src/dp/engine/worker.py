@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
+import inspect
 import os
 import time
 import traceback
@@ -15,8 +17,9 @@ from dp.engine.model import ExecutableTask, TaskOutcome, chunk_result_id, manife
 from dp.errors import DPError, FencedError, SerializationError
 from dp.io import IOManager
 from dp.store.records import HOST
+from dp.tasks import TaskMetadata
 
-__all__ = ["ChunkCallback", "CommitGuard", "Worker", "format_error"]
+__all__ = ["ChunkCallback", "CommitGuard", "Worker", "format_error", "resolve_task"]
 
 _output = capture._buffer
 
@@ -208,3 +211,32 @@ def format_error(exc: BaseException) -> str:
     text = str(exc)
     name = type(exc).__qualname__
     return f"{name}: {text}" if text else name
+
+
+def resolve_task(import_path: str) -> TaskMetadata | str:
+    """The task at `module:qualname`, or an error message saying why it cannot be had."""
+    module_name, _, qualname = import_path.partition(":")
+    if "<locals>" in qualname:
+        return (
+            f"ImportError: task {import_path!r} is defined inside a function, so worker "
+            "processes cannot import it; define it at module level or use the in-process "
+            "executor"
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except BaseException as exc:
+        return f"ImportError: worker could not import task {import_path!r}: {format_error(exc)}"
+    meta = getattr(obj, "__dp_task__", None)
+    if isinstance(meta, TaskMetadata):
+        return meta
+    # a plain function (not decorated here): workers only need how to call it
+    is_generator = inspect.isgeneratorfunction(obj) or inspect.isasyncgenfunction(obj)
+    return TaskMetadata(
+        name=qualname,
+        func=obj,
+        is_async=inspect.iscoroutinefunction(obj) or inspect.isasyncgenfunction(obj),
+        is_generator=is_generator,
+        stream_output=is_generator,
+    )

@@ -1,0 +1,110 @@
+"""`dp worker FILE|MODULE`: a Celery worker (prefork pool) that runs the tasks of that file."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from dp import config
+from dp.errors import ConfigError, DPError
+from dp.loader import load_tasks
+from dp.tasks import get_registry
+
+__all__ = ["worker"]
+
+_errors = Console(stderr=True)
+
+
+def worker(
+    target: Annotated[str, typer.Argument(help="The task file (.py) or module the runs use.")],
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency", "-c", min=1, metavar="N", help="Pool processes (default: CPUs)."
+        ),
+    ] = None,
+    queues: Annotated[
+        str | None,
+        typer.Option(
+            "--queues",
+            "-Q",
+            metavar="A,B",
+            help="Queues to serve, comma-separated (default: dp, where tasks without "
+            "@task(queue=...) go).",
+        ),
+    ] = None,
+    celery_broker: Annotated[
+        str | None,
+        typer.Option(
+            "--celery-broker",
+            metavar="URL",
+            help="Celery broker [env DP_CELERY_BROKER_URL; default: the bus, if Redis].",
+            show_default=False,
+        ),
+    ] = None,
+    bus: Annotated[
+        str | None, typer.Option(help="Event bus URL [env DP_BUS_URL].", show_default=False)
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Run store URL, for fencing [env DP_STORE_URL].", show_default=False),
+    ] = None,
+    results: Annotated[
+        str | None,
+        typer.Option(
+            help="Where results go: file://SHARED_PATH or s3://BUCKET/PREFIX [env DP_RESULTS_URL].",
+            show_default=False,
+        ),
+    ] = None,
+    root: Annotated[
+        Path, typer.Option("--root", envvar="DP_HOME", metavar="DIR", help="dp's home.")
+    ] = Path(".dp"),
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Celery's log level.")] = "INFO",
+) -> None:
+    """Run the tasks of TARGET for `--executor celery` orchestrators, on this machine."""
+    from dp.engine.celery_worker import (
+        DEFAULT_QUEUE,
+        WorkerConfig,
+        check_timeouts,
+        configure,
+        make_app,
+        visibility_timeout,
+    )
+
+    try:
+        flags = {"celery_broker": celery_broker, "bus": bus, "store": store, "results": results}
+        settings = config.resolve(flags, home=root)
+        broker = config.celery_broker(settings)
+        if settings.results == "memory://":
+            raise ConfigError(
+                "results",
+                settings.results,
+                settings.source("results"),
+                "lives in one process's memory; workers and the orchestrator need a shared "
+                "place: file://SHARED_PATH or s3://BUCKET/PREFIX",
+            )
+        load_tasks(target)
+        visibility = visibility_timeout()
+        check_timeouts(get_registry(), visibility)
+        app = make_app(broker, visibility=visibility)
+    except DPError as exc:
+        _errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    configure(WorkerConfig(settings, broker))
+    names = [q.strip() for q in (queues or DEFAULT_QUEUE).split(",") if q.strip()]
+    celery_worker = app.Worker(
+        concurrency=concurrency or os.cpu_count() or 2,
+        queues=names,
+        pool="prefork",
+        task_events=True,
+        loglevel=loglevel,
+        hostname=f"dp-{os.getpid()}@{socket.gethostname()}",
+    )
+    celery_worker.start()
+    raise typer.Exit(code=celery_worker.exitcode or 0)

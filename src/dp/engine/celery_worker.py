@@ -1,0 +1,289 @@
+"""The Celery side of dp: the app both ends share, and the one task a `dp worker` runs.
+
+Every dp task travels as the same Celery task, `dp.run`, whose only argument is a
+`TaskMessage` as a JSON object (Celery's JSON serializer; pickle is refused on both ends): the
+worker imports the task function by its import path, loads the inputs from the shared IO
+manager, runs it, saves the results there, and pushes small `WorkerMessage`s (started, each
+chunk, done) onto the Redis list the message names (`reply_to`), which the orchestrator reads.
+
+Reliability comes from Celery's late acknowledgement: a message is acknowledged only when the
+attempt ended, so a worker that dies mid-task (`reject_on_worker_lost` for a lost pool
+process; the broker's visibility timeout for a lost machine) hands it to another worker. A
+delivered attempt first checks, in this order, that
+
+- its run still has the ownership epoch it was handed out with (`RunStore.get_run`): a fenced
+  attempt is answered as such and never runs;
+- its result is not already committed (an earlier delivery saved it, then died before it was
+  acknowledged): it is answered with the stored result ids and does not run again.
+
+A task's `timeout` is Celery's hard time limit for its message: the pool process running it is
+killed and replaced, and the orchestrator, which saw it start, reports the timeout. Retries are
+dp's (the run record counts each attempt); Celery never retries on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from dp.engine.executors import timeout_outcome
+from dp.engine.messages import (
+    ChunkMessage,
+    CompletionMessage,
+    StartedMessage,
+    TaskMessage,
+    WorkerMessage,
+)
+from dp.engine.model import manifest_result_id
+from dp.engine.worker import Worker, format_error, resolve_task
+from dp.errors import ConfigError, DPError, FencedError
+from dp.store.records import HOST
+from dp.tasks import TaskMetadata
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from dp.config import Settings
+    from dp.io import IOManager
+    from dp.store.records import RunStore
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "TASK_NAME",
+    "VISIBILITY_TIMEOUT",
+    "WorkerConfig",
+    "check_timeouts",
+    "make_app",
+    "visibility_timeout",
+]
+
+#: the Celery task every dp task travels as
+TASK_NAME: Final = "dp.run"
+#: the queue of tasks without `@task(queue=...)`
+DEFAULT_QUEUE: Final = "dp"
+#: seconds a delivered, unacknowledged message waits before the broker gives it to another
+#: worker (Redis transport); must exceed every task's timeout
+VISIBILITY_TIMEOUT: Final = 3600.0
+VISIBILITY_VARIABLE: Final = "DP_CELERY_VISIBILITY_TIMEOUT"
+
+
+def visibility_timeout(env: Mapping[str, str] | None = None) -> float:
+    """The broker visibility timeout: `DP_CELERY_VISIBILITY_TIMEOUT` seconds, or one hour.
+
+    Raises:
+        ConfigError: the variable is not a number of seconds > 0.
+    """
+    text = (os.environ if env is None else env).get(VISIBILITY_VARIABLE, "")
+    if not text:
+        return VISIBILITY_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError(
+            "celery visibility timeout", text, VISIBILITY_VARIABLE, "must be seconds > 0"
+        )
+    return seconds
+
+
+def check_timeouts(tasks: Iterable[TaskMetadata], visibility: float) -> None:
+    """Refuse tasks whose timeout the broker's visibility timeout does not cover: a message
+    unacknowledged for that long is delivered again, so the task would run twice at once.
+
+    Raises:
+        DPError: naming the tasks, their timeouts and what to change.
+    """
+    too_long = sorted(
+        (meta.name, meta.timeout)
+        for meta in tasks
+        if meta.timeout is not None and meta.timeout >= visibility
+    )
+    if too_long:
+        listed = ", ".join(f"{name!r} (timeout {timeout:g}s)" for name, timeout in too_long)
+        raise DPError(
+            f"the Celery broker's visibility timeout is {visibility:g}s, and tasks {listed} may "
+            "run at least that long: the broker would hand them to a second worker while the "
+            f"first still runs them. Set {VISIBILITY_VARIABLE} above the longest task timeout "
+            "(on the workers and the orchestrator), or lower those timeouts."
+        )
+
+
+def make_app(broker_url: str, *, visibility: float | None = None) -> Celery:
+    """A Celery app on `broker_url`, configured as dp needs it on both ends.
+
+    Raises:
+        ConfigError: Celery is not installed.
+    """
+    try:
+        from celery import Celery
+    except ModuleNotFoundError:
+        raise ConfigError(
+            "executor",
+            "celery",
+            "the configuration",
+            "needs the 'celery' package, which is not installed; pip install 'dp[celery]'",
+        ) from None
+    app = Celery("dp", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],  # a pickled payload is refused, never loaded
+        result_serializer="json",
+        task_ignore_result=True,  # completions travel on dp's reply lists, not a result backend
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        task_default_queue=DEFAULT_QUEUE,
+        task_create_missing_queues=True,
+        worker_prefetch_multiplier=4,
+        worker_send_task_events=True,  # Flower (and `celery events`) can follow the workers
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(visibility or visibility_timeout()),
+    )
+    app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)(_run)
+    return app
+
+
+def _transport_options(visibility: float) -> dict[str, float]:
+    """Redis transport options: a lost worker's messages are handed out again soon after the
+    visibility timeout (kombu sweeps every 10 s x 10 calls by default, 100 s in all)."""
+    return {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": min(10.0, max(1.0, visibility / 3)),
+        "unacked_restore_throttle": 1,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What a worker process needs besides the task messages: the same backends as the
+    orchestrator (results, run store) and the broker the replies go to."""
+
+    settings: Settings
+    broker_url: str
+    capture_output: bool = True
+
+
+#: set by `dp worker` before the pool starts, so every pool process inherits it
+_config: WorkerConfig | None = None
+
+
+def configure(config: WorkerConfig) -> None:
+    global _config
+    _config = config
+    _Backends.current.cache_clear()
+
+
+class _Backends:
+    """The connections of one pool process, opened on its first task (never across a fork)."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        import redis
+
+        from dp.config import open_results, open_store
+
+        settings = config.settings
+        self.redis = redis.Redis.from_url(config.broker_url)
+        self.io: IOManager = open_results(settings)
+        self.store: RunStore | None = (
+            None if settings.store == "memory://" else open_store(settings, must_exist=True)
+        )
+        self.worker = Worker(self.io, capture_output=config.capture_output)
+        self.tasks: dict[str, TaskMetadata | str] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1)
+    def current(pid: int) -> _Backends:
+        if _config is None:
+            raise DPError("this Celery worker was not started by `dp worker`; start it with that")
+        return _Backends(_config)
+
+    def reply(self, key: str, message: WorkerMessage) -> None:
+        self.redis.rpush(key, message.to_json())
+
+
+def _run(payload: dict[str, Any]) -> None:
+    """The Celery task: one dp attempt, answered on its reply list."""
+    message = TaskMessage.from_dict(payload)
+    try:
+        backends = _Backends.current(os.getpid())
+    except Exception as exc:  # no answer would leave the run waiting forever: say why
+        _Backends.current.cache_clear()
+        import redis
+
+        assert _config is not None
+        client = redis.Redis.from_url(_config.broker_url)
+        error = f"WorkerSetupError: the worker could not open its backends: {format_error(exc)}"
+        client.rpush(message.reply_to, CompletionMessage.refused(message, error).to_json())
+        return
+    reply = functools.partial(backends.reply, message.reply_to)
+    answer = _precheck(backends, message)
+    if answer is not None:
+        reply(answer)
+        return
+    meta = backends.tasks.get(message.import_path)
+    if meta is None:
+        meta = backends.tasks[message.import_path] = resolve_task(message.import_path)
+    if isinstance(meta, str):  # cannot import the task: say so, the run fails with it
+        reply(CompletionMessage.refused(message, meta))
+        return
+    if message.timed:
+        reply(StartedMessage(message.handle))
+    task = message.task(meta)
+    on_chunk = None
+    if meta.stream_output:
+
+        def on_chunk(result_id: str) -> None:
+            reply(ChunkMessage(message.handle, result_id))
+
+    if meta.is_async:
+        if backends.loop is None:
+            backends.loop = asyncio.new_event_loop()
+        outcome = backends.loop.run_until_complete(backends.worker.execute_async(task, on_chunk))
+    else:
+        outcome = backends.worker.execute(task, on_chunk)
+    timeout = message.timeout
+    if not outcome.ok and timeout is not None and outcome.duration >= timeout * 0.99:
+        # the hard time limit: billiard ends the pool process with SystemExit, which the
+        # worker catches like a task's own sys.exit(); it is the timeout, and retryable
+        outcome = timeout_outcome(task, timeout, "; its pool process was stopped and replaced")
+        outcome.host, outcome.pid = HOST, os.getpid()
+    reply(CompletionMessage.of(message.handle, outcome))
+
+
+def _precheck(backends: _Backends, message: TaskMessage) -> CompletionMessage | None:
+    """The answer to an attempt that must not run: fenced, or already committed."""
+    if backends.store is not None and message.epoch:
+        try:
+            current = backends.store.get_run(message.run_id).epoch
+        except DPError:
+            current = message.epoch  # not recorded there: nothing to fence against
+        if current != message.epoch:
+            error = FencedError(message.run_id, message.epoch, current)
+            return CompletionMessage.refused(message, f"FencedError: {error}")
+    io = backends.io
+    try:
+        if message.streams:
+            manifest = manifest_result_id(message.result_id)
+            if not io.exists(message.run_id, message.task_name, manifest):
+                return None
+            result_ids = list(io.load(message.run_id, message.task_name, manifest))
+            for rid in result_ids:  # chunks the lost delivery may not have reported
+                backends.reply(message.reply_to, ChunkMessage(message.handle, rid))
+        elif io.exists(message.run_id, message.task_name, message.result_id):
+            result_ids = [message.result_id]
+        else:
+            return None
+    except DPError:
+        return None  # unreadable: run it again
+    done = CompletionMessage.refused(message, "")
+    return CompletionMessage.from_dict(
+        {**done.to_dict(), "ok": True, "error": None, "result_ids": result_ids}
+    )
