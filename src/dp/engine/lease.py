@@ -120,11 +120,11 @@ class LeaseKeeper:
         return True
 
     def release(self, run_id: str) -> None:
-        """Stop renewing `run_id` (its run ended); the thread ends with the last run."""
+        """Stop renewing `run_id` (its run ended); the thread ends soon after the last run."""
         with self._lock:
+            # the thread ends at its next round with nothing held, not now: back-to-back runs
+            # (one event after another) keep one thread instead of starting one each
             self._held.pop(run_id, None)
-            if not self._held:
-                self._wake.set()
 
     def _renew_forever(self) -> None:
         while True:
