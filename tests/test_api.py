@@ -561,6 +561,34 @@ def test_generated_requests_never_get_a_5xx(fuzzed: Api, case: Any) -> None:
     assert response.status_code < 500, (response.status_code, response.text, case.as_curl_command())
 
 
+def test_every_get_answer_is_described_by_the_openapi_document(api: Api) -> None:
+    """GET answers about real pipelines, triggers and runs match their documented schemas."""
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    run_id = api.start("hello", name="schema")
+    api.wait_for_status(run_id, "succeeded")
+    calls = [
+        ("/pipelines", {}),
+        ("/pipelines/{name}", {"name": "hello"}),
+        ("/triggers", {}),
+        ("/runs", {}),
+        ("/runs/{run_id}", {"run_id": run_id}),
+        ("/runs/{run_id}/tasks/{task}/logs", {"run_id": run_id, "task": "greet"}),
+        ("/runs/{run_id}", {"run_id": "no-such-run"}),
+        ("/health", {}),
+        ("/health/ready", {}),
+        ("/health/live", {}),
+    ]
+    documented = SCHEMA.raw_schema["paths"]
+    for path, parameters in calls:
+        answer = documented[path]["get"]["responses"]["200"]["content"]["application/json"]
+        assert "$ref" in answer["schema"], path  # a named model, not "any object"
+        case = SCHEMA[path]["GET"].Case(path_parameters=parameters)
+        response = case.call(base_url=api.url)
+        assert response.status_code in (200, 404), (path, response.text)
+        case.validate_response(response, checks=[response_schema_conformance])
+
+
 def test_an_oversized_body_is_refused_with_413(api: Api) -> None:
     """A request body over the limit (1 MiB) is a 413 naming the limit; nothing starts."""
     before = api.runs("hello")["total"]

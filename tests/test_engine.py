@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import pickle
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -565,6 +566,87 @@ async def test_interrupted_run_resumes_without_redoing_finished_tasks(
     assert executions == ["first", "stream", "second", "second"]
     assert io.load("resume-me", "second", "output") == 4
     assert store.get_run("resume-me").status == RunStatus.SUCCEEDED
+
+
+def test_running_a_plan_leaves_it_unchanged(registry: TaskRegistry) -> None:
+    """The plan is a value: what the engine derives from it stays in the engine."""
+
+    @task(registry=registry)
+    def one() -> int:
+        return 1
+
+    plan = plan_for(registry)
+    before = dict(vars(plan))
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=MemoryRunStore())
+    assert orchestrator.run(plan).ok
+    assert vars(plan) == before
+    assert orchestrator.plans.index(plan) is orchestrator.plans.index(plan)  # derived once
+
+
+async def test_a_run_planned_from_a_private_registry_resumes_against_its_tasks(
+    registry: TaskRegistry, tmp_path: Path
+) -> None:
+    """Resuming with the caller's registry plans from its tasks, not from the run's task file."""
+    decoy = tmp_path / "resume_decoy_tasks.py"  # same task names, other functions
+    decoy.write_text(
+        "from dp import task\n\n"
+        "@task\ndef resume_seed() -> int:\n    return 100\n\n"
+        "@task(dependencies=['resume_seed'])\n"
+        "def resume_grow(resume_seed: int) -> int:\n    return -1\n"
+    )
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @task(registry=registry)
+    def resume_seed() -> int:
+        return 1
+
+    @task(registry=registry, dependencies=["resume_seed"])
+    async def resume_grow(resume_seed: int) -> int:
+        started.set()
+        if not release.is_set():
+            await asyncio.sleep(PATIENCE)  # stuck until the run is interrupted
+        return resume_seed + 1
+
+    io = InMemoryIOManager()
+    orchestrator = Orchestrator(io_manager=io, store=MemoryRunStore())
+    running = asyncio.create_task(
+        orchestrator.start_pipeline(plan_for(registry), run_id="private", target=str(decoy))
+    )
+    await started.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    release.set()
+    result = await orchestrator.resume_pipeline("private", registry=registry)
+    await orchestrator.shutdown()
+    assert result.ok
+    assert io.load("private", "resume_grow", "output") == 2
+    assert "resume_decoy_tasks" not in sys.modules
+
+
+async def test_a_run_without_task_file_or_registry_cannot_be_resumed(
+    registry: TaskRegistry,
+) -> None:
+    """With no plan, no registry and no recorded task file, resume says what to pass."""
+    started = asyncio.Event()
+
+    @task(registry=registry)
+    async def waits() -> int:
+        started.set()
+        await asyncio.sleep(PATIENCE)
+        return 1
+
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=MemoryRunStore())
+    running = asyncio.create_task(orchestrator.start_pipeline(plan_for(registry), run_id="nofile"))
+    await started.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    with pytest.raises(ResumeError, match="pass its plan or its task registry"):
+        await orchestrator.resume_pipeline("nofile")
+    await orchestrator.shutdown()
 
 
 async def test_resume_refuses_unknown_finished_and_changed_runs(registry: TaskRegistry) -> None:

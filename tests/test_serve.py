@@ -188,3 +188,30 @@ def test_loopback_without_token_warns_and_stops_on_sigint(project: Path) -> None
         assert server.wait(PATIENCE) == 0
     logged = (project / "serve.log").read_text()
     assert "no DP_API_TOKEN set: state-changing endpoints accept any local caller" in logged
+
+
+def test_a_port_in_use_is_refused_before_serving_with_exit_code_4(project: Path) -> None:
+    """`dp serve` on a taken port says which port and what to do, in one line, and exits 4."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "dp.cli", "serve", "pipeline.py", "--port", str(port)],
+            cwd=project,
+            env={
+                **os.environ,
+                "DP_API_TOKEN": TOKEN,
+                "DP_TEST_LOG": str(project / "log.txt"),
+                "DP_TEST_RELEASE": str(project / "release"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE,
+        )
+    assert done.returncode == 4
+    assert done.stderr.splitlines() == [
+        f"error: port {port} is already in use on 127.0.0.1: another process (perhaps another "
+        "dp serve) listens there. Stop it, or serve on another port with --port."
+    ]
+    assert "serving" not in done.stdout + done.stderr

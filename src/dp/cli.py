@@ -35,7 +35,7 @@ from dp.display import (
 )
 from dp.engine import Orchestrator, RunResult
 from dp.engine.orchestrator import plan_for_record
-from dp.errors import CLIError, DPError
+from dp.errors import CLIError, DPError, ListenError
 from dp.loader import load_tasks
 from dp.logs import configure_logging
 from dp.planner import ExecutionPlan, Planner
@@ -107,9 +107,9 @@ TaskOpt = Annotated[
 ]
 
 
-def _fail(exc: Exception) -> typer.Exit:
+def _fail(exc: Exception, code: int = 2) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+    return typer.Exit(code=code)
 
 
 def _plan(target: str, tags: list[str] | None, tasks: list[str] | None) -> ExecutionPlan:
@@ -227,6 +227,8 @@ RootOpt = Annotated[
 
 #: exit codes: 0 succeeded, 1 failed, 2 bad input, 3 partial (fail-safe tasks failed)
 _EXIT = {RunStatus.SUCCEEDED: 0, RunStatus.PARTIAL: 3}
+#: `dp serve` cannot listen on its address (the port is in use, or needs privileges)
+EXIT_CANNOT_LISTEN = 4
 
 
 def _parse_params(pairs: list[str] | None) -> dict[str, str]:
@@ -630,7 +632,7 @@ def runs_result(
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Print the result a task stored in a run (each chunk, for a streaming or mapped task)."""
-    from dp.planner.params import jsonable
+    from dp.jsonable import jsonable
 
     settings = _settings(root, store=store, results=results)
     run_store = _store(ctx, settings)
@@ -734,6 +736,8 @@ def serve(
             max_queued_pipelines=max_queued_pipelines,
             lease=lease,
         )
+    except ListenError as exc:
+        raise _fail(exc, code=EXIT_CANNOT_LISTEN) from exc
     except DPError as exc:
         raise _fail(exc) from exc
 

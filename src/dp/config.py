@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import SplitResult, urlsplit
 
-from dp.errors import ConfigError, ConfigFileError, DPError
+from dp.errors import ConfigError, ConfigFileError, StoreNotFoundError
 
 if TYPE_CHECKING:
     from dp.engine import Orchestrator
@@ -234,16 +234,16 @@ def open_store(settings: Settings, *, must_exist: bool = False) -> RunStore:
             and refuse `memory://`, which never holds an earlier process's runs.
 
     Raises:
-        DPError: with `must_exist`, there is no run store to read.
+        StoreNotFoundError: with `must_exist`, there is no run store to read.
         StoreError: the database cannot be opened (or its driver is not installed).
     """
     scheme = settings.store.partition("://")[0]
-    where = f"(store {mask(settings.store)}, from {settings.source('store')})"
     if scheme == "memory":
         if must_exist:
-            raise DPError(
-                f"a memory:// run store holds only the runs of its own process {where}; "
-                "point --store or DP_STORE_URL at the store the runs were recorded in."
+            raise StoreNotFoundError(
+                mask(settings.store),
+                settings.source("store"),
+                "a memory:// run store holds only the runs of its own process",
             )
         from dp.store import MemoryRunStore
 
@@ -254,9 +254,11 @@ def open_store(settings: Settings, *, must_exist: bool = False) -> RunStore:
         file, _, query = settings.store.removeprefix("sqlite:///").partition("?")
         path = Path(file).absolute()
         if must_exist and not path.exists():
-            raise DPError(
-                f"no run store at {path} {where}; run a pipeline first (dp run FILE), or "
-                "point --store or DP_STORE_URL at the store the runs were recorded in."
+            raise StoreNotFoundError(
+                mask(settings.store),
+                settings.source("store"),
+                f"no run store at {path}",
+                first="run a pipeline first (dp run FILE), or ",
             )
         # an absolute path, so the store stays where it is if the working directory changes
         return SQLRunStore(f"sqlite:///{path}?{query}") if query else SQLRunStore(path=path)

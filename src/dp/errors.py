@@ -6,7 +6,14 @@ message what is wrong, where, and how to fix it.
 
 from __future__ import annotations
 
+import errno as _errno
 from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dp.store.records import RunStatus
 
 
 class DPError(Exception):
@@ -154,6 +161,70 @@ class RunParametersError(PlanError):
         super().__init__(f"{len(self.problems)} problems with the run parameters:\n  {lines}")
 
 
+class UnselectedDependencyError(PlanError):
+    """A selected task needs the result of a task the selection left out."""
+
+    def __init__(self, task_name: str, dependency: str) -> None:
+        self.task_name = task_name
+        self.dependency = dependency
+        super().__init__(
+            f"task {task_name!r} needs the result of {dependency!r}, which is not selected; "
+            "select it too or build with include_upstream=True."
+        )
+
+
+class UnknownTagError(PlanError):
+    """No registered task has any of the tags a selection asks for."""
+
+    def __init__(self, tags: Sequence[str], known: Sequence[str]) -> None:
+        self.tags = tuple(tags)
+        self.known = tuple(known)
+        super().__init__(
+            f"no task has any of the tags {list(self.tags)}; known tags: "
+            f"{list(self.known) or 'none'}."
+        )
+
+
+class ShadowedTaskError(PlanError):
+    """A parameter has the name of a task that is not among the task's dependencies."""
+
+    def __init__(self, task_name: str, parameter: str) -> None:
+        self.task_name = task_name
+        self.parameter = parameter
+        super().__init__(
+            f"parameter {parameter!r} of task {task_name!r} has the name of task {parameter!r}, "
+            f"which is not in its dependencies; add dependencies=[{parameter!r}] to receive "
+            "its result, or rename the parameter."
+        )
+
+
+class SeveralStreamsError(PlanError):
+    """A task takes single chunks from more than one streaming upstream."""
+
+    def __init__(self, task_name: str, streams: Sequence[str]) -> None:
+        self.task_name = task_name
+        self.streams = tuple(streams)
+        super().__init__(
+            f"task {task_name!r} takes chunks from several streams ({', '.join(self.streams)}); "
+            "a task can be mapped over one stream only: type the others as list[...] "
+            "to receive them whole."
+        )
+
+
+class ConflictingRunParameterError(PlanError):
+    """Two tasks declare the same run parameter with types one value cannot satisfy both."""
+
+    def __init__(self, name: str, first: tuple[str, str], second: tuple[str, str]) -> None:
+        #: (task, type name) of each declaration
+        self.name = name
+        self.first = first
+        self.second = second
+        super().__init__(
+            f"run parameter {name!r} is {first[1]} in task {first[0]!r} but {second[1]} in "
+            f"task {second[0]!r}; one value cannot be both: rename one of them."
+        )
+
+
 # --- IO manager ---------------------------------------------------------------------------
 
 
@@ -282,6 +353,18 @@ class NotPendingError(DPError, LookupError):
         )
 
 
+class UnpicklableItemError(DPError, TypeError):
+    """An item put into a queue between processes cannot be pickled."""
+
+    def __init__(self, item_type: str, reason: str) -> None:
+        self.item_type = item_type
+        self.reason = reason
+        super().__init__(
+            f"cannot send {item_type} through a MultiprocessQueue: {reason}. "
+            "Items must be picklable: send data and ids, not open resources or lambdas."
+        )
+
+
 class QueueEmptyError(DPError):
     """A non-blocking get found nothing waiting (or a blocking one timed out)."""
 
@@ -317,6 +400,76 @@ class DuplicateRunError(DPError):
 
 class StoreError(DPError):
     """The run store cannot be opened or used (e.g. its schema is newer than this dp)."""
+
+
+class StoreNotFoundError(StoreError):
+    """A command that only reads runs found no run store where the settings point."""
+
+    def __init__(self, store: str, source: str, problem: str, *, first: str = "") -> None:
+        self.store = store  # the URL, with any password masked
+        self.source = source
+        self.problem = problem
+        super().__init__(
+            f"{problem} (store {store}, from {source}); {first}point --store or DP_STORE_URL "
+            "at the store the runs were recorded in."
+        )
+
+
+class TooManyPipelinesError(DPError):
+    """The orchestrator runs `max_concurrent_pipelines` runs and its wait queue is full."""
+
+    def __init__(self, running: int, queued: int) -> None:
+        self.running = running
+        self.queued = queued
+        super().__init__(
+            f"{running} pipelines are running and {queued} are waiting, the most allowed; "
+            "retry later, or raise max_concurrent_pipelines / max_queued_pipelines."
+        )
+
+
+class ResumeError(DPError):
+    """A run cannot be resumed; the message says why."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} cannot be resumed: {reason}.")
+
+
+class UnreachableIOManagerError(DPError, TypeError):
+    """The process executor was given an IO manager its worker processes cannot reach."""
+
+    def __init__(self, io_manager: str, reason: str) -> None:
+        self.io_manager = io_manager  # its class name
+        self.reason = reason
+        super().__init__(
+            f"the process executor needs an IO manager its worker processes can reach; "
+            f"{io_manager} cannot be sent to them ({reason}). Use FilesystemIOManager (or "
+            "another shared store), or the in-process executor."
+        )
+
+
+class ExecutorSetupError(DPError):
+    """An executor cannot start or run as configured (its broker is unreachable, a task's
+    timeout exceeds what its broker allows, a worker started the wrong way)."""
+
+    def __init__(self, executor: str, problem: str) -> None:
+        self.executor = executor
+        self.problem = problem
+        super().__init__(problem)
+
+
+class NoTaskValueError(DPError, LookupError):
+    """A finished run holds no value of a task: the task did not succeed (or saved nothing)."""
+
+    def __init__(self, run_id: str, task_name: str, status: str, error: str | None) -> None:
+        self.run_id = run_id
+        self.task_name = task_name
+        self.status = status
+        self.error = error
+        super().__init__(
+            f"task {task_name!r} has no value: it {status}" + (f" ({error})" if error else "")
+        )
 
 
 class InvalidRunParameterError(PlanError):
@@ -368,6 +521,315 @@ class MessageFormatError(DPError):
         super().__init__(f"{kind} message {problem}.")
 
 
+# --- scheduler ------------------------------------------------------------------------------
+
+
+class SchedulerError(DPError):
+    """Root of the scheduler's errors; also raised for misuse such as starting twice."""
+
+
+class SchedulerNotRunningError(SchedulerError):
+    """A trigger was fired while the scheduler is not running (starting or stopping)."""
+
+    def __init__(self, trigger: str) -> None:
+        self.trigger = trigger
+        super().__init__(f"cannot fire {trigger!r}: the scheduler is not running")
+
+
+class InvalidCronError(SchedulerError, ValueError):
+    """A cron expression cannot be parsed, or can never fire."""
+
+    def __init__(self, expression: str, reason: str) -> None:
+        self.expression = expression
+        self.reason = reason
+        super().__init__(
+            f"invalid cron expression {expression!r}: {reason}. Use 5 fields "
+            "'minute hour day month weekday' (e.g. '30 2 * * *'), or 6 with a leading "
+            "seconds field (e.g. '*/10 * * * * *'), or an alias such as '@daily'."
+        )
+
+
+class InvalidTimezoneError(SchedulerError, ValueError):
+    """A time zone name is not a known IANA zone."""
+
+    def __init__(self, timezone: str, reason: str) -> None:
+        self.timezone = timezone
+        self.reason = reason
+        super().__init__(
+            f"invalid time zone {timezone!r}: {reason}. Use an IANA name such as 'UTC', "
+            "'Europe/Berlin' or 'America/New_York' (install the tzdata package if the "
+            "system has no zone database)."
+        )
+
+
+class InvalidTriggerError(SchedulerError, ValueError):
+    """A trigger cannot be registered under this name (bad name, bad target, bad setup)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"trigger {name!r}: {reason}")
+
+
+class DuplicateTriggerError(InvalidTriggerError):
+    """A trigger with this name is already registered."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            name,
+            "a trigger with this name is already registered; unregister it first or pick "
+            "another name.",
+        )
+
+
+class TriggerNotFoundError(SchedulerError, LookupError):
+    """A trigger name was looked up that is not registered, or is of the wrong kind.
+
+    Attributes:
+        name: the name asked for.
+        known: the names that would have worked.
+        kind: the kind of the trigger found under `name`, if it exists but cannot serve.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        known: Sequence[str],
+        *,
+        kind: str | None = None,
+        what: str = "registered triggers",
+    ) -> None:
+        self.name = name
+        self.known = tuple(known)
+        self.kind = kind
+        names = ", ".join(repr(n) for n in self.known) or "none"
+        if kind is None:
+            problem = f"no trigger named {name!r} is registered"
+        else:
+            problem = f"trigger {name!r} is a {kind} trigger, which fires by itself, not by a call"
+        super().__init__(f"{problem}. {what.capitalize()}: {names}.")
+
+    def __str__(self) -> str:  # KeyError-style quoting of the whole message is unhelpful
+        return str(self.args[0])
+
+
+class CircuitOpenError(SchedulerError):
+    """A trigger failed too often in a row; its circuit is open until `retry_at`."""
+
+    def __init__(
+        self, name: str, retry_at: datetime, failures: int, last_error: str | None
+    ) -> None:
+        self.name = name
+        self.retry_at = retry_at
+        self.failures = failures
+        self.last_error = last_error
+        super().__init__(
+            f"trigger {name!r} is open (circuit breaker) after {failures} consecutive "
+            f"failures, the last: {last_error}. It accepts one trial fire from "
+            f"{retry_at.isoformat()}; fix the cause, then fire it again."
+        )
+
+
+class ScheduleStateError(SchedulerError):
+    """The file holding the last fire times cannot be read or written."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"schedule state {str(path)!r}: {reason}. Fix or delete the file; without it "
+            "cron triggers simply start from now (no catch-up of missed fires)."
+        )
+
+
+# --- task files and pipelines ---------------------------------------------------------------
+
+
+class LoadError(DPError):
+    """A task file or module could not be found or imported."""
+
+    def __init__(self, target: str, message: str, *, extra: str | None = None) -> None:
+        self.target = target
+        #: the dp extra that installs the missing module, if that is what failed
+        self.extra = extra
+        super().__init__(message)
+
+
+class PipelineError(DPError):
+    """A pipeline definition is invalid, or no pipeline has the requested name."""
+
+
+class InvalidPipelineError(PipelineError):
+    """A pipeline definition is invalid: bad name, bad trigger, or tasks that cannot be planned."""
+
+    def __init__(self, pipeline: object, problem: str) -> None:
+        self.pipeline = pipeline  # the name as given (it may be the invalid part)
+        self.problem = problem
+        super().__init__(f"pipeline {pipeline!r}: {problem}")
+
+
+class PipelineProblemsError(PipelineError):
+    """Several pipelines of one file are invalid; `problems` holds one error for each."""
+
+    def __init__(self, problems: Sequence[InvalidPipelineError]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class PipelineNotFoundError(PipelineError, LookupError):
+    """No pipeline has the requested name."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        self.known = tuple(known)
+        super().__init__(f"no pipeline named {name!r}; defined: {', '.join(known) or 'none'}.")
+
+    def __str__(self) -> str:  # LookupError must not quote the whole message
+        return str(self.args[0])
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+class ServiceUnavailableError(DPError):
+    """The service is starting or shutting down and does not accept runs."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class PipelineBusyError(DPError):
+    """A pipeline already runs `max_concurrent_runs` runs."""
+
+    def __init__(self, pipeline: str, limit: int) -> None:
+        self.pipeline = pipeline
+        self.limit = limit
+        super().__init__(
+            f"pipeline {pipeline!r} already runs {limit} run(s), its max_concurrent_runs; "
+            "retry when one finishes."
+        )
+
+
+class ApiDisabledError(DPError):
+    """The pipeline is defined with `api=False`: HTTP calls may not start it."""
+
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+        super().__init__(
+            f"pipeline {pipeline!r} is not started over HTTP (api=False); it starts on its "
+            "cron and event triggers. Define it with api=True to allow HTTP calls."
+        )
+
+
+class RunNotActiveError(DPError):
+    """A run cannot be cancelled: it finished, or no process is running it here."""
+
+    def __init__(self, run_id: str, status: RunStatus) -> None:
+        self.run_id = run_id
+        self.status = status
+        reason = (
+            f"it already {status.value}"
+            if status.finished
+            else f"it is {status.value} but not running in this service"
+        )
+        super().__init__(f"run {run_id!r} cannot be cancelled: {reason}.")
+
+
+class TaskRunNotFoundError(DPError, LookupError):
+    """A run has no task run with this task name and instance."""
+
+    def __init__(self, run_id: str, task: str, instance: str, instances: Sequence[str]) -> None:
+        self.run_id = run_id
+        self.task = task
+        self.instance = instance
+        self.instances = tuple(instances)
+        hint = f"; its instances: {', '.join(instances)}" if instances else ""
+        super().__init__(f"run {run_id!r} has no task {task!r} (instance {instance!r}){hint}.")
+
+    def __str__(self) -> str:  # LookupError must not quote the whole message
+        return str(self.args[0])
+
+
+class AttemptNotFoundError(DPError, LookupError):
+    """A task run has no attempt with this number."""
+
+    def __init__(self, run_id: str, task: str, attempt: int, attempts: Sequence[int]) -> None:
+        self.run_id = run_id
+        self.task = task
+        self.attempt = attempt
+        self.attempts = tuple(attempts)
+        made = ", ".join(map(str, attempts))
+        super().__init__(
+            f"task {task!r} of run {run_id!r} has no attempt {attempt}; it made {made}."
+        )
+
+    def __str__(self) -> str:  # LookupError must not quote the whole message
+        return str(self.args[0])
+
+
+class NoRunStoreError(DPError):
+    """The service's orchestrator records no runs, so there are none to list or show."""
+
+    def __init__(self) -> None:
+        super().__init__("this service records no runs: its orchestrator has no run store.")
+
+
+class ServeError(DPError):
+    """The service cannot be served as asked."""
+
+
+class TokenRequiredError(ServeError):
+    """`dp serve` was asked to listen beyond loopback without an API token."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(
+            f"refusing to listen on {host!r} without an API token: anyone who can reach it "
+            "could start runs. Set DP_API_TOKEN (or pass --token), or listen on 127.0.0.1."
+        )
+
+
+class NoPipelinesError(ServeError):
+    """The file given to `dp serve` defines no pipelines."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        super().__init__(
+            f"{target!r} defines no pipelines; add one next to the tasks, e.g. "
+            "pipeline('daily', tags=['sales'], cron='0 3 * * *'), then serve it again."
+        )
+
+
+class ListenError(ServeError):
+    """`dp serve` cannot listen on its address: the port is in use, or not ours to take.
+
+    Attributes:
+        host, port: the address asked for.
+        errno: the operating system's error number (`errno.EADDRINUSE` for a port in use).
+        reason: the operating system's words for it.
+    """
+
+    def __init__(self, host: str, port: int, errno: int | None, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.errno = errno
+        self.reason = reason
+        if errno == _errno.EADDRINUSE:
+            problem = (
+                f"port {port} is already in use on {host}: another process (perhaps another "
+                f"dp serve) listens there. Stop it, or serve on another port with --port"
+            )
+        elif errno == _errno.EACCES:
+            problem = (
+                f"no permission to listen on port {port} of {host} (ports below 1024 need "
+                "privileges); serve on a port above 1023 with --port"
+            )
+        else:
+            problem = f"cannot listen on {host}:{port}: {reason}; check --host and --port"
+        super().__init__(problem + ".")
+
+
 # --- configuration --------------------------------------------------------------------------
 
 
@@ -400,3 +862,33 @@ class ConfigFileError(DPError):
 
 class CLIError(DPError):
     """Bad command-line input: a malformed or contradictory option, a name that is not there."""
+
+
+# --- arguments ------------------------------------------------------------------------------
+
+
+class InvalidArgumentError(DPError, ValueError):
+    """An argument given to a dp class or function has a value it cannot use."""
+
+    def __init__(self, argument: str, value: object, expected: str, *, hint: str = "") -> None:
+        self.argument = argument
+        self.value = value
+        self.expected = expected
+        super().__init__(
+            f"{argument} must be {expected}, got {self._shown(value)}"
+            + (f"; {hint}" if hint else "")
+            + "."
+        )
+
+    @staticmethod
+    def _shown(value: object) -> str:
+        shown = repr(value)
+        return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument given to a dp class or function is of a type it cannot use."""
+
+    @staticmethod
+    def _shown(value: object) -> str:
+        return type(value).__name__

@@ -19,13 +19,11 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from dp.errors import ResultNotFoundError, SerializationError
+from dp.errors import ResultNotFoundError, SerializationError, UnreachableIOManagerError
 from dp.ids import check_id, is_id
 
 __all__ = ["FilesystemIOManager", "IOManager", "InMemoryIOManager"]
 
-_KNOWN_IDS_MAX = 4096
-_known_ids: set[str] = set()
 _NUMBER = re.compile(r"([0-9]+)")
 _SEP = os.sep
 _SUFFIX = ".pkl"
@@ -38,18 +36,6 @@ _CREATE = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 )
 _READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-
-# os.getpid() is a system call; temporary file names need it on every save.
-_pid = os.getpid()
-
-
-def _refresh_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_refresh_pid)
 
 
 @runtime_checkable
@@ -269,7 +255,7 @@ class FilesystemIOManager:
 
     def _temp_name(self) -> str:
         # Leading dot: never a valid id, so listings skip it.
-        return f".{self._token}-{_pid}-{threading.get_ident()}-{next(self._counter)}"
+        return f".{self._token}-{os.getpid()}-{threading.get_ident()}-{next(self._counter)}"
 
     def _make_dirs(self, run_dir: str) -> None:
         try:
@@ -293,7 +279,8 @@ class InMemoryIOManager:
     tests that should catch what would break with worker processes.
 
     Results are visible only to this process; pickling the manager (to hand it to a worker
-    process) raises `TypeError` rather than silently giving the worker an empty copy.
+    process) raises `UnreachableIOManagerError` (a `TypeError`) rather than silently giving
+    the worker an empty copy.
 
     Args:
         copy: Store pickles rather than the objects themselves.
@@ -313,9 +300,8 @@ class InMemoryIOManager:
         return f"{type(self).__name__}(copy={self._copy})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        raise TypeError(
-            "InMemoryIOManager keeps results in this process's memory and cannot be shared with "
-            "other processes; use FilesystemIOManager with worker-process executors."
+        raise UnreachableIOManagerError(
+            type(self).__name__, "it keeps results in this process's memory, out of their reach"
         )
 
     def save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
@@ -385,22 +371,9 @@ class InMemoryIOManager:
 
 
 def _check_ids(run_id: str, task_name: str, task_result_id: str) -> None:
-    # Ids recur (the run and task on every call), so the ones that passed are remembered: a set
-    # lookup costs a tenth of a regex match. Exact str only, so nothing passes by faking __eq__.
-    known = _known_ids
-    if type(run_id) is not str or run_id not in known:
-        _learn_id("run_id", run_id)
-    if type(task_name) is not str or task_name not in known:
-        _learn_id("task_name", task_name)
-    if type(task_result_id) is not str or task_result_id not in known:
-        _learn_id("task_result_id", task_result_id)
-
-
-def _learn_id(kind: str, value: str) -> None:
-    _check_id(kind, value)
-    if len(_known_ids) >= _KNOWN_IDS_MAX:  # chunk ids never repeat; keep the memory bounded
-        _known_ids.clear()
-    _known_ids.add(value)
+    _check_id("run_id", run_id)
+    _check_id("task_name", task_name)
+    _check_id("task_result_id", task_result_id)
 
 
 def _check_id(kind: str, value: str) -> None:

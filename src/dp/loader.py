@@ -7,13 +7,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from dp.errors import DPError
+from dp.errors import DPError, LoadError
 
 __all__ = ["LoadError", "load_tasks", "module_name_for"]
-
-
-class LoadError(DPError):
-    """A task file or module could not be found or imported."""
 
 
 #: the dp extra that installs a module: a task file importing it when it is missing gets told
@@ -47,10 +43,10 @@ def load_tasks(target: str | Path) -> ModuleType:
         path = Path(text)
         if path.is_dir():
             raise LoadError(
-                f"{text!r} is a folder; pass the .py file that defines the @task functions."
+                text, f"{text!r} is a folder; pass the .py file that defines the @task functions."
             )
         if not path.is_file():
-            raise LoadError(f"task file {text!r} does not exist (looked in {Path.cwd()}).")
+            raise LoadError(text, f"task file {text!r} does not exist (looked in {Path.cwd()}).")
         name, root = module_name_for(path)
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
@@ -61,7 +57,7 @@ def load_tasks(target: str | Path) -> ModuleType:
     except ModuleNotFoundError as exc:
         if exc.name == name and not is_path:
             raise LoadError(
-                f"module {name!r} is not importable; pass a path to a .py file or install it."
+                text, f"module {name!r} is not importable; pass a path to a .py file or install it."
             ) from exc
         extra = EXTRAS.get((exc.name or "").partition(".")[0])
         hint = (
@@ -70,8 +66,8 @@ def load_tasks(target: str | Path) -> ModuleType:
             if extra
             else ""
         )
-        raise LoadError(f"importing {text!r} failed: {exc}{hint}") from exc
+        raise LoadError(text, f"importing {text!r} failed: {exc}{hint}", extra=extra) from exc
     except DPError:
         raise
     except Exception as exc:
-        raise LoadError(f"importing {text!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise LoadError(text, f"importing {text!r} failed: {type(exc).__name__}: {exc}") from exc

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from dp.errors import DPError
+from dp.errors import (
+    DPError,
+    InvalidPipelineError,
+    PipelineError,
+    PipelineNotFoundError,
+)
 from dp.events.event import EventBase
 from dp.events.topics import validate_pattern
 from dp.planner import DAGBuilder, ExecutionPlan, Planner
@@ -36,10 +41,6 @@ __all__ = [
 
 #: Pipeline names become topic segments (`dp.pipelines.<name>.start`) and URL parts.
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
-
-
-class PipelineError(DPError):
-    """A pipeline definition is invalid, or no pipeline has the requested name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,7 @@ class Pipeline:
                 tags=self.tags or None, task_names=self.tasks or None
             )
         except DPError as exc:
-            raise PipelineError(f"pipeline {self.name!r} cannot be planned: {exc}") from exc
+            raise InvalidPipelineError(self.name, f"cannot be planned: {exc}") from exc
 
     def selection(self) -> dict[str, list[str]]:
         return {"tags": list(self.tags), "task_names": list(self.tasks)}
@@ -113,9 +114,9 @@ class PipelineRegistry:
     def register(self, definition: Pipeline) -> Pipeline:
         existing = self._pipelines.get(definition.name)
         if existing is not None and existing != definition:
-            raise PipelineError(
-                f"pipeline {definition.name!r} is already defined differently; "
-                "give one of them another name."
+            raise InvalidPipelineError(
+                definition.name,
+                "it is already defined differently; give one of them another name.",
             )
         self._pipelines[definition.name] = definition
         return definition
@@ -124,8 +125,7 @@ class PipelineRegistry:
         try:
             return self._pipelines[name]
         except KeyError:
-            known = ", ".join(sorted(self._pipelines)) or "none"
-            raise PipelineError(f"no pipeline named {name!r}; defined: {known}.") from None
+            raise PipelineNotFoundError(name, sorted(self._pipelines)) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._pipelines
@@ -182,8 +182,8 @@ def pipeline(
         pipelines: Pipeline registry to add it to (default: `get_pipelines()`).
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise PipelineError(
-            f"invalid pipeline name {name!r}: use 1-100 letters, digits, '_' or '-'."
+        raise InvalidPipelineError(
+            name, "invalid pipeline name: use 1-100 letters, digits, '_' or '-'."
         )
     schedules = tuple(
         item if isinstance(item, Cron) else Cron(item, timezone) for item in _listed(cron)
@@ -193,9 +193,9 @@ def pipeline(
         try:
             validate_pattern(spec.pattern)
         except DPError as exc:
-            raise PipelineError(f"pipeline {name!r}: {exc}") from exc
+            raise InvalidPipelineError(name, str(exc)) from exc
     if max_concurrent_runs is not None and max_concurrent_runs < 1:
-        raise PipelineError(f"pipeline {name!r}: max_concurrent_runs must be >= 1.")
+        raise InvalidPipelineError(name, "max_concurrent_runs must be >= 1.")
     definition = Pipeline(
         name=name,
         tags=tuple(tags),

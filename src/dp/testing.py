@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dp.engine import Orchestrator, RunResult
-from dp.errors import DPError
+from dp.errors import NoTaskValueError
 from dp.io import FilesystemIOManager, InMemoryIOManager
 from dp.planner import DAGBuilder, ExecutionPlan, Planner
 from dp.store.records import TaskStatus
@@ -47,10 +47,7 @@ class InlineRun(RunResult):
         result = self.task(task_name, instance)
         streams = self.plan.tasks[task_name].stream_output
         if result.status != TaskStatus.SUCCEEDED or not (result.result_ids or streams):
-            raise DPError(
-                f"task {task_name!r} has no value: it {result.status.value}"
-                + (f" ({result.error})" if result.error else "")
-            )
+            raise NoTaskValueError(self.run_id, task_name, result.status.value, result.error)
         values = [self.io_manager.load(self.run_id, task_name, rid) for rid in result.result_ids]
         return values if streams else values[0]
 

@@ -33,7 +33,7 @@ from dp.engine.celery_worker import (
 from dp.engine.executors import TaskSink, timeout_outcome
 from dp.engine.messages import ChunkMessage, CompletionMessage, StartedMessage, TaskMessage, decode
 from dp.engine.model import ExecutableTask, TaskOutcome
-from dp.errors import DPError, MessageFormatError
+from dp.errors import DPError, ExecutorSetupError, InvalidArgumentError, MessageFormatError
 from dp.logs import get_logger
 
 if TYPE_CHECKING:
@@ -66,9 +66,11 @@ class CeleryExecutor:
         self, broker_url: str, *, capacity: int = 1024, visibility: float | None = None
     ) -> None:
         if not broker_url.startswith(("redis://", "rediss://")):
-            raise DPError(
-                f"the Celery executor needs a Redis broker (redis://HOST:PORT/DB), got "
-                f"{broker_url!r}: its workers answer on a Redis list. Set DP_CELERY_BROKER_URL."
+            raise InvalidArgumentError(
+                "broker_url",
+                broker_url,
+                "a Redis URL (redis://HOST:PORT/DB) for the Celery executor",
+                hint="its workers answer on a Redis list. Set DP_CELERY_BROKER_URL",
             )
         self.broker_url = broker_url
         self.capacity = capacity
@@ -94,9 +96,10 @@ class CeleryExecutor:
         try:
             await asyncio.to_thread(self._redis.ping)
         except redis.RedisError as exc:
-            raise DPError(
+            raise ExecutorSetupError(
+                "celery",
                 f"the Celery executor cannot reach its broker at {self.broker_url}: {exc}; "
-                "start Redis there or point DP_CELERY_BROKER_URL at it."
+                "start Redis there or point DP_CELERY_BROKER_URL at it.",
             ) from None
         self._stopping.clear()
         loops = ((self._send_loop, "dp-celery-send"), (self._read_loop, "dp-celery-read"))

@@ -40,7 +40,7 @@ from dp.engine.messages import (
 )
 from dp.engine.model import manifest_result_id
 from dp.engine.worker import Worker, format_error, resolve_task
-from dp.errors import ConfigError, DPError, FencedError
+from dp.errors import ConfigError, DPError, ExecutorSetupError, FencedError
 from dp.store.records import HOST
 from dp.tasks import TaskMetadata
 
@@ -105,11 +105,12 @@ def check_timeouts(tasks: Iterable[TaskMetadata], visibility: float) -> None:
     )
     if too_long:
         listed = ", ".join(f"{name!r} (timeout {timeout:g}s)" for name, timeout in too_long)
-        raise DPError(
+        raise ExecutorSetupError(
+            "celery",
             f"the Celery broker's visibility timeout is {visibility:g}s, and tasks {listed} may "
             "run at least that long: the broker would hand them to a second worker while the "
             f"first still runs them. Set {VISIBILITY_VARIABLE} above the longest task timeout "
-            "(on the workers and the orchestrator), or lower those timeouts."
+            "(on the workers and the orchestrator), or lower those timeouts.",
         )
 
 
@@ -202,7 +203,9 @@ class _Backends:
     @functools.lru_cache(maxsize=1)
     def current(pid: int) -> _Backends:
         if _config is None:
-            raise DPError("this Celery worker was not started by `dp worker`; start it with that")
+            raise ExecutorSetupError(
+                "celery", "this Celery worker was not started by `dp worker`; start it with that"
+            )
         return _Backends(_config)
 
     def reply(self, key: str, message: WorkerMessage) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from dp.errors import FencedError
+from dp.errors import FencedError, InvalidArgumentError
 from dp.logs import get_logger
 from dp.store.records import RunStore
 
@@ -58,7 +58,7 @@ class LeaseKeeper:
 
     def __init__(self, store: RunStore, seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         if seconds <= 0:
-            raise ValueError(f"lease seconds must be > 0, got {seconds!r}")
+            raise InvalidArgumentError("seconds", seconds, "> 0 (the lease's length)")
         self.store = store
         self.seconds = seconds
         self._held: dict[str, _Held] = {}

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import os
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,19 @@ from dp.engine.executors import Executor, InlineExecutor, InProcessExecutor
 from dp.engine.lease import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from dp.engine.model import ExecutionContext, RunHandle, RunListener, RunResult
 from dp.engine.recorder import RunRecorder
+from dp.engine.resolver import PlanIndex
 from dp.engine.run import ActiveRun
-from dp.errors import DPError, DuplicateRunError, FencedError
+from dp.errors import (
+    DuplicateRunError,
+    FencedError,
+    InvalidArgumentError,
+    ResumeError,
+    TooManyPipelinesError,
+)
 from dp.io import FilesystemIOManager, IOManager
+from dp.jsonable import jsonable
 from dp.logs import get_logger
 from dp.planner import ExecutionPlan
-from dp.planner.params import jsonable
 from dp.store.records import (
     HOST,
     RunRecord,
@@ -31,6 +40,7 @@ from dp.store.records import (
     owner_of,
     pid_alive,
 )
+from dp.tasks import TaskRegistry
 
 __all__ = [
     "ExecutionContext",
@@ -43,18 +53,6 @@ __all__ = [
 ]
 
 _log = get_logger("dp.engine")
-
-
-class TooManyPipelinesError(DPError):
-    """The orchestrator runs `max_concurrent_pipelines` runs and its wait queue is full."""
-
-    def __init__(self, running: int, queued: int) -> None:
-        self.running = running
-        self.queued = queued
-        super().__init__(
-            f"{running} pipelines are running and {queued} are waiting, the most allowed; "
-            "retry later, or raise max_concurrent_pipelines / max_queued_pipelines."
-        )
 
 
 def new_run_id() -> str:
@@ -75,7 +73,7 @@ def _check_limits(
         ("workers", workers, 1),
     ):
         if value is not None and (not isinstance(value, int) or value < least):
-            raise DPError(f"{name} must be an int >= {least} (or left unset), got {value!r}.")
+            raise InvalidArgumentError(name, value, f"an int >= {least} (or left unset)")
 
 
 def make_executor(executor: str | Executor, workers: int | None = None) -> Executor:
@@ -90,7 +88,7 @@ def make_executor(executor: str | Executor, workers: int | None = None) -> Execu
         from dp.engine.process import ProcessExecutor
 
         return ProcessExecutor(workers=workers)
-    raise DPError(f"unknown executor {executor!r}; choose 'inline', 'inprocess' or 'process'.")
+    raise InvalidArgumentError("executor", executor, "'inline', 'inprocess' or 'process'")
 
 
 class Orchestrator:
@@ -140,6 +138,8 @@ class Orchestrator:
         self._waiters: list[asyncio.Future[None]] = []
         self._active: dict[str, RunHandle] = {}
         self._started = False
+        #: what the engine derives once from each plan it runs
+        self.plans = PlanFacts()
 
     @classmethod
     def embedded(cls, root: str | os.PathLike[str] = ".dp", **options: Any) -> Orchestrator:
@@ -294,7 +294,7 @@ class Orchestrator:
                 trigger=context.trigger,
                 event_id=event_id,
                 metadata=context.metadata,
-                plan=_plan_dict(plan),
+                plan=self.plans.record(plan),
                 epoch=1,
                 owner_host=HOST,
                 owner_pid=os.getpid(),
@@ -351,20 +351,32 @@ class Orchestrator:
                 self.leases.release(context.run_id)
 
     async def resume_pipeline(
-        self, run_id: str, *, plan: ExecutionPlan | None = None, force: bool = False
+        self,
+        run_id: str,
+        *,
+        plan: ExecutionPlan | None = None,
+        registry: TaskRegistry | None = None,
+        force: bool = False,
     ) -> RunResult:
         """Finish an interrupted run (`submit_resume`, then wait for its result)."""
-        handle = await self.submit_resume(run_id, plan=plan, force=force)
+        handle = await self.submit_resume(run_id, plan=plan, registry=registry, force=force)
         return await handle.result()
 
     async def submit_resume(
-        self, run_id: str, *, plan: ExecutionPlan | None = None, force: bool = False
+        self,
+        run_id: str,
+        *,
+        plan: ExecutionPlan | None = None,
+        registry: TaskRegistry | None = None,
+        force: bool = False,
     ) -> RunHandle:
         """Restart an interrupted run in the background; tasks whose results are stored are
         not executed again.
 
-        The plan is rebuilt from the run's recorded task file and selection unless given; it
-        must have the run's `dag_id` (the same tasks and edges).
+        Unless `plan` is given, the plan is rebuilt from the run's recorded selection: from
+        the tasks of `registry` when given, else from the run's task file imported into the
+        process-wide registry (see `plan_for_record`). It must have the run's `dag_id` (the
+        same tasks and edges).
 
         Raises:
             RunNotFoundError: no such run in the store.
@@ -392,7 +404,7 @@ class Orchestrator:
                 "check; if that machine is gone, resume with force",
             )
         if plan is None:
-            plan = plan_for_record(record)
+            plan = plan_for_record(record, registry)
         if plan.dag_id != record.dag_id:
             raise ResumeError(
                 run_id,
@@ -467,32 +479,73 @@ class Orchestrator:
         self._running -= 1
 
 
-class ResumeError(DPError):
-    """A run cannot be resumed; the message says why."""
+class PlanFacts:
+    """What the engine derives from a plan once for all the runs it starts from it: the
+    resolver's index and the plan's JSON form (recorded with every run). The plan stays a value.
 
-    def __init__(self, run_id: str, reason: str) -> None:
-        self.run_id = run_id
-        self.reason = reason
-        super().__init__(f"run {run_id!r} cannot be resumed: {reason}.")
+    Plans are told apart by identity, not equality: two equal plans may hold different task
+    functions. The last `size` plans are kept alive with their facts, so no id is reused while
+    its entry lives.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._facts: OrderedDict[int, _Facts] = OrderedDict()
+
+    def index(self, plan: ExecutionPlan) -> PlanIndex:
+        """The resolver's index of `plan`."""
+        return self._entry(plan).index
+
+    def record(self, plan: ExecutionPlan) -> dict[str, Any]:
+        """`plan.to_dict()`, computed once."""
+        facts = self._entry(plan)
+        if facts.record is None:
+            facts.record = plan.to_dict()
+        return facts.record
+
+    def _entry(self, plan: ExecutionPlan) -> _Facts:
+        key = id(plan)
+        facts = self._facts.get(key)
+        if facts is None:
+            facts = self._facts[key] = _Facts(plan, PlanIndex(plan))
+            if len(self._facts) > self.size:
+                self._facts.popitem(last=False)
+        elif len(self._facts) > 1:
+            self._facts.move_to_end(key)
+        return facts
 
 
-def _plan_dict(plan: ExecutionPlan) -> dict[str, Any]:
-    """The plan's JSON form, computed once per plan (it is recorded with every run)."""
-    cached = plan.cache.get("dict")
-    if cached is None:
-        cached = plan.cache["dict"] = plan.to_dict()
-    return cached
+@dataclass(slots=True)
+class _Facts:
+    plan: ExecutionPlan  # held, so that its id stays its own
+    index: PlanIndex
+    record: dict[str, Any] | None = None
 
 
-def plan_for_record(record: RunRecord) -> ExecutionPlan:
-    """The plan of a recorded run, rebuilt from its task file and selection."""
-    from dp.loader import load_tasks
-    from dp.planner import Planner
+def plan_for_record(record: RunRecord, registry: TaskRegistry | None = None) -> ExecutionPlan:
+    """The plan of a recorded run, rebuilt with its recorded selection.
 
-    if not record.target:
-        raise ResumeError(record.run_id, "it has no recorded task file; pass the plan")
-    load_tasks(record.target)
+    From the tasks of `registry` when given (nothing is imported); otherwise the run's task
+    file is imported and its tasks are planned from the process-wide registry, which is
+    where a task file's `@task`s register.
+
+    Raises:
+        ResumeError: no registry is given and the run has no recorded task file.
+        LoadError: the task file cannot be imported.
+    """
+    from dp.planner import DAGBuilder, Planner
+
+    if registry is None:
+        from dp.loader import load_tasks
+        from dp.tasks import get_registry
+
+        if not record.target:
+            raise ResumeError(
+                record.run_id, "it has no recorded task file; pass its plan or its task registry"
+            )
+        load_tasks(record.target)
+        registry = get_registry()
     selection = record.selection or {}
-    return Planner().create_execution_plan(
+    return Planner(DAGBuilder(registry)).create_execution_plan(
         tags=selection.get("tags") or None, task_names=selection.get("task_names") or None
     )

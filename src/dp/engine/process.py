@@ -47,7 +47,12 @@ from dp.engine.messages import (
 )
 from dp.engine.model import ExecutableTask, TaskOutcome
 from dp.engine.worker import Worker, resolve_task
-from dp.errors import DPError, QueueClosedError, QueueEmptyError
+from dp.errors import (
+    InvalidArgumentError,
+    QueueClosedError,
+    QueueEmptyError,
+    UnreachableIOManagerError,
+)
 from dp.events.queues import MultiprocessQueue
 from dp.io import IOManager
 from dp.logs import get_logger
@@ -92,9 +97,7 @@ class ProcessExecutor:
             methods = multiprocessing.get_all_start_methods()
             start_method = "forkserver" if "forkserver" in methods else "spawn"
         if start_method not in ("forkserver", "spawn"):
-            raise DPError(
-                f"start_method {start_method!r} is not supported; use 'forkserver' or 'spawn'."
-            )
+            raise InvalidArgumentError("start_method", start_method, "'forkserver' or 'spawn'")
         self.start_method = start_method
         self.capture_output = capture_output
         self._context: Any = multiprocessing.get_context(start_method)
@@ -391,12 +394,10 @@ def _check_picklable(io_manager: IOManager) -> None:
 
     try:
         pickle.dumps(io_manager)
+    except UnreachableIOManagerError:
+        raise
     except Exception as exc:
-        raise DPError(
-            f"the process executor needs an IO manager its worker processes can reach; "
-            f"{type(io_manager).__name__} cannot be sent to them ({exc}). Use "
-            "FilesystemIOManager (or another shared store), or the in-process executor."
-        ) from exc
+        raise UnreachableIOManagerError(type(io_manager).__name__, str(exc)) from exc
 
 
 def _describe_exit(code: int | None) -> str:

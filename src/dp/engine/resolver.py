@@ -18,7 +18,7 @@ from dp.planner import ExecutionPlan
 from dp.store.records import TaskStatus
 from dp.tasks import TaskMetadata
 
-__all__ = ["TaskDependencyResolver"]
+__all__ = ["PlanIndex", "TaskDependencyResolver"]
 
 _PENDING, _ACTIVE, _DONE, _FAILED, _SKIPPED, _CANCELLED = range(6)
 _STATUS = {
@@ -38,16 +38,20 @@ class TaskDependencyResolver:
     """
 
     def __init__(
-        self, plan: ExecutionPlan, run_id: str, params: Mapping[str, Any] | None = None
+        self,
+        plan: ExecutionPlan,
+        run_id: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        index: PlanIndex | None = None,
     ) -> None:
         self.plan = plan
         self.run_id = run_id
         self.ready: deque[ExecutableTask] = deque()
         #: set when a task that is not fail_safe failed: nothing new may start
         self.halted = False
-        index = plan.cache.get("resolver")
-        if index is None:
-            index = plan.cache["resolver"] = _PlanIndex(plan)
+        if index is None:  # the orchestrator passes the one it keeps for all runs of the plan
+            index = PlanIndex(plan)
         self._meta = index.meta
         self._gate_children = index.gate_children
         self._chunk_children = index.chunk_children
@@ -250,7 +254,7 @@ class TaskDependencyResolver:
         )
 
 
-class _PlanIndex:
+class PlanIndex:
     """The static part of a resolver's state, computed once per plan and shared by runs."""
 
     def __init__(self, plan: ExecutionPlan) -> None:
@@ -262,6 +266,8 @@ class _PlanIndex:
         self.data_children: dict[str, set[str]] = {name: set() for name in tasks}
         self.inputs: dict[str, list[tuple[str, str, str]]] = {name: [] for name in tasks}
         self.source: dict[str, tuple[str, str]] = {}  # mapped task -> (parameter, stream)
+        #: how many loads each task's results get in a run: one per data edge out of it
+        self.consumers: dict[str, int] = {}
         for edge in plan.edges:
             up, down = edge.upstream, edge.downstream
             if edge.mode == "chunk":
@@ -271,6 +277,7 @@ class _PlanIndex:
                 self.gates[down] += 1
                 self.gate_children[up].append(down)
             if edge.kind == "data":
+                self.consumers[up] = self.consumers.get(up, 0) + 1
                 self.data_children[up].add(down)
                 if edge.mode != "chunk":
                     self.inputs[down].append((edge.parameter or up, up, edge.mode))

@@ -28,7 +28,6 @@ from dp.store.records import RunStatus, TaskRunRecord, TaskStatus
 
 if TYPE_CHECKING:
     from dp.engine.orchestrator import Orchestrator
-    from dp.planner import ExecutionPlan
 
 __all__ = ["ActiveRun"]
 
@@ -59,7 +58,12 @@ class ActiveRun:
         self.previous = previous or {}
         self.executor = orchestrator.executor
         self.listeners = orchestrator.listeners
-        self.resolver = TaskDependencyResolver(context.plan, context.run_id, context.params)
+        self.resolver = TaskDependencyResolver(
+            context.plan,
+            context.run_id,
+            context.params,
+            index=orchestrator.plans.index(context.plan),
+        )
         #: tasks of this run in flight at once; None: as many as the executor wants now
         self.limit = orchestrator.max_parallel_tasks
         self.in_flight = 0
@@ -122,7 +126,8 @@ class ActiveRun:
             self._notify(listener.on_run_start, context=context)
         self.recorder.start_flushing()
         if self._writer is not None:
-            self._writer.open_run(context.run_id, self, _consumers(context.plan))
+            consumers = self.orchestrator.plans.index(context.plan).consumers
+            self._writer.open_run(context.run_id, self, consumers)
         try:
             self.resolver.start()
             self._pump()
@@ -473,15 +478,3 @@ class ActiveRun:
     def _ordered_results(self) -> dict[tuple[str, str], TaskRunResult]:
         rank = {name: i for i, name in enumerate(self.context.plan.execution_order)}
         return dict(sorted(self.results.items(), key=lambda item: (rank[item[0][0]], item[0][1])))
-
-
-def _consumers(plan: ExecutionPlan) -> dict[str, int]:
-    """How many loads each task's results get in a run: one per data edge out of it."""
-    cached = plan.cache.get("consumers")
-    if cached is None:
-        cached = {}
-        for edge in plan.edges:
-            if edge.kind == "data":
-                cached[edge.upstream] = cached.get(edge.upstream, 0) + 1
-        plan.cache["consumers"] = cached
-    return cached

@@ -17,7 +17,13 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, Self, get_args
 
-from dp.errors import BrokerClosedError, GroupError, InvalidTopicError, QueueFullError
+from dp.errors import (
+    BrokerClosedError,
+    GroupError,
+    InvalidArgumentError,
+    InvalidTopicError,
+    QueueFullError,
+)
 from dp.events.event import EventBase
 from dp.events.groups import (
     InMemoryDurableSubscription,
@@ -512,4 +518,4 @@ class InMemoryConsumer:
 def _check_overflow(overflow: str) -> None:
     if overflow not in get_args(Overflow):
         choices = ", ".join(repr(c) for c in get_args(Overflow))
-        raise ValueError(f"overflow must be one of {choices}, not {overflow!r}")
+        raise InvalidArgumentError("overflow", overflow, f"one of {choices}")

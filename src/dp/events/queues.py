@@ -31,7 +31,7 @@ from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import Any, Generic, Self, TypeVar
 
-from dp.errors import QueueClosedError, QueueFullError
+from dp.errors import QueueClosedError, QueueFullError, UnpicklableItemError
 from dp.events.ports import QueueEmptyError
 
 __all__ = ["InMemoryQueue", "MultiprocessQueue"]
@@ -233,7 +233,10 @@ class MultiprocessQueue(Generic[T]):
         self._fd = None if sys.platform == "win32" else self.fileno()
         if self._fd is not None:
             # multiprocessing's Connection.poll builds a selectors object per call (~10 us)
-            # and every non-blocking get polls: one poll() system call does the same.
+            # and every non-blocking get polls: one poll() system call does the same. This
+            # replaces a private attribute of multiprocessing's Queue, kept for `make bench`'s
+            # "completion messages from a child, async get": 67,000/s against 48,000/s with
+            # the stock poll (alternating rounds); the round trip gains 6%.
             self._queue._poll = functools.partial(_readable, self._fd)  # type: ignore[attr-defined]
         self._waiters: deque[asyncio.Future[T]] = deque()
         self._watching: asyncio.AbstractEventLoop | None = None  # the loop watching the pipe
@@ -275,10 +278,7 @@ class MultiprocessQueue(Generic[T]):
         try:
             data = pickle.dumps(item, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            raise TypeError(
-                f"cannot send {type(item).__name__} through a MultiprocessQueue: {exc}. "
-                "Items must be picklable: send data and ids, not open resources or lambdas."
-            ) from exc
+            raise UnpicklableItemError(type(item).__name__, str(exc)) from exc
         try:
             self._queue.put(data, timeout != 0, timeout or None)
         except queue.Full:

@@ -29,6 +29,7 @@ from dp.errors import (
     BusUnavailableError,
     EventFormatError,
     GroupError,
+    InvalidArgumentError,
     InvalidBusURLError,
     InvalidTopicError,
     QueueFullError,
@@ -112,7 +113,7 @@ class RedisBroker:
             raise InvalidBusURLError(url, f"prefix {prefix!r} must be non-empty, without ':'")
         for name, value in (("maxlen", maxlen), ("max_age", max_age)):
             if value is not None and not value > 0:
-                raise ValueError(f"RedisBroker {name} must be > 0 or None, not {value!r}")
+                raise InvalidArgumentError(name, value, "> 0 or None")
         self.prefix = prefix
         self.maxlen = maxlen
         self.max_age = max_age

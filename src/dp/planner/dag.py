@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from dp.errors import CycleError, PlanError, TaskNotFoundError
+from dp.errors import (
+    CycleError,
+    ShadowedTaskError,
+    TaskNotFoundError,
+    UnknownTagError,
+    UnselectedDependencyError,
+)
 from dp.tasks import TaskMetadata, TaskRegistry, get_registry
 
 __all__ = ["DAG", "DAGBuilder", "Node"]
@@ -124,10 +130,7 @@ class DAGBuilder:
                     if dep not in registry:
                         raise TaskNotFoundError(dep, registry.suggest(dep), referenced_by=meta.name)
                     if dep in meta.input_schema:
-                        raise PlanError(
-                            f"task {meta.name!r} needs the result of {dep!r}, which is not "
-                            "selected; select it too or build with include_upstream=True."
-                        )
+                        raise UnselectedDependencyError(meta.name, dep)
                     continue
                 node.upstream.append(dep)
                 nodes[dep].downstream.append(node.name)
@@ -146,9 +149,7 @@ class DAGBuilder:
             matched = registry.by_tags(*tag_list)
             if not matched:
                 known = sorted({t for meta in registry for t in meta.tags})
-                raise PlanError(
-                    f"no task has any of the tags {tag_list}; known tags: {known or 'none'}."
-                )
+                raise UnknownTagError(tag_list, known)
             for meta in matched:
                 chosen[meta.name] = None
         return list(chosen)
@@ -172,8 +173,4 @@ class DAGBuilder:
         """A parameter named like a task that is not a dependency is almost always a mistake."""
         for param in meta.input_schema:
             if param not in meta.dependencies and param in tasks:
-                raise PlanError(
-                    f"parameter {param!r} of task {meta.name!r} has the name of task {param!r}, "
-                    f"which is not in its dependencies; add dependencies=[{param!r}] to receive "
-                    "its result, or rename the parameter."
-                )
+                raise ShadowedTaskError(meta.name, param)

@@ -15,6 +15,7 @@ from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 from dp.errors import InvalidRunParameterError
+from dp.jsonable import jsonable
 from dp.planner.schema import type_name
 
 if TYPE_CHECKING:
@@ -23,15 +24,6 @@ if TYPE_CHECKING:
     from dp.planner.plan import RunParameter
 
 __all__ = ["check_storable", "jsonable", "validate_param"]
-
-
-def jsonable(value: Any) -> Any:
-    """`value` as JSON data in the form pydantic reads back (dates as ISO text, paths as
-    strings...), so a stored run parameter validates again to the same value; anything
-    else becomes its repr."""
-    from pydantic_core import to_jsonable_python
-
-    return to_jsonable_python(value, fallback=repr)
 
 
 def check_storable(param: RunParameter, value: Any) -> Any:

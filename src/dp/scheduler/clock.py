@@ -18,6 +18,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
+from dp.errors import InvalidArgumentError
+
 __all__ = ["Clock", "ManualClock", "SystemClock"]
 
 # The wall clock can be stepped (NTP, a suspended laptop) while asyncio's timers run on the
@@ -112,7 +114,7 @@ class ManualClock:
     async def advance(self, delta: timedelta) -> None:
         """Move the clock forward by `delta`, waking sleepers at their deadlines in order."""
         if delta < timedelta(0):
-            raise ValueError(f"cannot advance a clock by a negative {delta}; use set() instead")
+            raise InvalidArgumentError("delta", delta, "positive", hint="set() moves a clock back")
         await self.set(self._now + delta)
 
     async def set(self, when: datetime) -> None:
@@ -147,8 +149,9 @@ class ManualClock:
 
 def _utc(when: datetime) -> datetime:
     if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(
-            f"{when.isoformat()} has no time zone; pass an aware datetime, e.g. "
-            "datetime(2025, 1, 1, tzinfo=UTC)"
+        raise InvalidArgumentError(
+            "when",
+            when,
+            "an aware datetime with a time zone, e.g. datetime(2025, 1, 1, tzinfo=UTC)",
         )
     return when.astimezone(UTC)

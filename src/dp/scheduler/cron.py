@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter  # type: ignore[import-untyped]  # croniter ships no type hints
 
-from dp.scheduler.errors import InvalidCronError, InvalidTimezoneError
+from dp.errors import InvalidArgumentError, InvalidCronError, InvalidTimezoneError
 
 __all__ = ["CronSchedule"]
 
@@ -121,7 +121,7 @@ class CronSchedule:
     def next_fire(self, after: datetime) -> datetime:
         """The first fire time strictly after `after` (aware), as an aware UTC datetime."""
         if after.tzinfo is None or after.utcoffset() is None:
-            raise ValueError(f"{after.isoformat()} has no time zone; pass an aware datetime")
+            raise InvalidArgumentError("after", after, "an aware datetime (it has no time zone)")
         if self._tz is UTC:
             wall = self._next_wall_or_fail(after.astimezone(UTC).replace(tzinfo=None))
             return wall.replace(tzinfo=UTC)

@@ -22,17 +22,20 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from dp.errors import (
+    ArgumentTypeError,
+    CircuitOpenError,
+    DuplicateTriggerError,
+    InvalidArgumentError,
+    InvalidTriggerError,
+    SchedulerError,
+    SchedulerNotRunningError,
+    TriggerNotFoundError,
+)
 from dp.events import EventBase, Publisher, compile_pattern, validate_topic
 from dp.ids import id_problem
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock, SystemClock
-from dp.scheduler.errors import (
-    CircuitOpenError,
-    DuplicateTriggerError,
-    InvalidTriggerError,
-    SchedulerError,
-    TriggerNotFoundError,
-)
 from dp.scheduler.health import (
     CircuitState,
     MetricSample,
@@ -136,9 +139,9 @@ class Scheduler:
         reset_timeout: timedelta = timedelta(seconds=60),
     ) -> None:
         if failure_threshold < 1:
-            raise ValueError(f"failure_threshold must be at least 1, got {failure_threshold}")
+            raise InvalidArgumentError("failure_threshold", failure_threshold, "at least 1")
         if reset_timeout < timedelta(0):
-            raise ValueError(f"reset_timeout must not be negative, got {reset_timeout}")
+            raise InvalidArgumentError("reset_timeout", reset_timeout, "zero or positive")
         self._publisher = publisher
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._state: ScheduleState = state if state is not None else MemoryScheduleState()
@@ -323,7 +326,7 @@ class Scheduler:
                 what="API and manual triggers",
             )
         if not self._running:
-            raise SchedulerError(f"cannot fire {name!r}: the scheduler is not running")
+            raise SchedulerNotRunningError(name)
         trigger = entry.trigger
         assert isinstance(trigger, APITrigger | ManualTrigger)  # by kind
         data = dict(payload or {})
@@ -565,9 +568,7 @@ class Scheduler:
         try:
             event = build()
             if not isinstance(event, EventBase):
-                raise TypeError(
-                    f"event_factory returned {type(event).__name__}, expected an EventBase"
-                )
+                raise ArgumentTypeError("the value event_factory returns", event, "an EventBase")
             event = self._address(entry, event, correlation_id, scheduled_for)
             await self._publisher.publish(entry.target_topic, event)
         except Exception as exc:

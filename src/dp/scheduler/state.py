@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from dp.scheduler.errors import ScheduleStateError
+from dp.errors import InvalidArgumentError, ScheduleStateError
 
 __all__ = ["FileScheduleState", "MemoryScheduleState", "ScheduleState"]
 
@@ -146,5 +146,7 @@ class FileScheduleState:
 
 def _utc(name: str, when: datetime) -> datetime:
     if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"fire time of trigger {name!r} has no time zone: {when.isoformat()}")
+        raise InvalidArgumentError(
+            "when", when, f"an aware datetime (the fire time of trigger {name!r} has no time zone)"
+        )
     return when.astimezone(UTC)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
+from dp.errors import ArgumentTypeError, InvalidArgumentError
 from dp.events import Consumer, EventBase, validate_pattern
 from dp.scheduler.cron import CronSchedule
 
@@ -97,9 +98,9 @@ class CronTrigger:
     ) -> None:
         if misfire not in get_args(Misfire):
             choices = " or ".join(repr(c) for c in get_args(Misfire))
-            raise ValueError(f"misfire must be {choices}, not {misfire!r}")
+            raise InvalidArgumentError("misfire", misfire, choices)
         if misfire_grace < timedelta(0):
-            raise ValueError(f"misfire_grace must not be negative, got {misfire_grace}")
+            raise InvalidArgumentError("misfire_grace", misfire_grace, "zero or positive")
         _check_callable("event_factory", event_factory)
         self.schedule = schedule
         self.event_factory = event_factory
@@ -275,4 +276,4 @@ def create_manual_trigger(
 
 def _check_callable(what: str, value: object) -> None:
     if not callable(value):
-        raise TypeError(f"{what} must be callable, got {type(value).__name__}")
+        raise ArgumentTypeError(what, value, "callable")

@@ -19,7 +19,18 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
-from dp.errors import DPError, DuplicateRunError, PlanError
+from dp.errors import (
+    DPError,
+    DuplicateRunError,
+    InvalidPipelineError,
+    NoRunStoreError,
+    PipelineBusyError,
+    PipelineError,
+    PipelineNotFoundError,
+    PipelineProblemsError,
+    PlanError,
+    ServiceUnavailableError,
+)
 from dp.events import (
     Broker,
     BrokerConsumer,
@@ -30,7 +41,7 @@ from dp.events import (
     Publisher,
 )
 from dp.logs import get_logger
-from dp.pipelines import Pipeline, PipelineError, PipelineRegistry
+from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
 from dp.service.lifecycle import LifecycleEvents, Metrics
 from dp.store.records import RunStatus, is_stale
@@ -45,22 +56,6 @@ _log = get_logger("dp.service")
 _START_PATTERN = "dp.pipelines.*.start"
 START_GROUP = "dp.service"
 """The durable group of the start-event consumers: instances on one bus share the events."""
-
-
-class ServiceUnavailableError(DPError):
-    """The service is starting or shutting down and does not accept runs."""
-
-
-class PipelineBusyError(DPError):
-    """A pipeline already runs `max_concurrent_runs` runs."""
-
-    def __init__(self, pipeline: str, limit: int) -> None:
-        self.pipeline = pipeline
-        self.limit = limit
-        super().__init__(
-            f"pipeline {pipeline!r} already runs {limit} run(s), its max_concurrent_runs; "
-            "retry when one finishes."
-        )
 
 
 class Service:
@@ -120,24 +115,27 @@ class Service:
 
     async def start(self) -> None:
         """Plan every pipeline (failing early), register triggers, start consuming."""
-        problems = []
+        problems: list[InvalidPipelineError] = []
         for definition in self.pipelines.values():
             try:
                 plan = definition.plan()
-            except PipelineError as exc:
-                problems.append(str(exc))
+            except InvalidPipelineError as exc:
+                problems.append(exc)
                 continue
             names = frozenset(p.name for p in plan.run_parameters)
             unknown = sorted(set(definition.params) - names)
             if unknown:
                 problems.append(
-                    f"pipeline {definition.name!r}: default params {unknown} are not run "
-                    f"parameters of its tasks (they take {sorted(names) or 'none'})"
+                    InvalidPipelineError(
+                        definition.name,
+                        f"default params {unknown} are not run parameters of its tasks "
+                        f"(they take {sorted(names) or 'none'})",
+                    )
                 )
             self._plans[definition.name] = plan
             self._param_names[definition.name] = names
         if problems:
-            raise PipelineError("\n".join(problems))
+            raise PipelineProblemsError(problems)
         await self._register_triggers()
         subscription = self.broker.durable(_START_PATTERN, group=START_GROUP)
         self._starter = asyncio.get_running_loop().create_task(
@@ -187,8 +185,7 @@ class Service:
         try:
             return self.pipelines[name]
         except KeyError:
-            known = ", ".join(sorted(self.pipelines)) or "none"
-            raise PipelineError(f"no pipeline named {name!r}; defined: {known}.") from None
+            raise PipelineNotFoundError(name, sorted(self.pipelines)) from None
 
     def plan(self, name: str) -> ExecutionPlan:
         self.pipeline(name)
@@ -380,9 +377,7 @@ class Service:
             except DPError as exc:  # leave no half-registered set behind
                 for info in self.scheduler.triggers():
                     await self.scheduler.unregister(info.name)
-                raise PipelineError(
-                    f"pipeline {definition.name!r} has a bad trigger: {exc}"
-                ) from exc
+                raise InvalidPipelineError(definition.name, f"has a bad trigger: {exc}") from exc
 
     async def _register_pipeline_triggers(self, definition: Pipeline) -> None:
         from dp.scheduler import create_cron_trigger, create_event_trigger
@@ -444,12 +439,13 @@ class Service:
             RunNotFoundError: no such run.
             ResumeError: it finished, is still running, or its tasks changed.
             ServiceUnavailableError: the service is not accepting runs.
+            NoRunStoreError: the service records no runs.
         """
         if not self.accepting:
             raise ServiceUnavailableError("the service is not accepting runs (shutting down)")
         store = self.orchestrator.store
         if store is None:
-            raise ServiceUnavailableError("this service records no runs, so none can resume")
+            raise NoRunStoreError()
         record = await asyncio.to_thread(store.get_run, run_id)
         plan = self._plans.get(record.pipeline)
         handle = await self.orchestrator.submit_resume(run_id, plan=plan, force=force)

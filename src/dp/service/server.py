@@ -14,27 +14,31 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 from pathlib import Path
 
 from dp.config import Settings, build_orchestrator, mask, open_broker, resolve
 from dp.engine.lease import DEFAULT_LEASE_SECONDS
-from dp.errors import DPError
+from dp.errors import (
+    InvalidPipelineError,
+    ListenError,
+    NoPipelinesError,
+    PipelineProblemsError,
+    ServeError,
+    TokenRequiredError,
+)
 from dp.loader import load_tasks
 from dp.logs import configure_logging, get_logger
-from dp.pipelines import PipelineError, get_pipelines
+from dp.pipelines import get_pipelines
 from dp.service.api import create_app
 from dp.service.runtime import Service
 
-__all__ = ["ServeError", "is_loopback", "serve"]
+__all__ = ["ServeError", "is_loopback", "listen", "serve"]
 
 _log = get_logger("dp.service")
 
 #: Seconds uvicorn waits for open HTTP requests before the service itself starts stopping.
 _REQUEST_GRACE = 5
-
-
-class ServeError(DPError):
-    """The service cannot be served as asked (e.g. a public address without a token)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -80,16 +84,14 @@ def serve(
 
     Raises:
         ServeError: a non-loopback host without a token, or a file without pipelines.
+        ListenError: the port is in use (or cannot be taken); nothing has started then.
         ConfigError: a backend setting is invalid.
         LoadError, PipelineError: the file cannot be imported or a pipeline cannot be planned.
     """
     import uvicorn
 
     if not token and not is_loopback(host):
-        raise ServeError(
-            f"refusing to listen on {host!r} without an API token: anyone who can reach it "
-            "could start runs. Set DP_API_TOKEN (or pass --token), or listen on 127.0.0.1."
-        )
+        raise TokenRequiredError(host)
     configure_logging(level=log_level)
     _route_uvicorn_logs()
     settings = resolve(home=root) if settings is None else settings
@@ -102,34 +104,60 @@ def serve(
         max_queued_pipelines=max_queued_pipelines,
         lease=lease,
     )
-    if not token:
-        _log.warning(
-            f"no DP_API_TOKEN set: state-changing endpoints accept any local caller; "
-            f"listening on {host} only"
+    app = create_app(service, token=token, protect_reads=not is_loopback(host))
+    with listen(host, port) as listener:  # before saying "serving": the port may be taken
+        port = listener.getsockname()[1]  # the one the system chose, for port 0
+        if not token:
+            _log.warning(
+                f"no DP_API_TOKEN set: state-changing endpoints accept any local caller; "
+                f"listening on {host} only"
+            )
+        _log.info(
+            "api.serving",
+            url=f"http://{host}:{port}",
+            docs=f"http://{host}:{port}/docs",
+            pipelines=sorted(service.pipelines),
+            store=mask(settings.store),
+            bus=mask(settings.bus),
+            results=settings.results,
+            executor=settings.executor,
         )
-    _log.info(
-        "api.serving",
-        url=f"http://{host}:{port}",
-        docs=f"http://{host}:{port}/docs",
-        pipelines=sorted(service.pipelines),
-        store=mask(settings.store),
-        bus=mask(settings.bus),
-        results=settings.results,
-        executor=settings.executor,
-    )
-    config = uvicorn.Config(
-        create_app(service, token=token, protect_reads=not is_loopback(host)),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=_REQUEST_GRACE,
-        lifespan="on",
-        ws="none",
-    )
-    # uvicorn re-raises the SIGINT it handled once it has shut down: that is our normal end
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run()
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=_REQUEST_GRACE,
+            lifespan="on",
+            ws="none",
+        )
+        # uvicorn re-raises the SIGINT it handled once it has shut down: our normal end
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run(sockets=[listener])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host:port`, as uvicorn would bind it (IPv6 for a host with ':').
+
+    Raises:
+        ListenError: the port is in use, needs privileges, or the host is not this machine's.
+    """
+    host = host.strip("[]")
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and
+    # without it a response can wait ~40 ms for a delayed ACK.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart over TIME_WAIT
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host, port, exc.errno, exc.strerror or str(exc)) from exc
+    except OverflowError as exc:  # a port beyond 65535
+        sock.close()
+        raise ListenError(host, port, None, str(exc)) from exc
+    return sock
 
 
 def build_service(
@@ -154,18 +182,15 @@ def build_service(
     recorded = str(Path(text).resolve()) if text.endswith(".py") else text
     pipelines = get_pipelines()
     if not len(pipelines):
-        raise ServeError(
-            f"{text!r} defines no pipelines; add one next to the tasks, e.g. "
-            "pipeline('daily', tags=['sales'], cron='0 3 * * *'), then serve it again."
-        )
+        raise NoPipelinesError(text)
     problems = []
     for definition in pipelines:
         try:
             definition.plan()
-        except PipelineError as exc:
-            problems.append(str(exc))
+        except InvalidPipelineError as exc:
+            problems.append(exc)
     if problems:
-        raise PipelineError("\n".join(problems))
+        raise PipelineProblemsError(problems)
     settings = resolve(home=root) if settings is None else settings
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

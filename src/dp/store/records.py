@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, overload, runtime_checkable
 
-from dp.errors import StoreError
+from dp.errors import InvalidArgumentError, StoreError
 from dp.ids import check_id
 
 __all__ = [
@@ -405,7 +405,9 @@ def _as_utc(value: datetime | None) -> datetime | None:
 
 def _fire_time(name: str, when: datetime) -> datetime:
     if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"fire time of trigger {name!r} has no time zone: {when.isoformat()}")
+        raise InvalidArgumentError(
+            "when", when, f"an aware datetime (the fire time of trigger {name!r} has no time zone)"
+        )
     return when.astimezone(UTC)
 
 
@@ -422,8 +424,9 @@ def _trigger_matches(trigger: str, wanted: str | None) -> bool:
 
 
 def _check_page(limit: int, offset: int) -> None:
-    if limit < 0 or offset < 0:
-        raise ValueError(f"limit and offset must be >= 0, got limit={limit}, offset={offset}")
+    for argument, value in (("limit", limit), ("offset", offset)):
+        if value < 0:
+            raise InvalidArgumentError(argument, value, ">= 0 (limit and offset count rows)")
 
 
 def _not_json_error(value: Any, exc: Exception) -> StoreError:

@@ -25,7 +25,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dp.errors import DuplicateRunError, FencedError, RunNotFoundError, StoreError
+from dp.errors import (
+    DuplicateRunError,
+    FencedError,
+    InvalidArgumentError,
+    RunNotFoundError,
+    StoreError,
+)
 from dp.store.records import (
     RunRecord,
     RunStatus,
@@ -97,7 +103,9 @@ class SQLRunStore:
         echo: bool = False,
     ) -> None:
         if url is not None and path is not None:
-            raise ValueError("pass SQLRunStore either a url or a path, not both")
+            raise InvalidArgumentError(
+                "path", path, "left unset when a url is given", hint="pass a url or a path"
+            )
         if url is None:
             file = Path(DEFAULT_PATH if path is None else path).absolute()
             parsed = sa.URL.create("sqlite", database=str(file))

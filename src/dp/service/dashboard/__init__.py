@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from dp.errors import InvalidArgumentError
 from dp.service.dashboard.guard import OriginCheck, ReadAuth
 from dp.service.dashboard.live import LiveFeed, Subscriber
 from dp.service.dashboard.routes import STATIC, routes
@@ -53,6 +54,8 @@ def mount(
     app.add_middleware(OriginCheck)
     if protect_reads:
         if not token:
-            raise ValueError("protect_reads needs a token: reads are checked against it")
+            raise InvalidArgumentError(
+                "token", token, "set when protect_reads is on", hint="protect_reads needs a token"
+            )
         app.add_middleware(ReadAuth, token=token)
     return feed

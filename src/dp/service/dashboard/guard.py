@@ -17,7 +17,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dp.logs import get_logger
-from dp.service.api import BearerAuth
+from dp.service.middleware import BearerAuth
 
 __all__ = ["OPEN_PATHS", "OriginCheck", "ReadAuth"]
 

@@ -20,6 +20,7 @@ from dp.engine import ExecutionContext, RunResult, TaskRunResult
 from dp.errors import DPError
 from dp.events import EventBase, InMemoryBroker, TopicMatcher
 from dp.events.ports import Broker, Subscription
+from dp.jsonable import jsonable
 from dp.logs import get_logger
 
 __all__ = ["LiveFeed", "Subscriber", "event_dict"]
@@ -164,7 +165,7 @@ class LiveFeed:
                     yield ": keepalive\n\n"
                     continue
                 for batch in subscriber.take():
-                    yield f"data: {json.dumps(batch, default=str)}\n\n"
+                    yield f"data: {json.dumps(jsonable(batch))}\n\n"
         finally:
             self._subscribers.discard(subscriber)
 
@@ -218,7 +219,7 @@ class LiveFeed:
 
 def event_dict(event: EventBase) -> dict[str, Any]:
     """An event as the dashboard shows it; a large payload is cut to a preview."""
-    payload = json.dumps(event.payload, default=repr)
+    payload = json.dumps(jsonable(event.payload))
     return {
         "event_id": event.event_id,
         "topic": event.topic,

@@ -1,0 +1,409 @@
+"""The API's request bodies and response models, so the OpenAPI document describes both.
+
+Times are ISO 8601 text with their UTC offset (`2026-11-22T10:15:00+00:00`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from dp.events import MAX_TOPIC_LENGTH
+from dp.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
+from dp.store.records import RunRecord, RunStatus, TaskRunRecord, is_stale, owner_of
+
+__all__ = [
+    "AttemptInfo",
+    "Cancelling",
+    "ErrorBody",
+    "EventAccepted",
+    "EventRequest",
+    "FireRequest",
+    "Health",
+    "Liveness",
+    "PipelineDetail",
+    "PipelineInfo",
+    "PipelineList",
+    "Readiness",
+    "RunAccepted",
+    "RunDetail",
+    "RunPage",
+    "RunRequest",
+    "RunSummary",
+    "TaskLogs",
+    "TaskRunInfo",
+    "TriggerFired",
+    "TriggerItem",
+    "TriggerList",
+    "errors",
+]
+
+#: an ISO 8601 time, or null when it has not happened
+Time = Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _run_id(value: str) -> str:
+    return check_id("run id", value)  # the pattern cannot say "no '..'"
+
+
+class RunRequest(_Body):
+    """Start a run: its run parameters, and optionally its id."""
+
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Run parameters; they override the pipeline's."
+    )
+    run_id: Annotated[str, AfterValidator(_run_id)] | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        max_length=MAX_ID_LENGTH,
+        description="The run's id (default: a new one); an id can start only one run. "
+        "Letters, digits, '_', '.', '-', not starting with '.' or '-', without '..'.",
+    )
+
+
+class FireRequest(_Body):
+    """Fire a trigger with a payload (an API trigger's payload is the run parameters)."""
+
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventRequest(_Body):
+    """Publish an event on the service's bus."""
+
+    topic: str = Field(min_length=1, max_length=MAX_TOPIC_LENGTH, examples=["sales.orders.created"])
+    payload: dict[str, Any] = Field(default_factory=dict)
+    event_type: str = Field(default="", max_length=200)
+    event_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Publishing an event id twice starts at most one run.",
+    )
+    correlation_id: str | None = Field(default=None, max_length=200)
+
+
+# --- answers to requests that change something -------------------------------------------------
+
+
+class RunAccepted(BaseModel):
+    """A run was recorded and queued; `GET /runs/{run_id}` follows it."""
+
+    run_id: str
+    pipeline: str
+    status: str = RunStatus.QUEUED.value
+
+
+class EventAccepted(BaseModel):
+    """An event was published on the bus."""
+
+    event_id: str
+
+
+class TriggerFired(BaseModel):
+    """An API trigger started run `run_id`; another trigger published event `event_id`."""
+
+    run_id: str | None = None
+    event_id: str | None = None
+
+
+class Cancelling(BaseModel):
+    """The run was told to stop; it ends `cancelled` once its running tasks stop."""
+
+    run_id: str
+    status: Literal["cancelling"] = "cancelling"
+
+
+class ErrorBody(BaseModel):
+    """Every error: the exception's name and a message saying what is wrong and how to fix it."""
+
+    error: str
+    detail: str
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route that may answer these error statuses."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+# --- pipelines and triggers ------------------------------------------------------------------
+
+
+class CronInfo(BaseModel):
+    expression: str
+    timezone: str
+    misfire: str
+
+
+class EventPatternInfo(BaseModel):
+    pattern: str
+    where: dict[str, Any] = Field(description="Payload keys and values an event must have.")
+
+
+class PipelineTriggers(BaseModel):
+    cron: list[CronInfo]
+    events: list[EventPatternInfo]
+    api: bool = Field(description="Whether HTTP calls may start it.")
+
+
+class RunParameterInfo(BaseModel):
+    name: str
+    type: str
+    required: bool
+    tasks: list[str] = Field(description="The tasks that take it.")
+    default: Any = Field(default=None, description="Only for a parameter that is not required.")
+
+
+class PipelineInfo(BaseModel):
+    """A pipeline: what it runs, what starts it, the parameters it takes."""
+
+    name: str
+    description: str | None
+    tags: list[str]
+    tasks: list[str] = Field(description="What a run runs (also when selected by tag).")
+    triggers: PipelineTriggers
+    params: dict[str, Any] = Field(description="Default run parameters.")
+    run_parameters: list[RunParameterInfo]
+    dag_id: str
+    max_concurrent_runs: int | None
+    active_runs: int
+
+
+class PipelineDetail(PipelineInfo):
+    """A pipeline and its execution plan."""
+
+    plan: dict[str, Any] = Field(description="The plan: order, levels, edges, run parameters.")
+
+
+class PipelineList(BaseModel):
+    items: list[PipelineInfo]
+
+
+class TriggerItem(BaseModel):
+    """A trigger: an API trigger per pipeline HTTP calls may start, then the scheduler's."""
+
+    name: str
+    kind: str = Field(description="`api`, `manual`, `cron` or `event`.")
+    pipeline: str | None = Field(description="The pipeline it starts, if it starts one.")
+    target_topic: str | None
+    source: str | None = Field(default=None, description="The cron expression or pattern.")
+    next_fire: Time = None
+    circuit: str | None = Field(default=None, description="`closed`, `open` or `half_open`.")
+    stats: dict[str, Any] | None = None
+    label: str | None = None
+
+
+class TriggerList(BaseModel):
+    items: list[TriggerItem]
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+class Owner(BaseModel):
+    host: str
+    pid: int | None
+
+
+class RunSummary(BaseModel):
+    """A run as `GET /runs` lists it."""
+
+    run_id: str
+    pipeline: str
+    dag_id: str
+    status: RunStatus
+    trigger: str
+    event_id: str | None
+    params: dict[str, Any]
+    created_at: Time
+    started_at: Time
+    finished_at: Time
+    duration: float | None = Field(description="Seconds from start to finish.")
+    error: str | None
+    epoch: int = Field(description="Ownership epoch: each resume or takeover takes a new one.")
+    owner: Owner | None
+    lease_until: Time
+    stale: bool = Field(description="Marked running, but its owner is gone.")
+
+    @classmethod
+    def of(cls, record: RunRecord) -> RunSummary:
+        return cls(**_run_fields(record))
+
+
+def _run_fields(record: RunRecord) -> dict[str, Any]:
+    host, pid = owner_of(record)
+    duration = (
+        (record.finished_at - record.started_at).total_seconds()
+        if record.started_at and record.finished_at
+        else None
+    )
+    return {
+        "run_id": record.run_id,
+        "pipeline": record.pipeline,
+        "dag_id": record.dag_id,
+        "status": record.status,
+        "trigger": record.trigger,
+        "event_id": record.event_id,
+        "params": record.params,
+        "created_at": _iso(record.created_at),
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+        "duration": duration,
+        "error": record.error,
+        "epoch": record.epoch,
+        "owner": Owner(host=host, pid=pid) if host is not None else None,
+        "lease_until": _iso(record.lease_until),
+        "stale": is_stale(record),
+    }
+
+
+class RunPage(BaseModel):
+    items: list[RunSummary]
+    total: int = Field(description="Runs matching the filters, on every page.")
+    limit: int
+    offset: int
+
+
+class AttemptInfo(BaseModel):
+    attempt: int
+    status: str
+    started_at: Time
+    finished_at: Time
+    duration: float | None
+    error: str | None
+    host: str | None
+    pid: int | None
+
+    @classmethod
+    def of(cls, record: TaskRunRecord) -> AttemptInfo:
+        return cls(
+            attempt=record.attempt,
+            status=record.status.value,
+            started_at=_iso(record.started_at),
+            finished_at=_iso(record.finished_at),
+            duration=record.duration,
+            error=record.error,
+            host=record.host,
+            pid=record.pid,
+        )
+
+
+class TaskRunInfo(BaseModel):
+    """A task run (its latest attempt), with every attempt it made."""
+
+    task: str
+    instance: str = Field(description="Which chunk of a stream; '' for a task run once.")
+    status: str
+    attempt: int
+    started_at: Time
+    finished_at: Time
+    duration: float | None
+    error: str | None
+    result_ids: list[str]
+    attempts: list[AttemptInfo]
+
+    @classmethod
+    def of(cls, record: TaskRunRecord, attempts: list[AttemptInfo]) -> TaskRunInfo:
+        return cls(
+            task=record.task_name,
+            instance=record.instance,
+            status=record.status.value,
+            attempt=record.attempt,
+            started_at=_iso(record.started_at),
+            finished_at=_iso(record.finished_at),
+            duration=record.duration,
+            error=record.error,
+            result_ids=list(record.result_ids),
+            attempts=attempts,
+        )
+
+
+class RunDetail(RunSummary):
+    """A run, its plan and its task runs."""
+
+    plan: dict[str, Any] | None
+    tasks: list[TaskRunInfo]
+
+    @classmethod
+    def of_attempts(cls, record: RunRecord, every: list[TaskRunRecord]) -> RunDetail:
+        """`record` with its task runs, from all their attempts (by task, instance, attempt)."""
+        attempts: dict[tuple[str, str], list[AttemptInfo]] = {}
+        latest: dict[tuple[str, str], TaskRunRecord] = {}
+        for attempt in every:  # the last attempt of each is the task run
+            key = (attempt.task_name, attempt.instance)
+            attempts.setdefault(key, []).append(AttemptInfo.of(attempt))
+            latest[key] = attempt
+        tasks = sorted(latest.values(), key=_task_order)
+        return cls(
+            **_run_fields(record),
+            plan=record.plan,
+            tasks=[TaskRunInfo.of(t, attempts[t.task_name, t.instance]) for t in tasks],
+        )
+
+
+def _task_order(record: TaskRunRecord) -> tuple[bool, datetime, str, str]:
+    """As `RunStore.get_task_runs` orders: by start time (unstarted last), name, instance."""
+    started = record.started_at
+    return (
+        started is None,
+        started or datetime.min.replace(tzinfo=UTC),
+        record.task_name,
+        record.instance,
+    )
+
+
+class TaskLogs(BaseModel):
+    """What a task printed, and its traceback, for one attempt."""
+
+    run_id: str
+    task: str
+    instance: str
+    status: str
+    attempt: int
+    error: str | None
+    output: str | None
+    traceback: str | None
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+class StoreHealth(BaseModel):
+    ok: bool
+    error: str | None
+
+
+class Health(BaseModel):
+    """Liveness and readiness of each part; answered with 503 when runs cannot start."""
+
+    status: Literal["ok", "degraded", "unavailable"]
+    live: bool
+    ready: bool
+    accepting_runs: bool
+    uptime_seconds: float | None
+    active_pipelines: int
+    queued_pipelines: int
+    bus: dict[str, Any] = Field(description="`ok` and the bus's counters.")
+    store: StoreHealth
+    scheduler: dict[str, Any] = Field(description="Status and each trigger's health.")
+
+
+class Readiness(BaseModel):
+    ready: bool
+    status: str
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
