@@ -429,7 +429,9 @@ def _report(result: RunResult, settings: config.Settings) -> None:
     last = next((r.task_name for r in reversed(result.tasks.values()) if r.result_ids), None)
     results = settings.results_path
     where = (
-        "in memory (gone when dp exits)"
+        f"{settings.results.partition('?')[0].rstrip('/')}/{result.run_id}/<task>/"
+        if settings.results.startswith("s3://")
+        else "in memory (gone when dp exits)"
         if results is None
         else f"{results / result.run_id}/<task>/"
     )

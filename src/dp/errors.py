@@ -267,6 +267,16 @@ class SerializationError(DPError):
         )
 
 
+class ResultsUnavailableError(DPError):
+    """The results store could not be reached or refused a request (e.g. an S3 bucket)."""
+
+    def __init__(self, where: str, action: str, problem: str) -> None:
+        self.where = where
+        self.action = action
+        self.problem = problem
+        super().__init__(f"cannot {action} at {where}: {problem}")
+
+
 # --- events -------------------------------------------------------------------------------
 
 
