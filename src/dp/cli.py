@@ -187,8 +187,8 @@ ExecutorOpt = Annotated[
         "--executor",
         "-e",
         metavar="NAME",
-        help="inline, inprocess (default; alias threads) or process (alias processes) "
-        "[env DP_EXECUTOR].",
+        help="inline, inprocess (default; alias threads), process (alias processes) or "
+        "celery (tasks go to `dp worker`s) [env DP_EXECUTOR].",
         show_default=False,
     ),
 ]
@@ -210,7 +210,7 @@ BusOpt = Annotated[
 ResultsOpt = Annotated[
     str | None,
     typer.Option(
-        help="Where results go: file://PATH or memory:// "
+        help="Where results go: file://PATH, s3://BUCKET/PREFIX or memory:// "
         "[env DP_RESULTS_URL; default file://ROOT/results].",
         show_default=False,
     ),
