@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import SplitResult, urlsplit
 
-from dp.errors import ConfigError, ConfigFileError, StoreNotFoundError
+from dp.errors import ConfigError, ConfigFileError, InvalidResultsURLError, StoreNotFoundError
 
 if TYPE_CHECKING:
     from dp.engine import Orchestrator
@@ -439,8 +439,8 @@ def _check_results(value: str, source: str, base: Path | None) -> str:
 
         try:
             parse_s3_url(value)
-        except ValueError as exc:
-            raise ConfigError("results", value, source, str(exc), RESULTS_SCHEMES) from None
+        except InvalidResultsURLError as exc:
+            raise ConfigError("results", value, source, exc.problem, RESULTS_SCHEMES) from None
         return value
     raise _unknown_scheme("results", value, source, scheme, RESULTS_SCHEMES)
 

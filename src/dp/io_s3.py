@@ -24,7 +24,12 @@ import threading
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
-from dp.errors import ResultNotFoundError, ResultsUnavailableError, SerializationError
+from dp.errors import (
+    InvalidResultsURLError,
+    ResultNotFoundError,
+    ResultsUnavailableError,
+    SerializationError,
+)
 from dp.ids import check_id, is_id
 
 __all__ = ["ENDPOINT_VARIABLE", "S3IOManager", "parse_s3_url"]
@@ -45,31 +50,38 @@ def parse_s3_url(url: str) -> tuple[str, str, dict[str, str]]:
     """`s3://BUCKET/PREFIX?endpoint=URL&region=NAME` as (bucket, prefix, options).
 
     Raises:
-        ValueError: not an s3:// URL, a bad bucket name, a prefix with an empty or `..`
-            segment, or an unknown query key; the message says which.
+        InvalidResultsURLError: (a ValueError) not an s3:// URL, a bad bucket name, a prefix
+            with an empty or `..` segment, or an unknown option; the message says which.
     """
     parts = urlsplit(url)
     if parts.scheme != "s3":
-        raise ValueError(f"is not an s3:// URL (s3://BUCKET/PREFIX): {url!r}")
+        raise InvalidResultsURLError(url, "is not an s3:// URL (s3://BUCKET/PREFIX)")
     bucket = parts.netloc
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
-        raise ValueError(
+        raise InvalidResultsURLError(
+            url,
             f"names bucket {bucket!r}; a bucket name is 3-63 lowercase letters, digits, '.' "
-            "and '-', e.g. s3://my-bucket/dp/results"
+            "and '-', e.g. s3://my-bucket/dp/results",
         )
     prefix = parts.path.strip("/")
     if prefix and any(seg in ("", ".", "..") for seg in prefix.split("/")):
-        raise ValueError(f"has prefix {prefix!r} with an empty, '.' or '..' segment")
+        raise InvalidResultsURLError(
+            url, f"has prefix {prefix!r} with an empty, '.' or '..' segment"
+        )
     options: dict[str, str] = {}
     for key, values in parse_qs(parts.query, keep_blank_values=True).items():
         if key not in _QUERY_KEYS:
-            raise ValueError(f"has unknown option {key!r}; s3:// takes {', '.join(_QUERY_KEYS)}")
+            raise InvalidResultsURLError(
+                url, f"has unknown option {key!r}; s3:// takes {', '.join(_QUERY_KEYS)}"
+            )
         if not values[-1]:
-            raise ValueError(f"has an empty {key}=")
+            raise InvalidResultsURLError(url, f"has an empty {key}=")
         options[key] = values[-1]
     endpoint = options.get("endpoint")
     if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-        raise ValueError(f"has endpoint {endpoint!r}, which is not an http:// or https:// URL")
+        raise InvalidResultsURLError(
+            url, f"has endpoint {endpoint!r}, which is not an http:// or https:// URL"
+        )
     return bucket, prefix, options
 
 
@@ -106,7 +118,7 @@ class S3IOManager:
         """The manager an `s3://BUCKET/PREFIX?endpoint=...&region=...` URL names.
 
         Raises:
-            ValueError: the URL is malformed (see `parse_s3_url`).
+            InvalidResultsURLError: the URL is malformed (see `parse_s3_url`).
         """
         bucket, prefix, options = parse_s3_url(url)
         return cls(
