@@ -10,6 +10,7 @@ import pytest
 from dp import get_registry
 from postgres_server import FAST, PostgresServer
 from redis_server import RedisServer
+from s3_server import S3Server
 
 
 @pytest.fixture
@@ -41,3 +42,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer.start(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch_session: pytest.MonkeyPatch
+) -> Iterator[S3Server]:
+    """A real S3 API server (moto) for the whole session; its credentials are in the
+    environment, so boto3 (and worker processes started from the tests) find them."""
+    server = S3Server.start(tmp_path_factory.mktemp("s3"))
+    for name, value in server.env.items():
+        if name != "DP_S3_ENDPOINT_URL":
+            monkeypatch_session.setenv(name, value)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def monkeypatch_session() -> Iterator[pytest.MonkeyPatch]:
+    """A MonkeyPatch undone at the end of the session."""
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

@@ -226,7 +226,7 @@ def test_tool_dp_must_be_a_table(tmp_path: Path) -> None:
         ("store", "mysql://dp@db/dp", "sqlite:///PATH, postgresql://"),
         ("store", "postgresql+psycopg2://dp@db/dp", "postgresql+psycopg://"),
         ("bus", "kafka://broker:9092", "memory://, redis://HOST:PORT/DB"),
-        ("results", "s3://bucket/results", "file://PATH, memory://"),
+        ("results", "gs://bucket/results", "file://PATH, memory://, s3://BUCKET"),
     ],
 )
 def test_an_unknown_scheme_names_the_setting_its_source_and_the_schemes(

@@ -187,8 +187,8 @@ ExecutorOpt = Annotated[
         "--executor",
         "-e",
         metavar="NAME",
-        help="inline, inprocess (default; alias threads) or process (alias processes) "
-        "[env DP_EXECUTOR].",
+        help="inline, inprocess (default; alias threads), process (alias processes) or "
+        "celery (tasks go to `dp worker`s) [env DP_EXECUTOR].",
         show_default=False,
     ),
 ]
@@ -210,7 +210,7 @@ BusOpt = Annotated[
 ResultsOpt = Annotated[
     str | None,
     typer.Option(
-        help="Where results go: file://PATH or memory:// "
+        help="Where results go: file://PATH, s3://BUCKET/PREFIX or memory:// "
         "[env DP_RESULTS_URL; default file://ROOT/results].",
         show_default=False,
     ),
@@ -429,7 +429,9 @@ def _report(result: RunResult, settings: config.Settings) -> None:
     last = next((r.task_name for r in reversed(result.tasks.values()) if r.result_ids), None)
     results = settings.results_path
     where = (
-        "in memory (gone when dp exits)"
+        f"{settings.results.partition('?')[0].rstrip('/')}/{result.run_id}/<task>/"
+        if settings.results.startswith("s3://")
+        else "in memory (gone when dp exits)"
         if results is None
         else f"{results / result.run_id}/<task>/"
     )

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import SplitResult, urlsplit
 
-from dp.errors import ConfigError, ConfigFileError, StoreNotFoundError
+from dp.errors import ConfigError, ConfigFileError, InvalidResultsURLError, StoreNotFoundError
 
 if TYPE_CHECKING:
     from dp.engine import Orchestrator
@@ -70,7 +70,7 @@ STORE_SCHEMES: Final = (
     "memory://",
 )
 BUS_SCHEMES: Final = ("memory://", "redis://HOST:PORT/DB", "rediss://HOST:PORT/DB")
-RESULTS_SCHEMES: Final = ("file://PATH", "memory://")
+RESULTS_SCHEMES: Final = ("file://PATH", "memory://", "s3://BUCKET/PREFIX?endpoint=URL")
 EXECUTORS: Final = ("inline", "inprocess", "process", "celery")
 CELERY_BROKER_SCHEMES: Final = ("redis://HOST:PORT/DB", "rediss://HOST:PORT/DB")
 
@@ -84,7 +84,7 @@ class Settings:
     Attributes:
         store: the run store URL (`sqlite:///...`, `postgresql+psycopg://...`, `memory://`).
         bus: the event bus URL (`memory://`, `redis://...`).
-        results: where task results go (`file://PATH`, `memory://`).
+        results: where task results go (`file://PATH`, `memory://`, `s3://BUCKET/PREFIX`).
         executor: `inline`, `inprocess`, `process` or `celery`.
         workers: threads or worker processes of the executor (None: its default).
         celery_broker: the Celery executor's broker (default: the bus, when it is Redis).
@@ -297,9 +297,21 @@ def open_broker(settings: Settings) -> Broker:
 
 
 def open_results(settings: Settings) -> IOManager:
-    """The IO manager the settings name: a directory (`file://`) or this process's memory."""
+    """The IO manager the settings name: a directory (`file://`), an S3 bucket (`s3://`, boto3
+    imported only then) or this process's memory."""
     from dp.io import FilesystemIOManager, InMemoryIOManager
 
+    if settings.results.startswith("s3://"):
+        try:
+            from dp.io_s3 import S3IOManager
+        except ModuleNotFoundError as exc:  # pragma: no cover - boto3 is in the s3 extra
+            raise ConfigError(
+                "results",
+                settings.results,
+                settings.source("results"),
+                f"needs the {exc.name!r} package, which is not installed; pip install 'dp[s3]'",
+            ) from None
+        return S3IOManager.from_url(settings.results)
     path = settings.results_path
     if path is None:
         return InMemoryIOManager()
@@ -421,6 +433,14 @@ def _check_results(value: str, source: str, base: Path | None) -> str:
             )
         if base is not None and not path.startswith("/"):
             return f"file://{(base / path).as_posix()}"
+        return value
+    if scheme == "s3":
+        from dp.io_s3 import parse_s3_url  # no boto3 here: only the URL is read
+
+        try:
+            parse_s3_url(value)
+        except InvalidResultsURLError as exc:
+            raise ConfigError("results", value, source, exc.problem, RESULTS_SCHEMES) from None
         return value
     raise _unknown_scheme("results", value, source, scheme, RESULTS_SCHEMES)
 

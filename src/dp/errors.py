@@ -267,6 +267,25 @@ class SerializationError(DPError):
         )
 
 
+class InvalidResultsURLError(DPError, ValueError):
+    """A results URL (e.g. `s3://BUCKET/PREFIX?endpoint=...`) that dp cannot use."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"results URL {url!r} {problem}")
+
+
+class ResultsUnavailableError(DPError):
+    """The results store could not be reached or refused a request (e.g. an S3 bucket)."""
+
+    def __init__(self, where: str, action: str, problem: str) -> None:
+        self.where = where
+        self.action = action
+        self.problem = problem
+        super().__init__(f"cannot {action} at {where}: {problem}")
+
+
 # --- events -------------------------------------------------------------------------------
 
 
