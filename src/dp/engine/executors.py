@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from dp.engine.model import ExecutableTask, TaskOutcome
@@ -31,7 +32,17 @@ class TaskSink(Protocol):
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None: ...
 
-    def on_done(self, task: ExecutableTask, outcome: TaskOutcome) -> None: ...
+    def on_done(
+        self,
+        task: ExecutableTask,
+        outcome: TaskOutcome,
+        successor: ExecutableTask | None = None,
+    ) -> None: ...
+
+    def successor(self, task: ExecutableTask, outcome: TaskOutcome) -> ExecutableTask | None:
+        """From a worker thread, as `task` succeeded: a task the thread may start at once in
+        the same slot, reported later with `on_done(task, outcome, successor=)`."""
+        ...
 
 
 @runtime_checkable
@@ -212,7 +223,8 @@ class InProcessExecutor:
         self._worker: Worker | None = None
         self._jobs: queue.SimpleQueue[_Attempt | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._finished: deque[tuple[_Attempt, TaskOutcome | str]] = deque()
+        #: (attempt, chunk id or outcome, the attempt its thread went on with)
+        self._finished: deque[tuple[_Attempt, TaskOutcome | str, _Attempt | None]] = deque()
         self._wakeup_pending = False
         self._growing = False
         self._queued = 0  # sync jobs handed to threads and not collected back yet
@@ -300,7 +312,23 @@ class InProcessExecutor:
                 def on_chunk(result_id: str, attempt: _Attempt = attempt) -> None:
                     self._hand_back(attempt, result_id)
 
-            self._hand_back(attempt, worker.execute(task, on_chunk, attempt.sink))
+            self._run_chain(worker, attempt, on_chunk)
+
+    def _run_chain(
+        self, worker: Worker, attempt: _Attempt, on_chunk: Callable[[str], None] | None
+    ) -> None:
+        """Run `attempt`, then, while the task it finished alone makes one more ready, that
+        one in the same thread: a chain costs no round trip through the loop per link."""
+        while True:
+            task, sink = attempt.task, attempt.sink
+            outcome = worker.execute(task, on_chunk, sink)
+            following = sink.successor(task, outcome) if outcome.ok else None
+            if following is None:
+                self._hand_back(attempt, outcome)
+                return
+            successor = _Attempt(following, sink)
+            self._hand_back(attempt, outcome, successor)
+            attempt, on_chunk = successor, None
 
     def _writer_saturated(self) -> bool:
         """Threads blocked on the result writer are not busy: adding threads would not help."""
@@ -329,16 +357,22 @@ class InProcessExecutor:
         ):
             self._add_thread()
 
-    def _hand_back(self, attempt: _Attempt, item: TaskOutcome | str) -> None:
+    def _hand_back(
+        self, attempt: _Attempt, item: TaskOutcome | str, successor: _Attempt | None = None
+    ) -> None:
         """From a pool thread: queue a chunk id or an outcome for the loop thread.
 
         The loop is woken at once only when it is needed: a chunk (a consumer may be waiting
         for it), or no job left for the threads. Otherwise the loop's poller collects
         finished tasks in batches, so busy threads are not slowed by a wake-up (and a fight
-        for the GIL) per task.
+        for the GIL) per task. A thread that goes on with a `successor` needs nothing.
         """
-        self._finished.append((attempt, item))
-        if not self._wakeup_pending and (isinstance(item, str) or self._jobs.empty()):
+        self._finished.append((attempt, item, successor))
+        if (
+            not self._wakeup_pending
+            and successor is None
+            and (isinstance(item, str) or self._jobs.empty())
+        ):
             self._wakeup_pending = True
             loop = self._loop
             if loop is not None:
@@ -367,12 +401,14 @@ class InProcessExecutor:
         self._wakeup_pending = False
         finished = self._finished
         while finished:
-            attempt, item = finished.popleft()
+            attempt, item, successor = finished.popleft()
             if isinstance(item, str):
                 self._chunk(attempt, item)
-            else:
+            elif successor is None:
                 self._queued -= 1
                 self._done(attempt, item)
+            else:  # its thread went on with the successor, in the same slot
+                self._done(attempt, item, successor)
 
     async def _run_async(self, attempt: _Attempt) -> None:
         worker = self._worker
@@ -395,13 +431,17 @@ class InProcessExecutor:
         if not attempt.finished:
             attempt.sink.on_chunk(attempt.task, result_id)
 
-    def _done(self, attempt: _Attempt, outcome: TaskOutcome) -> None:
+    def _done(
+        self, attempt: _Attempt, outcome: TaskOutcome, successor: _Attempt | None = None
+    ) -> None:
         if attempt.finished:
+            if successor is not None:  # never the case: tasks with a timeout are not followed
+                successor.finished = True
             return
         attempt.finished = True
         if attempt.timer is not None:
             attempt.timer.cancel()
-        attempt.sink.on_done(attempt.task, outcome)
+        attempt.sink.on_done(attempt.task, outcome, successor.task if successor else None)
 
     def _timed_out(self, attempt: _Attempt, seconds: float) -> None:
         if attempt.finished:

@@ -58,6 +58,7 @@ class TaskDependencyResolver:
         self._data_children = index.data_children
         self._inputs = index.inputs
         self._source = index.source
+        self._chain_child = index.chain_child
         self._state = dict.fromkeys(index.meta, _PENDING)
         self._gates = dict(index.gates)
         self._result: dict[str, str] = {}  # single-result task -> result id
@@ -89,6 +90,22 @@ class TaskDependencyResolver:
             rank = self._rank[name]
             return sorted(produced, key=rank.__getitem__)
         return list(produced)
+
+    def successor(self, name: str, result_ids: list[str]) -> ExecutableTask | None:
+        """The one task that `name` succeeding with `result_ids` alone makes ready, built
+        without changing any state, or None when there is no such task or it is not pending.
+
+        Safe to call from another thread: it only reads. `succeeded` will queue the same task
+        in `ready` later (the caller takes it out again, see `ActiveRun.on_done`).
+        """
+        child = self._chain_child.get(name)
+        if child is None or self.halted or self._state[child] != _PENDING:
+            return None
+        result_id = result_ids[0] if result_ids else OUTPUT
+        inputs: dict[str, Input] = {p: (name, result_id) for p, _, _ in self._inputs[child]}
+        return ExecutableTask(
+            self.run_id, child, OUTPUT, self._meta[child], inputs, self._params[child]
+        )
 
     # --- transitions ----------------------------------------------------------------------
 
@@ -282,7 +299,24 @@ class PlanIndex:
                 if edge.mode != "chunk":
                     self.inputs[down].append((edge.parameter or up, up, edge.mode))
         self.streaming = plan.streaming_tasks
+        #: task -> the one task it alone gates, when a thread may run that one right after
+        #: it (a link of a chain: one result, no stream, no mapping, no timeout, not async)
+        self.chain_child: dict[str, str] = {}
+        for name, meta in tasks.items():
+            children = self.gate_children[name]
+            if len(children) != 1 or self.chunk_children[name] or name in self.source:
+                continue
+            child = children[0]
+            if _special(meta):
+                continue
+            if self.gates[child] == 1 and child not in self.source and not _special(tasks[child]):
+                self.chain_child[name] = child
         self.param_names = {
             name: tuple(p.name for p in meta.run_parameters) if meta.input_schema else ()
             for name, meta in tasks.items()
         }
+
+
+def _special(meta: TaskMetadata) -> bool:
+    """Whether a task needs the event loop around it: async, streaming, or timed."""
+    return meta.is_async or meta.stream_output or meta.timeout is not None

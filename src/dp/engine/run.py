@@ -91,7 +91,8 @@ class ActiveRun:
         self._writer: WriteBehind | None = getattr(self.executor, "write_behind", None)
         #: saves up to this number are stored (see `WriteBehind.accepted`)
         self._durable = 0
-        #: succeeded tasks waiting for their results to be stored: (last save, result)
+        #: succeeded tasks waiting for their results to be stored: (their last save, result),
+        #: in the order they finished (about the order of their saves)
         self._unsaved: deque[tuple[int, TaskRunResult]] = deque()
         #: why the run fails: a result could not be stored (nothing later is stored)
         self._write_error: str | None = None
@@ -153,7 +154,35 @@ class ActiveRun:
             result.result_ids.append(result_id)
         self._pump()
 
-    def on_done(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
+    def successor(self, task: ExecutableTask, outcome: TaskOutcome) -> ExecutableTask | None:
+        """Called from an executor's thread as `task` succeeded: the one task it alone makes
+        ready, for that thread to run next in the same slot (no hand-off to the loop and
+        back per link of a chain), or None. It only reads; the loop takes the task over when
+        the outcome of `task` arrives with it (`on_done(..., successor=)`)."""
+        if (
+            self.closed
+            or self.resume
+            or self.fenced is not None
+            or self._write_error is not None
+            or task.instance
+            or task.metadata.timeout is not None
+        ):
+            return None
+        if self._leases is not None and self._leases.lapsed(self.context.run_id):
+            return None  # maybe no longer the owner: the loop waits for the renewal
+        following = self.resolver.successor(task.task_name, outcome.result_ids)
+        if following is not None:
+            following.epoch = task.epoch
+        return following
+
+    def on_done(
+        self,
+        task: ExecutableTask,
+        outcome: TaskOutcome,
+        successor: ExecutableTask | None = None,
+    ) -> None:
+        """`task` ended with `outcome`; `successor` is the task the executor already started
+        in its slot (see `successor`)."""
         if self.closed:
             return
         self.in_flight -= 1
@@ -171,17 +200,37 @@ class ActiveRun:
             if writer is not None:
                 if self._write_error is not None:
                     self._not_saved(result)
-                elif writer.accepted > self._durable:
+                elif (saved := self._save_number(writer, task, outcome)) > self._durable:
                     # its consumers may start now; it is recorded succeeded once stored
                     result.status = TaskStatus.RUNNING
-                    self._unsaved.append((writer.accepted, result))
+                    self._unsaved.append((saved, result))
+                    if successor is not None:
+                        self._adopt(successor)
                     self._pump()
                     return
         else:
             self._failed(task, outcome, result)
         if self._record is not None or self.listeners:
             self._changed(result)
+        if successor is not None:
+            self._adopt(successor)
         self._pump()
+
+    def _save_number(self, writer: WriteBehind, task: ExecutableTask, outcome: TaskOutcome) -> int:
+        """The writer's number of the last save of `task`'s results (its manifest, too)."""
+        result_ids = outcome.result_ids
+        if task.metadata.stream_output:
+            result_ids = [*result_ids, manifest_result_id(task.task_result_id)]
+        return writer.save_number(self.context.run_id, task.task_name, result_ids)
+
+    def _adopt(self, task: ExecutableTask) -> None:
+        """Take over a task an executor started right after its only upstream task: it is
+        in flight in that task's slot, so the run's limit holds."""
+        ready = self.resolver.ready
+        if ready and ready[-1].key == task.key:
+            ready.pop()  # queued by `resolver.succeeded` just now: it runs already
+        # else the run halted meanwhile: it runs anyway, like any task in flight then
+        self._register(task)
 
     # --- WriteSink ------------------------------------------------------------------------
 
@@ -205,10 +254,11 @@ class ActiveRun:
         )
         self.log.error("result.save_failed", task_name=task_name, result_id=result_id, error=error)
         unsaved = self._unsaved
-        while unsaved and unsaved[0][0] < number:  # saved before the failure: stored
-            result = unsaved.popleft()[1]
-            result.status = TaskStatus.SUCCEEDED
-            self._changed(result)
+        for saved, result in list(unsaved):
+            if saved < number:  # saved before the failure: stored
+                unsaved.remove((saved, result))
+                result.status = TaskStatus.SUCCEEDED
+                self._changed(result)
         culprit = next(
             (r for r in reversed(self.results.values()) if r.task_name == task_name), None
         )
@@ -308,8 +358,13 @@ class ActiveRun:
             self.done.set_result(None)
 
     def _submit(self, task: ExecutableTask) -> None:
-        self.in_flight += 1
         task.epoch = self.epoch
+        self._register(task)
+        self.executor.submit(task, self)
+
+    def _register(self, task: ExecutableTask) -> None:
+        """Count `task` in flight and record it running."""
+        self.in_flight += 1
         key = (task.task_name, task.instance)
         result = self.results.get(key)
         if result is None:
@@ -330,7 +385,6 @@ class ActiveRun:
             result.host = result.pid = None
         if self._record is not None or self.listeners:
             self._changed(result)
-        self.executor.submit(task, self)
 
     def _restore(self, task: ExecutableTask) -> bool:
         """On resume: if this task's results were saved before the interruption, reuse them."""

@@ -50,13 +50,15 @@ class WriteSink(Protocol):
 
 
 class _Run:
-    __slots__ = ("consumers", "failed", "loop", "sink")
+    __slots__ = ("consumers", "failed", "loop", "numbers", "sink")
 
     def __init__(self, sink: WriteSink, consumers: Mapping[str, int], loop: Any) -> None:
         self.sink = sink
         self.consumers = consumers
         self.loop = loop
         self.failed = False
+        #: (task name, result id) -> the number of its latest save
+        self.numbers: dict[tuple[str, str], int] = {}
 
 
 class _Entry:
@@ -149,12 +151,22 @@ class WriteBehind:
             while self._pending >= self.max_pending and self._thread is not None:
                 self._room.wait()
             self.accepted += 1
+            run.numbers[task_name, task_result_id] = self.accepted
             entry = _Entry(key, value, self.accepted, run, run.consumers.get(task_name, 0))
             self._held[key] = entry
             self._queue.append(entry)
             self._pending += 1
             self._wake.notify()
         return f"{run_id}/{task_name}/{task_result_id} (being written)"
+
+    def save_number(self, run_id: str, task_name: str, result_ids: list[str]) -> int:
+        """The number of the latest save of these results of a task in a run written behind
+        (0: none was saved behind). They are stored once `on_durable` reached it."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return 0
+        numbers = run.numbers
+        return max((numbers.get((task_name, r), 0) for r in result_ids), default=0)
 
     def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
         entry = self._held.get((run_id, task_name, task_result_id))
