@@ -73,18 +73,21 @@ def _run(registry: TaskRegistry, **options: Any) -> RunResult:
 def test_a_chain_passes_each_value_on_and_listeners_hear_each_link_in_order(
     registry: TaskRegistry,
 ) -> None:
-    """Every link gets its predecessor's value; listeners hear a link succeed before the
-    next one runs, and every link both run and succeed."""
+    """Every link gets its predecessor's value; listeners hear every link run and then
+    succeed, in chain order (with results written behind, a link is recorded succeeded once
+    stored, which may be after its successor started)."""
     _chain(registry, 30)
     events = Events()
     store, io = MemoryRunStore(), InMemoryIOManager()
     result = _run(registry, listeners=[events], store=store, io_manager=io)
     assert result.ok
     assert io.load(result.run_id, "step_29", "output") == 30
+    at = {event: i for i, event in reversed(list(enumerate(events.events)))}  # first seen
     for i in range(29):
-        done = events.events.index((f"step_{i}", TaskStatus.SUCCEEDED))
-        running = events.events.index((f"step_{i + 1}", TaskStatus.RUNNING))
-        assert done < running < events.events.index((f"step_{i + 1}", TaskStatus.SUCCEEDED))
+        this, after = f"step_{i}", f"step_{i + 1}"
+        assert at[this, TaskStatus.RUNNING] < at[after, TaskStatus.RUNNING]
+        assert at[this, TaskStatus.SUCCEEDED] < at[after, TaskStatus.SUCCEEDED]
+        assert at[after, TaskStatus.RUNNING] < at[after, TaskStatus.SUCCEEDED]
     recorded = {r.task_name: r.status for r in store.get_task_runs(result.run_id)}
     assert set(recorded.values()) == {TaskStatus.SUCCEEDED}
     assert len(recorded) == 30
