@@ -193,7 +193,8 @@ class InProcessExecutor:
     starts with `min_threads` and adds a thread (up to `max_threads`) when queued tasks waited
     more than `grow_after` seconds for one. Short tasks then share a few threads instead of
     fighting over the GIL, while slow, blocking tasks (network, databases) get as many
-    threads as they need.
+    threads as they need. A thread that finishes a task whose one dependent it alone gates
+    runs that dependent itself (see `TaskSink.successor`): a chain costs no hand-off per link.
 
     A sync task past its timeout is reported failed at once, but Python cannot stop a thread:
     it keeps running in the background and its late result is discarded. Use the process
