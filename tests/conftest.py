@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from dp import get_registry
+from kafka_server import KafkaServer
 from postgres_server import FAST, PostgresServer
 from redis_server import RedisServer
 
@@ -39,5 +40,14 @@ def postgres() -> Iterator[PostgresServer]:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A private redis-server for the whole session (tests use their own key prefixes)."""
     server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """A private Kafka-protocol broker (Tansu, in memory) for the whole session (tests use
+    their own topic and group names, or brokers that clean up)."""
+    server = KafkaServer.start(tmp_path_factory.mktemp("kafka"))
     yield server
     server.stop()
