@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from dp.events.kafka import KafkaBroker
-from redis_server import free_port
 
 __all__ = ["KafkaServer", "kafka_broker"]
 
@@ -34,8 +33,16 @@ def kafka_broker(url: str, **options: Any) -> KafkaBroker:
         "idempotence": False,  # Tansu's memory engine refuses InitProducerId
         "topic_refresh": 0.1,
         "session_timeout": 1.0,  # Tansu lets a group form after about half of it
+        "fetch_wait": 0.02,  # Tansu holds an empty fetch for all of it (see bench_kafka)
     }
     return KafkaBroker(url, **{**settings, **options})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def tansu_binary() -> str:

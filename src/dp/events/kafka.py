@@ -135,6 +135,9 @@ class KafkaBroker:
             partitions go to the others (heartbeats every third of it, from a background
             task, so a slow handler does not count; see `claim_idle` for that).
         prefetch: records a subscription reads ahead of its iterator.
+        fetch_wait: seconds the broker may hold a fetch while no record is there (Kafka's
+            `fetch.max.wait.ms`); Kafka answers as soon as a record arrives, so this bounds
+            latency only on brokers that do not (Tansu: see the README).
         outbox: how many `publish_nowait` events may wait to be sent.
         namespace: prefixed to every Kafka topic and group name dp uses (e.g. "staging."),
             so several dp installations can share one cluster; "" maps names one to one.
@@ -154,6 +157,7 @@ class KafkaBroker:
         topic_refresh: float = 0.5,
         session_timeout: float = 10.0,
         prefetch: int = 1_000,
+        fetch_wait: float = 0.5,
         outbox: int = 10_000,
         namespace: str = "",
     ) -> None:
@@ -179,6 +183,7 @@ class KafkaBroker:
         self.topic_refresh = topic_refresh
         self.session_timeout = session_timeout
         self.prefetch = prefetch
+        self.fetch_wait = fetch_wait
         self.outbox = outbox
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -247,6 +252,7 @@ class KafkaBroker:
 
     async def consumer(self, **options: object) -> AIOKafkaConsumer:
         """A started consumer with this broker's options plus `options`."""
+        options.setdefault("fetch_max_wait_ms", int(self.fetch_wait * 1000))
         consumer = AIOKafkaConsumer(**self.client_options(), **options)
         await self._start(consumer)
         return consumer
