@@ -234,3 +234,30 @@ def test_a_kafka_bus_url_opens_a_kafka_broker(tmp_path: Path) -> None:
     assert broker.bootstrap == "k1:9092,k2:9092"
     with pytest.raises(ConfigError, match="names server"):
         resolve({"bus": "kafka://k1:x"}, env={}, cwd=tmp_path)
+
+
+def test_dp_events_dlq_lists_and_replays_kafka_dead_letters(kafka_server: KafkaServer) -> None:
+    """`dp events dlq list/replay --bus kafka://...` reads and replays `_dp.dlq.<group>`."""
+    from typer.testing import CliRunner
+
+    from dp.cli import app
+
+    async def bury_one() -> str:
+        async with KafkaBroker(kafka_server.url, idempotence=False, session_timeout=1.0,
+                               fetch_wait=0.02) as broker:  # fmt: skip
+            group = broker.durable("cli.jobs", group="cli.kafka", max_deliveries=1)
+            reader = asyncio.ensure_future(anext(group))
+            sent = EventBase(topic="cli.jobs")
+            await broker.publish(sent.topic, sent)
+            await group.nack(await asyncio.wait_for(reader, GUARD), "ValueError: boom")
+            return sent.event_id
+
+    event_id = asyncio.run(bury_one())
+    common = ["--bus", kafka_server.url, "--group", "cli.kafka"]
+    listed = CliRunner().invoke(app, ["events", "dlq", "list", "--json", *common])
+    assert listed.exit_code == 0, listed.output
+    (letter,) = [json.loads(line) for line in listed.output.splitlines()]
+    assert (letter["event_id"], letter["error"]) == (event_id, "ValueError: boom")
+    replayed = CliRunner().invoke(app, ["events", "dlq", "replay", "--all", *common])
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1 dead letter(s)" in replayed.output
