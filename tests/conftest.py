@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from dp import get_registry
+from kafka_server import KafkaServer
 from postgres_server import FAST, PostgresServer
 from redis_server import RedisServer
 from s3_server import S3Server
@@ -63,3 +64,12 @@ def monkeypatch_session() -> Iterator[pytest.MonkeyPatch]:
     """A MonkeyPatch undone at the end of the session."""
     with pytest.MonkeyPatch.context() as patch:
         yield patch
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """A private Kafka-protocol broker (Tansu, in memory) for the whole session (tests use
+    their own topic and group names, or brokers that clean up)."""
+    server = KafkaServer.start(tmp_path_factory.mktemp("kafka"))
+    yield server
+    server.stop()

@@ -225,7 +225,7 @@ def test_tool_dp_must_be_a_table(tmp_path: Path) -> None:
     [
         ("store", "mysql://dp@db/dp", "sqlite:///PATH, postgresql://"),
         ("store", "postgresql+psycopg2://dp@db/dp", "postgresql+psycopg://"),
-        ("bus", "kafka://broker:9092", "memory://, redis://HOST:PORT/DB"),
+        ("bus", "nats://broker:4222", "memory://, redis://HOST:PORT/DB"),
         ("results", "gs://bucket/results", "file://PATH, memory://, s3://BUCKET"),
     ],
 )
@@ -252,6 +252,8 @@ def test_an_unknown_scheme_names_the_setting_its_source_and_the_schemes(
         ("bus", "redis://cache:port/0", "has port 'port'"),
         ("bus", "redis://cache:6379/events", "a Redis database is a number"),
         ("bus", "redis://[::1/0", "is malformed"),
+        ("bus", "kafka://k1:9092,k2:port", "names server 'k2:port'; list host:port pairs"),
+        ("bus", "kafka://:9092", "names server ':9092'"),
         ("results", "file://", "needs a directory"),
         ("executor", "dask", "is not an executor; accepted: inline, inprocess, process, celery"),
         ("workers", "0", "must be a whole number >= 1"),

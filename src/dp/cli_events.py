@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dp import config
 from dp.errors import DPError, InvalidBusURLError
-from dp.events.ports import DeadLetter
+from dp.events.ports import Broker, DeadLetter
 
 __all__ = ["events_app"]
 
@@ -48,11 +48,17 @@ def _with_broker(url: str | None, prefix: str, work: Callable[..., Awaitable[T]]
             raise InvalidBusURLError(
                 url,
                 "the in-memory bus lives inside its `dp serve` process, so its dead letters "
-                "cannot be reached from here; use a redis:// bus",
+                "cannot be reached from here; use a redis:// or kafka:// bus",
             )
-        from dp.events.redis import RedisBroker
 
         async def run() -> T:
+            if url.startswith("kafka://"):  # no namespace; replays need no idempotent producer
+                from dp.events.kafka import KafkaBroker
+
+                async with KafkaBroker(url, request_timeout=3.0, idempotence=False) as kafka:
+                    return await work(kafka)
+            from dp.events.redis import RedisBroker
+
             async with RedisBroker(url, prefix=prefix, publish_timeout=3.0) as broker:
                 return await work(broker)
 
@@ -72,10 +78,7 @@ def list_dead_letters(
 ) -> None:
     """List a group's dead letters, oldest first."""
 
-    async def work(broker: object) -> list[DeadLetter]:
-        from dp.events.redis import RedisBroker
-
-        assert isinstance(broker, RedisBroker)
+    async def work(broker: Broker) -> list[DeadLetter]:
         return await broker.dead_letters(group, limit=limit)
 
     letters = _with_broker(bus, prefix, work)
@@ -127,10 +130,7 @@ def replay_dead_letters(
         _errors.print("[bold red]error:[/] name the dead letter ids to replay, or pass --all")
         raise typer.Exit(code=2)
 
-    async def work(broker: object) -> int:
-        from dp.events.redis import RedisBroker
-
-        assert isinstance(broker, RedisBroker)
+    async def work(broker: Broker) -> int:
         return await broker.replay_dead_letters(group, None if replay_all else ids)
 
     count = _with_broker(bus, prefix, work)

@@ -69,7 +69,12 @@ STORE_SCHEMES: Final = (
     "postgresql+psycopg://...",
     "memory://",
 )
-BUS_SCHEMES: Final = ("memory://", "redis://HOST:PORT/DB", "rediss://HOST:PORT/DB")
+BUS_SCHEMES: Final = (
+    "memory://",
+    "redis://HOST:PORT/DB",
+    "rediss://HOST:PORT/DB",
+    "kafka://HOST:PORT[,HOST:PORT]",
+)
 RESULTS_SCHEMES: Final = ("file://PATH", "memory://", "s3://BUCKET/PREFIX?endpoint=URL")
 EXECUTORS: Final = ("inline", "inprocess", "process", "celery")
 CELERY_BROKER_SCHEMES: Final = ("redis://HOST:PORT/DB", "rediss://HOST:PORT/DB")
@@ -266,10 +271,11 @@ def open_store(settings: Settings, *, must_exist: bool = False) -> RunStore:
 
 
 def open_broker(settings: Settings) -> Broker:
-    """The event bus the settings name; Redis is imported only when chosen.
+    """The event bus the settings name; Redis or Kafka is imported only when chosen.
 
     Raises:
-        ConfigError: the Redis bus is chosen but `dp.events.redis` or redis-py is missing.
+        ConfigError: the Redis (Kafka) bus is chosen but its module, redis-py (aiokafka), is
+            missing.
     """
     if settings.bus == "memory://":
         from dp.events import InMemoryBroker
@@ -278,15 +284,16 @@ def open_broker(settings: Settings) -> Broker:
     from dp.events.ports import Broker
 
     source = settings.source("bus")
+    kind = "kafka" if settings.bus.startswith("kafka://") else "redis"
     try:
-        module = importlib.import_module("dp.events.redis")
-        broker = module.RedisBroker(settings.bus)
+        module = importlib.import_module(f"dp.events.{kind}")
+        broker = getattr(module, f"{kind.capitalize()}Broker")(settings.bus)
     except ModuleNotFoundError as exc:
-        if exc.name == "dp.events.redis":
-            problem = "needs dp.events.redis, which this dp does not have; upgrade dp"
+        if exc.name == f"dp.events.{kind}":
+            problem = f"needs dp.events.{kind}, which this dp does not have; upgrade dp"
         else:
             problem = (
-                f"needs the {exc.name!r} package, which is not installed; pip install 'dp[redis]'"
+                f"needs the {exc.name!r} package, which is not installed; pip install 'dp[{kind}]'"
             )
         raise ConfigError("bus", mask(settings.bus), source, problem) from None
     if not isinstance(broker, Broker):
@@ -413,6 +420,18 @@ def _check_bus(value: str, source: str) -> str:
                 f"names database {database!r}; a Redis database is a number, "
                 "e.g. redis://127.0.0.1:6379/0",
             )
+        return value
+    if scheme == "kafka":
+        for server in url.netloc.split(","):
+            host, _, port = server.rpartition(":") if ":" in server else (server, "", "9092")
+            if not host or not port.isdigit():
+                raise ConfigError(
+                    "bus",
+                    mask(value),
+                    source,
+                    f"names server {server!r}; list host:port pairs, "
+                    "e.g. kafka://10.0.0.1:9092,10.0.0.2:9092",
+                )
         return value
     raise _unknown_scheme("bus", value, source, scheme, BUS_SCHEMES)
 

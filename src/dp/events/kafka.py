@@ -1,0 +1,642 @@
+"""The Kafka event bus: `KafkaBroker("kafka://host:9092,host2:9092")` (`pip install dp[kafka]`).
+
+Mapping (see the README's "Kafka bus" for producers in other languages):
+
+    topic          a dp topic is the Kafka topic of the same name (dp's names are valid ones)
+    value          the event's JSON wire format (`EventBase.to_json`), UTF-8
+    key            the event's `correlation_id`, else its `event_id`: the events of one run
+                   or one business process stay in one partition, in order
+    headers        `content-type: application/json` (read by nobody; for tools)
+    timestamp      the producer's clock (CreateTime); plain subscriptions start from it
+
+dp's own topics start with `_dp.` (patterns never match them):
+
+    _dp.groups            durable groups: key = group, value = {"pattern", "start"} (ms)
+    _dp.dlq.<group>       the group's dead letters; headers dp-topic, dp-error,
+                          dp-deliveries; a record with header dp-replayed=<offset> marks one
+                          replayed
+    _dp.replay.<group>    dead letters replayed to the group, read besides its topics
+
+A durable subscription is a Kafka consumer group of the same name, subscribed by regex, whose
+offsets are committed only after the handler acknowledged (`dp.events.kafka_reader`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeAlias
+from urllib.parse import urlsplit
+
+from dp.errors import (
+    BrokerClosedError,
+    BusUnavailableError,
+    EventFormatError,
+    GroupError,
+    InvalidBusURLError,
+    InvalidTopicError,
+    QueueFullError,
+)
+from dp.events.event import EventBase
+from dp.events.groups import default_consumer_name, validate_group
+from dp.events.ports import Broker, BrokerStats, DeadLetter, Subscription
+from dp.events.topics import compile_pattern, validate_pattern, validate_topic
+from dp.logs import get_logger
+
+try:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "the Kafka event bus needs aiokafka; install it with: pip install 'dp[kafka]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from dp.events.kafka_reader import KafkaDurableSubscription, KafkaSubscription
+
+__all__ = ["KafkaBroker", "bootstrap_servers", "pattern_regex"]
+
+_log = get_logger("dp.events.kafka")
+INTERNAL = "_dp."
+GROUPS_TOPIC = "_dp.groups"
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+_TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
+
+
+def bootstrap_servers(url: str) -> str:
+    """`host:port,host2:port2` from `kafka://host:port[,host2:port2]` (port 9092 by default).
+
+    Raises:
+        InvalidBusURLError: naming the URL and what is wrong.
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme != "kafka" or not sep:
+        raise InvalidBusURLError(url, f"scheme {scheme!r} is not kafka, e.g. kafka://host:9092")
+    hosts = rest.split("/", 1)[0]
+    servers = []
+    for item in hosts.split(","):
+        try:
+            parts = urlsplit(f"//{item}")
+            port = parts.port or 9092
+        except ValueError as exc:
+            raise InvalidBusURLError(url, f"{item!r}: {exc}") from None
+        if not parts.hostname:
+            raise InvalidBusURLError(url, f"{item!r} names no host, e.g. kafka://127.0.0.1:9092")
+        servers.append(f"{parts.hostname}:{port}")
+    return ",".join(servers)
+
+
+def pattern_regex(pattern: str) -> str:
+    """The regular expression over whole topic names that matches what `pattern` matches."""
+    validate_pattern(pattern)
+    parts: list[str] = []
+    concrete = False  # whether a segment was emitted, so the next needs a dot
+    previous = ""
+    for segment in pattern.split("."):
+        if segment == "**":
+            if previous != "**":
+                parts.append(r"(?:\.[^.]+)*" if concrete else r"(?:[^.]+\.)*")
+        else:
+            if concrete:
+                parts.append(r"\.")
+            parts.append("[^.]+" if segment == "*" else re.escape(segment))
+            concrete = True
+        previous = segment
+    body = "".join(parts)
+    if not concrete:  # only '**': every topic
+        body = r"[^.]+(?:\.[^.]+)*"
+    return body
+
+
+class KafkaBroker:
+    """Topic publish/subscribe on Kafka (or a Kafka-protocol broker), durable groups included.
+
+    Args:
+        url: `kafka://host:port[,host2:port2]` (the bootstrap servers).
+        acks: the producer's `acks` ("all", 1 or 0); "all" waits for every in-sync replica.
+        idempotence: the idempotent producer (no duplicates from the producer's own
+            retries); needs acks="all".
+        compression: None, "gzip", "snappy", "lz4" or "zstd" (snappy and lz4 need their
+            Python packages, see aiokafka's docs).
+        linger: seconds the producer waits to fill a batch.
+        request_timeout: seconds a produce request (with aiokafka's retries inside it) may
+            take before publish raises `BusUnavailableError`.
+        partitions: partitions of the topics dp creates (on first publish to a topic).
+        replication: their replication factor.
+        topic_refresh: seconds between metadata refreshes: how soon pattern subscriptions
+            see topics created after they started (Kafka's `metadata.max.age.ms`).
+        session_timeout: seconds a group member may go without heartbeats before its
+            partitions go to the others (heartbeats every third of it, from a background
+            task, so a slow handler does not count; see `claim_idle` for that).
+        prefetch: records a subscription reads ahead of its iterator.
+        fetch_wait: seconds the broker may hold a fetch while no record is there (Kafka's
+            `fetch.max.wait.ms`); Kafka answers as soon as a record arrives, so this bounds
+            latency only on brokers that do not (Tansu: see the README).
+        outbox: how many `publish_nowait` events may wait to be sent.
+        namespace: prefixed to every Kafka topic and group name dp uses (e.g. "staging."),
+            so several dp installations can share one cluster; "" maps names one to one.
+    """
+
+    def __init__(
+        self,
+        url: str = "kafka://127.0.0.1:9092",
+        *,
+        acks: str | int = "all",
+        idempotence: bool = True,
+        compression: str | None = None,
+        linger: float = 0.0,
+        request_timeout: float = 10.0,
+        partitions: int = 1,
+        replication: int = 1,
+        topic_refresh: float = 0.5,
+        session_timeout: float = 10.0,
+        prefetch: int = 1_000,
+        fetch_wait: float = 0.5,
+        outbox: int = 10_000,
+        namespace: str = "",
+    ) -> None:
+        self.url = url
+        self.bootstrap = bootstrap_servers(url)
+        if compression not in (None, "gzip", "snappy", "lz4", "zstd"):
+            raise InvalidBusURLError(
+                url, f"compression {compression!r} is not gzip, snappy, lz4 or zstd"
+            )
+        if idempotence and acks != "all":
+            raise InvalidBusURLError(url, "the idempotent producer needs acks='all'")
+        if namespace and not re.fullmatch(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?", namespace):
+            raise InvalidBusURLError(url, f"namespace {namespace!r} is not a topic prefix")
+        self.namespace = namespace
+        self.groups_topic = f"{namespace}{GROUPS_TOPIC}"
+        self.acks = acks
+        self.idempotence = idempotence
+        self.compression = compression
+        self.linger = linger
+        self.request_timeout = request_timeout
+        self.partitions = partitions
+        self.replication = replication
+        self.topic_refresh = topic_refresh
+        self.session_timeout = session_timeout
+        self.prefetch = prefetch
+        self.fetch_wait = fetch_wait
+        self.outbox = outbox
+        self._producer: AIOKafkaProducer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._connecting = asyncio.Lock()
+        self._known_topics: set[str] = set()
+        self._subscriptions: set[Subscription] = set()
+        self._closed = False
+        self._outbox: deque[EventBase] = deque()
+        self._sender: asyncio.Task[None] | None = None
+        self._published = 0
+        self._dropped = 0
+
+    # --- names ----------------------------------------------------------------------------
+
+    def kafka_topic(self, topic: str) -> str:
+        """The Kafka topic of the dp topic `topic`: `<namespace><topic>`."""
+        return self.namespace + topic
+
+    def dp_topic(self, name: str) -> str | None:
+        """The dp topic of the Kafka topic `name`; None for other namespaces and dp's own."""
+        if not name.startswith(self.namespace):
+            return None
+        topic = name[len(self.namespace) :]
+        return None if topic.startswith(INTERNAL) else topic
+
+    def dlq_topic(self, group: str) -> str:
+        return f"{self.namespace}{INTERNAL}dlq.{group}"
+
+    def replay_topic(self, group: str) -> str:
+        return f"{self.namespace}{INTERNAL}replay.{group}"
+
+    # --- connection ---------------------------------------------------------------------------
+
+    def client_options(self) -> dict[str, object]:
+        """Options every aiokafka client of this broker shares."""
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "request_timeout_ms": int(self.request_timeout * 1000),
+            "metadata_max_age_ms": max(int(self.topic_refresh * 1000), 50),
+        }
+
+    async def producer(self) -> AIOKafkaProducer:
+        """The broker's producer, started on first use."""
+        if self._producer is None:
+            async with self._connecting:
+                if self._producer is None:
+                    producer = AIOKafkaProducer(
+                        **self.client_options(),
+                        acks=self.acks,
+                        enable_idempotence=self.idempotence,
+                        compression_type=self.compression,
+                        linger_ms=int(self.linger * 1000),
+                    )
+                    await self._start(producer)
+                    self._producer = producer
+        return self._producer
+
+    async def _start(self, client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(client.start(), self.request_timeout)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await client.stop()
+            reason = str(exc) or type(exc).__name__
+            raise BusUnavailableError(self.url, time.monotonic() - started, reason) from exc
+
+    async def consumer(self, **options: object) -> AIOKafkaConsumer:
+        """A started consumer with this broker's options plus `options`."""
+        options.setdefault("fetch_max_wait_ms", int(self.fetch_wait * 1000))
+        consumer = AIOKafkaConsumer(**self.client_options(), **options)
+        await self._start(consumer)
+        return consumer
+
+    async def ensure_topics(self, *topics: str) -> None:
+        """Create the `topics` this broker has not seen yet (existing ones are fine)."""
+        missing = [t for t in topics if t not in self._known_topics]
+        if not missing:
+            return
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=int(self.request_timeout * 1000),
+            )
+            await admin.start()
+            self._admin = admin
+        started = time.monotonic()
+        try:
+            response = await self._admin.create_topics(
+                [NewTopic(t, self.partitions, self.replication) for t in missing]
+            )
+        except (KafkaError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise BusUnavailableError(self.url, time.monotonic() - started, reason) from exc
+        for name, code, *rest in response.topic_errors:
+            if code not in (0, _TOPIC_EXISTS):
+                message = rest[0] if rest else ""
+                raise BusUnavailableError(
+                    self.url,
+                    time.monotonic() - started,
+                    f"cannot create topic {name!r}: error {code} {message}",
+                )
+        self._known_topics.update(missing)
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    async def publish(self, topic: str, event: EventBase) -> None:
+        """Produce `event` to the Kafka topic `topic` (the event's own topic) and wait for the
+        broker's acknowledgement (`acks`).
+
+        Raises:
+            InvalidTopicError: malformed topic, or not the event's topic.
+            BrokerClosedError: the broker is closed.
+            BusUnavailableError: Kafka did not acknowledge within `request_timeout`.
+        """
+        await self.publish_many([event], topic=topic)
+
+    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
+        """Produce the events in order (batched by the producer) and wait for all of them.
+
+        Raises:
+            like `publish`.
+        """
+        if self._closed:
+            raise BrokerClosedError(topic or (events[0].topic if events else "?"))
+        for event in events:
+            _check_topic(topic or event.topic, event)
+        await self.ensure_topics(*{self.kafka_topic(e.topic) for e in events})
+        producer = await self.producer()
+        started = time.monotonic()
+        try:
+            ns = self.namespace
+            futures = [await producer.send(ns + e.topic, **wire(e)) for e in events]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise BusUnavailableError(self.url, time.monotonic() - started, reason) from exc
+        self._published += len(events)
+
+    def publish_nowait(self, topic: str, event: EventBase) -> None:
+        """Queue `event` for a background sender, which publishes queued events in order.
+
+        Events the sender cannot publish are logged (`bus.publish_failed`) and counted in
+        `stats().dropped`; `close()` sends what is queued first.
+
+        Raises:
+            InvalidTopicError: malformed topic, or not the event's topic.
+            BrokerClosedError: the broker is closed.
+            QueueFullError: `outbox` events are already waiting.
+        """
+        if self._closed:
+            raise BrokerClosedError(topic)
+        _check_topic(topic, event)
+        if len(self._outbox) >= self.outbox:
+            raise QueueFullError(f"the Kafka outbox of {self.url}", self.outbox)
+        self._outbox.append(event)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_outbox())
+
+    async def _send_outbox(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            batch = [outbox.popleft() for _ in range(min(len(outbox), 512))]
+            try:
+                await self.publish_many(batch)
+            except (BusUnavailableError, BrokerClosedError) as exc:
+                self._dropped += len(batch)
+                _log.error("bus.publish_failed", events=len(batch), error=str(exc))
+
+    def stats(self) -> BrokerStats:
+        """Counters: events published, live subscriptions, `publish_nowait` events lost,
+        and topics this broker has published to."""
+        return BrokerStats(
+            self._published, len(self._subscriptions), self._dropped, len(self._known_topics)
+        )
+
+    # --- subscribing --------------------------------------------------------------------------
+
+    def subscribe(self, pattern: str, *, replay_retained: bool = False) -> KafkaSubscription:
+        """Subscribe to `pattern`: the events published from this call on.
+
+        The subscription starts, on its first read, at the first record of each matching
+        partition whose timestamp is at or after this call (Kafka's offsets-for-times), so
+        clocks of producers and consumers must agree to within the events' spacing. Pattern
+        subscriptions see new topics within `topic_refresh` seconds and read them from the
+        same point. With `replay_retained`, each matching topic's last record comes first.
+
+        Raises:
+            InvalidTopicError: malformed pattern.
+            BrokerClosedError: the broker is closed.
+        """
+        from dp.events.kafka_reader import KafkaSubscription
+
+        compile_pattern(pattern)
+        if self._closed:
+            raise BrokerClosedError(pattern)
+        subscription = KafkaSubscription(self, pattern, replay_retained=replay_retained)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def durable(
+        self,
+        pattern: str,
+        *,
+        group: str,
+        consumer: str | None = None,
+        claim_idle: float = 60.0,
+        max_deliveries: int = 5,
+    ) -> KafkaDurableSubscription:
+        """Join the Kafka consumer group `group` on `pattern`. See `DurableSubscription`.
+
+        A new group is registered (in `_dp.groups`) by its first read and starts with the
+        records from this call on. Offsets are committed after `ack` only. An event pending
+        longer than `claim_idle` is delivered again by this consumer; a consumer that leaves
+        or stops heartbeating hands its partitions to the others (a rebalance), which resume
+        from the last commit.
+
+        Raises:
+            GroupError: malformed name or options.
+            InvalidTopicError: malformed pattern.
+            BrokerClosedError: the broker is closed.
+        """
+        from dp.events.kafka_reader import KafkaDurableSubscription
+
+        validate_group(group, max_deliveries=max_deliveries, claim_idle=claim_idle)
+        compile_pattern(pattern)
+        if self._closed:
+            raise BrokerClosedError(pattern)
+        subscription = KafkaDurableSubscription(
+            self,
+            pattern,
+            group=group,
+            consumer=consumer or default_consumer_name(),
+            claim_idle=claim_idle,
+            max_deliveries=max_deliveries,
+        )
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop `subscription`'s reading; its iteration ends."""
+        if subscription in self._subscriptions:
+            self._subscriptions.discard(subscription)
+            close = getattr(subscription, "close", None)
+            if close is not None:
+                close()
+
+    def forget(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    # --- reading whole topics -----------------------------------------------------------------
+
+    async def read_topic(self, topic: str) -> list[tuple[int, Record]]:
+        """Every record of the (single-partition) internal `topic`: (offset, record) pairs;
+        empty when the topic does not exist."""
+        consumer = await self.consumer(enable_auto_commit=False)
+        try:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                return []
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            await consumer.seek_to_beginning(*tps)
+            records: list[tuple[int, Record]] = []
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                for tp, messages in batch.items():
+                    for message in messages:
+                        records.append((message.offset, message))
+                        if message.offset + 1 >= ends[tp]:
+                            remaining.discard(tp)
+            return records
+        finally:
+            await consumer.stop()
+
+    async def groups(self) -> dict[str, dict[str, object]]:
+        """The registered durable groups: name -> {"pattern": ..., "start": ms}."""
+        found: dict[str, dict[str, object]] = {}
+        for _, record in await self.read_topic(self.groups_topic):
+            if record.key is None or record.value is None:
+                continue
+            info = json.loads(record.value)
+            name = record.key.decode()
+            if name not in found:  # the first registration wins
+                found[name] = info
+        return found
+
+    async def register_group(self, group: str, pattern: str, start_ms: int) -> int:
+        """Register `group` on `pattern` unless it is; return the group's start (ms).
+
+        Raises:
+            GroupError: the group is registered with another pattern.
+        """
+        info = (await self.groups()).get(group)
+        if info is None:
+            await self.ensure_topics(self.groups_topic)
+            producer = await self.producer()
+            value = json.dumps({"pattern": pattern, "start": start_ms}).encode()
+            await producer.send_and_wait(self.groups_topic, value=value, key=group.encode())
+            info = (await self.groups())[group]  # a concurrent registration may have won
+        if info["pattern"] != pattern:
+            raise GroupError(
+                group,
+                f"it exists with pattern {info['pattern']!r}, not {pattern!r}; use another "
+                "group name for another pattern",
+            )
+        start = info["start"]
+        assert isinstance(start, int)
+        return start
+
+    async def _group_info(self, group: str) -> dict[str, object]:
+        groups = await self.groups()
+        if group not in groups:
+            known = ", ".join(sorted(groups)) or "none"
+            raise GroupError(group, f"no such group in {self.url} (known: {known})")
+        return groups[group]
+
+    # --- dead letters -------------------------------------------------------------------------
+
+    async def bury(self, group: str, topic: str, raw: bytes, error: str, deliveries: int) -> None:
+        """Produce a dead letter of `group` (raw record value, its topic and last error)."""
+        dlq = self.dlq_topic(group)
+        await self.ensure_topics(dlq)
+        producer = await self.producer()
+        headers = [
+            ("dp-topic", topic.encode()),
+            ("dp-error", error.encode()),
+            ("dp-deliveries", str(deliveries).encode()),
+        ]
+        await producer.send_and_wait(dlq, value=raw, headers=headers)
+        _log.warning("bus.dead_letter", group=group, topic=topic, error=error)
+
+    async def _letters(self, group: str) -> list[DeadLetter]:
+        await self._group_info(group)
+        records = await self.read_topic(self.dlq_topic(group))
+        replayed: set[str] = set()
+        letters: list[DeadLetter] = []
+        for offset, record in records:
+            headers = dict(record.headers or ())
+            if headers.get("dp-replayed", b"") != b"":
+                replayed.add(headers["dp-replayed"].decode())
+                continue
+            raw = (record.value or b"").decode(errors="replace")
+            try:
+                event: EventBase | None = EventBase.from_json(raw)
+            except EventFormatError:
+                event = None
+            letters.append(
+                DeadLetter(
+                    id=str(offset),
+                    group=group,
+                    topic=headers.get("dp-topic", b"").decode(errors="replace"),
+                    event=event,
+                    raw=raw,
+                    error=headers.get("dp-error", b"").decode(errors="replace"),
+                    deliveries=int(headers.get("dp-deliveries", b"0") or 0),
+                    failed_at=datetime.fromtimestamp(record.timestamp / 1000, UTC),
+                )
+            )
+        return [letter for letter in letters if letter.id not in replayed]
+
+    async def dead_letters(self, group: str, *, limit: int = 100) -> list[DeadLetter]:
+        """The oldest `limit` dead letters of `group` (read from `_dp.dlq.<group>`).
+
+        Raises:
+            GroupError: no such group.
+        """
+        return (await self._letters(group))[:limit]
+
+    async def replay_dead_letters(self, group: str, ids: Sequence[str] | None = None) -> int:
+        """Deliver dead letters (these `ids`, or all) to `group` again; unknown ids are skipped.
+
+        Each is produced to `_dp.replay.<group>`, which the group reads besides its topics,
+        and marked replayed in `_dp.dlq.<group>`.
+
+        Raises:
+            GroupError: no such group.
+        """
+        letters = await self._letters(group)
+        chosen = [x for x in letters if ids is None or x.id in set(ids)]
+        if not chosen:
+            return 0
+        replay, dlq = self.replay_topic(group), self.dlq_topic(group)
+        await self.ensure_topics(replay, dlq)
+        producer = await self.producer()
+        for letter in chosen:
+            await producer.send_and_wait(replay, value=letter.raw.encode())
+            await producer.send_and_wait(
+                dlq, value=b"", headers=[("dp-replayed", letter.id.encode())]
+            )
+        _log.info("bus.dead_letters_replayed", group=group, count=len(chosen))
+        return len(chosen)
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Send the outbox, stop every subscription (durable ones commit what was acked),
+        and disconnect."""
+        if self._closed:
+            return
+        if self._sender is not None and not self._sender.done():
+            await asyncio.wait([self._sender], timeout=self.request_timeout)
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            stop = getattr(subscription, "stop", None)
+            if stop is not None:
+                await stop()
+        self._subscriptions.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._admin is not None:
+            await self._admin.close()
+
+    async def __aenter__(self) -> KafkaBroker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<KafkaBroker {self.bootstrap}>"
+
+
+def wire(event: EventBase) -> dict[str, object]:
+    """The producer arguments of `event`: value, key and headers."""
+    return {
+        "value": event.to_json().encode(),
+        "key": (event.correlation_id or event.event_id).encode(),
+        "headers": [("content-type", b"application/json")],
+    }
+
+
+def _check_topic(topic: str, event: EventBase) -> None:
+    if event.topic != topic:
+        validate_topic(topic)
+        raise InvalidTopicError(
+            topic,
+            f"the event's own topic is {event.topic!r}; publish it there, or derive a "
+            f"copy with dataclasses.replace(event, topic={topic!r})",
+        )
+    validate_topic(topic)
+
+
+if TYPE_CHECKING:
+
+    def _satisfies_the_port(broker: KafkaBroker) -> Broker:
+        return broker  # mypy checks KafkaBroker against the Broker protocol here

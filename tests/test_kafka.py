@@ -1,0 +1,263 @@
+"""The Kafka bus with Kafka's own clients on the other side: plain aiokafka producers and
+consumers standing in for the Kotlin core of the original design, on the session's Tansu
+broker (tests/kafka_server.py). The Broker contract itself is in tests/test_bus_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
+from dp.config import open_broker, resolve
+from dp.errors import ConfigError, InvalidBusURLError
+from dp.events import EventBase
+from dp.events.kafka import KafkaBroker, bootstrap_servers
+from dp.pipelines import PipelineRegistry, pipeline
+from dp.service import Service
+from dp.store import RunStatus
+from kafka_server import KafkaServer, kafka_broker
+
+GUARD = 15.0  # seconds before a wait fails instead of hanging
+
+WIRE = {
+    "eventId": "7d2f0c0e9b1a4c55a1d3f00000000001",
+    "eventType": "OrderCreated",
+    "topic": "sales.orders.created",
+    "timestamp": "2025-01-31T09:00:00.123Z",
+    "source": "kotlin-shop",
+    "payload": {"order": "A-1"},
+}
+
+
+@pytest.fixture
+async def raw(kafka_server: KafkaServer) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain aiokafka producer, standing in for a producer written in another language."""
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_server.bootstrap, acks="all")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture
+async def bus(kafka_server: KafkaServer) -> AsyncIterator[KafkaBroker]:
+    broker = kafka_broker(kafka_server.url)
+    yield broker
+    await broker.close()
+
+
+async def test_a_record_from_a_plain_producer_is_an_event(
+    bus: KafkaBroker, raw: AIOKafkaProducer
+) -> None:
+    """A JSON wire-format value on the topic of the same name reaches plain and durable
+    subscribers whole."""
+    plain = bus.subscribe("sales.**")
+    group = bus.durable("sales.*.created", group="billing")
+    readers = [asyncio.ensure_future(anext(s)) for s in (plain, group)]
+    await asyncio.sleep(0.3)
+    await raw.send_and_wait(bus.kafka_topic("sales.orders.created"), json.dumps(WIRE).encode())
+    seen, handled = await asyncio.wait_for(asyncio.gather(*readers), GUARD)
+    for got in (seen, handled):
+        assert (got.event_id, got.event_type, got.source, got.payload) == (
+            WIRE["eventId"],
+            "OrderCreated",
+            "kotlin-shop",
+            {"order": "A-1"},
+        )
+    await group.ack(handled)
+
+
+async def test_a_malformed_record_becomes_a_dead_letter(
+    bus: KafkaBroker, raw: AIOKafkaProducer
+) -> None:
+    """A durable group dead-letters a record that is not a dp event, saying what is wrong,
+    and goes on with the next one."""
+    group = bus.durable("sales.orders.created", group="billing")
+    reader = asyncio.ensure_future(anext(group))
+    topic = bus.kafka_topic("sales.orders.created")
+    await bus.ensure_topics(topic)
+    await raw.send_and_wait(topic, json.dumps({**WIRE, "payload": [1]}).encode())
+    await raw.send_and_wait(topic, json.dumps(WIRE).encode())
+    good = await asyncio.wait_for(reader, GUARD)
+    assert good.event_id == WIRE["eventId"]
+    (letter,) = await bus.dead_letters("billing")
+    assert letter.event is None
+    assert "'payload' must be an object, got an array" in letter.error
+    assert (letter.topic, letter.deliveries) == ("sales.orders.created", 1)
+
+
+async def test_what_was_delivered_but_not_acked_is_delivered_after_a_restart(
+    kafka_server: KafkaServer,
+) -> None:
+    """Offsets are committed after acks only: the next consumer of the group gets the
+    unacked event and not the acked one."""
+    first_bus = kafka_broker(kafka_server.url)
+    namespace = first_bus.namespace
+    first = first_bus.durable("jobs.*", group="workers")
+    reader = asyncio.ensure_future(anext(first))
+    done, failed = EventBase(topic="jobs.a", payload={"n": 1}), EventBase(topic="jobs.a")
+    await first_bus.publish(done.topic, done)
+    await first_bus.publish(failed.topic, failed)
+    got = await asyncio.wait_for(reader, GUARD)
+    await first.ack(got)
+    await asyncio.wait_for(anext(first), GUARD)  # delivered, never settled: the "crash"
+    await first_bus.close()
+    second_bus = kafka_broker(kafka_server.url, namespace=namespace)
+    try:
+        second = second_bus.durable("jobs.*", group="workers")
+        again = await asyncio.wait_for(anext(second), GUARD)
+        assert again.event_id == failed.event_id
+        await second.ack(again)
+    finally:
+        await second_bus.close()
+
+
+async def test_events_are_keyed_by_correlation_id_else_event_id(
+    bus: KafkaBroker, kafka_server: KafkaServer
+) -> None:
+    """A run's events share their correlation id as the key (one partition, in order)."""
+    correlated = EventBase(topic="runs.done", correlation_id="run-7")
+    alone = EventBase(topic="runs.done")
+    await bus.publish(correlated.topic, correlated)
+    await bus.publish(alone.topic, alone)
+    consumer = AIOKafkaConsumer(
+        bus.kafka_topic("runs.done"),
+        bootstrap_servers=kafka_server.bootstrap,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        records = []
+        while len(records) < 2:
+            batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), GUARD)
+            records += [r for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
+    assert [r.key for r in records] == [b"run-7", alone.event_id.encode()]
+    assert json.loads(records[0].value)["eventId"] == correlated.event_id
+    assert dict(records[0].headers) == {"content-type": b"application/json"}
+
+
+async def test_the_original_designs_flow(kafka_server: KafkaServer, raw: AIOKafkaProducer) -> None:
+    """A plain producer's `quantiq.analysis.technical.request` starts the pipeline bound to
+    `quantiq.analysis.*.request` with its payload as parameters; `dp.run.succeeded` arrives
+    on the Kafka topic of that name for a plain consumer."""
+    tasks, pipelines = TaskRegistry(), PipelineRegistry()
+
+    @task(registry=tasks)
+    def analyze(symbol: str, window: int) -> dict[str, object]:
+        return {"symbol": symbol, "sma": window * 1.5}
+
+    pipeline(
+        "analysis",
+        tasks=["analyze"],
+        on="quantiq.analysis.*.request",
+        registry=tasks,
+        pipelines=pipelines,
+    )
+    broker = KafkaBroker(kafka_server.url, idempotence=False, topic_refresh=0.1,
+                         session_timeout=1.0)  # fmt: skip
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
+    service = Service(pipelines, orchestrator=orchestrator, broker=broker)
+    completions = AIOKafkaConsumer(
+        "dp.run.succeeded", bootstrap_servers=kafka_server.bootstrap, auto_offset_reset="earliest"
+    )
+    await broker.ensure_topics("quantiq.analysis.technical.request", "dp.run.succeeded")
+    await completions.start()
+    await service.start()
+    try:
+        request = {
+            "eventId": "quantiq-req-1",
+            "eventType": "TechnicalAnalysisRequested",
+            "topic": "quantiq.analysis.technical.request",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "source": "quantiq-core",
+            "correlationId": "analysis-1",
+            "payload": {"symbol": "ACME", "window": 20},
+        }
+        await raw.send_and_wait(
+            "quantiq.analysis.technical.request", json.dumps(request).encode(), key=b"analysis-1"
+        )
+        succeeded = None
+        while succeeded is None:
+            record = await asyncio.wait_for(completions.getone(), GUARD)
+            event = json.loads(record.value)
+            if event["payload"]["pipeline"] == "analysis":
+                succeeded = event
+        assert succeeded["topic"] == "dp.run.succeeded"
+        assert succeeded["payload"]["status"] == RunStatus.SUCCEEDED.value
+        (run,) = [r for r in store.list_runs() if r.pipeline == "analysis"]
+        assert run.params == {"symbol": "ACME", "window": 20}
+    finally:
+        await service.stop(grace=5)
+        await completions.stop()
+        await broker.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost:6379", "scheme 'redis' is not kafka"),
+        ("kafka://:9092", "names no host"),
+        ("kafka://k1:9092,k2:port", "'k2:port'"),
+    ],
+)
+def test_bad_kafka_urls_are_refused(url: str, message: str) -> None:
+    """A URL dp cannot use is refused when the broker is made, naming the URL."""
+    with pytest.raises(InvalidBusURLError, match=message):
+        KafkaBroker(url)
+
+
+def test_bad_producer_settings_are_refused() -> None:
+    """An unknown compression, or idempotence without acks=all, is refused saying why."""
+    with pytest.raises(InvalidBusURLError, match="compression 'brotli'"):
+        KafkaBroker(compression="brotli")
+    with pytest.raises(InvalidBusURLError, match="idempotent producer needs acks='all'"):
+        KafkaBroker(acks=1)
+
+
+def test_several_bootstrap_servers_and_the_default_port() -> None:
+    """`kafka://a,b:9093` lists both servers, port 9092 where none is given."""
+    assert bootstrap_servers("kafka://a,b:9093") == "a:9092,b:9093"
+
+
+def test_a_kafka_bus_url_opens_a_kafka_broker(tmp_path: Path) -> None:
+    """`--bus kafka://...` (or DP_BUS_URL) gives a KafkaBroker on those servers."""
+    settings = resolve({"bus": "kafka://k1:9092,k2:9092"}, env={}, cwd=tmp_path)
+    broker = open_broker(settings)
+    assert isinstance(broker, KafkaBroker)
+    assert broker.bootstrap == "k1:9092,k2:9092"
+    with pytest.raises(ConfigError, match="names server"):
+        resolve({"bus": "kafka://k1:x"}, env={}, cwd=tmp_path)
+
+
+def test_dp_events_dlq_lists_and_replays_kafka_dead_letters(kafka_server: KafkaServer) -> None:
+    """`dp events dlq list/replay --bus kafka://...` reads and replays `_dp.dlq.<group>`."""
+    from typer.testing import CliRunner
+
+    from dp.cli import app
+
+    async def bury_one() -> str:
+        async with KafkaBroker(kafka_server.url, idempotence=False, session_timeout=1.0,
+                               fetch_wait=0.02) as broker:  # fmt: skip
+            group = broker.durable("cli.jobs", group="cli.kafka", max_deliveries=1)
+            reader = asyncio.ensure_future(anext(group))
+            sent = EventBase(topic="cli.jobs")
+            await broker.publish(sent.topic, sent)
+            await group.nack(await asyncio.wait_for(reader, GUARD), "ValueError: boom")
+            return sent.event_id
+
+    event_id = asyncio.run(bury_one())
+    common = ["--bus", kafka_server.url, "--group", "cli.kafka"]
+    listed = CliRunner().invoke(app, ["events", "dlq", "list", "--json", *common])
+    assert listed.exit_code == 0, listed.output
+    (letter,) = [json.loads(line) for line in listed.output.splitlines()]
+    assert (letter["event_id"], letter["error"]) == (event_id, "ValueError: boom")
+    replayed = CliRunner().invoke(app, ["events", "dlq", "replay", "--all", *common])
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 1 dead letter(s)" in replayed.output
