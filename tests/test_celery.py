@@ -415,3 +415,17 @@ def test_a_sigkilled_worker_s_task_is_redelivered_and_the_run_completes(
             workers.processes += started.processes
             workers.logs += started.logs
     assert (result.ok, project.effects("slow-done") - before_done) == (True, 1)  # type: ignore[attr-defined]
+
+
+def test_the_hard_time_limit_is_told_from_a_task_s_own_exit() -> None:
+    """billiard's time limit starts before the attempt's clock: its SIGTERM exit is the timeout."""
+    from time import monotonic
+
+    from dp.engine.celery_worker import _hard_time_limit
+
+    just_started = monotonic() - 0.98  # what CI saw: stopped at 0.98 s of a 1 s limit
+    terminated = "Traceback (most recent call last):\n  ...\nSystemExit: -241\n"
+    assert _hard_time_limit(terminated, just_started, timeout=1.0)
+    assert not _hard_time_limit("SystemExit: 3", just_started, timeout=1.0)
+    assert not _hard_time_limit("ValueError: bad input", just_started, timeout=1.0)
+    assert _hard_time_limit("ValueError: bad input", monotonic() - 1.0, timeout=1.0)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -226,6 +228,7 @@ def _run(payload: dict[str, Any]) -> None:
         error = f"WorkerSetupError: the worker could not open its backends: {format_error(exc)}"
         client.rpush(message.reply_to, CompletionMessage.refused(message, error).to_json())
         return
+    started = time.monotonic()
     reply = functools.partial(backends.reply, message.reply_to)
     answer = _precheck(backends, message)
     if answer is not None:
@@ -253,12 +256,24 @@ def _run(payload: dict[str, Any]) -> None:
     else:
         outcome = backends.worker.execute(task, on_chunk)
     timeout = message.timeout
-    if not outcome.ok and timeout is not None and outcome.duration >= timeout * 0.99:
-        # the hard time limit: billiard ends the pool process with SystemExit, which the
-        # worker catches like a task's own sys.exit(); it is the timeout, and retryable
+    if not outcome.ok and timeout is not None and _hard_time_limit(outcome.error, started, timeout):
         outcome = timeout_outcome(task, timeout, "; its pool process was stopped and replaced")
         outcome.host, outcome.pid = HOST, os.getpid()
     reply(CompletionMessage.of(message.handle, outcome))
+
+
+# billiard's hard time limit terminates the pool process (SIGTERM), whose handler exits with
+# sys.exit(-(256 - signum)); the worker catches that like a task's own sys.exit()
+_TERMINATED: Final = f"SystemExit: {-(256 - signal.SIGTERM)}"
+
+
+def _hard_time_limit(error: str | None, started: float, timeout: float) -> bool:
+    """Whether a failed attempt was the hard time limit stopping it (so: a timeout, retryable).
+
+    The limit's clock starts when the pool accepts the message, a little before this attempt
+    measures anything, so the elapsed time alone can fall just short of the timeout."""
+    terminated = (error or "").rstrip().endswith(_TERMINATED)
+    return terminated or time.monotonic() - started >= timeout * 0.99
 
 
 def _precheck(backends: _Backends, message: TaskMessage) -> CompletionMessage | None:
