@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from dp.errors import InvalidIdError
-from dp.ids import check_id, id_problem, is_id
+from dp.ids import check_id, id_problem, is_id, name_problem
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,30 @@ def test_the_store_and_the_io_manager_agree(run_id: str) -> None:
     stored = accepted(lambda: MemoryRunStore().create_run(RunRecord(run_id=run_id, dag_id="d")))
     saved = accepted(lambda: InMemoryIOManager().save(run_id, "t", "output", 1))
     assert stored == saved == is_id(run_id)
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("sales", None),
+        ("daily_sales-2", None),
+        ("sales.daily", "contains '.', which would split its topic segment"),
+        ("x" * 101, "is 101 characters long, more than 100"),
+        ("a/b", "contains a path separator '/'"),
+    ],
+)
+def test_names_that_become_topic_segments_follow_the_id_rule_without_dots(
+    name: str, problem: str | None
+) -> None:
+    """A pipeline or source name is an id that also fits in one topic segment."""
+    assert name_problem(name) == problem
+
+
+def test_a_pipeline_name_with_a_dot_is_refused_with_why() -> None:
+    """`pipeline("sales.daily")` would publish on `dp.pipelines.sales.daily.start`: refused."""
+    from dp import TaskRegistry, pipeline
+    from dp.errors import InvalidPipelineError
+    from dp.pipelines import PipelineRegistry
+
+    with pytest.raises(InvalidPipelineError, match=r"contains '\.'"):
+        pipeline("sales.daily", registry=TaskRegistry(), pipelines=PipelineRegistry())

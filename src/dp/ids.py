@@ -5,6 +5,10 @@ as keys in the run store and the schedule state, and in URLs, so they all follow
 1 to 200 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`, without `..`.
 The IO manager, the run store, the scheduler, `@task` and the HTTP API all check with
 `check_id`, so an id one of them accepts is one every other accepts too.
+
+Names that also become one segment of a topic (pipelines in `dp.pipelines.<name>.start`,
+sources in `dp.sources.<name>.unhealthy`) are ids without dots, at most 100 characters:
+`name_problem` says what is wrong with one.
 """
 
 from __future__ import annotations
@@ -13,9 +17,18 @@ import re
 
 from dp.errors import InvalidIdError
 
-__all__ = ["ID_PATTERN", "MAX_ID_LENGTH", "check_id", "id_problem", "is_id"]
+__all__ = [
+    "ID_PATTERN",
+    "MAX_ID_LENGTH",
+    "MAX_NAME_LENGTH",
+    "check_id",
+    "id_problem",
+    "is_id",
+    "name_problem",
+]
 
 MAX_ID_LENGTH = 200
+MAX_NAME_LENGTH = 100
 #: the rule as a regular expression without look-arounds (for OpenAPI schemas and pydantic);
 #: `is_id` also refuses `..`, which a pattern alone cannot say without a look-ahead.
 ID_PATTERN = rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_ID_LENGTH - 1}}}$"
@@ -61,3 +74,15 @@ def check_id(kind: str, value: object) -> str:
     if problem is not None:
         raise InvalidIdError(kind, value, problem)
     return value  # type: ignore[return-value]  # is_id checked it is a str
+
+
+def name_problem(value: object) -> str | None:
+    """What is wrong with `value` as a name that is also one topic segment; `None` if valid."""
+    problem = id_problem(value)
+    if problem is not None or not isinstance(value, str):
+        return problem
+    if "." in value:
+        return "contains '.', which would split its topic segment"
+    if len(value) > MAX_NAME_LENGTH:
+        return f"is {len(value)} characters long, more than {MAX_NAME_LENGTH}"
+    return None

@@ -12,7 +12,6 @@ Defined next to the tasks, in the same Python file::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -26,6 +25,7 @@ from dp.errors import (
 )
 from dp.events.event import EventBase
 from dp.events.topics import validate_pattern
+from dp.ids import name_problem
 from dp.planner import DAGBuilder, ExecutionPlan, Planner
 from dp.tasks import TaskRegistry
 
@@ -38,10 +38,6 @@ __all__ = [
     "get_pipelines",
     "pipeline",
 ]
-
-#: Pipeline names become topic segments (`dp.pipelines.<name>.start`) and URL parts.
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
-
 
 @dataclass(frozen=True, slots=True)
 class Cron:
@@ -181,9 +177,10 @@ def pipeline(
         registry: Task registry to plan from (default: the process-wide one).
         pipelines: Pipeline registry to add it to (default: `get_pipelines()`).
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    problem = name_problem(name)  # it becomes a topic segment and a URL part
+    if problem is not None:
         raise InvalidPipelineError(
-            name, "invalid pipeline name: use 1-100 letters, digits, '_' or '-'."
+            name, f"invalid pipeline name: it {problem}; use 1-100 letters, digits, '_' or '-'."
         )
     schedules = tuple(
         item if isinstance(item, Cron) else Cron(item, timezone) for item in _listed(cron)
