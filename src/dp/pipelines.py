@@ -39,6 +39,7 @@ __all__ = [
     "pipeline",
 ]
 
+
 @dataclass(frozen=True, slots=True)
 class Cron:
     """A cron schedule: 5 fields (or 6 with seconds), in an IANA time zone."""
