@@ -8,7 +8,9 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,56 @@ def test_bound_context_reaches_the_line() -> None:
     get_logger("dp.test").bind(run_id="r2").bind(task_name="t").warning("task.retrying")
     line = json.loads(out.getvalue())
     assert (line["run_id"], line["task_name"]) == ("r2", "t")
+
+
+def test_logging_outlives_the_stderr_it_was_configured_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A line logged after the stderr of configure time was closed goes to today's stderr."""
+    first, later = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging(level="INFO", json=True)
+    first.close()  # as pytest and CliRunner close the stream they swapped in
+    monkeypatch.setattr(sys, "stderr", later)
+    get_logger("dp.test").warning("after.close")
+    assert json.loads(later.getvalue())["event"] == "after.close"
+
+
+def test_log_lines_stay_out_of_a_tasks_captured_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line logged while a task's output is captured goes to stderr, not into the task's."""
+    from dp.engine import capture
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    capture.install()
+    configure_logging(level="INFO", json=True)
+    captured: list[str] = []
+    token = capture._buffer.set(captured)
+    try:
+        get_logger("dp.test").warning("inside.a.task")
+    finally:
+        capture._buffer.reset(token)
+    assert (captured, json.loads(out.getvalue())["event"]) == ([], "inside.a.task")
+
+
+@pytest.mark.usefixtures("clean_default_registry")
+def test_a_line_logged_after_a_cli_command_ended_reaches_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread logging after `dp run` returned (CliRunner closed its stderr) writes to stderr."""
+    from typer.testing import CliRunner
+
+    from dp.cli import app
+
+    pipeline = tmp_path / "one.py"
+    pipeline.write_text("from dp import task\n\n@task\ndef one() -> int:\n    return 1\n")
+    result = CliRunner().invoke(app, ["run", str(pipeline)], env={"DP_HOME": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    thread = threading.Thread(target=lambda: get_logger("dp.engine").warning("late.line"))
+    thread.start()
+    thread.join()
+    assert "late.line" in later.getvalue()
+    assert "Logging error" not in later.getvalue()

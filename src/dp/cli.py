@@ -37,7 +37,7 @@ from dp.engine import Orchestrator, RunResult
 from dp.engine.orchestrator import plan_for_record
 from dp.errors import CLIError, DPError, ListenError
 from dp.loader import load_tasks
-from dp.logs import configure_logging
+from dp.logs import configure_logging, uncaptured
 from dp.planner import ExecutionPlan, Planner
 from dp.store.records import (
     RunRecord,
@@ -268,9 +268,11 @@ class _Stderr:
         self.console = Console(stderr=True)
 
     def reset(self) -> None:
-        self.console = Console(file=sys.stderr)
+        self.console = Console(file=uncaptured(sys.stderr))
 
     def write(self, text: str) -> int:
+        if self.console.file.closed:  # the command has ended and its stderr with it (a test's
+            self.reset()  # CliRunner closes the stream it swapped in); a thread still logs
         if text.strip():
             self.console.print(Text.from_ansi(text.rstrip("\n")), soft_wrap=True, highlight=False)
         return len(text)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-__all__ = ["Logger", "configure_logging", "get_logger"]
+__all__ = ["Logger", "configure_logging", "get_logger", "uncaptured"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -120,6 +120,30 @@ def _wrap_for_formatter(
     return (_Event(event_dict),), {"extra": {"_logger": logger, "_name": name}}
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to `sys.stderr` as it is when a record is emitted, not as it was when logging
+    was configured: whoever swapped stderr in between (pytest's capture, click's CliRunner,
+    `contextlib.redirect_stderr`) may have closed the stream it swapped in, and a thread
+    logging after that would print "--- Logging error --- I/O operation on closed file".
+
+    A task's captured output is not stderr: log lines go past the engine's per-task capture
+    (`dp.engine.capture`) to the stream behind it, as they did before any task ran.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(uncaptured(sys.stderr))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = uncaptured(sys.stderr)  # `handle` holds the handler's lock here
+        super().emit(record)
+
+
+def uncaptured(stream: TextIO) -> TextIO:
+    """`stream` without the engine's per-task capture in front of it."""
+    inner: TextIO = getattr(stream, "uncaptured", stream)
+    return inner
+
+
 def configure_logging(
     *, level: str | int = "INFO", json: bool | None = None, stream: TextIO | None = None
 ) -> None:
@@ -134,17 +158,15 @@ def configure_logging(
     """
     import structlog
 
-    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    tty = handler.stream.isatty()
     if json is None:
-        json = not stream.isatty()
+        json = not tty
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(
-            colors=stream.isatty() and not os.environ.get("NO_COLOR")
-        )
+        else structlog.dev.ConsoleRenderer(colors=tty and not os.environ.get("NO_COLOR"))
     )
-    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=_pre_chain())
     )

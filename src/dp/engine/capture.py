@@ -41,6 +41,11 @@ class _Router:
         if _buffer.get() is None:
             self._stream.flush()
 
+    @property
+    def uncaptured(self) -> TextIO:
+        """The stream behind the capture (`dp.logs` writes log lines there)."""
+        return self._stream
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
