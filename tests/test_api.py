@@ -33,6 +33,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: how long a test waits for something that must happen (never reached when dp works; it
 #: turns a would-be hang into a clear failure)
 PATIENCE = 20.0
+#: seconds the test server keeps an idle connection open: longer than any test here
+KEEP_ALIVE = 600
 
 
 @dataclass
@@ -81,7 +83,18 @@ def live_server(app: Any) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_config=None, lifespan="on", ws="none", access_log=False)
+    # A kept-alive connection stays open for the whole test. With uvicorn's default (5 s) the
+    # server closes one that sat idle that long, and a client that picked it from its pool at
+    # that moment reads EOF (httpx.ReadError; a POST is never retried): under heavy load a
+    # pooled connection does sit idle that long.
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        lifespan="on",
+        ws="none",
+        access_log=False,
+        timeout_keep_alive=KEEP_ALIVE,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
