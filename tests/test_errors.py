@@ -29,12 +29,17 @@ def _error_classes() -> list[type[errors.DPError]]:
     return [
         c
         for c in vars(errors).values()
-        if inspect.isclass(c) and issubclass(c, errors.DPError) and c.__module__ == "dp.errors"
+        if inspect.isclass(c) and issubclass(c, errors.DPError) and _in_dp_errors(c)
     ]
 
 
+def _in_dp_errors(cls: type) -> bool:
+    """Written in dp.errors (its modules by area)."""
+    return cls.__module__ == "dp.errors" or cls.__module__.startswith("dp.errors.")
+
+
 def test_every_error_class_of_dp_is_defined_in_dp_errors() -> None:
-    """No module of dp defines a DPError subclass of its own."""
+    """No module of dp outside dp.errors defines a DPError subclass of its own."""
     elsewhere = []
     for info in pkgutil.walk_packages([str(SRC)], "dp."):
         module = importlib.import_module(info.name)
@@ -42,7 +47,7 @@ def test_every_error_class_of_dp_is_defined_in_dp_errors() -> None:
             if (
                 inspect.isclass(value)
                 and issubclass(value, errors.DPError)
-                and value.__module__ != "dp.errors"
+                and not _in_dp_errors(value)
             ):
                 elsewhere.append(f"{value.__module__}.{value.__name__}")
     assert elsewhere == []
@@ -226,3 +231,15 @@ def test_a_scheduler_setting_out_of_range_is_an_invalid_argument() -> None:
     with pytest.raises(errors.InvalidArgumentError) as caught:
         Scheduler(InMemoryBroker(), failure_threshold=0)
     assert (caught.value.argument, caught.value.value) == ("failure_threshold", 0)
+
+
+def test_dp_errors_exports_every_error_of_its_modules() -> None:
+    """`from dp.errors import X` works for every error written in dp.errors' modules."""
+    written = {
+        name
+        for info in pkgutil.iter_modules(errors.__path__, "dp.errors.")
+        for name, value in vars(importlib.import_module(info.name)).items()
+        if inspect.isclass(value) and issubclass(value, errors.DPError) and _in_dp_errors(value)
+    }
+    assert written - set(errors.__all__) == set()
+    assert len(_error_classes()) == len(written) > 70

@@ -1,0 +1,36 @@
+"""The root of dp's errors, and the errors any dp call can raise about its arguments."""
+
+from __future__ import annotations
+
+__all__ = ["ArgumentTypeError", "DPError", "InvalidArgumentError"]
+
+
+class DPError(Exception):
+    """Root of every error dp raises on purpose."""
+
+
+class InvalidArgumentError(DPError, ValueError):
+    """An argument given to a dp class or function has a value it cannot use."""
+
+    def __init__(self, argument: str, value: object, expected: str, *, hint: str = "") -> None:
+        self.argument = argument
+        self.value = value
+        self.expected = expected
+        super().__init__(
+            f"{argument} must be {expected}, got {self._shown(value)}"
+            + (f"; {hint}" if hint else "")
+            + "."
+        )
+
+    @staticmethod
+    def _shown(value: object) -> str:
+        shown = repr(value)
+        return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+class ArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument given to a dp class or function is of a type it cannot use."""
+
+    @staticmethod
+    def _shown(value: object) -> str:
+        return type(value).__name__

@@ -1,0 +1,71 @@
+"""Errors of the IO manager: where results are stored, and reading them back."""
+
+from __future__ import annotations
+
+from dp.errors.base import DPError
+
+__all__ = [
+    "InvalidIdError",
+    "InvalidResultsURLError",
+    "ResultNotFoundError",
+    "ResultsUnavailableError",
+    "SerializationError",
+]
+
+
+class InvalidIdError(DPError, ValueError):
+    """A run id, task name or result id is empty or could escape its storage location."""
+
+    def __init__(self, kind: str, value: object, reason: str) -> None:
+        self.kind = kind
+        self.value = value
+        self.reason = reason
+        super().__init__(
+            f"invalid {kind} {value!r}: {reason}. Use letters, digits, '_', '-', '.' "
+            "(not starting with '.'), at most 200 characters."
+        )
+
+
+class ResultNotFoundError(DPError, LookupError):
+    """No stored result exists for (run, task, result id)."""
+
+    def __init__(self, run_id: str, task_name: str, task_result_id: str) -> None:
+        self.run_id = run_id
+        self.task_name = task_name
+        self.task_result_id = task_result_id
+        super().__init__(
+            f"no result {task_result_id!r} of task {task_name!r} in run {run_id!r}; "
+            "the task has not produced it yet, or the run was cleared."
+        )
+
+
+class SerializationError(DPError):
+    """A value could not be serialized (saved) or deserialized (loaded)."""
+
+    def __init__(self, run_id: str, task_name: str, task_result_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.task_name = task_name
+        self.task_result_id = task_result_id
+        self.reason = reason
+        super().__init__(
+            f"result {task_result_id!r} of task {task_name!r} in run {run_id!r}: {reason}"
+        )
+
+
+class InvalidResultsURLError(DPError, ValueError):
+    """A results URL (e.g. `s3://BUCKET/PREFIX?endpoint=...`) that dp cannot use."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(f"results URL {url!r} {problem}")
+
+
+class ResultsUnavailableError(DPError):
+    """The results store could not be reached or refused a request (e.g. an S3 bucket)."""
+
+    def __init__(self, where: str, action: str, problem: str) -> None:
+        self.where = where
+        self.action = action
+        self.problem = problem
+        super().__init__(f"cannot {action} at {where}: {problem}")
