@@ -15,10 +15,9 @@ starts `transform`, and an outside event starts `score_order` with its payload a
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from dp import FilesystemIOManager, OnEvent, pipeline, task
+from dp import OnEvent, config, pipeline, task
 
 
 @task(tags=["extract"])
@@ -33,8 +32,14 @@ def extract_orders() -> list[dict[str, Any]]:
 
 @task(tags=["transform"])
 def totals_by_region(run_id: str) -> dict[str, float]:
-    """Sum the orders extract run `run_id` stored (the `dp.run.succeeded` event names it)."""
-    results = FilesystemIOManager(Path(os.environ.get("DP_HOME", ".dp")) / "results")
+    """Sum the orders extract run `run_id` stored (the `dp.run.succeeded` event names it).
+
+    The results are read where dp's configuration puts them (`DP_RESULTS_URL`, `dp.toml`,
+    else `$DP_HOME/results`), as `dp serve` and `dp worker` store them: a directory, or an
+    S3 bucket. (With `memory://` results each process has its own, and this finds nothing.)
+    """
+    settings = config.resolve(home=os.environ.get("DP_HOME", ".dp"))
+    results = config.open_results(settings)
     totals: dict[str, float] = {}
     for order in results.load(run_id, "extract_orders", "output"):
         totals[order["region"]] = totals.get(order["region"], 0.0) + order["amount"]
