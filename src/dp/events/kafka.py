@@ -48,6 +48,7 @@ try:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError
+    from aiokafka.partitioner import DefaultPartitioner
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "the Kafka event bus needs aiokafka; install it with: pip install 'dp[kafka]'"
@@ -228,6 +229,7 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
                         enable_idempotence=self.idempotence,
                         compression_type=self.compression,
                         linger_ms=int(self.linger * 1000),
+                        partitioner=partition_of,
                     )
                     await self._start(producer)
                     self._producer = producer
@@ -492,6 +494,18 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
 
     def __repr__(self) -> str:
         return f"<KafkaBroker {self.bootstrap}>"
+
+
+_by_key = DefaultPartitioner()
+
+
+def partition_of(key: bytes | None, partitions: list[int], available: list[int]) -> int:
+    """Kafka's default placement (murmur2 of the key, as the Java client does), without
+    hashing when the topic has one partition (aiokafka's murmur2 is pure Python)."""
+    if len(partitions) == 1:
+        return partitions[0]
+    placed: int = _by_key(key, partitions, available)
+    return placed
 
 
 def wire(event: EventBase) -> dict[str, object]:
