@@ -5,9 +5,10 @@ event was received (and, for groups, acknowledged). Both sides join their consum
 receive one warm-up event before the clock starts (a group join takes about a second on
 Tansu), then alternate round after round, each round on topics and groups of its own. Both
 fetch with `fetch.max.wait.ms` 20 (dp's `fetch_wait`): with Kafka's default of 500 ms dp's
-group deliveries waited ~250 ms each on Tansu (see the README's Tansu notes). The raw
-side produces `to_json` bytes and decodes with `json.loads`, commits every getmany batch; dp
-decodes into validated `EventBase`s and commits after `ack`.
+group deliveries waited ~250 ms each on Tansu (see the README's Tansu notes). Both start
+from the same `EventBase`s: the raw side encodes each with `to_json` inside the clock (as
+bench_redis's raw side does), decodes with `json.loads` and commits every getmany batch; dp
+also decodes into validated `EventBase`s and commits after `ack`.
 """
 
 from __future__ import annotations
@@ -167,10 +168,9 @@ async def _raw_ready(bootstrap: str) -> tuple[AIOKafkaProducer, AIOKafkaConsumer
 
 async def _raw_group(bootstrap: str, events: list[EventBase]) -> float:
     producer, consumer, topic = await _raw_ready(bootstrap)
-    payloads = [e.to_json().encode() for e in events]
 
     async def drain() -> None:
-        left = len(payloads)
+        left = len(events)
         while left:
             batch = await consumer.getmany(timeout_ms=100)
             for records in batch.values():
@@ -182,8 +182,9 @@ async def _raw_group(bootstrap: str, events: list[EventBase]) -> float:
 
     started = time.perf_counter()
     reader = asyncio.ensure_future(drain())
-    for i in range(0, len(payloads), BATCH):
-        futures = [await producer.send(topic, p) for p in payloads[i : i + BATCH]]
+    for i in range(0, len(events), BATCH):
+        batch = events[i : i + BATCH]
+        futures = [await producer.send(topic, e.to_json().encode()) for e in batch]
         await asyncio.gather(*futures)
     await reader
     elapsed = time.perf_counter() - started

@@ -239,6 +239,9 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
         started = time.monotonic()
         try:
             await asyncio.wait_for(client.start(), self.request_timeout)
+        except asyncio.CancelledError:  # the subscription stopped while connecting
+            await client.stop()
+            raise
         except (KafkaError, OSError, TimeoutError) as exc:
             await client.stop()
             reason = str(exc) or type(exc).__name__

@@ -4,7 +4,8 @@ partitions itself) and durable ones (a Kafka consumer group subscribed by regex)
 A durable subscription commits, per partition, the offset of its oldest record not yet
 settled (acked, or dead-lettered), so a crash or a rebalance re-delivers exactly what was not
 handled: at least once. Commits are coalesced in the reader (within `_COMMIT_EVERY`
-seconds of an ack) and flushed when the subscription stops or loses a partition.
+seconds of an ack), sent in the background while the reader fetches on, and flushed when the
+subscription stops or loses a partition.
 """
 
 from __future__ import annotations
@@ -86,11 +87,13 @@ class _Reader(BufferedReader[Record]):
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping: asyncio.Task[None] | None = None
 
-    def close(self) -> None:
-        """Stop reading now (from sync code); the iteration ends, the consumer disconnects."""
-        super().close()
-        with contextlib.suppress(RuntimeError):  # no running loop: nothing was started
+    def _release(self) -> None:
+        """Disconnect in the background; the broker's `close()` waits for that, as the
+        subscription stays among its live ones until it is done."""
+        try:
             self._shut_down()
+        except RuntimeError:  # no running loop: nothing was started
+            super()._release()
 
     async def stop(self) -> None:
         """Stop reading, wait for the reader, settle what was acked, disconnect (once)."""
@@ -102,9 +105,12 @@ class _Reader(BufferedReader[Record]):
         return self._stopping
 
     async def _shutdown(self) -> None:
-        await BufferedReader.stop(self)
-        await self._settle_all()
-        await self._disconnect()
+        try:
+            await BufferedReader.stop(self)
+            await self._settle_all()
+            await self._disconnect()
+        finally:
+            BufferedReader._release(self)
 
     async def _settle_all(self) -> None:
         """What a subscription does between its reader's end and the disconnect."""
@@ -273,6 +279,8 @@ class KafkaDurableSubscription(_Reader):
         self._retry: deque[_Pending] = deque()
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._epochs = 0
+        self._committing = asyncio.Lock()
+        self._committer: asyncio.Task[None] | None = None
         self._dirty = False
 
     @property
@@ -373,26 +381,32 @@ class KafkaDurableSubscription(_Reader):
         owned.unsettled.discard(offset)
         self._dirty = True
 
+    def _commit_soon(self) -> None:
+        """Commit in the background, so the reader keeps fetching during the round trip."""
+        if self._dirty and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.get_running_loop().create_task(self._commit())
+
     async def _commit(self) -> None:
-        consumer = self._consumer
-        if consumer is None or not self._dirty:
-            return
-        self._dirty = False
-        offsets = {
-            tp: owned.position()
-            for tp, owned in self._partitions.items()
-            if owned.position() > owned.committed
-        }
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            _log.warning("bus.commit_failed", group=self._group, error=str(exc))
-            return  # after a rebalance the new owners re-deliver from the last commit
-        for tp, offset in offsets.items():
-            if tp in self._partitions:
-                self._partitions[tp].committed = offset
+        async with self._committing:  # one at a time, so a commit never goes backwards
+            consumer = self._consumer
+            if consumer is None or not self._dirty:
+                return
+            self._dirty = False
+            offsets = {
+                tp: owned.position()
+                for tp, owned in self._partitions.items()
+                if owned.position() > owned.committed
+            }
+            if not offsets:
+                return
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                _log.warning("bus.commit_failed", group=self._group, error=str(exc))
+                return  # after a rebalance the new owners re-deliver from the last commit
+            for tp, offset in offsets.items():
+                if tp in self._partitions:
+                    self._partitions[tp].committed = offset
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -435,7 +449,7 @@ class KafkaDurableSubscription(_Reader):
             await self._fill(())
             if time.monotonic() - last_commit >= _COMMIT_EVERY:
                 last_commit = time.monotonic()
-                await self._commit()
+                self._commit_soon()
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer

@@ -346,6 +346,10 @@ class BufferedReader(Generic[ItemT]):
             self._task.cancel()
         self._room.set()
         self._wake()
+        self._release()
+
+    def _release(self) -> None:
+        """Leave the broker's live subscriptions (after `close`)."""
         self._registry.forget(self)  # type: ignore[arg-type]
 
     async def stop(self) -> None:
