@@ -24,6 +24,7 @@ offsets are committed only after the handler acknowledged (`dp.events.kafka_read
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
@@ -48,7 +49,7 @@ try:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError
-    from aiokafka.partitioner import DefaultPartitioner
+    from aiokafka.partitioner import DefaultPartitioner, murmur2
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "the Kafka event bus needs aiokafka; install it with: pip install 'dp[kafka]'"
@@ -504,11 +505,20 @@ _by_key = DefaultPartitioner()
 
 def partition_of(key: bytes | None, partitions: list[int], available: list[int]) -> int:
     """Kafka's default placement (murmur2 of the key, as the Java client does), without
-    hashing when the topic has one partition (aiokafka's murmur2 is pure Python)."""
+    hashing when the topic has one partition, and with the hashes of recent keys (a run's
+    events share their correlation id) remembered: aiokafka's murmur2 is pure Python."""
     if len(partitions) == 1:
         return partitions[0]
-    placed: int = _by_key(key, partitions, available)
-    return placed
+    if key is None:
+        placed: int = _by_key(key, partitions, available)
+        return placed
+    return partitions[_key_hash(key) % len(partitions)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_hash(key: bytes) -> int:
+    hashed: int = murmur2(key) & 0x7FFFFFFF
+    return hashed
 
 
 def wire(event: EventBase) -> dict[str, object]:
