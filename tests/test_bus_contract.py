@@ -137,6 +137,20 @@ async def test_publish_nowait_delivers_in_order_and_is_counted(broker: Broker) -
         broker.publish_nowait("runs.other", event("runs.done"))
 
 
+async def test_a_batch_across_topics_arrives_whole(broker: Broker) -> None:
+    """Events queued together for several topics arrive whole, newlines and all."""
+    subscription = broker.subscribe("batch.*")
+    await start(subscription)
+    texts = ["two\nlines", "end\n", "\u2028 and \r\n", "plain"]
+    for n, text in enumerate(texts):
+        topic = f"batch.t{n % 2}"
+        broker.publish_nowait(topic, event(topic, n=n, text=text))
+    received = await receive(subscription, len(texts))
+    assert sorted((e.payload["n"], e.topic, e.payload["text"]) for e in received) == [
+        (n, f"batch.t{n % 2}", text) for n, text in enumerate(texts)
+    ]
+
+
 async def test_patterns_see_topics_created_after_subscribing(broker: Broker) -> None:
     """`**` subscriptions receive events on topics nobody had published to before."""
     subscription = broker.subscribe("shop.**")

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
 from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
 from dp.config import open_broker, resolve
 from dp.errors import ConfigError, InvalidBusURLError
 from dp.events import EventBase
-from dp.events.kafka import KafkaBroker, bootstrap_servers
+from dp.events.kafka import KafkaBroker, bootstrap_servers, partition_of
 from dp.pipelines import PipelineRegistry, pipeline
 from dp.service import Service
 from dp.store import RunStatus
@@ -48,6 +49,19 @@ async def bus(kafka_server: KafkaServer) -> AsyncIterator[KafkaBroker]:
     broker = kafka_broker(kafka_server.url)
     yield broker
     await broker.close()
+
+
+def test_keys_land_where_kafkas_default_partitioner_puts_them() -> None:
+    """dp places a keyed record as Java's and aiokafka's default partitioner do, so a run's
+    events share a partition with the Kotlin side's events of the same key."""
+    kafka = DefaultPartitioner()
+    partitions = list(range(6))
+    for n in range(200):
+        key = f"run-{n}".encode()
+        assert partition_of(key, partitions, partitions) == kafka(key, partitions, partitions)
+        assert partition_of(key, partitions, partitions) == kafka(key, partitions, partitions)
+    assert partition_of(b"run-1", [3], [3]) == 3
+    assert partition_of(None, [0, 1], [1]) == 1
 
 
 async def test_a_record_from_a_plain_producer_is_an_event(

@@ -166,7 +166,8 @@ def test_two_instances_lose_nothing_and_run_nothing_twice(
             unfinished = store.count_runs(
                 status=[RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED]
             )
-            if len(orders) >= EVENTS and unfinished == 0:
+            # the list is read before the count: a run it saw running may have ended since
+            if len(orders) >= EVENTS and unfinished == 0 and all(r.status.finished for r in orders):
                 break
             assert time.monotonic() < deadline, (
                 f"{len(orders)} order runs of {EVENTS}, {unfinished} unfinished runs"

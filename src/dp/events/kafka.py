@@ -24,34 +24,32 @@ offsets are committed only after the handler acknowledged (`dp.events.kafka_read
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import time
-from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import urlsplit
 
 from dp.errors import (
-    BrokerClosedError,
     BusUnavailableError,
     EventFormatError,
     GroupError,
     InvalidBusURLError,
-    InvalidTopicError,
-    QueueFullError,
 )
 from dp.events.event import EventBase
-from dp.events.groups import default_consumer_name, validate_group
-from dp.events.ports import Broker, BrokerStats, DeadLetter, Subscription
-from dp.events.topics import compile_pattern, validate_pattern, validate_topic
+from dp.events.ports import Broker, DeadLetter
+from dp.events.remote import RemoteBroker
+from dp.events.topics import validate_pattern
 from dp.logs import get_logger
 
 try:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError
+    from aiokafka.partitioner import DefaultPartitioner, murmur2
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "the Kafka event bus needs aiokafka; install it with: pip install 'dp[kafka]'"
@@ -114,7 +112,7 @@ def pattern_regex(pattern: str) -> str:
     return body
 
 
-class KafkaBroker:
+class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"]):
     """Topic publish/subscribe on Kafka (or a Kafka-protocol broker), durable groups included.
 
     Args:
@@ -161,6 +159,7 @@ class KafkaBroker:
         outbox: int = 10_000,
         namespace: str = "",
     ) -> None:
+        super().__init__()
         self.url = url
         self.bootstrap = bootstrap_servers(url)
         if compression not in (None, "gzip", "snappy", "lz4", "zstd"):
@@ -185,16 +184,11 @@ class KafkaBroker:
         self.prefetch = prefetch
         self.fetch_wait = fetch_wait
         self.outbox = outbox
+        self.outbox_batch = 512
+        self.send_timeout = request_timeout
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._connecting = asyncio.Lock()
-        self._known_topics: set[str] = set()
-        self._subscriptions: set[Subscription] = set()
-        self._closed = False
-        self._outbox: deque[EventBase] = deque()
-        self._sender: asyncio.Task[None] | None = None
-        self._published = 0
-        self._dropped = 0
 
     # --- names ----------------------------------------------------------------------------
 
@@ -236,6 +230,7 @@ class KafkaBroker:
                         enable_idempotence=self.idempotence,
                         compression_type=self.compression,
                         linger_ms=int(self.linger * 1000),
+                        partitioner=partition_of,
                     )
                     await self._start(producer)
                     self._producer = producer
@@ -245,6 +240,9 @@ class KafkaBroker:
         started = time.monotonic()
         try:
             await asyncio.wait_for(client.start(), self.request_timeout)
+        except asyncio.CancelledError:  # the subscription stopped while connecting
+            await client.stop()
+            raise
         except (KafkaError, OSError, TimeoutError) as exc:
             await client.stop()
             reason = str(exc) or type(exc).__name__
@@ -289,27 +287,16 @@ class KafkaBroker:
 
     # --- publishing ---------------------------------------------------------------------------
 
-    async def publish(self, topic: str, event: EventBase) -> None:
-        """Produce `event` to the Kafka topic `topic` (the event's own topic) and wait for the
-        broker's acknowledgement (`acks`).
+    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
+        """Produce the events in order (batched by the producer) and wait for the broker's
+        acknowledgement of all of them (`acks`).
 
         Raises:
             InvalidTopicError: malformed topic, or not the event's topic.
             BrokerClosedError: the broker is closed.
             BusUnavailableError: Kafka did not acknowledge within `request_timeout`.
         """
-        await self.publish_many([event], topic=topic)
-
-    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
-        """Produce the events in order (batched by the producer) and wait for all of them.
-
-        Raises:
-            like `publish`.
-        """
-        if self._closed:
-            raise BrokerClosedError(topic or (events[0].topic if events else "?"))
-        for event in events:
-            _check_topic(topic or event.topic, event)
+        self._check_open(topic, events)
         await self.ensure_topics(*{self.kafka_topic(e.topic) for e in events})
         producer = await self.producer()
         started = time.monotonic()
@@ -322,116 +309,36 @@ class KafkaBroker:
             raise BusUnavailableError(self.url, time.monotonic() - started, reason) from exc
         self._published += len(events)
 
-    def publish_nowait(self, topic: str, event: EventBase) -> None:
-        """Queue `event` for a background sender, which publishes queued events in order.
-
-        Events the sender cannot publish are logged (`bus.publish_failed`) and counted in
-        `stats().dropped`; `close()` sends what is queued first.
-
-        Raises:
-            InvalidTopicError: malformed topic, or not the event's topic.
-            BrokerClosedError: the broker is closed.
-            QueueFullError: `outbox` events are already waiting.
-        """
-        if self._closed:
-            raise BrokerClosedError(topic)
-        _check_topic(topic, event)
-        if len(self._outbox) >= self.outbox:
-            raise QueueFullError(f"the Kafka outbox of {self.url}", self.outbox)
-        self._outbox.append(event)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_outbox())
-
-    async def _send_outbox(self) -> None:
-        outbox = self._outbox
-        while outbox:
-            batch = [outbox.popleft() for _ in range(min(len(outbox), 512))]
-            try:
-                await self.publish_many(batch)
-            except (BusUnavailableError, BrokerClosedError) as exc:
-                self._dropped += len(batch)
-                _log.error("bus.publish_failed", events=len(batch), error=str(exc))
-
-    def stats(self) -> BrokerStats:
-        """Counters: events published, live subscriptions, `publish_nowait` events lost,
-        and topics this broker has published to."""
-        return BrokerStats(
-            self._published, len(self._subscriptions), self._dropped, len(self._known_topics)
-        )
-
     # --- subscribing --------------------------------------------------------------------------
 
-    def subscribe(self, pattern: str, *, replay_retained: bool = False) -> KafkaSubscription:
-        """Subscribe to `pattern`: the events published from this call on.
-
-        The subscription starts, on its first read, at the first record of each matching
-        partition whose timestamp is at or after this call (Kafka's offsets-for-times), so
-        clocks of producers and consumers must agree to within the events' spacing. Pattern
-        subscriptions see new topics within `topic_refresh` seconds and read them from the
-        same point. With `replay_retained`, each matching topic's last record comes first.
-
-        Raises:
-            InvalidTopicError: malformed pattern.
-            BrokerClosedError: the broker is closed.
-        """
+    def _plain(self, pattern: str, replay_retained: bool) -> KafkaSubscription:
+        """The subscription starts, on its first read, at the first record of each matching
+        partition whose timestamp is at or after `subscribe()` (Kafka's offsets-for-times),
+        so clocks of producers and consumers must agree to within the events' spacing.
+        Pattern subscriptions see new topics within `topic_refresh` seconds and read them
+        from the same point."""
         from dp.events.kafka_reader import KafkaSubscription
 
-        compile_pattern(pattern)
-        if self._closed:
-            raise BrokerClosedError(pattern)
-        subscription = KafkaSubscription(self, pattern, replay_retained=replay_retained)
-        self._subscriptions.add(subscription)
-        return subscription
+        return KafkaSubscription(self, pattern, replay_retained=replay_retained)
 
-    def durable(
-        self,
-        pattern: str,
-        *,
-        group: str,
-        consumer: str | None = None,
-        claim_idle: float = 60.0,
-        max_deliveries: int = 5,
+    def _group(
+        self, pattern: str, group: str, consumer: str, claim_idle: float, max_deliveries: int
     ) -> KafkaDurableSubscription:
-        """Join the Kafka consumer group `group` on `pattern`. See `DurableSubscription`.
-
-        A new group is registered (in `_dp.groups`) by its first read and starts with the
-        records from this call on. Offsets are committed after `ack` only. An event pending
-        longer than `claim_idle` is delivered again by this consumer; a consumer that leaves
-        or stops heartbeating hands its partitions to the others (a rebalance), which resume
-        from the last commit.
-
-        Raises:
-            GroupError: malformed name or options.
-            InvalidTopicError: malformed pattern.
-            BrokerClosedError: the broker is closed.
-        """
+        """The Kafka consumer group `group`: registered (in `_dp.groups`) by its first read, it
+        starts with the records from `durable()` on. Offsets are committed after `ack` only.
+        An event pending longer than `claim_idle` is delivered again by this consumer; a
+        consumer that leaves or stops heartbeating hands its partitions to the others (a
+        rebalance), which resume from the last commit."""
         from dp.events.kafka_reader import KafkaDurableSubscription
 
-        validate_group(group, max_deliveries=max_deliveries, claim_idle=claim_idle)
-        compile_pattern(pattern)
-        if self._closed:
-            raise BrokerClosedError(pattern)
-        subscription = KafkaDurableSubscription(
+        return KafkaDurableSubscription(
             self,
             pattern,
             group=group,
-            consumer=consumer or default_consumer_name(),
+            consumer=consumer,
             claim_idle=claim_idle,
             max_deliveries=max_deliveries,
         )
-        self._subscriptions.add(subscription)
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        """Stop `subscription`'s reading; its iteration ends."""
-        if subscription in self._subscriptions:
-            self._subscriptions.discard(subscription)
-            close = getattr(subscription, "close", None)
-            if close is not None:
-                close()
-
-    def forget(self, subscription: Subscription) -> None:
-        self._subscriptions.discard(subscription)
 
     # --- reading whole topics -----------------------------------------------------------------
 
@@ -583,37 +490,35 @@ class KafkaBroker:
 
     # --- life cycle ---------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        """Whether `close()` was called."""
-        return self._closed
-
-    async def close(self) -> None:
-        """Send the outbox, stop every subscription (durable ones commit what was acked),
-        and disconnect."""
-        if self._closed:
-            return
-        if self._sender is not None and not self._sender.done():
-            await asyncio.wait([self._sender], timeout=self.request_timeout)
-        self._closed = True
-        for subscription in list(self._subscriptions):
-            stop = getattr(subscription, "stop", None)
-            if stop is not None:
-                await stop()
-        self._subscriptions.clear()
+    async def _disconnect(self) -> None:
         if self._producer is not None:
             await self._producer.stop()
         if self._admin is not None:
             await self._admin.close()
 
-    async def __aenter__(self) -> KafkaBroker:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     def __repr__(self) -> str:
         return f"<KafkaBroker {self.bootstrap}>"
+
+
+_by_key = DefaultPartitioner()
+
+
+def partition_of(key: bytes | None, partitions: list[int], available: list[int]) -> int:
+    """Kafka's default placement (murmur2 of the key, as the Java client does), without
+    hashing when the topic has one partition, and with the hashes of recent keys (a run's
+    events share their correlation id) remembered: aiokafka's murmur2 is pure Python."""
+    if len(partitions) == 1:
+        return partitions[0]
+    if key is None:
+        placed: int = _by_key(key, partitions, available)
+        return placed
+    return partitions[_key_hash(key) % len(partitions)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_hash(key: bytes) -> int:
+    hashed: int = murmur2(key) & 0x7FFFFFFF
+    return hashed
 
 
 def wire(event: EventBase) -> dict[str, object]:
@@ -623,17 +528,6 @@ def wire(event: EventBase) -> dict[str, object]:
         "key": (event.correlation_id or event.event_id).encode(),
         "headers": [("content-type", b"application/json")],
     }
-
-
-def _check_topic(topic: str, event: EventBase) -> None:
-    if event.topic != topic:
-        validate_topic(topic)
-        raise InvalidTopicError(
-            topic,
-            f"the event's own topic is {event.topic!r}; publish it there, or derive a "
-            f"copy with dataclasses.replace(event, topic={topic!r})",
-        )
-    validate_topic(topic)
 
 
 if TYPE_CHECKING:

@@ -4,7 +4,8 @@ partitions itself) and durable ones (a Kafka consumer group subscribed by regex)
 A durable subscription commits, per partition, the offset of its oldest record not yet
 settled (acked, or dead-lettered), so a crash or a rebalance re-delivers exactly what was not
 handled: at least once. Commits are coalesced in the reader (within `_COMMIT_EVERY`
-seconds of an ack) and flushed when the subscription stops or loses a partition.
+seconds of an ack), sent in the background while the reader fetches on, and flushed when the
+subscription stops or loses a partition.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 
@@ -26,7 +27,7 @@ from dp.errors import EventFormatError, NotPendingError
 from dp.events.event import EventBase
 from dp.events.groups import not_acknowledged
 from dp.events.kafka import INTERNAL, Record, pattern_regex
-from dp.events.topics import compile_pattern
+from dp.events.remote import BufferedReader
 from dp.logs import get_logger
 
 if TYPE_CHECKING:
@@ -76,89 +77,48 @@ def decode(record: Record, *, own_topic: str | None) -> EventBase:
     return event
 
 
-class _Reader:
-    """What both subscriptions share: a background reader task feeding a bounded queue."""
+class _Reader(BufferedReader[Record]):
+    """What both subscriptions share: the consumer the reader task reads with."""
 
     def __init__(self, broker: KafkaBroker, pattern: str) -> None:
+        super().__init__(broker, pattern, broker.prefetch)
         self._broker = broker
-        self._pattern = pattern
-        self._matches = compile_pattern(pattern)
         self._start_ms = int(time.time() * 1000) - 1
-        self._queue: asyncio.Queue[Record | BaseException | None] = asyncio.Queue(broker.prefetch)
-        self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
-        self._closed = False
-        self._finished = False
+        self._stopping: asyncio.Task[None] | None = None
 
-    @property
-    def pattern(self) -> str:
-        return self._pattern
-
-    def _ensure_reading(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
+    def _release(self) -> None:
+        """Disconnect in the background; the broker's `close()` waits for that, as the
+        subscription stays among its live ones until it is done."""
         try:
-            await self._read()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # delivered to the iterator
-            await self._queue.put(exc)
-        finally:
-            self._finished = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)  # wakes a waiting iterator
-
-    async def _read(self) -> None:
-        raise NotImplementedError
-
-    async def _next_record(self, timeout: float | None = None) -> Record | None:
-        """The next record read, None on timeout; StopAsyncIteration when reading ended."""
-        while True:
-            if self._queue.empty() and (self._finished or self._closed):
-                raise StopAsyncIteration
-            try:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                return None
-            if item is None:
-                continue
-            if isinstance(item, BaseException):
-                self._finished = True
-                raise item
-            return item
-
-    def __aiter__(self) -> Self:
-        return self
-
-    def close(self) -> None:
-        """Stop reading now (from sync code); the iteration ends."""
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
+            self._shut_down()
+        except RuntimeError:  # no running loop: nothing was started
+            super()._release()
 
     async def stop(self) -> None:
-        """Stop reading, wait for the reader, disconnect."""
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._disconnect()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
+        """Stop reading, wait for the reader, settle what was acked, disconnect (once)."""
+        await self._shut_down()
+
+    def _shut_down(self) -> asyncio.Task[None]:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._shutdown())
+        return self._stopping
+
+    async def _shutdown(self) -> None:
+        try:
+            await BufferedReader.stop(self)
+            await self._settle_all()
+            await self._disconnect()
+        finally:
+            BufferedReader._release(self)
+
+    async def _settle_all(self) -> None:
+        """What a subscription does between its reader's end and the disconnect."""
 
     async def _disconnect(self) -> None:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             await consumer.stop()
-
-    async def aclose(self) -> None:
-        """Unsubscribe; buffered events are discarded."""
-        self._broker.forget(self)  # type: ignore[arg-type]
-        await self.stop()
 
 
 class KafkaSubscription(_Reader):
@@ -169,9 +129,8 @@ class KafkaSubscription(_Reader):
         self._replay_retained = replay_retained
 
     async def __anext__(self) -> EventBase:
-        self._ensure_reading()
         while True:
-            record = await self._next_record()
+            record = await self._next_item()
             if record is None:
                 continue
             try:
@@ -212,7 +171,8 @@ class KafkaSubscription(_Reader):
                             continue
                         early.discard(tp)
                     if record.offset > skip.get(tp, -1):
-                        await self._queue.put(record)
+                        self._buffer.append(record)
+            await self._fill(())
 
     async def _new_partitions(
         self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]
@@ -252,8 +212,7 @@ class KafkaSubscription(_Reader):
         for record in last.values():
             if record.topic not in newest or record.timestamp > newest[record.topic].timestamp:
                 newest[record.topic] = record
-        for record in sorted(newest.values(), key=lambda r: r.timestamp):
-            await self._queue.put(record)
+        await self._fill(sorted(newest.values(), key=lambda r: r.timestamp))
         return {tp: record.offset for tp, record in last.items()}
 
 
@@ -320,6 +279,8 @@ class KafkaDurableSubscription(_Reader):
         self._retry: deque[_Pending] = deque()
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._epochs = 0
+        self._committing = asyncio.Lock()
+        self._committer: asyncio.Task[None] | None = None
         self._dirty = False
 
     @property
@@ -329,7 +290,6 @@ class KafkaDurableSubscription(_Reader):
     # --- iteration ----------------------------------------------------------------------------
 
     async def __anext__(self) -> EventBase:
-        self._ensure_reading()
         while True:
             if self._retry:
                 return self._deliver(self._retry.popleft())
@@ -341,7 +301,7 @@ class KafkaDurableSubscription(_Reader):
                     await self._bury(due.tp, due.record, error, due.deliveries)
                     continue
                 return self._deliver(due)
-            record = await self._next_record(self._wait())
+            record = await self._next_item(self._wait())
             if record is None:
                 continue
             tp = TopicPartition(record.topic, record.partition)
@@ -421,26 +381,32 @@ class KafkaDurableSubscription(_Reader):
         owned.unsettled.discard(offset)
         self._dirty = True
 
+    def _commit_soon(self) -> None:
+        """Commit in the background, so the reader keeps fetching during the round trip."""
+        if self._dirty and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.get_running_loop().create_task(self._commit())
+
     async def _commit(self) -> None:
-        consumer = self._consumer
-        if consumer is None or not self._dirty:
-            return
-        self._dirty = False
-        offsets = {
-            tp: owned.position()
-            for tp, owned in self._partitions.items()
-            if owned.position() > owned.committed
-        }
-        if not offsets:
-            return
-        try:
-            await consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            _log.warning("bus.commit_failed", group=self._group, error=str(exc))
-            return  # after a rebalance the new owners re-deliver from the last commit
-        for tp, offset in offsets.items():
-            if tp in self._partitions:
-                self._partitions[tp].committed = offset
+        async with self._committing:  # one at a time, so a commit never goes backwards
+            consumer = self._consumer
+            if consumer is None or not self._dirty:
+                return
+            self._dirty = False
+            offsets = {
+                tp: owned.position()
+                for tp, owned in self._partitions.items()
+                if owned.position() > owned.committed
+            }
+            if not offsets:
+                return
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                _log.warning("bus.commit_failed", group=self._group, error=str(exc))
+                return  # after a rebalance the new owners re-deliver from the last commit
+            for tp, offset in offsets.items():
+                if tp in self._partitions:
+                    self._partitions[tp].committed = offset
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -479,10 +445,11 @@ class KafkaDurableSubscription(_Reader):
                         owned.since = None
                     owned.unsettled.add(record.offset)
                     owned.fetched = record.offset + 1
-                    await self._queue.put(record)
+                    self._buffer.append(record)
+            await self._fill(())
             if time.monotonic() - last_commit >= _COMMIT_EVERY:
                 last_commit = time.monotonic()
-                await self._commit()
+                self._commit_soon()
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self._consumer
@@ -506,27 +473,14 @@ class KafkaDurableSubscription(_Reader):
         await self._commit()
         for tp in revoked:
             self._partitions.pop(tp, None)
-        kept = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not isinstance(item, ConsumerRecord) or (
-                TopicPartition(item.topic, item.partition) not in revoked
-            ):
-                kept.append(item)
-        for item in kept:
-            self._queue.put_nowait(item)
+        kept = [r for r in self._buffer if TopicPartition(r.topic, r.partition) not in revoked]
+        self._buffer.clear()
+        self._buffer.extend(kept)
         self._pending = {k: p for k, p in self._pending.items() if p.tp not in revoked}
         self._retry = deque(p for p in self._retry if p.tp not in revoked)
 
-    async def stop(self) -> None:
-        """Stop reading, commit what was settled, leave the group."""
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def _settle_all(self) -> None:
+        """Commit what was settled before leaving the group."""
         self._dirty = True
         with contextlib.suppress(Exception):
             await self._commit()
-        await self._disconnect()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)

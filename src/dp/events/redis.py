@@ -19,24 +19,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from dp.errors import (
-    BrokerClosedError,
     BusUnavailableError,
     EventFormatError,
     GroupError,
     InvalidArgumentError,
     InvalidBusURLError,
-    InvalidTopicError,
-    QueueFullError,
 )
 from dp.events.event import EventBase
-from dp.events.groups import default_consumer_name, validate_group
-from dp.events.ports import Broker, BrokerStats, DeadLetter, Subscription
+from dp.events.ports import Broker, DeadLetter
 from dp.events.redis_entries import (
     CONNECTION_ERRORS,
     Entries,
@@ -50,6 +45,7 @@ from dp.events.redis_entries import (
     parse_id,
     text,
 )
+from dp.events.remote import RemoteBroker
 from dp.events.topics import compile_pattern, validate_topic
 from dp.logs import get_logger
 
@@ -70,8 +66,30 @@ __all__ = ["RedisBroker"]
 _log = get_logger("dp.events.redis")
 T = TypeVar("T")
 
+# Publishes a batch in one command and one reply, where a pipeline of XADDs would spend most
+# of its time in redis-py's per-command packing and parsing.
+# KEYS: the batch's streams, each once, then the topics set.
+# ARGV: the events' JSON joined by newlines (compact JSON never holds a raw newline), each
+# event's index into KEYS (space-separated), then the topics new to this broker.
+_PUBLISH = """
+local ids, keys = {}, {}
+for index in string.gmatch(ARGV[2], '%d+') do
+    keys[#keys + 1] = KEYS[tonumber(index)]
+end
+local start = 1
+for i = 1, #keys do
+    local stop = string.find(ARGV[1], '\\n', start, true) or (#ARGV[1] + 1)
+    ids[i] = redis.call('XADD', keys[i], '*', 'event', string.sub(ARGV[1], start, stop - 1))
+    start = stop + 1
+end
+if #ARGV > 2 then
+    redis.call('SADD', KEYS[#KEYS], unpack(ARGV, 3))
+end
+return ids
+"""
 
-class RedisBroker:
+
+class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"]):
     """Topic publish/subscribe on Redis Streams, durable groups included.
 
     Args:
@@ -108,6 +126,7 @@ class RedisBroker:
         outbox: int = 10_000,
         client: aioredis.Redis | None = None,
     ) -> None:
+        super().__init__()
         self.url = check_url(url) if client is None else url
         if not prefix or ":" in prefix or not prefix.isprintable():
             raise InvalidBusURLError(url, f"prefix {prefix!r} must be non-empty, without ':'")
@@ -123,28 +142,24 @@ class RedisBroker:
         self.batch = batch
         self.trim_every = trim_every
         self.outbox = outbox
+        self.outbox_batch = batch
+        self.send_timeout = publish_timeout
         self.redis: aioredis.Redis = client or aioredis.Redis.from_url(
             url,
             socket_connect_timeout=2.0,
             socket_timeout=10.0,
             retry=Retry(NoBackoff(), 0),  # dp retries itself, with backoff and a deadline
         )
+        self._publish_script = self.redis.register_script(_PUBLISH)
         self.topics_key = f"{prefix}:topics"
         self.groups_key = f"{prefix}:groups"
         self._stream_prefix = f"{prefix}:stream:"
-        self._closed = False
-        self._known_topics: set[str] = set()
         self.last_ids: dict[str, bytes] = {}  # topic -> id of the last entry published here
         self._unsettled: dict[str, int] = {}  # topic -> publishes since its last trim
         self._trims: dict[str, asyncio.Task[None]] = {}
-        self._subscriptions: set[Subscription] = set()
         self._clock_offset: tuple[float, float] | None = None  # see _clock()
         self._clock_lock = asyncio.Lock()
         self._outage = False
-        self._outbox: deque[EventBase] = deque()
-        self._sender: asyncio.Task[None] | None = None
-        self._published = 0
-        self._dropped = 0  # publish_nowait events lost to an outage longer than publish_timeout
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -233,8 +248,8 @@ class RedisBroker:
 
     # --- publishing ---------------------------------------------------------------------------
 
-    async def publish(self, topic: str, event: EventBase) -> None:
-        """Append `event` to the stream of `topic` (which must be the event's topic).
+    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
+        """Append each event to its topic's stream in one round trip (order kept per topic).
 
         During a Redis outage the call retries with backoff for `publish_timeout` seconds.
         A retry after a connection lost mid-command can store the event twice: delivery is
@@ -245,27 +260,10 @@ class RedisBroker:
             BrokerClosedError: the broker is closed.
             BusUnavailableError: Redis stayed unreachable for `publish_timeout` seconds.
         """
-        await self.publish_many([event], topic=topic)
-
-    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
-        """Append each event to its topic's stream in one round trip (order kept per topic).
-
-        Raises:
-            like `publish`.
-        """
-        if self._closed:
-            raise BrokerClosedError(topic or (events[0].topic if events else "?"))
+        self._check_open(topic, events)
         entries = []
         new_topics = []
         for event in events:
-            if topic is not None and event.topic != topic:
-                validate_topic(topic)
-                raise InvalidTopicError(
-                    topic,
-                    f"the event's own topic is {event.topic!r}; publish it there, or derive a "
-                    f"copy with dataclasses.replace(event, topic={topic!r})",
-                )
-            validate_topic(event.topic)
             if event.topic not in self._known_topics:
                 new_topics.append(event.topic)
             entries.append((self.stream_key(event.topic), event.to_json()))
@@ -273,12 +271,16 @@ class RedisBroker:
         async def send(client: aioredis.Redis) -> list[bytes]:
             if len(entries) == 1 and not new_topics:
                 return [cast(bytes, await client.xadd(entries[0][0], {"event": entries[0][1]}))]
-            pipe = client.pipeline(transaction=False)
-            for key, data in entries:
-                pipe.xadd(key, {"event": data})
-            if new_topics:
-                pipe.sadd(self.topics_key, *new_topics)
-            return cast(list[bytes], await pipe.execute())
+            # One script call instead of a pipeline of XADDs: a command and a reply in all,
+            # where redis-py's per-command packing and parsing would dominate.
+            streams: dict[str, int] = {}
+            for key, _ in entries:
+                streams.setdefault(key, len(streams) + 1)
+            keys = [*streams, self.topics_key]
+            events = "\n".join(data for _, data in entries)
+            where = " ".join(str(streams[key]) for key, _ in entries)
+            script = self._publish_script
+            return cast(list[bytes], await script(keys, [events, where, *new_topics], client))
 
         ids = await self.call(send, wait=self.publish_timeout)
         self._published += len(events)
@@ -290,118 +292,32 @@ class RedisBroker:
             for event in events:
                 self._count_for_trim(event.topic)
 
-    def publish_nowait(self, topic: str, event: EventBase) -> None:
-        """Queue `event` to be published by a background sender, without waiting.
-
-        The sender publishes queued events in order, in pipelined batches. During an outage it
-        waits like `publish`; events it still cannot send after `publish_timeout` are logged
-        (`bus.publish_failed`, at error level) and counted in `stats().dropped`.
-        `close()` sends what is queued first.
-
-        Raises:
-            InvalidTopicError: malformed topic, or not the event's topic.
-            BrokerClosedError: the broker is closed.
-            QueueFullError: `outbox` events are already waiting (Redis is slow or down).
-        """
-        if self._closed:
-            raise BrokerClosedError(topic)
-        if event.topic != topic:
-            validate_topic(topic)
-            raise InvalidTopicError(
-                topic,
-                f"the event's own topic is {event.topic!r}; publish it there, or derive a "
-                f"copy with dataclasses.replace(event, topic={topic!r})",
-            )
-        validate_topic(topic)
-        if len(self._outbox) >= self.outbox:
-            raise QueueFullError(f"the Redis outbox of {mask(self.url)}", self.outbox)
-        self._outbox.append(event)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_outbox())
-
-    async def _send_outbox(self) -> None:
-        outbox = self._outbox
-        while outbox:
-            batch = [outbox.popleft() for _ in range(min(len(outbox), self.batch))]
-            try:
-                await self.publish_many(batch)
-            except (BusUnavailableError, BrokerClosedError) as exc:
-                self._dropped += len(batch)
-                _log.error("bus.publish_failed", events=len(batch), error=str(exc))
-
-    def stats(self) -> BrokerStats:
-        """Counters: events published, live subscriptions, `publish_nowait` events lost,
-        and topics this broker has published to."""
-        return BrokerStats(
-            self._published, len(self._subscriptions), self._dropped, len(self._known_topics)
-        )
-
     # --- subscribing --------------------------------------------------------------------------
 
-    def subscribe(self, pattern: str, *, replay_retained: bool = False) -> RedisSubscription:
-        """Subscribe to `pattern` from now on (events published after this call).
-
-        Not durable: events published while nobody reads are only there as long as
-        retention keeps them. Pattern subscriptions find new topics within
-        `topic_refresh` seconds and read them from the subscription's start.
-
-        Raises:
-            InvalidTopicError: malformed pattern.
-            BrokerClosedError: the broker is closed.
-        """
+    def _plain(self, pattern: str, replay_retained: bool) -> RedisSubscription:
+        """Not durable: events published while nobody reads are only there as long as
+        retention keeps them. Pattern subscriptions find new topics within `topic_refresh`
+        seconds and read them from the subscription's start."""
         from dp.events.redis_reader import RedisSubscription
 
-        compile_pattern(pattern)
-        if self._closed:
-            raise BrokerClosedError(pattern)
-        subscription = RedisSubscription(self, pattern, replay_retained=replay_retained)
-        self._subscriptions.add(subscription)
-        return subscription
+        return RedisSubscription(self, pattern, replay_retained=replay_retained)
 
-    def durable(
-        self,
-        pattern: str,
-        *,
-        group: str,
-        consumer: str | None = None,
-        claim_idle: float = 60.0,
-        max_deliveries: int = 5,
+    def _group(
+        self, pattern: str, group: str, consumer: str, claim_idle: float, max_deliveries: int
     ) -> RedisDurableSubscription:
-        """Join the durable group `group` on `pattern` (a Redis consumer group per stream).
-
-        A new group starts at this call and is registered by the first read (a subscription
-        never read creates no group). A group taken by another pattern raises `GroupError`
-        from the first read. See `DurableSubscription` for the semantics.
-
-        Raises:
-            GroupError: malformed name or options.
-            InvalidTopicError: malformed pattern.
-            BrokerClosedError: the broker is closed.
-        """
+        """A Redis consumer group `group` per matching stream. A new group starts at
+        `durable()` and is registered by the first read (a subscription never read creates
+        no group). A group taken by another pattern raises `GroupError` from the first read."""
         from dp.events.redis_reader import RedisDurableSubscription
 
-        validate_group(group, max_deliveries=max_deliveries, claim_idle=claim_idle)
-        compile_pattern(pattern)
-        if self._closed:
-            raise BrokerClosedError(pattern)
-        subscription = RedisDurableSubscription(
+        return RedisDurableSubscription(
             self,
             pattern,
             group=group,
-            consumer=consumer or default_consumer_name(),
+            consumer=consumer,
             claim_idle=claim_idle,
             max_deliveries=max_deliveries,
         )
-        self._subscriptions.add(subscription)
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        """Stop `subscription`'s reading; its iteration ends."""
-        if subscription in self._subscriptions:
-            self._subscriptions.discard(subscription)
-            close = getattr(subscription, "close", None)
-            if close is not None:
-                close()
 
     async def topics(self, pattern: str = "**") -> list[str]:
         """The known topics matching `pattern`, sorted."""
@@ -597,32 +513,13 @@ class RedisBroker:
 
     # --- life cycle ---------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        """Whether `close()` was called."""
-        return self._closed
+    def _outbox_name(self) -> str:
+        return f"the Redis outbox of {mask(self.url)}"
 
-    async def close(self) -> None:
-        """Stop every subscription (they yield what they have read, then end) and disconnect."""
-        if self._closed:
-            return
-        if self._sender is not None and not self._sender.done():
-            await asyncio.wait([self._sender], timeout=self.publish_timeout)
-        self._closed = True
-        for subscription in list(self._subscriptions):
-            stop = getattr(subscription, "stop", None)
-            if stop is not None:
-                await stop()
-        self._subscriptions.clear()
+    async def _disconnect(self) -> None:
         if self._trims:
             await asyncio.wait(list(self._trims.values()), timeout=5)
         await self.redis.aclose()
-
-    async def __aenter__(self) -> RedisBroker:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     def __repr__(self) -> str:
         return f"<RedisBroker {mask(self.url)} prefix={self.prefix!r}>"

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Self, cast
+from typing import TYPE_CHECKING, cast
 
 from dp.errors import EventFormatError, GroupError, NotPendingError
 from dp.events.event import EventBase
 from dp.events.groups import not_acknowledged
 from dp.events.redis_entries import CONNECTION_ERRORS, Entries, decode_entry, parse_id, text
-from dp.events.topics import compile_pattern
+from dp.events.remote import BufferedReader
 from dp.logs import get_logger
 
 if TYPE_CHECKING:
@@ -35,106 +34,48 @@ _Item = tuple[EventBase, bytes, bytes, int]
 Found = list[tuple[bytes, Entries]]
 
 
-class _Reader:
-    """What both subscriptions share: the buffer, the reader task and its retry loop."""
+class _Reader(BufferedReader[_Item]):
+    """What both subscriptions share: the reader's retry loop and the streams it reads."""
 
     def __init__(self, broker: RedisBroker, pattern: str) -> None:
+        super().__init__(broker, pattern, broker.batch)
         self._broker = broker
-        self._pattern = pattern
-        self._matches = compile_pattern(pattern)
         self._exact = "*" not in pattern
         self._created = time.time()
-        self._buffer: deque[_Item] = deque()
-        self._getter: asyncio.Future[None] | None = None
-        self._room = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self._error: BaseException | None = None
         self._started = False
         self._streams: dict[bytes, bytes | str] = {}  # stream key -> where to read from
         self._next_refresh = 0.0
         self._wait = broker.topic_refresh
 
-    @property
-    def pattern(self) -> str:
-        """The subscription pattern."""
-        return self._pattern
-
-    @property
-    def closed(self) -> bool:
-        """Whether the subscription, or its broker, was closed."""
-        return self._closed
-
-    def __aiter__(self) -> Self:
-        return self
-
     async def __anext__(self) -> EventBase:
-        while not self._buffer:
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise StopAsyncIteration
-            if self._task is None:
-                self._task = asyncio.get_running_loop().create_task(
-                    self._run(), name=f"dp-redis-{self._pattern}"
-                )
-            self._getter = asyncio.get_running_loop().create_future()
-            try:
-                await self._getter
-            finally:
-                self._getter = None
-        item = self._buffer.popleft()
-        if not self._room.is_set() and len(self._buffer) <= self._broker.batch // 2:
-            self._room.set()
+        item = await self._next_item()
+        assert item is not None
         return self._take(item)
 
     def _take(self, item: _Item) -> EventBase:
         return item[0]
 
-    def _wake(self) -> None:
-        getter = self._getter
-        if getter is not None and not getter.done():
-            getter.set_result(None)
-
-    def _push(self, item: _Item, *, front: bool = False) -> None:
-        if front:
-            self._buffer.appendleft(item)
-        else:
-            self._buffer.append(item)
-        self._wake()
-
-    async def _run(self) -> None:
+    async def _read(self) -> None:
         broker = self._broker
         delay = 0.02
-        try:
-            while not self._closed and not broker.closed:
-                try:
-                    if not self._started:
-                        await self._start()
-                        self._started = True
-                    if time.monotonic() >= self._next_refresh:
-                        await self._refresh()
-                        self._next_refresh = (
-                            float("inf") if self._exact else time.monotonic() + broker.topic_refresh
-                        )
-                    await self._poll()
-                    delay = 0.02
-                except CONNECTION_ERRORS as exc:
-                    _log.info("bus.reader_retrying", pattern=self._pattern, error=str(exc))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    self._lost_connection()
-                    continue
-                while len(self._buffer) >= broker.batch and not self._closed:
-                    self._room.clear()
-                    await self._room.wait()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # surfaced to the consumer by __anext__
-            self._error = exc
-        finally:
-            self._closed = True
-            self._wake()
+        while not self._closed and not broker.closed:
+            try:
+                if not self._started:
+                    await self._start()
+                    self._started = True
+                if time.monotonic() >= self._next_refresh:
+                    await self._refresh()
+                    self._next_refresh = (
+                        float("inf") if self._exact else time.monotonic() + broker.topic_refresh
+                    )
+                await self._poll()
+                await self._fill(())  # waits while the buffer is full
+                delay = 0.02
+            except CONNECTION_ERRORS as exc:
+                _log.info("bus.reader_retrying", pattern=self._pattern, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                self._lost_connection()
 
     def _lost_connection(self) -> None:
         """After a reconnect, look again (Redis may have restarted without our groups)."""
@@ -159,37 +100,6 @@ class _Reader:
             for topic in sorted(text(name) for name in names)
             if self._matches(topic)
         ]
-
-    def close(self) -> None:
-        """Stop reading now; buffered events are discarded and iteration ends."""
-        self._closed = True
-        self._buffer.clear()
-        if self._task is not None:
-            self._task.cancel()
-        self._room.set()
-        self._wake()
-        self._broker._subscriptions.discard(self)
-
-    async def stop(self) -> None:
-        """Stop reading; what is buffered is still yielded (the broker is closing)."""
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._room.set()
-        self._wake()
-
-    async def aclose(self) -> None:
-        """Unsubscribe."""
-        self.close()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 class RedisSubscription(_Reader):
