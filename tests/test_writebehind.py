@@ -264,6 +264,11 @@ def test_resume_after_write_behind_reuses_exactly_what_was_stored(
                 gate.wait(PATIENCE)
             return super().save(run_id, task_name, task_result_id, value)
 
+        def save_many(self, run_id: str, items: list[tuple[str, str, Any]]) -> str:
+            if any(task_name == "step_3" for task_name, _, _ in items):
+                gate.wait(PATIENCE)
+            return super().save_many(run_id, items)
+
     gate = threading.Event()
 
     async def interrupted() -> str:

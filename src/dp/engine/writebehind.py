@@ -204,7 +204,7 @@ class WriteBehind:
                     self._wake.wait()
                 batch = list(self._queue)
                 self._queue.clear()
-            failures = [failure for entry in batch if (failure := self._write(entry))]
+            failures = self._write_batch(batch)
             with self._lock:
                 for entry in batch:
                     entry.done = True
@@ -223,6 +223,29 @@ class WriteBehind:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     loop.call_soon_threadsafe(self._report, loop, failures, last)
             del failures
+
+    def _write_batch(self, batch: list[_Entry]) -> list[tuple[_Entry, str]]:
+        """Store a batch, in order: each run's share of it as one pack when the IO manager
+        can (`save_many`: all of it stored, or none), else one save after another."""
+        save_many = getattr(self.io_manager, "save_many", None)
+        if save_many is None:
+            return [failure for entry in batch if (failure := self._write(entry))]
+        by_run: dict[str, list[_Entry]] = {}
+        for entry in batch:
+            by_run.setdefault(entry.key[0], []).append(entry)
+        failures = []
+        for run_id, entries in by_run.items():
+            run = entries[0].run
+            if run.failed or run.sink.closed:
+                continue
+            if len(entries) > 1:
+                try:
+                    save_many(run_id, [(e.key[1], e.key[2], e.value) for e in entries])
+                    continue
+                except Exception:
+                    pass  # nothing of it was stored: save one by one, to tell which failed
+            failures += [failure for entry in entries if (failure := self._write(entry))]
+        return failures
 
     def _write(self, entry: _Entry) -> tuple[_Entry, str] | None:
         run = entry.run
