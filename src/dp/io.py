@@ -171,9 +171,10 @@ class FilesystemIOManager:
             _fsync_dir(directory)
         return path
 
-    def save_many(self, run_id: str, items: list[tuple[str, str, Any]]) -> str:
+    def save_many(self, run_id: str, items: list[tuple[str, str, Any]]) -> list[int]:
         """Store several results of a run (task name, result id, value) at once, as one pack
-        file (see `dp.packs`), and return its path: all of them are stored, or none.
+        file (see `dp.packs`): all of them are stored, or none. Returns how many bytes each
+        result took, in order (what the write-behind budgets its memory by).
 
         One file for the batch, one rename, and with `durable=True` one fsync of the file and
         one of its directory: what the write-behind writer uses to store a batch of results.
@@ -211,7 +212,7 @@ class FilesystemIOManager:
         for task_name, task_result_id, _ in items:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 os.unlink(_flat_path(run_dir, task_name, task_result_id))
-        return path
+        return [index[task_name, task_result_id][1] for task_name, task_result_id, _ in items]
 
     def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
         """Unpickle a stored result."""
