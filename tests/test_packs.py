@@ -89,3 +89,16 @@ def test_bad_ids_in_a_batch_are_refused_before_anything_is_written(tmp_path: Pat
     with pytest.raises(InvalidIdError, match="task_result_id"):
         io.save_many("run_1", [("a", "output", 1), ("b", "../x", 2)])
     assert not (tmp_path / "run_1").exists()
+
+
+def test_a_run_cleared_and_written_anew_by_another_manager_is_seen_anew(tmp_path: Path) -> None:
+    """A manager that read a run's packs notices when another one cleared and rewrote it."""
+    reader = FilesystemIOManager(tmp_path)
+    FilesystemIOManager(tmp_path).save_many("run_1", [("a", "output", 1), ("b", "output", 2)])
+    assert reader.load("run_1", "a", "output") == 1
+    other = FilesystemIOManager(tmp_path)
+    assert other.clear_run("run_1") == 2
+    assert not reader.exists("run_1", "a", "output")
+    other.save_many("run_1", [("a", "output", 3), ("c", "output", 4)])
+    assert reader.load("run_1", "a", "output") == 3
+    assert not reader.exists("run_1", "b", "output")

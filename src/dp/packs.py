@@ -117,7 +117,9 @@ class PackIndex:
     def find(self, run_dir: str, task_name: str, result_id: str) -> Location | None:
         """Where a packed result is, reading packs not read yet if it is not known."""
         entry = self._runs.get(run_dir)
-        if entry is not None and (found := entry[1].get((task_name, result_id))) is not None:
+        found = entry[1].get((task_name, result_id)) if entry is not None else None
+        # unless that pack is gone (the run was cleared, maybe written anew elsewhere)
+        if found is not None and os.path.exists(found[0]):
             return found
         return self.results(run_dir).get((task_name, result_id))
 
@@ -131,7 +133,7 @@ class PackIndex:
             return {}
         with self._lock:
             seen, where = self._runs.setdefault(run_dir, (set(), {}))
-            if any(n not in seen for n in names) or len(seen) > len(names):
+            if set(names) != seen:
                 # re-read in name order so that the latest pack wins for every result
                 fresh: dict[tuple[str, str], Location] = {}
                 for name in names:
