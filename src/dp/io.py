@@ -420,15 +420,37 @@ class InMemoryIOManager:
         return sum(len(results) for results in tasks.values())
 
 
+#: ids seen valid lately: a set lookup instead of a regex per id, three per save and load
+_VALID: set[str] = set()
+#: past this many, `_VALID` starts over (run ids and chunk ids keep coming in a service)
+_VALID_MAX = 1 << 16
+
+
 def _check_ids(run_id: str, task_name: str, task_result_id: str) -> None:
+    valid = _VALID
+    # `type(...) is str`: a str subclass could fake equality; those take the slow path
+    if (
+        type(run_id) is str
+        and type(task_name) is str
+        and type(task_result_id) is str
+        and run_id in valid
+        and task_name in valid
+        and task_result_id in valid
+    ):
+        return
     _check_id("run_id", run_id)
     _check_id("task_name", task_name)
     _check_id("task_result_id", task_result_id)
 
 
 def _check_id(kind: str, value: str) -> None:
+    if type(value) is str and value in _VALID:
+        return
     if not is_id(value):
-        check_id(kind, value)
+        check_id(kind, value)  # raises, saying what is wrong
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID.add(value)
 
 
 def _natural(name: str) -> tuple[tuple[str | int, ...], str]:
