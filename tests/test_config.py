@@ -540,7 +540,7 @@ def test_dp_run_records_in_the_store_the_flag_names(project: Path) -> None:
     finally:
         store.close()
     assert run.status == RunStatus.SUCCEEDED
-    assert (project / "out" / run.run_id / "total@output.pkl").is_file()
+    assert FilesystemIOManager(project / "out").load(run.run_id, "total", "output") is not None
     assert f"results: out/{run.run_id}" in result.output
 
 

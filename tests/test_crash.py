@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+import pytest
 
 from dp.io import FilesystemIOManager
 from dp.store import RunStatus, SQLRunStore, TaskStatus
@@ -167,6 +168,9 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
+# 20 trials of real processes: about a minute alone, several on a loaded 2-core machine (CI
+# saw 120 s pass); the timeout only catches a hang
+@pytest.mark.timeout(900)
 def test_a_killed_orchestrator_leaves_no_process_and_resume_redoes_only_what_was_in_flight(
     tmp_path: Path,
 ) -> None:
@@ -222,6 +226,7 @@ FROZEN_OWNER = textwrap.dedent(
 )
 
 
+@pytest.mark.timeout(600)
 def test_a_frozen_owner_that_wakes_after_a_take_over_writes_nothing_and_runs_nothing(
     tmp_path: Path,
 ) -> None:

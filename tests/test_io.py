@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dp.errors import SerializationError
+from dp.errors import InvalidIdError, SerializationError
 from dp.io import FilesystemIOManager, InMemoryIOManager
 
 
@@ -215,3 +215,22 @@ def test_memory_manager_refuses_to_be_pickled() -> None:
     """Handing an InMemoryIOManager to another process fails loudly instead of losing results."""
     with pytest.raises(TypeError, match="FilesystemIOManager"):
         pickle.dumps(InMemoryIOManager())
+
+
+def test_ids_accepted_before_do_not_let_a_faking_str_subclass_through(tmp_path: Path) -> None:
+    """Valid ids are remembered, but only exact `str`s are looked up: a subclass that claims
+    to equal an accepted id is still checked, and refused."""
+
+    class Sneaky(str):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash("output")
+
+    io_manager = FilesystemIOManager(tmp_path)
+    io_manager.save("run_1", "t", "output", 1)
+    with pytest.raises(InvalidIdError, match="task_result_id"):
+        io_manager.save("run_1", "t", Sneaky("../escape"), 2)
+    with pytest.raises(InvalidIdError, match="task_result_id"):
+        io_manager.load("run_1", "t", "../escape")

@@ -4,6 +4,7 @@ stored, memory bounded, failures loud, nothing stored for a run that ended."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 from dataclasses import replace
 from typing import Any
@@ -201,6 +202,46 @@ def test_a_value_leaves_memory_once_every_consumer_has_it() -> None:
     assert asyncio.run(main()) == (True, True, False)
 
 
+def test_stored_results_held_for_consumers_stay_within_a_byte_budget(tmp_path: Any) -> None:
+    """Packed results are held by the size of their pickles: past `max_held_bytes` the oldest
+    leave memory and load from disk (equal, but no longer the very object)."""
+    entered, gate = threading.Event(), threading.Event()
+
+    class Gated(FilesystemIOManager):
+        def save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
+            entered.set()
+            gate.wait(PATIENCE)
+            return super().save(run_id, task_name, task_result_id, value)
+
+    values = [bytes([i]) * 1000 for i in range(6)]
+    size = len(pickle.dumps(values[0], pickle.HIGHEST_PROTOCOL))
+    writer = WriteBehind(Gated(tmp_path), max_held_bytes=3 * size)
+
+    class Sink:
+        closed = False
+
+        def on_durable(self, saved: int) -> None:
+            pass
+
+        def on_write_failed(self, *args: Any) -> None:
+            raise AssertionError(args)
+
+    async def main() -> list[bool]:
+        writer.open_run("run_1", Sink(), {f"t{i}": 1 for i in range(6)})
+        writer.save("run_1", "t0", "output", values[0])  # alone: one file, size unknown
+        assert await asyncio.to_thread(entered.wait, PATIENCE)
+        for i in range(1, 6):  # queued meanwhile: the next batch, one pack
+            writer.save("run_1", f"t{i}", "output", values[i])
+        gate.set()
+        await asyncio.to_thread(writer.stop)
+        loaded = [writer.load("run_1", f"t{i}", "output") for i in range(6)]
+        assert loaded == values
+        return [a is b for a, b in zip(loaded, values, strict=True)]
+
+    # the oldest leave first (t0 too, though its size is unknown) until the rest fit
+    assert asyncio.run(main()) == [False, False, False, True, True, True]
+
+
 @pytest.mark.parametrize("kind", ["inprocess", "inline"])
 def test_a_failed_save_fails_the_task_and_the_run(registry: TaskRegistry, kind: str) -> None:
     """A result that cannot be stored fails its task and the run; nothing after it is stored."""
@@ -263,6 +304,11 @@ def test_resume_after_write_behind_reuses_exactly_what_was_stored(
             if task_name == "step_3":
                 gate.wait(PATIENCE)
             return super().save(run_id, task_name, task_result_id, value)
+
+        def save_many(self, run_id: str, items: list[tuple[str, str, Any]]) -> str:
+            if any(task_name == "step_3" for task_name, _, _ in items):
+                gate.wait(PATIENCE)
+            return super().save_many(run_id, items)
 
     gate = threading.Event()
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from dp.errors import ResultNotFoundError, SerializationError, UnreachableIOManagerError
 from dp.ids import check_id, is_id
+from dp.packs import PackIndex, pack_name, read_value, write_pack
 
 __all__ = ["FilesystemIOManager", "IOManager", "InMemoryIOManager"]
 
@@ -111,6 +112,7 @@ class FilesystemIOManager:
         # spawned processes, and threads.
         self._token = os.urandom(4).hex()
         self._counter = itertools.count()
+        self._packs = PackIndex()
 
     @property
     def base_path(self) -> Path:
@@ -169,6 +171,49 @@ class FilesystemIOManager:
             _fsync_dir(directory)
         return path
 
+    def save_many(self, run_id: str, items: list[tuple[str, str, Any]]) -> list[int]:
+        """Store several results of a run (task name, result id, value) at once, as one pack
+        file (see `dp.packs`): all of them are stored, or none. Returns how many bytes each
+        result took, in order (what the write-behind budgets its memory by).
+
+        One file for the batch, one rename, and with `durable=True` one fsync of the file and
+        one of its directory: what the write-behind writer uses to store a batch of results.
+
+        Raises:
+            SerializationError: A value cannot be encoded; nothing of the batch was stored.
+        """
+        _check_id("run_id", run_id)
+        for task_name, task_result_id, _ in items:
+            _check_id("task_name", task_name)
+            _check_id("task_result_id", task_result_id)
+        run_dir = f"{self._base}{_SEP}{run_id}"
+        name = pack_name(self._token, next(self._counter))
+        tmp = f"{run_dir}{_SEP}{self._temp_name()}.tmp"
+        path = f"{run_dir}{_SEP}{name}"
+        try:
+            fd = os.open(tmp, _CREATE, 0o666)
+        except FileNotFoundError:
+            self._make_dirs(run_dir)
+            fd = os.open(tmp, _CREATE, 0o666)
+        try:
+            with io.FileIO(fd, "wb") as file:
+                index = write_pack(file, run_id, items)
+                if self._durable:
+                    os.fsync(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        if self._durable:
+            _fsync_dir(run_dir)
+        self._packs.added(run_dir, name, index)
+        # a result saved earlier as its own file would hide the packed one: remove it
+        for task_name, task_result_id, _ in items:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(_flat_path(run_dir, task_name, task_result_id))
+        return [index[task_name, task_result_id][1] for task_name, task_result_id, _ in items]
+
     def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
         """Unpickle a stored result."""
         _check_ids(run_id, task_name, task_result_id)
@@ -177,6 +222,14 @@ class FilesystemIOManager:
         try:
             fd = os.open(path, _READ)
         except (FileNotFoundError, NotADirectoryError):
+            packed = self._packs.find(run_dir, task_name, task_result_id)
+            if packed is not None:
+                path = packed[0]
+                try:
+                    data = read_value(packed)
+                except FileNotFoundError:  # cleared meanwhile
+                    raise ResultNotFoundError(run_id, task_name, task_result_id) from None
+                return _unpickle(data, path, run_id, task_name, task_result_id)
             # written by dp 0.1
             path = f"{run_dir}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
             try:
@@ -186,24 +239,16 @@ class FilesystemIOManager:
         # Unbuffered and read whole: fewer system calls than a buffered file for small results.
         with io.FileIO(fd, "rb") as file:
             data = file.readall()
-            try:
-                return pickle.loads(data)
-            except Exception as exc:
-                raise SerializationError(
-                    run_id,
-                    task_name,
-                    task_result_id,
-                    f"cannot unpickle {path} ({type(exc).__name__}: {exc}); the file is "
-                    "truncated or corrupt, or a class it refers to can no longer be imported. "
-                    "Run the task again to store it anew.",
-                ) from exc
+        return _unpickle(data, path, run_id, task_name, task_result_id)
 
     def exists(self, run_id: str, task_name: str, task_result_id: str) -> bool:
         """Whether the result file exists."""
         _check_ids(run_id, task_name, task_result_id)
         run_dir = f"{self._base}{_SEP}{run_id}"
-        return os.path.isfile(_flat_path(run_dir, task_name, task_result_id)) or os.path.isfile(
-            f"{run_dir}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
+        return (
+            os.path.isfile(_flat_path(run_dir, task_name, task_result_id))
+            or self._packs.find(run_dir, task_name, task_result_id) is not None
+            or os.path.isfile(f"{run_dir}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}")
         )
 
     def list_results(self, run_id: str, task_name: str) -> list[str]:
@@ -212,6 +257,7 @@ class FilesystemIOManager:
         _check_id("task_name", task_name)
         run_dir = f"{self._base}{_SEP}{run_id}"
         ids = set(_result_ids(run_dir, f"{task_name}{_JOIN}"))
+        ids.update(rid for name, rid in self._packs.results(run_dir) if name == task_name)
         ids.update(_result_ids(f"{run_dir}{_SEP}{task_name}"))  # written by dp 0.1
         return sorted(ids, key=_natural)
 
@@ -246,7 +292,11 @@ class FilesystemIOManager:
             return 0
         with os.scandir(trash) as entries:
             task_dirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
-        count = sum(1 for rid in _result_ids(trash) if _JOIN in rid)
+        results = {tuple(rid.split(_JOIN, 1)) for rid in _result_ids(trash) if _JOIN in rid}
+        results.update(self._packs.results(trash))
+        self._packs.forget(trash)
+        self._packs.forget(run_dir)
+        count = len(results)
         count += sum(len(_result_ids(task_dir)) for task_dir in task_dirs)  # written by dp 0.1
         shutil.rmtree(trash)
         if self._durable:
@@ -370,15 +420,37 @@ class InMemoryIOManager:
         return sum(len(results) for results in tasks.values())
 
 
+#: ids seen valid lately: a set lookup instead of a regex per id, three per save and load
+_VALID: set[str] = set()
+#: past this many, `_VALID` starts over (run ids and chunk ids keep coming in a service)
+_VALID_MAX = 1 << 16
+
+
 def _check_ids(run_id: str, task_name: str, task_result_id: str) -> None:
+    valid = _VALID
+    # `type(...) is str`: a str subclass could fake equality; those take the slow path
+    if (
+        type(run_id) is str
+        and type(task_name) is str
+        and type(task_result_id) is str
+        and run_id in valid
+        and task_name in valid
+        and task_result_id in valid
+    ):
+        return
     _check_id("run_id", run_id)
     _check_id("task_name", task_name)
     _check_id("task_result_id", task_result_id)
 
 
 def _check_id(kind: str, value: str) -> None:
+    if type(value) is str and value in _VALID:
+        return
     if not is_id(value):
-        check_id(kind, value)
+        check_id(kind, value)  # raises, saying what is wrong
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID.add(value)
 
 
 def _natural(name: str) -> tuple[tuple[str | int, ...], str]:
@@ -412,6 +484,20 @@ def _result_ids(directory: str, prefix: str = "") -> list[str]:
     if prefix:
         return [stem for stem in stems if is_id(stem)]
     return [stem for stem in stems if all(map(is_id, stem.split(_JOIN, 1)))]
+
+
+def _unpickle(data: bytes, path: str, run_id: str, task_name: str, task_result_id: str) -> Any:
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise SerializationError(
+            run_id,
+            task_name,
+            task_result_id,
+            f"cannot unpickle {path} ({type(exc).__name__}: {exc}); the file is "
+            "truncated or corrupt, or a class it refers to can no longer be imported. "
+            "Run the task again to store it anew.",
+        ) from exc
 
 
 def _pickle_failure(exc: Exception) -> str:

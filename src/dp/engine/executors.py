@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 from dp.engine.model import ExecutableTask, TaskOutcome
 from dp.engine.worker import Worker
 from dp.engine.writebehind import WriteBehind
-from dp.io import IOManager
+from dp.io import InMemoryIOManager, IOManager
 
 __all__ = ["Executor", "InProcessExecutor", "InlineExecutor", "TaskSink", "timeout_outcome"]
 
@@ -91,11 +91,12 @@ def timeout_outcome(task: ExecutableTask, seconds: float, note: str = "") -> Tas
 
 
 def _store_for(io_manager: IOManager, write_behind: bool | None) -> WriteBehind | None:
-    """The write-behind an in-process executor saves through, if asked for (`True`).
-
-    Off by default for now, until it has been through the crash trials of tests/test_crash.py
-    as the default (their frozen-owner case was seen failing under load with it on)."""
-    if not write_behind:
+    """The write-behind an in-process executor saves through: on by default (None), except
+    for results kept in memory anyway (`InMemoryIOManager`), where it would only add a copy
+    of the bookkeeping; `True` or `False` decides."""
+    if write_behind is False or (
+        write_behind is None and isinstance(io_manager, InMemoryIOManager)
+    ):
         return None
     return WriteBehind(io_manager)
 
@@ -123,7 +124,7 @@ class InlineExecutor:
     async def start(self, io_manager: IOManager) -> None:
         if self._worker is None or self._io is not io_manager:
             self._io = io_manager
-            self.write_behind = _store_for(io_manager, self.write_behind_wanted)
+            self.write_behind = _store_for(io_manager, self.write_behind_wanted or False)
             store = self.write_behind or io_manager
             self._worker = Worker(store, capture_output=self.capture_output)
 
@@ -195,6 +196,10 @@ class InProcessExecutor:
     fighting over the GIL, while slow, blocking tasks (network, databases) get as many
     threads as they need. A thread that finishes a task whose one dependent it alone gates
     runs that dependent itself (see `TaskSink.successor`): a chain costs no hand-off per link.
+
+    Results are written behind (`WriteBehind`) unless `write_behind=False` or the IO manager
+    is an `InMemoryIOManager`: downstream tasks get a value from memory at once, and a
+    writer thread stores results in completion order, a batch at a time.
 
     A sync task past its timeout is reported failed at once, but Python cannot stop a thread:
     it keeps running in the background and its late result is discarded. Use the process

@@ -13,7 +13,9 @@ What stays true:
 - The run records a task succeeded only once its results are stored (`durable` tells it).
 - Memory is bounded: past `max_pending` results waiting for the writer, `save` blocks until
   the writer catches up; a stored result stays in memory until each of its consumers loaded
-  it, but at most `max_held` such results are kept (the oldest then load from the IO manager).
+  it, but at most `max_held_bytes` of them (by the size of their pickles, which `save_many`
+  tells) and `max_held` of those whose size is not known are kept (the oldest then load
+  from the IO manager).
 - A save that fails is reported to its run (`WriteSink.on_write_failed`), and nothing the
   run saves afterwards is stored: the run fails.
 - Nothing of a run that ended or was taken over (`WriteSink.closed`) is stored any more.
@@ -61,8 +63,12 @@ class _Run:
         self.numbers: dict[tuple[str, str], int] = {}
 
 
+#: the value of an entry that left memory
+_GONE: Any = object()
+
+
 class _Entry:
-    __slots__ = ("consumers", "done", "key", "number", "run", "value")
+    __slots__ = ("consumers", "counted", "done", "key", "number", "run", "size", "value")
 
     def __init__(self, key: Key, value: Any, number: int, run: _Run, consumers: int) -> None:
         self.key = key
@@ -71,6 +77,10 @@ class _Entry:
         self.run = run
         self.consumers = consumers
         self.done = False
+        #: bytes its pickle took, when the IO manager said (`save_many`); None: not known
+        self.size: int | None = None
+        #: it counts against what `_kept` may hold
+        self.counted = False
 
 
 class WriteBehind:
@@ -79,13 +89,25 @@ class WriteBehind:
     Args:
         io_manager: where results are stored.
         max_pending: results waiting for the writer before `save` blocks.
-        max_held: stored results kept in memory for consumers that have not loaded them.
+        max_held: stored results of unknown size kept in memory for consumers that have not
+            loaded them.
+        max_held_bytes: stored results of known size kept so, by the size of their pickles.
     """
 
-    def __init__(self, io_manager: IOManager, *, max_pending: int = 64, max_held: int = 256):
+    def __init__(
+        self,
+        io_manager: IOManager,
+        *,
+        max_pending: int = 64,
+        max_held: int = 256,
+        max_held_bytes: int = 64 << 20,
+    ):
         self.io_manager = io_manager
         self.max_pending = max_pending
         self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
+        self._held_unsized = 0  # entries of unknown size in `_kept`
+        self._held_bytes = 0  # bytes of the entries of known size in `_kept`
         #: saves accepted so far: the number of the latest one
         self.accepted = 0
         self._lock = threading.Lock()
@@ -127,8 +149,11 @@ class WriteBehind:
         """Forget a run: its results leave memory; what it still had queued is dropped."""
         with self._lock:
             self._runs.pop(run_id, None)
-            for key in [k for k in self._held if k[0] == run_id]:
-                del self._held[key]
+            for entry in [e for k, e in self._held.items() if k[0] == run_id]:
+                if entry.done:
+                    self._forget(entry)
+                else:  # the writer drops it (its run is closed)
+                    del self._held[entry.key]
 
     def stop(self) -> None:
         """Stop the writer thread once the queue is empty (what is queued is still written
@@ -173,10 +198,13 @@ class WriteBehind:
         if entry is None:
             return self.io_manager.load(run_id, task_name, task_result_id)
         with self._lock:
+            value = entry.value
+            if value is _GONE:  # left memory just now: it is stored
+                return self.io_manager.load(run_id, task_name, task_result_id)
             entry.consumers -= 1
             if entry.done and entry.consumers <= 0:
                 self._forget(entry)
-        return entry.value
+        return value
 
     def exists(self, run_id: str, task_name: str, task_result_id: str) -> bool:
         if (run_id, task_name, task_result_id) in self._held:
@@ -204,16 +232,21 @@ class WriteBehind:
                     self._wake.wait()
                 batch = list(self._queue)
                 self._queue.clear()
-            failures = [failure for entry in batch if (failure := self._write(entry))]
+            failures = self._write_batch(batch)
             with self._lock:
                 for entry in batch:
                     entry.done = True
                     if entry.consumers <= 0 or entry.run.failed or entry.run.sink.closed:
                         self._forget(entry)
                     else:
-                        self._kept.append(entry)
-                while len(self._kept) > self.max_held:
-                    self._forget(self._kept.popleft())
+                        self._keep(entry)
+                kept = self._kept
+                while kept and (
+                    not kept[0].counted  # loaded by all its consumers already
+                    or self._held_unsized > self.max_held
+                    or self._held_bytes > self.max_held_bytes
+                ):
+                    self._release(kept.popleft())
                 self._pending -= len(batch)
                 self._room.notify_all()
                 loops = {run.loop for run in self._runs.values()}
@@ -223,6 +256,31 @@ class WriteBehind:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     loop.call_soon_threadsafe(self._report, loop, failures, last)
             del failures
+
+    def _write_batch(self, batch: list[_Entry]) -> list[tuple[_Entry, str]]:
+        """Store a batch, in order: each run's share of it as one pack when the IO manager
+        can (`save_many`: all of it stored, or none), else one save after another."""
+        save_many = getattr(self.io_manager, "save_many", None)
+        if save_many is None:
+            return [failure for entry in batch if (failure := self._write(entry))]
+        by_run: dict[str, list[_Entry]] = {}
+        for entry in batch:
+            by_run.setdefault(entry.key[0], []).append(entry)
+        failures = []
+        for run_id, entries in by_run.items():
+            run = entries[0].run
+            if run.failed or run.sink.closed:
+                continue
+            if len(entries) > 1:
+                try:
+                    sizes = save_many(run_id, [(e.key[1], e.key[2], e.value) for e in entries])
+                    for entry, size in zip(entries, sizes, strict=True):
+                        entry.size = size
+                    continue
+                except Exception:
+                    pass  # nothing of it was stored: save one by one, to tell which failed
+            failures += [failure for entry in entries if (failure := self._write(entry))]
+        return failures
 
     def _write(self, entry: _Entry) -> tuple[_Entry, str] | None:
         run = entry.run
@@ -245,6 +303,27 @@ class WriteBehind:
             if run.loop is loop and not run.sink.closed:
                 run.sink.on_durable(last)
 
+    def _keep(self, entry: _Entry) -> None:
+        """Keep a stored result in memory for its consumers (under the lock)."""
+        self._kept.append(entry)
+        entry.counted = True
+        if entry.size is None:
+            self._held_unsized += 1
+        else:
+            self._held_bytes += entry.size
+
+    def _release(self, entry: _Entry) -> None:
+        """`entry` leaves `_kept` (under the lock)."""
+        self._forget(entry)
+
     def _forget(self, entry: _Entry) -> None:
+        """`entry` leaves memory (under the lock): later loads read it from the IO manager."""
+        entry.value = _GONE
+        if entry.counted:  # it stays in `_kept` until it comes first, but holds nothing now
+            entry.counted = False
+            if entry.size is None:
+                self._held_unsized -= 1
+            else:
+                self._held_bytes -= entry.size
         if self._held.get(entry.key) is entry:
             del self._held[entry.key]
