@@ -127,6 +127,7 @@ if TYPE_CHECKING:
         RunParameter,
         get_planner,
     )
+    from dp.sources import Poll, Source, get_sources, source
     from dp.store import MemoryRunStore, RunStatus, SQLRunStore, TaskStatus
     from dp.tasks import Parameter, TaskMetadata, TaskRegistry, get_registry, task
 
@@ -198,6 +199,7 @@ __all__ = [
     "PipelineProblemsError",
     "PlanError",
     "Planner",
+    "Poll",
     "ProcessExecutor",
     "QueueClosedError",
     "QueueEmptyError",
@@ -222,6 +224,7 @@ __all__ = [
     "ServiceUnavailableError",
     "SeveralStreamsError",
     "ShadowedTaskError",
+    "Source",
     "StoreError",
     "StoreNotFoundError",
     "TaskDefinitionError",
@@ -244,7 +247,9 @@ __all__ = [
     "get_pipelines",
     "get_planner",
     "get_registry",
+    "get_sources",
     "pipeline",
+    "source",
     "task",
 ]
 
@@ -365,6 +370,10 @@ _WHERE = {
     "get_planner": "dp.planner",
     "get_registry": "dp.tasks",
     "pipeline": "dp.pipelines",
+    "source": "dp.sources",
+    "get_sources": "dp.sources",
+    "Poll": "dp.sources",
+    "Source": "dp.sources",
     "task": "dp.tasks",
 }
 
