@@ -169,6 +169,7 @@ class _Entry:
         "renew_at",
         "source",
         "task",
+        "waiting",
     )
 
     def __init__(self, source: Source) -> None:
@@ -184,8 +185,9 @@ class _Entry:
         self.polls = 0
         self.failures = 0
         self.events = 0
-        self.inflight: threading.Thread | None = None
+        self.inflight: threading.Event | None = None  # set once a sync poll's call returned
         self.task: asyncio.Task[None] | None = None
+        self.waiting = False  # asleep on the clock between polls
 
 
 class SourcePoller:
@@ -241,6 +243,16 @@ class SourcePoller:
     def running(self) -> bool:
         """Whether `start()` was called and `stop()` not since."""
         return self._running
+
+    @property
+    def busy(self) -> list[str]:
+        """The sources polling or talking to the store right now (the others wait for their
+        next poll); tests wait for none before moving a `ManualClock`."""
+        return [
+            name
+            for name, e in self._entries.items()
+            if e.task is not None and not e.task.done() and not e.waiting
+        ]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -353,15 +365,22 @@ class SourcePoller:
             now = clock.now()
             renew = not entry.held or entry.renew_at is None or now >= entry.renew_at
             if renew and not await self._hold(entry, now):
-                await clock.sleep_until(now + min(self.lease / 3, every))
+                await self._wait(entry, now + min(self.lease / 3, every))
                 continue
             assert entry.renew_at is not None
             due = entry.next_due if entry.next_due is not None else now
             if now < due:
-                await clock.sleep_until(min(due, entry.renew_at))
+                await self._wait(entry, min(due, entry.renew_at))
                 continue
             await self._poll(entry)
             entry.next_due = self._next_due(entry, due, clock.now())
+
+    async def _wait(self, entry: _Entry, until: datetime) -> None:
+        entry.waiting = True
+        try:
+            await self._clock.sleep_until(until)
+        finally:
+            entry.waiting = False
 
     async def _hold(self, entry: _Entry, now: datetime) -> bool:
         """Take or renew the lease; on taking it, load the committed cursor and circuit."""
@@ -438,7 +457,7 @@ class SourcePoller:
         if definition.is_async:
             work = asyncio.ensure_future(_call_async(definition, args))
         else:
-            if entry.inflight is not None and entry.inflight.is_alive():
+            if entry.inflight is not None and not entry.inflight.is_set():
                 raise SourceBusyError(definition.name)
             work, entry.inflight = _call_in_thread(definition, args)
         deadline = self._clock.now() + timedelta(seconds=definition.timeout)
@@ -448,9 +467,10 @@ class SourcePoller:
             await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
         finally:
             timer.cancel()
-            if not work.done():
+            timed_out = not work.done()
+            if timed_out:  # its task ends by itself once it takes the cancellation in
                 work.cancel()
-        if work.cancelled():
+        if timed_out:
             raise PollTimeoutError(definition.name, definition.timeout)
         return collect(definition, work.result(), cursor)
 
@@ -526,7 +546,7 @@ async def _call_async(definition: Source, args: tuple[Any, ...]) -> list[Any]:
 
 def _call_in_thread(
     definition: Source, args: tuple[Any, ...]
-) -> tuple[asyncio.Future[list[Any]], threading.Thread]:
+) -> tuple[asyncio.Future[list[Any]], threading.Event]:
     """Run a sync source on a daemon thread: a hung one can neither block the loop nor keep
     the process from exiting."""
     loop = asyncio.get_running_loop()
@@ -548,12 +568,14 @@ def _call_in_thread(
             )
         except BaseException as exc:  # handed to the loop, which decides
             outcome = (None, exc)
+        returned.set()  # before the loop hears of it: the next poll must not find it busy
         with contextlib.suppress(RuntimeError):  # the loop closed while a hung poll ran
             loop.call_soon_threadsafe(settle, *outcome)
 
+    returned = threading.Event()
     thread = threading.Thread(target=run, name=f"dp-source-{definition.name}", daemon=True)
     thread.start()
-    return future, thread
+    return future, returned
 
 
 def _listed(definition: Source, result: Any) -> list[Any]:
