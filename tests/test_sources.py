@@ -114,7 +114,7 @@ def test_negative_intervals_are_refused() -> None:
         ({"every": 1, "topic": "a..b"}, "topic"),
         ({"every": 1, "topic": "a.b", "timeout": 0}, "timeout must be positive"),
         ({"every": 1, "topic": "a.b", "max_failures": 0}, "max_failures must be an int >= 1"),
-        ({"every": 1, "topic": "a.b", "name": "no spaces"}, "1-100 letters"),
+        ({"every": 1, "topic": "a.b", "name": "no spaces"}, "use 1-100 letters"),
     ],
 )
 def test_bad_declarations_name_the_source_and_the_problem(

@@ -45,6 +45,7 @@ from typing import Any, overload
 from dp.errors import DPError, InvalidArgumentError
 from dp.events.event import EventBase
 from dp.events.topics import validate_topic
+from dp.ids import name_problem
 
 __all__ = [
     "Poll",
@@ -57,8 +58,6 @@ __all__ = [
     "source_event_id",
 ]
 
-#: Source names become topic segments (`dp.sources.<name>.unhealthy`) and URL parts.
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -268,9 +267,10 @@ def define_source(
     label = name if name is not None else getattr(fn, "__name__", repr(fn))
     if not callable(fn):
         raise SourceDefinitionError(str(label), f"{fn!r} is not a function")
-    if not isinstance(label, str) or not _NAME.fullmatch(label):
+    problem = name_problem(label)  # it becomes a topic segment and a URL part
+    if problem is not None:
         raise SourceDefinitionError(
-            str(label), "the name must be 1-100 letters, digits, '_' or '-', e.g. 'inbox'"
+            str(label), f"the name {problem}; use 1-100 letters, digits, '_' or '-', e.g. 'inbox'"
         )
 
     def interval(option: str, value: str | float | timedelta) -> float:
