@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, overload
 
-from dp.errors import DPError, InvalidArgumentError
+from dp.errors import DPError, InvalidArgumentError, SourceDefinitionError
 from dp.events.event import EventBase
 from dp.events.topics import validate_topic
 from dp.ids import name_problem
@@ -60,15 +60,6 @@ __all__ = [
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-class SourceDefinitionError(DPError, ValueError):
-    """A `@source` declaration is invalid (bad name, option or signature), or a name is taken."""
-
-    def __init__(self, name: str, problem: str) -> None:
-        self.name = name
-        self.problem = problem
-        super().__init__(f"source {name!r}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)

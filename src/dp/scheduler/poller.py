@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from dp.errors import DPError, InvalidArgumentError
+from dp.errors import InvalidArgumentError, PollTimeoutError, SourceBusyError
 from dp.events import EventBase, Publisher
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock, SystemClock
@@ -59,29 +59,6 @@ _log = get_logger("dp.sources")
 DEFAULT_SOURCE_LEASE = 30.0
 
 SourceCircuit = Literal["closed", "open"]
-
-
-class PollTimeoutError(DPError, TimeoutError):
-    """A poll took longer than its source's timeout and was cancelled."""
-
-    def __init__(self, name: str, timeout: float) -> None:
-        self.name = name
-        self.timeout = timeout
-        super().__init__(
-            f"polling source {name!r} took longer than its timeout of {timeout:g}s and was "
-            "cancelled; make the poll faster or raise @source(timeout=...)"
-        )
-
-
-class SourceBusyError(DPError):
-    """A sync source's previous poll (which timed out) is still running in its thread."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(
-            f"source {name!r} is still stuck in an earlier poll that timed out (a sync "
-            "function cannot be cancelled); it is polled again once that call returns"
-        )
 
 
 @runtime_checkable
