@@ -32,6 +32,7 @@ from dp.store import (
     RunRecord,
     RunStatus,
     RunStore,
+    SourceRecord,
     SQLRunStore,
     TaskRunRecord,
     TaskStatus,
@@ -596,7 +597,7 @@ def test_a_store_written_by_a_newer_dp_is_refused(tmp_path: Path) -> None:
     SQLRunStore(path=path).close()
     _set_schema_version(path, 7)
 
-    with pytest.raises(StoreError, match=r"schema version 7.*up to 2; upgrade dp"):
+    with pytest.raises(StoreError, match=r"schema version 7.*up to 3; upgrade dp"):
         SQLRunStore(path=path)
     assert _schema_version(path) == 7
 
@@ -610,17 +611,17 @@ def test_a_store_written_by_an_older_dp_is_migrated(
     applied: list[int] = []
 
     def add_notes_column(conn: Any) -> None:
-        applied.append(2)
+        applied.append(3)
         conn.exec_driver_sql("ALTER TABLE dp_runs ADD COLUMN notes TEXT")
 
-    # Pretend this dp is one release ahead of the file: version 3, with a migration from 2.
-    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 2, add_notes_column)
+    # Pretend this dp is one release ahead of the file: version 4, with a migration from 3.
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 4)
+    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 3, add_notes_column)
     SQLRunStore(path=path).close()
     SQLRunStore(path=path).close()  # already current: nothing runs twice
 
-    assert applied == [2]
-    assert _schema_version(path) == 3
+    assert applied == [3]
+    assert _schema_version(path) == 4
     with sqlite3.connect(path) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(dp_runs)")]
     conn.close()
@@ -632,7 +633,7 @@ def test_a_store_written_by_the_schema_1_release_opens_with_its_runs(tmp_path: P
     path = tmp_path / "runs.db"
     path.write_bytes((Path(__file__).parent / "data" / "runs-v1.db").read_bytes())
     store = SQLRunStore(path=path)
-    assert _schema_version(path) == 2
+    assert _schema_version(path) == 3
     done, killed = store.get_run("run-v1-done"), store.get_run("run-v1-killed")
     assert (done.status, done.params, done.epoch) == (RunStatus.SUCCEEDED, {"currency": "EUR"}, 0)
     # the owner moved from the metadata to its own fields
@@ -656,11 +657,11 @@ def test_an_older_store_without_a_migration_path_is_refused(
     """A missing migration raises StoreError instead of opening a schema dp would misread."""
     path = tmp_path / "runs.db"
     SQLRunStore(path=path).close()
-    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 4)
 
-    with pytest.raises(StoreError, match="no migration from version 2"):
+    with pytest.raises(StoreError, match="no migration from version 3"):
         SQLRunStore(path=path)
-    assert _schema_version(path) == 2
+    assert _schema_version(path) == 3
 
 
 def test_importing_dp_store_leaves_sqlalchemy_unloaded() -> None:
@@ -774,3 +775,125 @@ def test_the_store_keeps_the_schedule_state_and_never_moves_it_back(store: RunSt
     with pytest.raises(ValueError, match="fire time of trigger 'naive' has no time zone"):
         store.record_fires({"naive": datetime(2025, 3, 1, 9, 30)})
     assert store.last_fire("naive") is None
+
+
+def test_a_store_written_by_the_schema_2_release_opens_with_its_runs(tmp_path: Path) -> None:
+    """tests/data/runs-v2.db, written by dp with schema 2, gains dp_sources and keeps its runs."""
+    path = tmp_path / "runs.db"
+    path.write_bytes((Path(__file__).parent / "data" / "runs-v2.db").read_bytes())
+    store = SQLRunStore(path=path)
+    assert _schema_version(path) == 3
+    done = store.get_run("run-v2-done")
+    assert (done.status, done.params, done.pipeline) == (
+        RunStatus.SUCCEEDED,
+        {"currency": "EUR"},
+        "daily",
+    )
+    assert store.last_fire("daily.cron") == datetime(2025, 3, 1, 3, tzinfo=UTC)
+    assert store.list_sources() == []
+    assert store.claim_source("inbox", holder="a", now=T0, lease_until=T0 + timedelta(seconds=9))
+    store.close()
+
+
+# --- contract: polling sources ------------------------------------------------------------
+
+
+def test_a_source_claim_creates_its_row_and_one_holder_has_it(store: RunStore) -> None:
+    """The first claim takes the lease; another holder is refused until it runs out."""
+    lease = T0 + timedelta(seconds=10)
+    assert store.claim_source("inbox", holder="a", now=T0, lease_until=lease)
+    assert not store.claim_source("inbox", holder="b", now=T0, lease_until=lease)
+    assert store.claim_source("inbox", holder="a", now=T0, lease_until=lease)  # a renewal
+    record = store.get_source("inbox")
+    assert record is not None
+    assert (record.holder, record.lease_until, record.cursor) == ("a", lease, None)
+
+
+def test_a_lapsed_source_lease_is_taken_over(store: RunStore) -> None:
+    """Once the holder's lease ran out, another instance takes the source and its cursor."""
+    store.claim_source("inbox", holder="a", now=T0, lease_until=T0 + timedelta(seconds=10))
+    store.save_source(SourceRecord("inbox", cursor={"seen": 3}, holder="a"))
+    later = T0 + timedelta(seconds=11)
+    assert store.claim_source("inbox", holder="b", now=later, lease_until=later)
+    record = store.get_source("inbox")
+    assert record is not None
+    assert (record.holder, record.cursor) == ("b", {"seen": 3})
+
+
+def test_saving_a_source_is_fenced_by_its_holder(store: RunStore) -> None:
+    """A holder that lost the lease cannot commit a cursor; the new holder's stays."""
+    store.claim_source("inbox", holder="a", now=T0, lease_until=T0)
+    store.claim_source("inbox", holder="b", now=T0, lease_until=T0 + timedelta(seconds=5))
+    assert not store.save_source(SourceRecord("inbox", cursor=1, holder="a"))
+    assert store.save_source(
+        SourceRecord(
+            "inbox",
+            topic="files.arrived",
+            every=0.5,
+            cursor=[2, "x"],
+            polled_at=T0,
+            last_error="OSError: gone",
+            failures=2,
+            circuit="open",
+            holder="b",
+        )
+    )
+    record = store.get_source("inbox")
+    assert record == SourceRecord(
+        "inbox",
+        topic="files.arrived",
+        every=0.5,
+        cursor=[2, "x"],
+        polled_at=T0,
+        last_error="OSError: gone",
+        failures=2,
+        circuit="open",
+        holder="b",
+        lease_until=T0 + timedelta(seconds=5),
+    )
+    assert not store.save_source(SourceRecord("never-claimed", holder="b"))
+    assert store.get_source("never-claimed") is None
+
+
+def test_a_released_source_is_free_at_once(store: RunStore) -> None:
+    """release_source lets another instance claim before the lease would have run out."""
+    lease = T0 + timedelta(hours=1)
+    store.claim_source("inbox", holder="a", now=T0, lease_until=lease)
+    store.release_source("inbox", holder="b")  # not its holder: nothing happens
+    assert not store.claim_source("inbox", holder="b", now=T0, lease_until=lease)
+    store.release_source("inbox", holder="a")
+    assert store.claim_source("inbox", holder="b", now=T0, lease_until=lease)
+
+
+def test_list_sources_is_by_name(store: RunStore) -> None:
+    """Every claimed source is listed, sorted by name."""
+    for name in ("zeta", "alpha", "mid"):
+        store.claim_source(name, holder="a", now=T0, lease_until=T0)
+    assert [r.name for r in store.list_sources()] == ["alpha", "mid", "zeta"]
+
+
+def test_concurrent_source_claims_have_exactly_one_winner(store: RunStore) -> None:
+    """Eight threads claim one free source at once: exactly one holds it."""
+    barrier = threading.Barrier(8)
+    wins: list[str] = []
+
+    def claim(holder: str) -> None:
+        barrier.wait()
+        lease = T0 + timedelta(seconds=30)
+        if store.claim_source("inbox", holder=holder, now=T0, lease_until=lease):
+            wins.append(holder)
+
+    threads = [threading.Thread(target=claim, args=(f"h{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    record = store.get_source("inbox")
+    assert record is not None
+    assert wins == [record.holder]
+
+
+def test_a_bad_source_name_is_refused(store: RunStore) -> None:
+    """A source name that is not an id raises InvalidIdError naming it."""
+    with pytest.raises(InvalidIdError, match="source name"):
+        store.claim_source("../x", holder="a", now=T0, lease_until=T0)

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
         PipelineNotFoundError,
         PipelineProblemsError,
         PlanError,
+        PollTimeoutError,
         QueueClosedError,
         QueueEmptyError,
         QueueFullError,
@@ -94,6 +95,8 @@ if TYPE_CHECKING:
         ServiceUnavailableError,
         SeveralStreamsError,
         ShadowedTaskError,
+        SourceBusyError,
+        SourceDefinitionError,
         StoreError,
         StoreNotFoundError,
         TaskDefinitionError,
@@ -127,6 +130,7 @@ if TYPE_CHECKING:
         RunParameter,
         get_planner,
     )
+    from dp.sources import Poll, Source, get_sources, source
     from dp.store import MemoryRunStore, RunStatus, SQLRunStore, TaskStatus
     from dp.tasks import Parameter, TaskMetadata, TaskRegistry, get_registry, task
 
@@ -198,6 +202,8 @@ __all__ = [
     "PipelineProblemsError",
     "PlanError",
     "Planner",
+    "Poll",
+    "PollTimeoutError",
     "ProcessExecutor",
     "QueueClosedError",
     "QueueEmptyError",
@@ -222,6 +228,9 @@ __all__ = [
     "ServiceUnavailableError",
     "SeveralStreamsError",
     "ShadowedTaskError",
+    "Source",
+    "SourceBusyError",
+    "SourceDefinitionError",
     "StoreError",
     "StoreNotFoundError",
     "TaskDefinitionError",
@@ -244,7 +253,9 @@ __all__ = [
     "get_pipelines",
     "get_planner",
     "get_registry",
+    "get_sources",
     "pipeline",
+    "source",
     "task",
 ]
 
@@ -365,6 +376,13 @@ _WHERE = {
     "get_planner": "dp.planner",
     "get_registry": "dp.tasks",
     "pipeline": "dp.pipelines",
+    "source": "dp.sources",
+    "PollTimeoutError": "dp.errors",
+    "SourceBusyError": "dp.errors",
+    "SourceDefinitionError": "dp.errors",
+    "get_sources": "dp.sources",
+    "Poll": "dp.sources",
+    "Source": "dp.sources",
     "task": "dp.tasks",
 }
 

@@ -28,6 +28,7 @@ from dp.cli_common import (
 )
 from dp.cli_events import events_app
 from dp.cli_runs import runs_app
+from dp.cli_sources import sources_app
 from dp.display import print_plan
 from dp.errors import DPError, ListenError
 
@@ -207,6 +208,7 @@ app.command("config")(show_config)
 app.command("worker")(cli_worker.worker)
 app.add_typer(runs_app, name="runs")
 app.add_typer(events_app, name="events")
+app.add_typer(sources_app, name="sources")
 
 
 def main() -> None:

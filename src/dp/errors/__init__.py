@@ -89,6 +89,7 @@ from dp.errors.service import (
     TaskRunNotFoundError,
     TokenRequiredError,
 )
+from dp.errors.sources import PollTimeoutError, SourceBusyError, SourceDefinitionError
 
 __all__ = [
     "ApiDisabledError",
@@ -133,6 +134,7 @@ __all__ = [
     "PipelineNotFoundError",
     "PipelineProblemsError",
     "PlanError",
+    "PollTimeoutError",
     "QueueClosedError",
     "QueueEmptyError",
     "QueueFullError",
@@ -152,6 +154,8 @@ __all__ = [
     "ServiceUnavailableError",
     "SeveralStreamsError",
     "ShadowedTaskError",
+    "SourceBusyError",
+    "SourceDefinitionError",
     "StoreError",
     "StoreNotFoundError",
     "TaskDefinitionError",

@@ -398,6 +398,35 @@ class Health(BaseModel):
     bus: dict[str, Any] = Field(description="`ok` and the bus's counters.")
     store: StoreHealth
     scheduler: dict[str, Any] = Field(description="Status and each trigger's health.")
+    sources: dict[str, Any] = Field(
+        default_factory=dict, description="Each polling source's health, by name."
+    )
+
+
+class SourceItem(BaseModel):
+    """One polling source: its definition, the store's record of it, this instance's counts."""
+
+    name: str
+    topic: str
+    every: float = Field(description="Seconds between polls.")
+    timeout: float
+    max_failures: int
+    circuit: Literal["closed", "open"]
+    cursor: Any = Field(description="The committed cursor (JSON).")
+    last_poll_at: Time
+    last_error: str | None
+    consecutive_failures: int
+    holder: str | None = Field(description="The instance polling it, while its lease lasts.")
+    polled_here: bool
+    next_poll_at: Time
+    polls_total: int
+    failures_total: int
+    events_total: int
+    description: str = ""
+
+
+class SourceList(BaseModel):
+    items: list[SourceItem]
 
 
 class Readiness(BaseModel):

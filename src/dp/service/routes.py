@@ -39,6 +39,8 @@ from dp.service.models import (
     RunPage,
     RunRequest,
     RunSummary,
+    SourceItem,
+    SourceList,
     TaskLogs,
     TriggerFired,
     TriggerItem,
@@ -254,6 +256,15 @@ def routes() -> APIRouter:
             return Cancelling(run_id=run_id)
         record = await asyncio.to_thread(_store(service).get_run, run_id)
         raise RunNotActiveError(run_id, record.status)
+
+    # --- polling sources --------------------------------------------------------------
+
+    @router.get("/sources", tags=["sources"], summary="List the polling sources")
+    async def list_sources(service: ServiceDep) -> SourceList:
+        if service.sources is None:
+            return SourceList(items=[])
+        infos = await service.sources.sources()
+        return SourceList(items=[SourceItem(**jsonable(dataclasses.asdict(i))) for i in infos])
 
     # --- health and metrics ------------------------------------------------------------
 

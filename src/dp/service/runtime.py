@@ -48,6 +48,7 @@ from dp.store.records import RunStatus, is_stale
 
 if TYPE_CHECKING:
     from dp.scheduler import Scheduler
+    from dp.scheduler.poller import SourcePoller
 
 __all__ = ["PipelineBusyError", "Service", "ServiceUnavailableError"]
 
@@ -71,6 +72,8 @@ class Service:
             from then on adopt the runs of any instance on the same store that died (their
             lease ran out): several `dp serve` on one database finish each other's runs.
         grace: seconds `stop()` lets running pipelines finish before interrupting them.
+        sources: polls the `@source`s and publishes their events on the broker (default:
+            none); `/health` and `GET /sources` report them.
     """
 
     def __init__(
@@ -84,8 +87,10 @@ class Service:
         resume_interrupted: bool = True,
         grace: float = 30.0,
         task_events: bool = True,
+        sources: SourcePoller | None = None,
     ) -> None:
         self.pipelines = {p.name: p for p in pipelines}
+        self.sources = sources
         self.orchestrator = orchestrator
         self.broker: Broker = broker if broker is not None else InMemoryBroker()
         self.publisher: Publisher = self.broker
@@ -142,6 +147,8 @@ class Service:
             self._consume_starts(subscription), name="dp-service-starts"
         )
         await self.scheduler.start()
+        if self.sources is not None:
+            await self.sources.start()
         self.accepting = True
         self.started_at = time.time()
         if self.resume_interrupted and self.orchestrator.store is not None:
@@ -158,6 +165,9 @@ class Service:
         then interrupt the rest (recorded as interrupted: the next start resumes them)."""
         grace = self.grace if grace is None else grace
         self.accepting = False
+        if self.sources is not None:
+            with contextlib.suppress(Exception):
+                await self.sources.stop()
         with contextlib.suppress(Exception):
             await self.scheduler.stop()
         for background in (self._starter, self._adopter):
@@ -459,9 +469,9 @@ class Service:
     async def health(self) -> dict[str, Any]:
         """Liveness and readiness of each part, and an overall status.
 
-        `ok` when everything works; `degraded` when a trigger's circuit is open (it stopped
-        firing) but runs can start; `unavailable` when runs cannot start (not accepting, bus
-        closed, store unreachable).
+        `ok` when everything works; `degraded` when a trigger's or a source's circuit is open
+        (it stopped firing, or backs off) but runs can start; `unavailable` when runs cannot
+        start (not accepting, bus closed, store unreachable).
         """
         store_ok, store_error = True, None
         if self.orchestrator.store is not None:
@@ -470,9 +480,13 @@ class Service:
             except Exception as exc:  # any failure means "not ready", and says why
                 store_ok, store_error = False, f"{type(exc).__name__}: {exc}"
         scheduler = dataclasses.asdict(self.scheduler.health())
+        sources = {
+            name: dataclasses.asdict(health)
+            for name, health in (self.sources.health() if self.sources else {}).items()
+        }
         bus_ok = not self.broker.closed
         ready = self.accepting and bus_ok and store_ok
-        degraded = scheduler["status"] != "ok"
+        degraded = scheduler["status"] != "ok" or not all(s["healthy"] for s in sources.values())
         return {
             "status": "unavailable" if not ready else ("degraded" if degraded else "ok"),
             "live": True,
@@ -484,6 +498,7 @@ class Service:
             "bus": {"ok": bus_ok, **_stats(self.broker)},
             "store": {"ok": store_ok, "error": store_error},
             "scheduler": scheduler,
+            "sources": sources,
         }
 
 

@@ -176,6 +176,8 @@ def build_service(
     Every pipeline is planned here, so a broken definition fails before anything listens.
     """
     from dp.scheduler import FileScheduleState, Scheduler
+    from dp.scheduler.poller import SourcePoller
+    from dp.sources import get_sources
 
     text = os.fspath(target)
     load_tasks(text)
@@ -204,6 +206,7 @@ def build_service(
     store = orchestrator.store
     state = store if store is not None else FileScheduleState(root / "schedule.json")
     scheduler = Scheduler(broker, state=state)
+    sources = SourcePoller(get_sources(), broker, state=store) if len(get_sources()) else None
     return Service(
         pipelines,
         orchestrator=orchestrator,
@@ -211,6 +214,7 @@ def build_service(
         scheduler=scheduler,
         target=recorded,
         grace=grace,
+        sources=sources,
     )
 
 

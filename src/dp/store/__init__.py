@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dp.store.memory import MemoryRunStore
-from dp.store.records import RunRecord, RunStatus, RunStore, TaskRunRecord, TaskStatus
+from dp.store.records import (
+    RunRecord,
+    RunStatus,
+    RunStore,
+    SourceRecord,
+    TaskRunRecord,
+    TaskStatus,
+)
 
 if TYPE_CHECKING:
     from dp.store.sql import SQLRunStore
@@ -21,6 +28,7 @@ __all__ = [
     "RunStatus",
     "RunStore",
     "SQLRunStore",
+    "SourceRecord",
     "TaskRunRecord",
     "TaskStatus",
 ]

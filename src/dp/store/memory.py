@@ -13,11 +13,13 @@ from dp.errors import DuplicateRunError, FencedError, RunNotFoundError, StoreErr
 from dp.store.records import (
     RunRecord,
     RunStatus,
+    SourceRecord,
     TaskRunRecord,
     TaskStatus,
     _as_utc,
     _check_page,
     _check_run_id,
+    _check_source,
     _fire_time,
     _not_json_error,
     _status_filter,
@@ -46,6 +48,7 @@ class MemoryRunStore:
         self._tasks: dict[str, dict[_TaskKey, TaskRunRecord]] = {}
         self._attempts: dict[str, dict[_AttemptKey, TaskRunRecord]] = {}
         self._fires: dict[str, datetime] = {}
+        self._sources: dict[str, SourceRecord] = {}
 
     def create_run(self, record: RunRecord) -> None:
         """Record a new run; see `RunStore.create_run`."""
@@ -234,6 +237,46 @@ class MemoryRunStore:
                 stored = self._fires.get(name)
                 self._fires[name] = when if stored is None else max(stored, when)
 
+    def claim_source(self, name: str, *, holder: str, now: datetime, lease_until: datetime) -> bool:
+        """Take or renew a source's lease; see `RunStore.claim_source`."""
+        _check_source(name)
+        with self._lock:
+            row = self._sources.setdefault(name, SourceRecord(name))
+            if not _lease_free(row, holder, _as_utc(now)):
+                return False
+            row.holder, row.lease_until = holder, _as_utc(lease_until)
+            return True
+
+    def save_source(self, record: SourceRecord) -> bool:
+        """Store a source's state if its holder still holds it; see `RunStore.save_source`."""
+        _check_source(record.name)
+        copied = _copy_source(record)
+        with self._lock:
+            row = self._sources.get(record.name)
+            if row is None or row.holder is None or row.holder != record.holder:
+                return False
+            copied.lease_until = row.lease_until
+            self._sources[record.name] = copied
+            return True
+
+    def release_source(self, name: str, *, holder: str) -> None:
+        """Give up a source's lease; see `RunStore.release_source`."""
+        with self._lock:
+            row = self._sources.get(name)
+            if row is not None and row.holder == holder:
+                row.holder, row.lease_until = None, None
+
+    def get_source(self, name: str) -> SourceRecord | None:
+        """A source's stored state; see `RunStore.get_source`."""
+        with self._lock:
+            row = self._sources.get(name)
+            return None if row is None else _copy_source(row)
+
+    def list_sources(self) -> list[SourceRecord]:
+        """Every source's stored state; see `RunStore.list_sources`."""
+        with self._lock:
+            return [_copy_source(self._sources[name]) for name in sorted(self._sources)]
+
     def close(self) -> None:
         """Nothing to release; present to satisfy `RunStore`."""
 
@@ -300,4 +343,22 @@ def _copy_task_run(record: TaskRunRecord) -> TaskRunRecord:
         started_at=_as_utc(record.started_at),
         finished_at=_as_utc(record.finished_at),
         result_ids=_json_copy(record.result_ids),
+    )
+
+
+def _copy_source(record: SourceRecord) -> SourceRecord:
+    return dataclasses.replace(
+        record,
+        cursor=_json_copy(record.cursor),
+        polled_at=_as_utc(record.polled_at),
+        lease_until=_as_utc(record.lease_until),
+    )
+
+
+def _lease_free(row: SourceRecord, holder: str, now: datetime) -> bool:
+    return (
+        row.holder is None
+        or row.holder == holder
+        or row.lease_until is None
+        or row.lease_until <= now
     )

@@ -24,6 +24,7 @@ __all__ = [
     "RunRecord",
     "RunStatus",
     "RunStore",
+    "SourceRecord",
     "TaskRunRecord",
     "TaskStatus",
     "is_stale",
@@ -169,6 +170,35 @@ class TaskRunRecord:
     output: str = ""
     host: str | None = None
     pid: int | None = None
+
+
+@dataclass(slots=True)
+class SourceRecord:
+    """What the store keeps of one polling source: its cursor, last poll, circuit and lease.
+
+    Attributes:
+        name: The source's name.
+        topic: Where its events are published.
+        every: Its interval in seconds.
+        cursor: The cursor the next poll gets (any JSON value); committed after the events.
+        polled_at: When the last poll ended.
+        last_error: The last failure, as `Type: message`; None after a success.
+        failures: Consecutive failures since the last success.
+        circuit: `"closed"` (polling) or `"open"` (backing off after `max_failures`).
+        holder: The instance polling it (`host:pid:token`), while its lease lasts.
+        lease_until: When the holder's lease runs out; another instance may take it then.
+    """
+
+    name: str
+    topic: str = ""
+    every: float = 0.0
+    cursor: Any = None
+    polled_at: datetime | None = None
+    last_error: str | None = None
+    failures: int = 0
+    circuit: str = "closed"
+    holder: str | None = None
+    lease_until: datetime | None = None
 
 
 @runtime_checkable
@@ -339,6 +369,30 @@ class RunStore(Protocol):
         fired later already) leaves the stored one."""
         ...
 
+    def claim_source(self, name: str, *, holder: str, now: datetime, lease_until: datetime) -> bool:
+        """Take or renew the lease of source `name` (creating its row) unless another holder's
+        lease lasts past `now`; whether `holder` holds it now. Of concurrent claimers of a
+        free source, exactly one wins."""
+        ...
+
+    def save_source(self, record: SourceRecord) -> bool:
+        """Store the source's cursor, last poll, error and circuit, if `record.holder` still
+        holds its lease (the lease itself is left as it is); False if it does not."""
+        ...
+
+    def release_source(self, name: str, *, holder: str) -> None:
+        """Give up `holder`'s lease of source `name` (at shutdown), so another instance
+        takes it over at once; nothing if it holds none."""
+        ...
+
+    def get_source(self, name: str) -> SourceRecord | None:
+        """The stored state of source `name`, or None if it was never polled."""
+        ...
+
+    def list_sources(self) -> list[SourceRecord]:
+        """Every source's stored state, by name."""
+        ...
+
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
         ...
@@ -384,6 +438,10 @@ def is_stale(record: RunRecord, *, now: datetime | None = None) -> bool:
 
 def _check_run_id(run_id: object) -> str:
     return check_id("run id", run_id)
+
+
+def _check_source(name: object) -> str:
+    return check_id("source name", name)
 
 
 # SQLite keeps no time zone, so every adapter stores and returns UTC to behave alike.

@@ -7,6 +7,8 @@ version, inside the transaction that opens it.
 Version 2 added ownership (`epoch`, `owner_host`, `owner_pid`, `lease_until` on runs), where
 each attempt ran (`host`, `pid` on task runs) and `dp_task_attempts`, the earlier attempts a
 retry or a resume superseded, and `dp_schedule`, the scheduler's last fire times.
+
+Version 3 added `dp_sources`: each polling source's cursor, last poll, circuit and lease.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from dp.store.records import RunRecord, RunStatus, TaskRunRecord, TaskStatus, _as_utc, _check_run_id
+from dp.store.records import (
+    RunRecord,
+    RunStatus,
+    SourceRecord,
+    TaskRunRecord,
+    TaskStatus,
+    _as_utc,
+    _check_run_id,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration"]
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 Migration = Callable[[sa.Connection], None]
 
 
@@ -149,6 +159,22 @@ _schedule = sa.Table(
     sa.Column("last_fire", _UTCDateTime, nullable=False),
 )
 
+#: Polling sources: the cursor committed after each poll's events, and who polls (a lease).
+_sources = sa.Table(
+    "dp_sources",
+    _metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("topic", sa.String, nullable=False, server_default=""),
+    sa.Column("every", sa.Float, nullable=False, server_default="0"),
+    sa.Column("cursor", sa.JSON, nullable=True),
+    sa.Column("polled_at", _UTCDateTime),
+    sa.Column("last_error", sa.Text),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("circuit", sa.String(20), nullable=False, server_default="closed"),
+    sa.Column("holder", sa.String),
+    sa.Column("lease_until", _UTCDateTime),
+)
+
 _meta = sa.Table(
     "dp_meta",
     _metadata,
@@ -189,9 +215,14 @@ def _add_ownership_and_attempts(conn: sa.Connection) -> None:
             )
 
 
+def _add_sources(conn: sa.Connection) -> None:
+    """Version 2 -> 3: the polling sources' cursors and leases."""
+    _sources.create(conn)
+
+
 #: `MIGRATIONS[n]` upgrades a version-`n` schema to `n + 1`, inside the transaction that
 #: opens the store. A new store gets the current tables directly.
-MIGRATIONS: dict[int, Migration] = {1: _add_ownership_and_attempts}
+MIGRATIONS: dict[int, Migration] = {1: _add_ownership_and_attempts, 2: _add_sources}
 
 
 def _upsert_statement(
@@ -270,3 +301,20 @@ def _task_run_record(row: sa.Row[Any]) -> TaskRunRecord:
     fields = row._asdict()
     fields["status"] = TaskStatus(fields["status"])
     return TaskRunRecord(**fields)
+
+
+def _source_row(record: SourceRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "topic": record.topic,
+        "every": record.every,
+        "cursor": record.cursor,
+        "polled_at": record.polled_at,
+        "last_error": record.last_error,
+        "failures": record.failures,
+        "circuit": record.circuit,
+    }
+
+
+def _source_record(row: sa.Row[Any]) -> SourceRecord:
+    return SourceRecord(**row._asdict())

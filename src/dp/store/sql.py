@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dp.errors import (
     DuplicateRunError,
@@ -35,9 +36,12 @@ from dp.errors import (
 from dp.store.records import (
     RunRecord,
     RunStatus,
+    SourceRecord,
     TaskRunRecord,
+    _as_utc,
     _check_page,
     _check_run_id,
+    _check_source,
     _fire_time,
     _not_json_error,
     _status_filter,
@@ -55,6 +59,9 @@ from dp.store.schema import (
     _run_row,
     _runs,
     _schedule,
+    _source_record,
+    _source_row,
+    _sources,
     _stored_version,
     _task_row,
     _task_run_record,
@@ -144,6 +151,8 @@ class SQLRunStore:
         self._upsert_fires = _upsert_statement(
             backend, _schedule, ("trigger",), forward_only="last_fire"
         )
+        insert = sqlite.insert if backend == "sqlite" else postgresql.insert
+        self._add_source = insert(_sources).on_conflict_do_nothing(index_elements=["name"])
         _open_stores.add(self)
         try:
             self._open_schema()
@@ -369,6 +378,65 @@ class SQLRunStore:
         # insert, or move forward only: of two instances recording one tick, the later wins
         with self._writing() as conn:
             conn.execute(self._upsert_fires, rows)
+
+    def claim_source(self, name: str, *, holder: str, now: datetime, lease_until: datetime) -> bool:
+        """Take or renew a source's lease; see `RunStore.claim_source`."""
+        _check_source(name)
+        c = _sources.c
+        free = (
+            c.holder.is_(None)
+            | (c.holder == holder)
+            | c.lease_until.is_(None)
+            | (c.lease_until <= _as_utc(now))
+        )
+        # On PostgreSQL a concurrent claimer's UPDATE waits for this one's row lock, then
+        # re-checks the WHERE against the committed row: it sees the new holder and fails.
+        with self._writing() as conn:
+            conn.execute(self._add_source, {"name": name})
+            statement = (
+                _sources.update()
+                .where(c.name == name, free)
+                .values(holder=holder, lease_until=_as_utc(lease_until))
+            )
+            return bool(conn.execute(statement).rowcount)
+
+    def save_source(self, record: SourceRecord) -> bool:
+        """Store a source's state if its holder still holds it; see `RunStore.save_source`."""
+        _check_source(record.name)
+        if record.holder is None:
+            return False
+        c = _sources.c
+        statement = (
+            _sources.update()
+            .where(c.name == record.name, c.holder == record.holder)
+            .values(_source_row(record))
+        )
+        with self._writing() as conn:
+            return bool(conn.execute(statement).rowcount)
+
+    def release_source(self, name: str, *, holder: str) -> None:
+        """Give up a source's lease; see `RunStore.release_source`."""
+        c = _sources.c
+        statement = (
+            _sources.update()
+            .where(c.name == name, c.holder == holder)
+            .values(holder=None, lease_until=None)
+        )
+        with self._writing() as conn:
+            conn.execute(statement)
+
+    def get_source(self, name: str) -> SourceRecord | None:
+        """A source's stored state; see `RunStore.get_source`."""
+        query = sa.select(_sources).where(_sources.c.name == name)
+        with self._engine.connect() as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else _source_record(row)
+
+    def list_sources(self) -> list[SourceRecord]:
+        """Every source's stored state; see `RunStore.list_sources`."""
+        query = sa.select(_sources).order_by(_sources.c.name)
+        with self._engine.connect() as conn:
+            return [_source_record(row) for row in conn.execute(query)]
 
     def close(self) -> None:
         """Close the pooled connections."""
