@@ -256,15 +256,27 @@ def _run(payload: dict[str, Any]) -> None:
     else:
         outcome = backends.worker.execute(task, on_chunk)
     timeout = message.timeout
+    terminated = not outcome.ok and _terminated(outcome.error)
     if not outcome.ok and timeout is not None and _hard_time_limit(outcome.error, started, timeout):
         outcome = timeout_outcome(task, timeout, "; its pool process was stopped and replaced")
         outcome.host, outcome.pid = HOST, os.getpid()
     reply(CompletionMessage.of(message.handle, outcome))
+    if terminated:
+        # billiard told this pool process to exit (the hard time limit); surviving it, the
+        # process would take the next message and be SIGKILLed in the middle of that one
+        # (which Celery then redelivers as a lost worker's): exit now, as asked
+        raise SystemExit(_TERMINATED_CODE)
 
 
 # billiard's hard time limit terminates the pool process (SIGTERM), whose handler exits with
 # sys.exit(-(256 - signum)); the worker catches that like a task's own sys.exit()
-_TERMINATED: Final = f"SystemExit: {-(256 - signal.SIGTERM)}"
+_TERMINATED_CODE: Final = -(256 - signal.SIGTERM)
+_TERMINATED: Final = f"SystemExit: {_TERMINATED_CODE}"
+
+
+def _terminated(error: str | None) -> bool:
+    """Whether a failed attempt ended because billiard terminated its pool process."""
+    return (error or "").rstrip().endswith(_TERMINATED)
 
 
 def _hard_time_limit(error: str | None, started: float, timeout: float) -> bool:
@@ -272,8 +284,7 @@ def _hard_time_limit(error: str | None, started: float, timeout: float) -> bool:
 
     The limit's clock starts when the pool accepts the message, a little before this attempt
     measures anything, so the elapsed time alone can fall just short of the timeout."""
-    terminated = (error or "").rstrip().endswith(_TERMINATED)
-    return terminated or time.monotonic() - started >= timeout * 0.99
+    return _terminated(error) or time.monotonic() - started >= timeout * 0.99
 
 
 def _precheck(backends: _Backends, message: TaskMessage) -> CompletionMessage | None:
