@@ -2,6 +2,10 @@
 
 const COLORS = { running: "#2d7ff9", succeeded: "#2e9e5b", failed: "#d64545", skipped: "#a0a0a0", cancelled: "#c08a2b", pending: "#d0d0d0" };
 const LABEL = 180;
+// The canvas stays at most this tall: a 5,000-row run at 6 px a row was a 30,000 px canvas,
+// whose backing store alone took most of a second to allocate and clear (software raster).
+// Past 500 rows the rows get thinner (down to a fraction of a pixel) instead of the canvas taller.
+const MAX_HEIGHT = 8000;
 
 function bars(record) {
   const secs = (v) => (v === null || v === undefined ? null : typeof v === "number" ? v : new Date(v).getTime() / 1000);
@@ -15,12 +19,12 @@ export function drawGantt(canvas, records, onPick) {
   const now = Date.now() / 1000;
   const rows = records.map((r) => ({ record: r, bars: bars(r).filter((b) => b.start) })).filter((r) => r.bars.length);
   rows.sort((a, b) => a.bars[0].start - b.bars[0].start);
-  const rowH = Math.max(2, Math.min(16, Math.floor(30000 / Math.max(1, rows.length))));
+  const rowH = Math.min(16, MAX_HEIGHT / Math.max(1, rows.length));
   const width = Math.max(400, canvas.parentElement.clientWidth - 4);
-  const height = Math.max(rowH, rows.length * rowH) + 20;
+  const height = Math.ceil(Math.max(rowH, rows.length * rowH)) + 20;
   const ratio = window.devicePixelRatio || 1;
   canvas.width = width * ratio;
-  canvas.height = Math.min(height * ratio, 32000);
+  canvas.height = height * ratio;
   canvas.style.width = `${width}px`;
   canvas.style.height = `${canvas.height / ratio}px`;
   const ctx = canvas.getContext("2d");
@@ -51,7 +55,8 @@ export function drawGantt(canvas, records, onPick) {
     for (const b of row.bars) {
       ctx.fillStyle = COLORS[b.status] || "#888";
       const x = LABEL + (b.start - t0) * scale;
-      ctx.fillRect(x, y + 1, Math.max(1, ((b.end ?? now) - b.start) * scale), Math.max(1, rowH - 2));
+      const gap = rowH >= 4 ? 1 : 0;
+      ctx.fillRect(x, y + gap, Math.max(1, ((b.end ?? now) - b.start) * scale), Math.max(0.5, rowH - 2 * gap));
     }
   });
   ctx.fillStyle = "#666";

@@ -32,7 +32,16 @@ export function runPage(main, runId) {
     panel,
   );
 
-  const state = { run: null, plan: null, tasks: new Map(), nodes: new Map(), selected: null, dirty: new Set() };
+  // tasks: every task run by key(task, instance); byTask: the same records per task name, so
+  // repainting a node looks at its own instances, not at all 5,000 task runs each time
+  const state = { run: null, plan: null, tasks: new Map(), byTask: new Map(), nodes: new Map(), selected: null, dirty: new Set() };
+
+  function setRecord(k, record) {
+    state.tasks.set(k, record);
+    let instances = state.byTask.get(record.task);
+    if (!instances) state.byTask.set(record.task, (instances = new Map()));
+    instances.set(k, record);
+  }
 
   async function load() {
     let detail;
@@ -44,8 +53,9 @@ export function runPage(main, runId) {
     }
     state.run = detail;
     state.tasks.clear();
+    state.byTask.clear();
     for (const t of detail.tasks) {
-      state.tasks.set(key(t.task, t.instance), { ...t, start: epoch(t.started_at), end: epoch(t.finished_at) });
+      setRecord(key(t.task, t.instance), { ...t, start: epoch(t.started_at), end: epoch(t.finished_at) });
     }
     renderHeader();
     if (!state.plan || state.plan.dag_id !== detail.plan?.dag_id) {
@@ -161,9 +171,8 @@ export function runPage(main, runId) {
   });
 
   function instancesOf(name) {
-    const result = [];
-    for (const record of state.tasks.values()) if (record.task === name) result.push(record);
-    return result;
+    const instances = state.byTask.get(name);
+    return instances ? [...instances.values()] : [];
   }
 
   let frame = 0;
@@ -289,7 +298,7 @@ export function runPage(main, runId) {
     if (batch.resync) return reload();
     for (const t of batch.tasks || []) {
       const k = key(t.task, t.instance);
-      state.tasks.set(k, { ...state.tasks.get(k), ...t, started_at: t.start ? new Date(t.start * 1000).toISOString() : null, finished_at: t.end ? new Date(t.end * 1000).toISOString() : null });
+      setRecord(k, { ...state.tasks.get(k), ...t, started_at: t.start ? new Date(t.start * 1000).toISOString() : null, finished_at: t.end ? new Date(t.end * 1000).toISOString() : null });
       state.dirty.add(t.task);
       if (state.selected?.task === t.task && t.status !== "running") reload();
     }
