@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dp import get_registry
+from dp import get_registry, get_sources
 from kafka_server import KafkaServer
 from postgres_server import FAST, PostgresServer
 from redis_server import RedisServer
@@ -18,11 +18,15 @@ from s3_server import S3Server
 def clean_default_registry() -> Iterator[None]:
     """Tests that load task files into the default registry leave it as they found it."""
     before = get_registry().as_dict()
+    sources = list(get_sources())
     modules = set(sys.modules)
     yield
     get_registry().clear()
     for metadata in before.values():
         get_registry().register(metadata)
+    get_sources().clear()
+    for definition in sources:
+        get_sources().register(definition)
     for name in set(sys.modules) - modules:
         path = getattr(sys.modules[name], "__file__", None) or ""
         if not path.startswith((sys.prefix, sys.base_prefix)):  # user task files only

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from dp import pipeline, task
+from dp import Poll, pipeline, source, task
 
 #: a file whose existence lets `hold` finish (so a test controls when a run ends)
 RELEASE = Path(os.environ.get("DP_TEST_RELEASE", "release"))
@@ -72,3 +72,15 @@ pipeline("broken", tags=["broken"])
 pipeline("slow", tags=["slow"])
 pipeline("html", tags=["html"])
 pipeline("resumable", tags=["resumable"])
+
+
+@source(every="1s", topic="dashboard.inbox", max_failures=1, max_backoff="1s")
+def html_inbox() -> None:
+    """A source whose error carries HTML (the dashboard shows it as text)."""
+    raise OSError('<img src=x onerror="window.__pwned = 2">')
+
+
+@source(every="1s", topic="dashboard.marker")
+def marker(cursor: object) -> Poll:
+    """A healthy source with a cursor that carries HTML."""
+    return Poll(events=[], cursor={"seen": "<b>ok</b>"})

@@ -182,3 +182,20 @@ def test_html_in_task_output_renders_as_text(page: Any) -> None:
     assert "<script>window.__pwned = 1</script>" in output
     assert page.query_selector("#task-panel img") is None
     assert page.evaluate("window.__pwned") is None
+
+
+def test_sources_show_their_circuit_error_and_cursor_as_text(page: Any) -> None:
+    """The pipelines page lists the polling sources: an open circuit with its error, a
+    cursor; HTML in either shows as characters and runs nothing."""
+    page.goto("/")
+    page.wait_for_selector("tr[data-source=html_inbox] .badge.s-open")
+    page.wait_for_selector("tr[data-source=marker] .badge.s-closed")
+    broken = page.inner_text("tr[data-source=html_inbox]")
+    assert 'OSError: <img src=x onerror="window.__pwned = 2">' in broken
+    assert "dashboard.inbox" in broken
+    page.wait_for_function(
+        "document.querySelector('tr[data-source=marker]').innerText.includes('seen')"
+    )
+    assert '{"seen":"<b>ok</b>"}' in page.inner_text("tr[data-source=marker]")
+    assert page.query_selector("#sources img, #sources b") is None
+    assert page.evaluate("window.__pwned") is None

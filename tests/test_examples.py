@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dp.cli import app
+from dp.loader import load_tasks
+from dp.pipelines import get_pipelines
+from dp.sources import get_sources, source_event_id
 from s3_server import S3Server
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -46,3 +50,47 @@ def _run_id(output: str) -> str:
     found = re.search(r"^run (\S+) succeeded", output, re.M)
     assert found is not None, output
     return found[1]
+
+
+def test_the_directory_watch_plans_and_reports_each_file_with_one_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/directory_watch.py loads and plans; its source reports new files, keeps the
+    newest mtime as cursor, and a file seen again keeps its payload (so its event id)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    monkeypatch.setenv("DP_INBOX", str(inbox))
+    target = EXAMPLES / "directory_watch.py"
+    load_tasks(target)
+    watch = get_sources().get("inbox")
+    assert (watch.topic, watch.every, watch.timeout) == ("files.arrived", 1.0, 10.0)
+    assert get_pipelines().get("ingest").plan().execution_order == ("load",)
+
+    empty = watch.func(None)
+    assert (empty.events, empty.cursor) == ([], 0.0)
+    for name, mtime in (("a.csv", 100), ("b.csv", 200), ("notes.txt", 300)):
+        (inbox / name).write_text("id\n1\n2\n")
+        os.utime(inbox / name, (mtime, mtime))
+    first = watch.func(empty.cursor)
+    assert first.events == [{"path": "a.csv", "mtime": 100.0}, {"path": "b.csv", "mtime": 200.0}]
+    assert first.cursor == 200.0
+    (inbox / "c.csv").write_text("id\n")  # written in the same clock tick as b.csv
+    os.utime(inbox / "c.csv", (200, 200))
+    second = watch.func(first.cursor)
+    assert second.events == [{"path": "b.csv", "mtime": 200.0}, {"path": "c.csv", "mtime": 200.0}]
+    assert source_event_id("inbox", second.events[0]) == source_event_id("inbox", first.events[1])
+
+    run = CliRunner().invoke(
+        app, ["run", str(target), "-p", "path=a.csv"], env={"DP_HOME": str(tmp_path / "home")}
+    )
+    assert run.exit_code == 0, run.output
+
+
+def test_the_directory_watch_names_a_missing_inbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Polling an inbox that does not exist fails with the path and what to do."""
+    monkeypatch.setenv("DP_INBOX", str(tmp_path / "nowhere"))
+    load_tasks(EXAMPLES / "directory_watch.py")
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist; create it"):
+        get_sources().get("inbox").func(None)

@@ -122,8 +122,9 @@ def serve(
         typer.Option(
             min=0.5,
             metavar="SECONDS",
-            help="How long a run's lease lasts: another instance on the same store takes the "
-            "runs of one that died over once their leases ran out.",
+            help="How long a run's or a polling source's lease lasts: another instance on "
+            "the same store takes the runs and sources of one that died over once their "
+            "leases ran out.",
         ),
     ] = 30.0,
 ) -> None:

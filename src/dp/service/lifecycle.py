@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -11,8 +12,11 @@ from dp.engine import ExecutionContext, RunResult, TaskRunResult
 from dp.errors import DPError
 from dp.events import Broker, EventBase
 from dp.logs import get_logger
-from dp.scheduler import Scheduler
+from dp.scheduler import MetricSample, Scheduler
 from dp.store.records import TaskStatus
+
+if TYPE_CHECKING:
+    from dp.scheduler.poller import SourcePoller
 
 __all__ = ["LifecycleEvents", "Metrics"]
 
@@ -101,14 +105,20 @@ class Metrics:
     bus counts `databus_messages_total{topic}` for what the service publishes, triggers count
     `trigger_fires_total{trigger}` (runs they started), rejected starts
     `pipeline_rejections_total{pipeline,reason}`. Trigger failures are the scheduler's to
-    count: `scheduler_trigger_failures_total{trigger}`.
+    count: `scheduler_trigger_failures_total{trigger}`. Polling sources count
+    `source_polls_total{source}`, `source_poll_failures_total{source}` and
+    `source_events_total{source}` (this instance's polls), and `source_circuit_open{source}`.
     """
 
-    def __init__(self, scheduler: Scheduler | None = None) -> None:
+    def __init__(
+        self, scheduler: Scheduler | None = None, sources: SourcePoller | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         if scheduler is not None:
-            r.register(_SchedulerMetrics(scheduler))
+            r.register(_SampleMetrics(scheduler.metrics, "Scheduler trigger"))
+        if sources is not None:
+            r.register(_SampleMetrics(sources.metrics, "Polling source"))
         self.pipeline_executions = Counter(
             "pipeline_executions", "Finished pipeline runs", ["pipeline", "status"], registry=r
         )
@@ -153,28 +163,30 @@ class Metrics:
             self.pipeline_duration.labels(context.pipeline).observe(result.duration)
 
 
-class _SchedulerMetrics:
-    """A Prometheus collector serving `Scheduler.metrics()` (fires, failures, skipped fire
-    times, open circuits per trigger) next to the service's own metrics, read at scrape time."""
+class _SampleMetrics:
+    """A Prometheus collector serving `MetricSample`s (the scheduler's fires, failures, skipped
+    fire times and open circuits per trigger; a poller's polls, failures, events and open
+    circuits per source) next to the service's own metrics, read at scrape time."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self, read: Callable[[], list[MetricSample]], what: str) -> None:
+        self.read = read
+        self.what = what
 
     def describe(self) -> list[Metric]:
         return []  # the triggers are known only once registered; nothing to check up front
 
     def collect(self) -> list[Metric]:
         families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
-        for sample in self.scheduler.metrics():
+        for sample in self.read():
             keys = sorted(sample.labels)
             family = families.get(sample.name)
             if family is None:
                 if sample.name.endswith("_total"):
                     family = CounterMetricFamily(
-                        sample.name.removesuffix("_total"), "Scheduler trigger counter", labels=keys
+                        sample.name.removesuffix("_total"), f"{self.what} counter", labels=keys
                     )
                 else:
-                    family = GaugeMetricFamily(sample.name, "Scheduler trigger state", labels=keys)
+                    family = GaugeMetricFamily(sample.name, f"{self.what} state", labels=keys)
                 families[sample.name] = family
             family.add_metric([sample.labels[k] for k in keys], sample.value)
         return list(families.values())

@@ -103,7 +103,7 @@ class Service:
         self.target = target
         self.resume_interrupted = resume_interrupted
         self.grace = grace
-        self.metrics = Metrics(scheduler)
+        self.metrics = Metrics(scheduler, sources)
         self.accepting = False
         self.started_at: float | None = None
         self._plans: dict[str, ExecutionPlan] = {}

@@ -78,8 +78,9 @@ def serve(
         grace: seconds running pipelines may take to finish on shutdown.
         max_concurrent_pipelines: runs executing at once; more wait in a queue.
         max_queued_pipelines: runs allowed to wait; beyond, starts are refused (HTTP 429).
-        lease: seconds a run's lease lasts; when an instance dies, another instance on the
-            same store takes its runs over once their leases ran out.
+        lease: seconds a run's (and a polling source's) lease lasts; when an instance dies,
+            another instance on the same store takes its runs and sources over once their
+            leases ran out.
         log_level: the lowest level logged (JSON lines unless stderr is a terminal).
 
     Raises:
@@ -206,7 +207,9 @@ def build_service(
     store = orchestrator.store
     state = store if store is not None else FileScheduleState(root / "schedule.json")
     scheduler = Scheduler(broker, state=state)
-    sources = SourcePoller(get_sources(), broker, state=store) if len(get_sources()) else None
+    sources = None
+    if len(get_sources()):  # polled by one instance at a time, under a lease like a run's
+        sources = SourcePoller(get_sources(), broker, state=store, lease=lease)
     return Service(
         pipelines,
         orchestrator=orchestrator,

@@ -1,12 +1,14 @@
 // Pipelines: each one's tasks, triggers (next fire time, circuit state), recent runs, and a
-// Start form built from its run parameters.
+// Start form built from its run parameters; the polling sources above them.
 
 import { api, stream } from "./api.js";
 import { badge, clear, debounce, duration, h, message, runLink, setLive, time, fill } from "./dom.js";
+import { sourcesSection } from "./sources.js";
 
 export function pipelinesPage(main) {
   const list = h("div", { class: "cards" }, h("p", { class: "muted", text: "Loading…" }));
-  main.append(h("h1", { text: "Pipelines" }), list);
+  const [sources, stopSources] = sourcesSection();
+  main.append(h("h1", { text: "Pipelines" }), sources, list);
   const recent = new Map(); // pipeline -> element holding its recent runs
 
   async function load() {
@@ -61,11 +63,15 @@ export function pipelinesPage(main) {
     changed.clear();
   }, 300);
   load();
-  return stream({}, (batch) => {
+  const stopStream = stream({}, (batch) => {
     if (batch.resync) return load();
     for (const run of batch.runs || []) changed.add(run.pipeline);
     refresh();
   }, setLive);
+  return () => {
+    stopSources();
+    stopStream();
+  };
 }
 
 function card(pipeline, triggers, tasks, recent) {
