@@ -25,7 +25,7 @@ from dp.engine import Orchestrator
 from dp.io import FilesystemIOManager, InMemoryIOManager
 from dp.service import Service
 from dp.service.api import create_app
-from dp.store import SQLRunStore
+from dp.store import RunRecord, RunStatus, SQLRunStore, TaskRunRecord, TaskStatus
 from service_pipelines import GATE, PIPELINES
 
 TOKEN = "s3cret-token"
@@ -308,6 +308,22 @@ def test_run_succeeds_with_task_runs_and_logs(tmp_path: Path) -> None:
     assert (run["epoch"], run["stale"], run["owner"]["pid"]) == (1, False, os.getpid())
     (attempt,) = run["tasks"][0]["attempts"]
     assert (attempt["attempt"], attempt["status"], attempt["pid"]) == (1, "succeeded", os.getpid())
+
+
+def test_a_task_waiting_in_a_broker_queue_shows_the_queue(api: Api) -> None:
+    """A task recorded queued on 'gpu' (Celery) reads back queued there, attempts included."""
+    store = api.service.orchestrator.store
+    assert store is not None
+    store.create_run(RunRecord("gpu-wait-1", "dag", status=RunStatus.RUNNING))
+    waiting = TaskRunRecord("gpu-wait-1", "train", status=TaskStatus.QUEUED, attempt=2, queue="gpu")
+    lost = TaskRunRecord("gpu-wait-1", "train", status=TaskStatus.FAILED, attempt=1, queue="gpu")
+    store.save_task_runs([waiting], attempts=[lost])
+    (task,) = api.run("gpu-wait-1")["tasks"]
+    assert (task["status"], task["queue"]) == ("queued", "gpu")
+    assert [(a["status"], a["queue"]) for a in task["attempts"]] == [
+        ("failed", "gpu"),
+        ("queued", "gpu"),
+    ]
 
 
 def test_logs_of_an_attempt_that_does_not_exist_are_404(tmp_path: Path) -> None:

@@ -6,20 +6,23 @@ import asyncio
 import importlib
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from celery_servers import RedisProcess, Workers, start_redis
 from dp import DAGBuilder, Planner, TaskMetadata
+from dp.cli import app
 from dp.engine import Orchestrator
 from dp.engine.celery_executor import CeleryExecutor
-from dp.engine.model import ExecutableTask, TaskOutcome
+from dp.engine.model import ExecutableTask, RunResult, TaskOutcome, TaskRunResult
 from dp.errors import DPError
 from dp.io import FilesystemIOManager
-from dp.store import RunStatus, SQLRunStore, TaskStatus
+from dp.store import RunStatus, SQLRunStore, TaskRunRecord, TaskStatus
 
 TASKS = textwrap.dedent(
     """
@@ -274,6 +277,9 @@ class _Sink:
     def __init__(self) -> None:
         self.outcome: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
 
+    def on_started(self, task: ExecutableTask) -> None:
+        pass
+
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
         pass
 
@@ -326,23 +332,87 @@ def test_an_attempt_of_a_fenced_epoch_does_not_run(project: Project, workers: Wo
     assert ("FencedError" in (outcome.error or ""), project.effects("counted")) == (True, before)
 
 
+async def _recorded(store: SQLRunStore, run_id: str, task_name: str) -> TaskRunRecord:
+    """The first record of `task_name` in `run_id` the recorder flushed (waits up to 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        records = [r for r in store.get_task_runs(run_id) if r.task_name == task_name]
+        if records:
+            return records[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task_name} of {run_id} was never recorded")
+
+
 def test_a_task_for_a_queue_no_worker_serves_waits(project: Project, workers: Workers) -> None:
-    """on_gpu goes to queue 'gpu', which no worker serves: it waits, listed as such."""
-    meta = project.module.on_gpu.__dp_task__
+    """on_gpu goes to queue 'gpu', which no worker serves: it is recorded queued there."""
+    plan = Planner(DAGBuilder(project.module.REGISTRY)).create_execution_plan(task_names=["on_gpu"])
+    store = SQLRunStore(path=project.store_path)
 
-    async def go() -> list[tuple[str, str]]:
+    async def go() -> tuple[TaskRunRecord, list[tuple[str, str]], str, TaskStatus]:
         executor = CeleryExecutor(project.broker, visibility=3)
-        await executor.start(FilesystemIOManager(project.results))
+        orchestrator = Orchestrator(
+            io_manager=FilesystemIOManager(project.results), store=store, executor=executor
+        )
         try:
-            sink = _Sink()
-            executor.submit(ExecutableTask("gpu-run", "on_gpu", "output", meta), sink)
-            await asyncio.sleep(1)
-            assert not sink.outcome.done()
-            return executor.waiting()
+            handle = await orchestrator.submit_pipeline(plan)
+            recorded = await _recorded(store, handle.run_id, "on_gpu")
+            shown = CliRunner().invoke(
+                app,
+                ["runs", "show", handle.run_id, "--store", f"sqlite:///{project.store_path}"],
+                env={"COLUMNS": "200"},
+            )
+            waiting = executor.waiting()
+            orchestrator.cancel(handle.run_id)
+            result = await handle.result()
+            return recorded, waiting, shown.output, result.task("on_gpu").status
         finally:
-            await executor.shutdown()
+            await orchestrator.shutdown()
 
-    assert asyncio.run(go()) == [("on_gpu", "gpu")]
+    recorded, waiting, shown, ended = asyncio.run(go())
+    assert (recorded.status, recorded.queue, waiting) == (
+        TaskStatus.QUEUED,
+        "gpu",
+        [("on_gpu", "gpu")],
+    )
+    assert "queued on gpu (no worker has taken it yet)" in shown
+    assert ended == TaskStatus.CANCELLED  # never lost: it ends with the run, as cancelled
+
+
+def test_a_served_task_goes_queued_then_running_then_succeeded(
+    project: Project, workers: Workers
+) -> None:
+    """counted is queued on 'dp', running once a worker took it, then succeeded, in order."""
+    changes: list[tuple[TaskStatus, str | None]] = []
+
+    class Changes:
+        def on_run_start(self, **_: object) -> None: ...
+
+        def on_task_update(self, *, task: TaskRunResult, **_: object) -> None:
+            changes.append((task.status, task.queue))
+
+        def on_run_end(self, **_: object) -> None: ...
+
+    plan = Planner(DAGBuilder(project.module.REGISTRY)).create_execution_plan(
+        task_names=["counted"]
+    )
+
+    async def go() -> RunResult:
+        orchestrator = Orchestrator(
+            io_manager=FilesystemIOManager(project.results),
+            executor=CeleryExecutor(project.broker, visibility=3),
+            listeners=[Changes()],
+        )
+        try:
+            return await orchestrator.start_pipeline(plan)
+        finally:
+            await orchestrator.shutdown()
+
+    assert asyncio.run(go()).ok
+    assert changes == [
+        (TaskStatus.QUEUED, "dp"),
+        (TaskStatus.RUNNING, "dp"),
+        (TaskStatus.SUCCEEDED, "dp"),
+    ]
 
 
 def test_a_timeout_beyond_the_visibility_timeout_is_refused(project: Project) -> None:

@@ -17,6 +17,8 @@ import pytest
 
 from dp import MissingRunParameterError, TaskRegistry, task
 from dp.engine import Orchestrator, RunResult, TooManyPipelinesError
+from dp.engine.executors import InlineExecutor, TaskSink
+from dp.engine.model import ExecutableTask
 from dp.engine.orchestrator import ResumeError
 from dp.errors import DPError, InvalidRunParameterError, RunNotFoundError
 from dp.io import FilesystemIOManager, InMemoryIOManager
@@ -1207,3 +1209,66 @@ async def test_a_queued_run_keeps_its_lease_while_it_waits_for_a_slot(
     assert (await first.result()).ok
     assert (await second.result()).ok
     await orchestrator.shutdown()
+
+
+class HeldInQueue(InlineExecutor):
+    """Tasks wait in queue 'slow' until `release()`: a broker no worker serves, yet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[ExecutableTask, TaskSink]] = []
+        self.releasing = False
+
+    def queue_of(self, task: ExecutableTask) -> str:
+        return "slow"
+
+    def submit(self, task: ExecutableTask, sink: TaskSink) -> None:
+        self.held.append((task, sink))
+        if self.releasing:
+            self.release()
+
+    def release(self) -> None:
+        self.releasing = True
+        held, self.held = self.held, []
+        for task_, sink in held:
+            sink.on_started(task_)
+            super().submit(task_, sink)
+
+
+async def test_a_task_interrupted_in_its_queue_runs_again_on_resume(
+    registry: TaskRegistry,
+) -> None:
+    """Interrupted while queued, a task is recorded interrupted there; a resume runs it."""
+
+    @task(registry=registry)
+    def waits() -> int:
+        return 7
+
+    store = MemoryRunStore()
+    plan = plan_for(registry)
+    first = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor=HeldInQueue())
+    running = asyncio.create_task(first.start_pipeline(plan, run_id="held-1"))
+    deadline = time.monotonic() + PATIENCE
+    while not (store.list_runs() and store.get_task_runs("held-1")):
+        assert time.monotonic() < deadline, "the queued task was never recorded"
+        await asyncio.sleep(0.005)
+    (queued,) = store.get_task_runs("held-1")
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await first.shutdown()
+    (interrupted,) = store.get_task_runs("held-1")
+
+    executor = HeldInQueue()
+    executor.release()
+    second = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor=executor)
+    result = await second.resume_pipeline("held-1", plan=plan)
+    await second.shutdown()
+    assert [(queued.status, queued.queue), (interrupted.status, interrupted.queue)] == [
+        (TaskStatus.QUEUED, "slow"),
+        (TaskStatus.INTERRUPTED, "slow"),
+    ]
+    assert (result.ok, [a.status for a in store.get_attempts("held-1")]) == (
+        True,
+        [TaskStatus.INTERRUPTED, TaskStatus.SUCCEEDED],
+    )

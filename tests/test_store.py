@@ -509,6 +509,18 @@ def test_every_attempt_is_kept_beside_the_latest(store: RunStore) -> None:
         store.get_attempts("r1")
 
 
+def test_an_attempt_keeps_the_queue_it_was_sent_to(store: RunStore) -> None:
+    """A queued attempt's broker queue reads back, on the latest attempt and earlier ones."""
+    store.create_run(run("r1"))
+    lost = TaskRunRecord("r1", "train", status=TaskStatus.FAILED, attempt=1, queue="gpu")
+    waiting = TaskRunRecord("r1", "train", status=TaskStatus.QUEUED, attempt=2, queue="gpu")
+    store.save_task_runs([waiting], attempts=[lost])
+    assert [(a.status, a.queue) for a in store.get_attempts("r1")] == [
+        (TaskStatus.FAILED, "gpu"),
+        (TaskStatus.QUEUED, "gpu"),
+    ]
+
+
 def test_a_run_is_stale_when_its_owner_is_gone_or_its_lease_ran_out(store: RunStore) -> None:
     """`is_stale`: a dead owner process on this host, or an expired lease; never a finished run."""
     dead = subprocess.run(
@@ -643,7 +655,7 @@ def test_a_store_written_by_the_schema_1_release_opens_with_its_runs(tmp_path: P
         4243,
     )
     (task,) = store.get_task_runs("run-v1-done")
-    assert (task.attempt, task.output, task.host) == (2, "hello\n", None)
+    assert (task.attempt, task.output, task.host, task.queue) == (2, "hello\n", None, None)
     assert [a.attempt for a in store.get_attempts("run-v1-done")] == [2]
     # and the migrated store takes new runs, fenced like any other
     epoch = store.claim_run("run-v1-killed", host="here", pid=1, lease_until=T0, expected_epoch=0)

@@ -34,7 +34,7 @@ from dp.display import (
     status_text,
 )
 from dp.errors import CLIError, DPError
-from dp.store.records import RunStatus, is_stale, owner_of
+from dp.store.records import RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
 
 __all__ = ["runs_app"]
 
@@ -138,7 +138,7 @@ def runs_show(
         print_attempts(console, run_store.get_attempts(run_id))
         return
     rows = [
-        (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error)
+        (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error or _waiting(r))
         for r in run_store.get_task_runs(run_id)
     ]
     print_task_table(console, rows)
@@ -184,6 +184,13 @@ def runs_logs(
             console.print(f"[red]{escape(row.traceback)}[/]", highlight=False)
         if not row.output and not row.traceback:
             console.print("[dim](no output)[/]")
+
+
+def _waiting(record: TaskRunRecord) -> str | None:
+    """Where a task sent to a broker waits, while no worker has taken it."""
+    if record.status != TaskStatus.QUEUED:
+        return None
+    return f"queued on {record.queue or '?'} (no worker has taken it yet)"
 
 
 def _no_such_task(run_id: str, task_name: str, store: Any) -> CLIError:

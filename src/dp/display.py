@@ -178,7 +178,7 @@ def print_attempts(console: Console, attempts: Sequence[TaskRunRecord]) -> None:
             status_text(a.status.value),
             f"{a.started_at:%H:%M:%S}" if a.started_at else "",
             duration_text(a.duration),
-            escape(f"{a.host}:{a.pid}" if a.host else ""),
+            escape(f"{a.host}:{a.pid}" if a.host else f"queue {a.queue}" if a.queue else ""),
             escape(a.error or ""),
         )
     console.print(table)

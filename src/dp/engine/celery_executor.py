@@ -8,6 +8,10 @@ drains every answer of every task in a batch, where a result backend would need 
 subscription or a poll per task. Answers are pushed by the workers once the attempt's results
 are saved, so an answer never arrives before what it announces.
 
+A sent task is queued until its worker's `StartedMessage` arrives (`sink.on_started`): the run
+records it `queued`, with its queue, so a task routed to a queue no worker serves is visible as
+waiting there, not lost.
+
 Two threads keep the event loop free of network round trips: one sends the messages (kombu's
 producer is not thread-safe, so only that thread uses it), one reads the answers and hands
 them to the loop in batches.
@@ -121,11 +125,15 @@ class CeleryExecutor:
         self._flights[handle] = _Flight(task, sink)
         self._outbox.put(TaskMessage.of(task, handle, self.reply_to))
 
+    def queue_of(self, task: ExecutableTask) -> str:
+        """The Celery queue `task` is sent to: `@task(queue=...)`, else `dp`."""
+        return task.metadata.queue or DEFAULT_QUEUE
+
     def waiting(self) -> list[tuple[str, str]]:
         """Tasks sent and not started or finished yet, as (task, queue): those whose queue no
         worker serves wait here (in the broker) until one does."""
         return [
-            (flight.task.describe(), flight.task.metadata.queue or DEFAULT_QUEUE)
+            (flight.task.describe(), self.queue_of(flight.task))
             for flight in self._flights.values()
             if not flight.started
         ]
@@ -225,10 +233,14 @@ class CeleryExecutor:
                     flight.timer.cancel()
                 flight.sink.on_done(flight.task, answer.outcome())
             elif kind is ChunkMessage:
-                flight.started = True
+                if not flight.started:  # a redelivery's precheck reports chunks unannounced
+                    flight.started = True
+                    flight.sink.on_started(flight.task)
                 flight.sink.on_chunk(flight.task, answer.result_id)
             elif kind is StartedMessage:
-                flight.started = True
+                if not flight.started:
+                    flight.started = True
+                    flight.sink.on_started(flight.task)
                 timeout = flight.task.metadata.timeout
                 if timeout is not None and flight.timer is None and self._loop is not None:
                     flight.timer = self._loop.call_later(

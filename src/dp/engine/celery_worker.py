@@ -240,8 +240,7 @@ def _run(payload: dict[str, Any]) -> None:
     if isinstance(meta, str):  # cannot import the task: say so, the run fails with it
         reply(CompletionMessage.refused(message, meta))
         return
-    if message.timed:
-        reply(StartedMessage(message.handle))
+    reply(StartedMessage(message.handle))  # queued -> running in the run record
     task = message.task(meta)
     on_chunk = None
     if meta.stream_output:

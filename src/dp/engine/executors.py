@@ -21,7 +21,14 @@ from dp.engine.worker import Worker
 from dp.engine.writebehind import WriteBehind
 from dp.io import InMemoryIOManager, IOManager
 
-__all__ = ["Executor", "InProcessExecutor", "InlineExecutor", "TaskSink", "timeout_outcome"]
+__all__ = [
+    "Executor",
+    "InProcessExecutor",
+    "InlineExecutor",
+    "QueueingExecutor",
+    "TaskSink",
+    "timeout_outcome",
+]
 
 
 class TaskSink(Protocol):
@@ -29,6 +36,10 @@ class TaskSink(Protocol):
     executors may drop its tasks that have not started."""
 
     closed: bool
+
+    def on_started(self, task: ExecutableTask) -> None:
+        """A worker took `task` off its queue (only a `QueueingExecutor` says so)."""
+        ...
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None: ...
 
@@ -66,6 +77,18 @@ class Executor(Protocol):
 
     async def shutdown(self) -> None:
         """Stop workers and release resources."""
+        ...
+
+
+@runtime_checkable
+class QueueingExecutor(Protocol):
+    """An executor whose tasks wait in a broker's queue until a worker takes them (Celery).
+
+    The run records such a task queued, with `queue_of(task)`, until the executor calls
+    `sink.on_started(task)`; every other executor's tasks are running once submitted."""
+
+    def queue_of(self, task: ExecutableTask) -> str:
+        """The queue `task` is sent to."""
         ...
 
 

@@ -119,6 +119,8 @@ class TaskRunResult:
     output: str = ""
     host: str | None = None
     pid: int | None = None
+    #: the broker queue the attempt waits in or was taken from (Celery executor)
+    queue: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -182,11 +184,12 @@ class RunResult:
 _SEVERITY = {
     TaskStatus.SUCCEEDED: 0,
     TaskStatus.PENDING: 1,
-    TaskStatus.RUNNING: 2,
-    TaskStatus.SKIPPED: 3,
-    TaskStatus.CANCELLED: 4,
-    TaskStatus.INTERRUPTED: 5,
-    TaskStatus.FAILED: 6,
+    TaskStatus.QUEUED: 2,
+    TaskStatus.RUNNING: 3,
+    TaskStatus.SKIPPED: 4,
+    TaskStatus.CANCELLED: 5,
+    TaskStatus.INTERRUPTED: 6,
+    TaskStatus.FAILED: 7,
 }
 
 

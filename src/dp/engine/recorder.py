@@ -186,4 +186,5 @@ def task_run_record(
         output=result.output,
         host=result.host,
         pid=result.pid,
+        queue=result.queue,
     )

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dp.engine.executors import QueueingExecutor
 from dp.engine.model import (
     ExecutableTask,
     ExecutionContext,
@@ -87,6 +88,10 @@ class ActiveRun:
         self._handle: RunHandle | None = None
         self._leases = orchestrator.leases
         recorder.on_fenced = self._taken_over
+        #: the executor's queues, when its tasks wait in a broker (recorded queued until started)
+        self._queue_of = (
+            self.executor.queue_of if isinstance(self.executor, QueueingExecutor) else None
+        )
         #: the executor's write-behind: results reach their consumers before the disk
         self._writer: WriteBehind | None = getattr(self.executor, "write_behind", None)
         #: saves up to this number are stored (see `WriteBehind.accepted`)
@@ -144,6 +149,16 @@ class ActiveRun:
         return await self._finish()
 
     # --- TaskSink -------------------------------------------------------------------------
+
+    def on_started(self, task: ExecutableTask) -> None:
+        """A worker took `task` off its broker queue: it is running from now on."""
+        result = self.results.get(task.key)
+        if self.closed or result is None or result.status != TaskStatus.QUEUED:
+            return
+        result.status = TaskStatus.RUNNING
+        result.start_time = time.time()
+        if self._record is not None or self.listeners:
+            self._changed(result)
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
         if self.closed:
@@ -363,7 +378,7 @@ class ActiveRun:
         self.executor.submit(task, self)
 
     def _register(self, task: ExecutableTask) -> None:
-        """Count `task` in flight and record it running."""
+        """Count `task` in flight and record it running, or queued on a queueing executor."""
         self.in_flight += 1
         key = (task.task_name, task.instance)
         result = self.results.get(key)
@@ -372,7 +387,7 @@ class ActiveRun:
             if earlier is not None and earlier.attempt > 0:
                 # run again after a resume: its attempts go on counting, the last one is kept
                 task.attempt_offset = earlier.attempt
-                if earlier.status in (TaskStatus.RUNNING, TaskStatus.PENDING):
+                if not earlier.status.finished:
                     earlier.status = TaskStatus.INTERRUPTED
                 self.recorder.attempt_ended(earlier)
             result = self.results[key] = TaskRunResult(
@@ -383,6 +398,9 @@ class ActiveRun:
             result.attempts = task.attempt
             result.start_time = time.time()
             result.host = result.pid = None
+        if self._queue_of is not None:
+            result.status = TaskStatus.QUEUED
+            result.queue = self._queue_of(task)
         if self._record is not None or self.listeners:
             self._changed(result)
 
@@ -472,7 +490,7 @@ class ActiveRun:
                 TaskStatus.INTERRUPTED if stopped == RunStatus.INTERRUPTED else TaskStatus.CANCELLED
             )
             for task_result in self.results.values():
-                if task_result.status == TaskStatus.RUNNING:
+                if task_result.status in (TaskStatus.RUNNING, TaskStatus.QUEUED):
                     task_result.status = stopped_task
             if stopped == RunStatus.CANCELLED:  # interrupted runs keep pending tasks pending
                 self._record_missing(dict.fromkeys(resolver.unfinished(), TaskStatus.CANCELLED))

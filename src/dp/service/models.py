@@ -285,6 +285,9 @@ class AttemptInfo(BaseModel):
     error: str | None
     host: str | None
     pid: int | None
+    queue: str | None = Field(
+        None, description="The broker queue it was sent to (Celery executor); None elsewhere."
+    )
 
     @classmethod
     def of(cls, record: TaskRunRecord) -> AttemptInfo:
@@ -297,6 +300,7 @@ class AttemptInfo(BaseModel):
             error=record.error,
             host=record.host,
             pid=record.pid,
+            queue=record.queue,
         )
 
 
@@ -312,6 +316,11 @@ class TaskRunInfo(BaseModel):
     duration: float | None
     error: str | None
     result_ids: list[str]
+    queue: str | None = Field(
+        None,
+        description="The broker queue of its latest attempt (Celery executor); while the "
+        "status is 'queued', no worker has taken it from there yet.",
+    )
     attempts: list[AttemptInfo]
 
     @classmethod
@@ -326,6 +335,7 @@ class TaskRunInfo(BaseModel):
             duration=record.duration,
             error=record.error,
             result_ids=list(record.result_ids),
+            queue=record.queue,
             attempts=attempts,
         )
 

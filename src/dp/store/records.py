@@ -62,6 +62,8 @@ class TaskStatus(StrEnum):
     """Where one task (or one mapped instance of it) is within a run."""
 
     PENDING = "pending"
+    #: handed to a broker (the Celery executor), waiting in its queue until a worker takes it
+    QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -73,7 +75,7 @@ class TaskStatus(StrEnum):
     @property
     def finished(self) -> bool:
         """Whether this task (instance) will not change any more in this run."""
-        return self not in (TaskStatus.PENDING, TaskStatus.RUNNING)
+        return self not in (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING)
 
 
 def _now() -> datetime:
@@ -154,6 +156,7 @@ class TaskRunRecord:
         output: Its captured stdout and stderr, already truncated by the engine.
         host: The machine the attempt ran on.
         pid: The process that ran it.
+        queue: The broker queue the attempt was sent to (Celery executor; None elsewhere).
     """
 
     run_id: str
@@ -170,6 +173,7 @@ class TaskRunRecord:
     output: str = ""
     host: str | None = None
     pid: int | None = None
+    queue: str | None = None
 
 
 @dataclass(slots=True)

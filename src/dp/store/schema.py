@@ -8,7 +8,8 @@ Version 2 added ownership (`epoch`, `owner_host`, `owner_pid`, `lease_until` on 
 each attempt ran (`host`, `pid` on task runs) and `dp_task_attempts`, the earlier attempts a
 retry or a resume superseded, and `dp_schedule`, the scheduler's last fire times.
 
-Version 3 added `dp_sources`: each polling source's cursor, last poll, circuit and lease.
+Version 3 added `dp_sources`: each polling source's cursor, last poll, circuit and lease; and
+`queue` on task runs and attempts: the broker queue an attempt was sent to (Celery executor).
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def _task_columns(*, attempt_in_key: bool) -> list[sa.Column[Any]]:
         sa.Column("output", sa.Text, nullable=False),
         sa.Column("host", sa.String),
         sa.Column("pid", sa.Integer),
+        sa.Column("queue", sa.String),
     ]
 
 
@@ -216,8 +218,19 @@ def _add_ownership_and_attempts(conn: sa.Connection) -> None:
 
 
 def _add_sources(conn: sa.Connection) -> None:
-    """Version 2 -> 3: the polling sources' cursors and leases."""
+    """Version 2 -> 3: the polling sources' cursors and leases; each attempt's queue."""
     _sources.create(conn)
+    _add_attempt_queues(conn)
+
+
+def _add_attempt_queues(conn: sa.Connection) -> None:
+    """The broker queue of each attempt (version 3), on task runs and on earlier attempts
+    (where a migration from version 1 created `dp_task_attempts` with it already)."""
+    spec = _task_runs.c.queue.type.compile(dialect=conn.dialect)
+    inspector = sa.inspect(conn)
+    for table in (_task_runs, _attempts):
+        if "queue" not in {column["name"] for column in inspector.get_columns(table.name)}:
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN queue {spec}"))
 
 
 #: `MIGRATIONS[n]` upgrades a version-`n` schema to `n + 1`, inside the transaction that
@@ -288,6 +301,7 @@ def _task_row(record: TaskRunRecord) -> dict[str, Any]:
         "output": record.output,
         "host": record.host,
         "pid": record.pid,
+        "queue": record.queue,
     }
 
 

@@ -133,6 +133,7 @@ class LiveFeed:
             "end": task.end_time,
             "duration": task.duration,
             "error": task.error,
+            "queue": task.queue,
         }
         self._changed.set()
 

@@ -10,7 +10,7 @@ const COLUMN = 230;
 const ROW = 34;
 const NODE_W = 200;
 const NODE_H = 26;
-const SEVERITY = { succeeded: 0, pending: 1, skipped: 3, cancelled: 4, failed: 5 };
+const SEVERITY = { succeeded: 0, pending: 1, queued: 2, skipped: 3, cancelled: 4, failed: 5 };
 const FINISHED = new Set(["succeeded", "failed", "partial", "cancelled"]);
 
 const key = (task, instance) => `${task}\u0000${instance || ""}`;
@@ -263,6 +263,7 @@ export function runPage(main, runId) {
             end: record?.finished_at ?? record?.end ?? chosen.finished_at,
             host: record?.host,
             pid: record?.pid,
+            queue: record?.queue ?? chosen.queue,
             error: logs.error ?? record?.error,
             output: logs.output,
             traceback: logs.traceback,
@@ -278,11 +279,13 @@ export function runPage(main, runId) {
 
   function attemptView(attempt) {
     const where = [attempt.host, attempt.pid].filter(Boolean).join(" pid ");
+    const queued = attempt.status === "queued";
+    const queue = attempt.queue ? (queued ? `waiting on queue ${attempt.queue} (no worker has taken it yet)` : `from queue ${attempt.queue}`) : "";
     return h(
       "article",
       { class: "attempt" },
       h("h3", {}, `Attempt ${attempt.number ?? attempt.attempt ?? ""} `, badge(attempt.status)),
-      h("p", { class: "muted", text: [time(attempt.start), attempt.end ? `→ ${time(attempt.end)}` : "", where ? `on ${where}` : ""].filter(Boolean).join(" ") }),
+      h("p", { class: "muted", text: [queued ? "" : time(attempt.start), attempt.end ? `→ ${time(attempt.end)}` : "", where ? `on ${where}` : "", queue].filter(Boolean).join(" ") }),
       attempt.error ? h("p", { class: "task-error", text: attempt.error }) : null,
       h("h4", { text: "Output" }),
       h("pre", { class: "output", text: attempt.output || "(nothing printed)" }),
