@@ -98,9 +98,14 @@ def _event_creation(report: Report, n: int = 100_000) -> None:
 
 
 def _codec(report: Report, n: int = 20_000) -> None:
-    event = EventBase(topic=TOPIC, payload={"order_id": "A-1", "amount": 9.5, "items": [1, 2]})
+    event = EventBase(
+        topic=TOPIC,
+        payload={"order_id": "A-1", "amount": 9.5, "items": [1, 2]},
+        correlation_id="run-1",
+    )
     plain = event.to_dict()
     encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    wire = event.to_json().encode()  # what the Redis and Kafka brokers hand to from_json
 
     def dp() -> None:
         for _ in range(n):
@@ -117,6 +122,42 @@ def _codec(report: Report, n: int = 20_000) -> None:
         n / t["dp"],
         "/s",
         baseline_name="json.dumps + json.loads of the dict",
+        baseline=n / t["raw"],
+    )
+
+    def dp_decode() -> None:
+        for _ in range(n):
+            EventBase.from_json(wire)
+
+    def raw_decode() -> None:
+        for _ in range(n):
+            json.loads(wire)
+
+    t = alternate({"dp": dp_decode, "raw": raw_decode}, rounds=5)
+    report.add(
+        SECTION,
+        "decode UTF-8 bytes (from_json, validated EventBase)",
+        n / t["dp"],
+        "/s",
+        baseline_name="json.loads of the same bytes (a dict)",
+        baseline=n / t["raw"],
+    )
+
+    def dp_encode() -> None:
+        for _ in range(n):
+            event.to_json().encode()
+
+    def raw_encode() -> None:
+        for _ in range(n):
+            encode(plain).encode()
+
+    t = alternate({"dp": dp_encode, "raw": raw_encode}, rounds=5)
+    report.add(
+        SECTION,
+        "encode to UTF-8 bytes (to_json().encode())",
+        n / t["dp"],
+        "/s",
+        baseline_name="json.dumps of the ready wire dict",
         baseline=n / t["raw"],
     )
 

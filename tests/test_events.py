@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -34,6 +35,16 @@ def wire(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return {key: value for key, value in data.items() if value is not ...}
+
+
+def from_wire_bytes(data: dict[str, Any]) -> EventBase:
+    """Decode `data` the way the brokers do: as UTF-8 JSON bytes through from_json."""
+    return EventBase.from_json(json.dumps(data).encode())
+
+
+DECODERS = pytest.mark.parametrize(
+    "decode", [EventBase.from_dict, from_wire_bytes], ids=["from_dict", "from_json"]
+)
 
 
 def test_defaults_fill_id_type_time_and_source() -> None:
@@ -126,10 +137,14 @@ def test_events_from_other_languages_decode() -> None:
     assert event.timestamp == datetime(2025, 1, 31, 9, 0, 0, 123_000, tzinfo=UTC)
 
 
-def test_offset_timestamps_are_converted_to_utc_when_decoding() -> None:
+@DECODERS
+def test_offset_timestamps_are_converted_to_utc_when_decoding(
+    decode: Callable[[dict[str, Any]], EventBase],
+) -> None:
     """A wire timestamp with an offset becomes the same instant in UTC."""
-    event = EventBase.from_dict(wire(timestamp="2025-01-31T18:00:00+09:00"))
+    event = decode(wire(timestamp="2025-01-31T18:00:00+09:00"))
     assert event.timestamp == datetime(2025, 1, 31, 9, 0, tzinfo=UTC)
+    assert event.timestamp.tzinfo is UTC
 
 
 def test_unknown_keys_are_ignored() -> None:
@@ -142,11 +157,32 @@ def test_from_json_accepts_bytes() -> None:
     assert EventBase.from_json(json.dumps(wire()).encode()).source == "shop"
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-32"])
+def test_from_json_accepts_the_other_json_encodings(encoding: str) -> None:
+    """Bytes in any encoding json.loads detects (BOM, UTF-16, UTF-32) decode too."""
+    text = json.dumps(wire(source="café"), ensure_ascii=False)
+    assert EventBase.from_json(text.encode(encoding)).source == "café"
+
+
+def test_non_ascii_text_round_trips_unescaped() -> None:
+    """Non-ASCII text travels as UTF-8 on the wire and comes back unchanged."""
+    event = EventBase(topic="a", source="köln", correlation_id='"ü"', payload={"名": "é\n"})
+    assert "köln" in event.to_json()
+    assert EventBase.from_json(event.to_json().encode()) == event
+
+
+def test_invalid_utf8_bytes_are_reported() -> None:
+    """Bytes that are not UTF-8 raise EventFormatError, not UnicodeDecodeError."""
+    with pytest.raises(EventFormatError, match="not valid JSON"):
+        EventBase.from_json(b'{"eventId": "\xff"}')
+
+
 @pytest.mark.parametrize("key", ["eventId", "eventType", "topic", "timestamp", "source", "payload"])
-def test_a_missing_key_is_named(key: str) -> None:
+@DECODERS
+def test_a_missing_key_is_named(key: str, decode: Callable[[dict[str, Any]], EventBase]) -> None:
     """Each required key, when missing, is named in the error."""
     with pytest.raises(EventFormatError, match=f"field '{key}' is missing"):
-        EventBase.from_dict(wire(**{key: ...}))
+        decode(wire(**{key: ...}))
 
 
 @pytest.mark.parametrize(
@@ -163,10 +199,13 @@ def test_a_missing_key_is_named(key: str) -> None:
         ({"correlationId": True}, "'correlationId' must be a string or null, got a boolean"),
     ],
 )
-def test_a_malformed_field_is_named(overrides: dict[str, Any], message: str) -> None:
+@DECODERS
+def test_a_malformed_field_is_named(
+    overrides: dict[str, Any], message: str, decode: Callable[[dict[str, Any]], EventBase]
+) -> None:
     """Each malformed field is named, with what was expected and what came."""
     with pytest.raises(EventFormatError, match=message):
-        EventBase.from_dict(wire(**overrides))
+        decode(wire(**overrides))
 
 
 def test_errors_name_the_event_id() -> None:
@@ -204,6 +243,15 @@ def test_an_unserialisable_payload_is_reported() -> None:
     event = EventBase(topic="a", payload={"when": datetime.now(UTC)})
     with pytest.raises(EventFormatError, match="'payload' is not JSON-serialisable"):
         event.to_json()
+
+
+def test_a_payload_too_deep_to_decode_is_refused_when_encoding() -> None:
+    """to_json refuses a payload nested too deeply to be read back, naming the payload."""
+    deep: dict[str, Any] = {}
+    for _ in range(100_000):
+        deep = {"x": deep}
+    with pytest.raises(EventFormatError, match="'payload' is nested too deeply"):
+        EventBase(topic="a", payload=deep).to_json()
 
 
 def test_replace_derives_an_event_for_another_topic() -> None:
