@@ -106,46 +106,6 @@ async def test_duplicate_event_starts_one_run(service: Service) -> None:
     assert len(runs_of(service, "score")) == 1
 
 
-async def test_an_event_trigger_still_publishes_its_start_event(service: Service) -> None:
-    """The run an event trigger starts at once is announced by its durable start event too,
-    which the start consumer then drops as the run's duplicate: one run in all."""
-    async with service.consumer.consume("dp.pipelines.score.start") as starts:
-        source = await service.publish("sales.orders.created", {"order_id": "D", "amount": 1})
-        start: EventBase = await asyncio.wait_for(anext(starts), PATIENCE)
-    assert start.correlation_id == source.event_id
-    await until(lambda: runs_of(service, "score"), "a scoring run")
-    (run,) = runs_of(service, "score")
-    assert run.event_id == f"score/{start.event_id}"
-
-
-async def test_a_busy_pipeline_leaves_the_start_to_the_start_consumer(service: Service) -> None:
-    """A trigger's start that finds its pipeline full waits on the bus, and runs later."""
-    tasks, pipelines = TaskRegistry(), PipelineRegistry()
-    gate = asyncio.Event()
-
-    @task(registry=tasks)
-    async def hold(n: int) -> None:
-        await gate.wait()
-
-    pipeline("held", tasks=["hold"], on="jobs.held", max_concurrent_runs=1, registry=tasks,
-             pipelines=pipelines)  # fmt: skip
-    orchestrator = Orchestrator(
-        io_manager=InMemoryIOManager(), store=MemoryRunStore(), executor="inline"
-    )
-    held = Service(pipelines, orchestrator=orchestrator)
-    await held.start()
-    try:
-        for n in range(2):
-            await held.publish("jobs.held", {"n": n})
-        await until(lambda: len(runs_of(held, "held")) == 1, "the first run")
-        gate.set()
-        await until(lambda: len(runs_of(held, "held")) == 2, "the second run, once room")
-        assert sorted(r.params["n"] for r in runs_of(held, "held")) == [0, 1]
-    finally:
-        gate.set()
-        await held.stop(grace=5)
-
-
 async def test_start_events_sharing_a_correlation_id_start_a_run_each(service: Service) -> None:
     """Two start events with different ids and one correlation id are two runs (issue 8)."""
     for event_id in ("s-1", "s-2"):

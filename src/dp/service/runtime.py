@@ -15,7 +15,7 @@ import dataclasses
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
@@ -110,8 +110,6 @@ class Service:
         self._param_names: dict[str, frozenset[str]] = {}
         self._running: Tally[str] = Tally()
         self._seen: OrderedDict[str, None] = OrderedDict()  # recent dedupe keys
-        # runs being started straight from triggers, by dedupe key: True once recorded
-        self._direct: dict[str, asyncio.Task[bool]] = {}
         self._starter: asyncio.Task[None] | None = None
         self._adopter: asyncio.Task[None] | None = None
         orchestrator.listeners.extend(
@@ -177,8 +175,6 @@ class Service:
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
-        if self._direct:  # each is one store write; its run is then drained like any other
-            await asyncio.wait(self._direct.values(), timeout=10)
         handles = self.orchestrator.active_runs()
         pending = [h.task for h in handles if h.task is not None]
         if pending:
@@ -322,9 +318,6 @@ class Service:
             await self._reject(name, event, f"no pipeline named {name!r}")
             return True
         key = f"{name}/{event.event_id}"
-        direct = self._direct.get(key)
-        if direct is not None:  # being started straight from its trigger: wait for that
-            await asyncio.wait([direct])
         if key in self._seen:
             _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
             return True
@@ -360,48 +353,6 @@ class Service:
             self._remember(key)
             self.metrics.trigger_fires.labels(trigger).inc()
             return True
-
-    def _forwarded_event(self, topic: str) -> Any:
-        """The factory of an event trigger's start event, which also starts the run here at
-        once, without waiting for the start event's round trip over the bus.
-
-        The start event is published all the same (it is what makes the start durable, and
-        what other instances and observers see); its dedupe key is the run's, so the start
-        consumer drops it as a duplicate. A run this shortcut cannot start now (busy, bad
-        parameters, shutting down) is left to the start consumer, which handles it as before.
-        """
-        make: Callable[[EventBase], EventBase] = _forwarded_event(topic)
-        name = topic.split(".")[2]
-
-        def make_and_start(source: EventBase) -> EventBase:
-            event = make(source)
-            key = f"{name}/{event.event_id}"
-            if self.accepting and name in self.pipelines and key not in self._direct:
-                task = asyncio.get_running_loop().create_task(self._start_directly(name, event))
-                self._direct[key] = task
-                task.add_done_callback(lambda _: self._direct.pop(key, None))
-            return event
-
-        return make_and_start
-
-    async def _start_directly(self, name: str, event: EventBase) -> bool:
-        key = f"{name}/{event.event_id}"
-        if key in self._seen:
-            return True
-        accepted = self._param_names[name]
-        try:
-            await self.start_run(
-                name,
-                {k: v for k, v in event.payload.items() if k in accepted},
-                trigger=event.source,  # event:<source topic>, as the start consumer names it
-                event_id=key,
-                metadata={"event": {"id": event.event_id, "topic": event.topic}},
-            )
-        except Exception:  # DPError or a store hiccup: the start consumer decides and reports
-            return False
-        self._remember(key)
-        self.metrics.trigger_fires.labels(event.source).inc()
-        return True
 
     def _remember(self, key: str) -> None:
         self._seen[key] = None
@@ -455,7 +406,7 @@ class Service:
         for index, spec in enumerate(definition.events):
             name = f"{definition.name}.on{index}" if index else f"{definition.name}.on"
             event_trigger = create_event_trigger(
-                self.consumer, spec.pattern, self._forwarded_event(topic), filter=spec.accepts
+                self.consumer, spec.pattern, _forwarded_event(topic), filter=spec.accepts
             )
             await self.scheduler.register_trigger(name, event_trigger, topic)
 
