@@ -102,3 +102,36 @@ def test_a_run_cleared_and_written_anew_by_another_manager_is_seen_anew(tmp_path
     other.save_many("run_1", [("a", "output", 3), ("c", "output", 4)])
     assert reader.load("run_1", "a", "output") == 3
     assert not reader.exists("run_1", "b", "output")
+
+
+def test_a_pack_replaces_an_earlier_file_of_a_result_with_over_long_ids(tmp_path: Path) -> None:
+    """Ids too long for one file name are saved in a task folder; a pack still replaces it."""
+    io = FilesystemIOManager(tmp_path)
+    task, result_id = "t" * 150, "r" * 150
+    io.save("run_1", task, result_id, "file")
+    io.save_many("run_1", [(task, result_id, "pack"), ("b", "output", 0)])
+    assert FilesystemIOManager(tmp_path).load("run_1", task, result_id) == "pack"
+    assert io.load("run_1", task, result_id) == "pack"
+
+
+def test_large_and_small_values_share_a_pack_and_load_back_whole(tmp_path: Path) -> None:
+    """Big values stream into the pack between gathered small ones; each loads back intact."""
+    io = FilesystemIOManager(tmp_path)
+    big = os.urandom(3 << 20)
+    values = [("a", "output", 1), ("big", "output", big), ("c", "output", list(range(9)))]
+    sizes = io.save_many("run_1", values + [(f"s{i}", "output", "x" * i) for i in range(300)])
+    assert sizes[1] == len(pickle.dumps(big, pickle.HIGHEST_PROTOCOL))
+    reader = FilesystemIOManager(tmp_path)
+    assert reader.load("run_1", "big", "output") == big
+    assert reader.load("run_1", "c", "output") == list(range(9))
+    assert reader.load("run_1", "s299", "output") == "x" * 299
+
+
+def test_a_pack_replaces_a_file_saved_after_the_runs_first_pack(tmp_path: Path) -> None:
+    """The manager remembers files it saved into a run it packs into, and removes them."""
+    io = FilesystemIOManager(tmp_path)
+    io.save_many("run_1", [("a", "output", "pack 1"), ("b", "output", 0)])
+    io.save("run_1", "a", "output", "file")
+    io.save_many("run_1", [("a", "output", "pack 2"), ("c", "output", 0)])
+    assert not (tmp_path / "run_1" / "a@output.pkl").exists()
+    assert FilesystemIOManager(tmp_path).load("run_1", "a", "output") == "pack 2"

@@ -113,6 +113,9 @@ class FilesystemIOManager:
         self._token = os.urandom(4).hex()
         self._counter = itertools.count()
         self._packs = PackIndex()
+        #: run directory -> paths of results saved there as files of their own, known since
+        #: this manager first packed results into it (a pack must remove those it replaces)
+        self._flat: dict[str, set[str]] = {}
 
     @property
     def base_path(self) -> Path:
@@ -169,6 +172,9 @@ class FilesystemIOManager:
             raise
         if self._durable:
             _fsync_dir(directory)
+        flat = self._flat.get(run_dir)
+        if flat is not None:
+            flat.add(path)
         return path
 
     def save_many(self, run_id: str, items: list[tuple[str, str, Any]]) -> list[int]:
@@ -208,10 +214,7 @@ class FilesystemIOManager:
         if self._durable:
             _fsync_dir(run_dir)
         self._packs.added(run_dir, name, index)
-        # a result saved earlier as its own file would hide the packed one: remove it
-        for task_name, task_result_id, _ in items:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                os.unlink(_flat_path(run_dir, task_name, task_result_id))
+        self._unshadow(run_dir, items)
         return [index[task_name, task_result_id][1] for task_name, task_result_id, _ in items]
 
     def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
@@ -296,12 +299,31 @@ class FilesystemIOManager:
         results.update(self._packs.results(trash))
         self._packs.forget(trash)
         self._packs.forget(run_dir)
+        self._flat.pop(run_dir, None)
         count = len(results)
         count += sum(len(_result_ids(task_dir)) for task_dir in task_dirs)  # written by dp 0.1
         shutil.rmtree(trash)
         if self._durable:
             _fsync_dir(self._base)
         return count
+
+    def _unshadow(self, run_dir: str, items: list[tuple[str, str, Any]]) -> None:
+        """Remove the files of results just packed that were saved before as files of their
+        own (they would hide the packed ones). The run's directory is listed once, the first
+        time this manager packs into it, and `save` tells of later files: an `unlink` per
+        result, or a listing per pack, would cost system calls on every batch."""
+        flat = self._flat.get(run_dir)
+        if flat is None:
+            flat = self._flat[run_dir] = set()  # a `save` from now on adds its file to it
+            flat.update(_flat_files(run_dir))
+        if not flat:
+            return
+        for task_name, task_result_id, _ in items:
+            path = _flat_path(run_dir, task_name, task_result_id)
+            if path in flat:
+                flat.discard(path)
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    os.unlink(path)
 
     def _temp_name(self) -> str:
         # Leading dot: never a valid id, so listings skip it.
@@ -466,6 +488,25 @@ def _flat_path(run_dir: str, task_name: str, task_result_id: str) -> str:
     if len(task_name) + len(task_result_id) < _NAME_MAX:
         return f"{run_dir}{_SEP}{task_name}{_JOIN}{task_result_id}{_SUFFIX}"
     return f"{run_dir}{_SEP}{task_name}{_SEP}{task_result_id}{_SUFFIX}"
+
+
+def _flat_files(run_dir: str) -> list[str]:
+    """Paths of the results stored in a run's directory as files of their own."""
+    paths = []
+    try:
+        with os.scandir(run_dir) as entries:
+            for entry in entries:
+                if entry.name.endswith(_SUFFIX) and _JOIN in entry.name:
+                    paths.append(entry.path)
+                elif is_id(entry.name) and entry.is_dir(follow_symlinks=False):
+                    paths += [
+                        f"{entry.path}{_SEP}{name}"
+                        for name in os.listdir(entry.path)
+                        if name.endswith(_SUFFIX)
+                    ]
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return paths
 
 
 def _result_ids(directory: str, prefix: str = "") -> list[str]:

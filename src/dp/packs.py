@@ -43,15 +43,20 @@ def write_pack(
 ) -> dict[tuple[str, str], tuple[int, int]]:
     """Write `items` (task name, result id, value) as a pack into `file`; return its index.
 
+    Small pickles are gathered and written a few hundred KiB at a time (a `write` each would
+    cost a system call per result); large ones stream through, so a big value is not held
+    twice.
+
     Raises:
         SerializationError: A value cannot be pickled (the pack is then incomplete).
     """
-    file.write(_MAGIC)
+    out = _Gather(file)
+    out.write(_MAGIC)
     index: dict[tuple[str, str], tuple[int, int]] = {}
-    offset = len(_MAGIC)
     for task_name, result_id, value in items:
+        start = out.offset
         try:
-            pickle.dump(value, file, pickle.HIGHEST_PROTOCOL)
+            pickle.dump(value, out, pickle.HIGHEST_PROTOCOL)
         except OSError:
             raise
         except Exception as exc:
@@ -63,12 +68,52 @@ def write_pack(
                 "(dicts, lists, DataFrames, dataclasses defined at module level), not "
                 "functions, locks, open files or generators.",
             ) from exc
-        end = file.tell()
-        index[task_name, result_id] = (offset, end - offset)
-        offset = end
-    file.write(pickle.dumps(index, pickle.HIGHEST_PROTOCOL))
-    file.write(_TAIL.pack(offset))
+        index[task_name, result_id] = (start, out.offset - start)
+    end = out.offset
+    out.write(pickle.dumps(index, pickle.HIGHEST_PROTOCOL))
+    out.write(_TAIL.pack(end))
+    out.flush()
     return index
+
+
+#: `_Gather` writes once this much is gathered (and writes larger pieces straight through)
+_GATHER = 256 << 10
+
+
+class _Gather:
+    """A write-only file over `file` that gathers small writes and counts what it was given."""
+
+    __slots__ = ("buffer", "file", "offset")
+
+    def __init__(self, file: io.FileIO) -> None:
+        self.file = file
+        self.buffer = bytearray()
+        self.offset = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        size = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self.offset += size
+        if size >= _GATHER:
+            self.flush()
+            self._write_all(data)
+        else:
+            self.buffer += data
+            if len(self.buffer) >= _GATHER:
+                self.flush()
+        return size
+
+    def flush(self) -> None:
+        if self.buffer:
+            self._write_all(self.buffer)
+            self.buffer = bytearray()
+
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            written = self.file.write(view)
+            if written is None:  # a non-blocking file that is full: not a pack's file
+                raise OSError("the pack's file took no bytes")
+            view = view[written:]
 
 
 def read_index(path: str) -> dict[tuple[str, str], tuple[int, int]]:
