@@ -191,6 +191,8 @@ class WriteBehind:
         if run is None:
             return 0
         numbers = run.numbers
+        if len(result_ids) == 1:  # the usual case, once per task on the loop: no generator
+            return numbers.get((task_name, result_ids[0]), 0)
         return max((numbers.get((task_name, r), 0) for r in result_ids), default=0)
 
     def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
