@@ -360,7 +360,8 @@ class InMemoryIOManager:
 
     def __init__(self, *, copy: bool = False) -> None:
         self._copy = copy
-        self._runs: dict[str, dict[str, dict[str, Any]]] = {}
+        #: run id -> {"task@result id": value}: one dict per run, not one more per task
+        self._runs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -386,21 +387,18 @@ class InMemoryIOManager:
                 raise SerializationError(
                     run_id, task_name, task_result_id, _pickle_failure(exc)
                 ) from exc
-        with self._lock:
-            tasks = self._runs.get(run_id)
-            if tasks is None:
-                tasks = self._runs[run_id] = {}
-            results = tasks.get(task_name)
-            if results is None:
-                results = tasks[task_name] = {}
-            results[task_result_id] = value
+        results = self._runs.get(run_id)
+        if results is None:
+            with self._lock:
+                results = self._runs.setdefault(run_id, {})
+        results[f"{task_name}{_JOIN}{task_result_id}"] = value
         return f"memory://{run_id}/{task_name}/{task_result_id}"
 
     def load(self, run_id: str, task_name: str, task_result_id: str) -> Any:
         """Return the stored object, or a fresh unpickled copy with `copy=True`."""
         _check_ids(run_id, task_name, task_result_id)
         try:
-            value = self._runs[run_id][task_name][task_result_id]
+            value = self._runs[run_id][f"{task_name}{_JOIN}{task_result_id}"]
         except KeyError:
             raise ResultNotFoundError(run_id, task_name, task_result_id) from None
         if not self._copy:
@@ -418,28 +416,29 @@ class InMemoryIOManager:
     def exists(self, run_id: str, task_name: str, task_result_id: str) -> bool:
         """Whether a result is stored."""
         _check_ids(run_id, task_name, task_result_id)
-        return task_result_id in self._runs.get(run_id, {}).get(task_name, {})
+        return f"{task_name}{_JOIN}{task_result_id}" in self._runs.get(run_id, {})
 
     def list_results(self, run_id: str, task_name: str) -> list[str]:
         """Result ids of one task in natural order."""
         _check_id("run_id", run_id)
         _check_id("task_name", task_name)
-        with self._lock:
-            ids = list(self._runs.get(run_id, {}).get(task_name, {}))
+        keys = self._runs.get(run_id, {}).copy()  # saves go on meanwhile (a copy is atomic)
+        prefix = f"{task_name}{_JOIN}"
+        ids = [key[len(prefix) :] for key in keys if key.startswith(prefix)]
         return sorted(ids, key=_natural)
 
     def list_runs(self) -> list[str]:
         """Runs with at least one result, in natural order."""
         with self._lock:
-            runs = [run_id for run_id, tasks in self._runs.items() if any(tasks.values())]
+            runs = [run_id for run_id, results in self._runs.items() if results]
         return sorted(runs, key=_natural)
 
     def clear_run(self, run_id: str) -> int:
         """Forget a run's results and return how many there were."""
         _check_id("run_id", run_id)
         with self._lock:
-            tasks = self._runs.pop(run_id, {})
-        return sum(len(results) for results in tasks.values())
+            results = self._runs.pop(run_id, {})
+        return len(results)
 
 
 #: ids seen valid lately: a set lookup instead of a regex per id, three per save and load
