@@ -75,6 +75,56 @@ def registry() -> TaskRegistry:
     return TaskRegistry()
 
 
+def test_memory_of_results_that_left_is_given_back_to_the_system(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `_TRIM_EVERY` bytes of results left memory, the writer asks the allocator to
+    return free pages (glibc keeps them in per-thread arenas otherwise)."""
+    from dp.engine import writebehind
+
+    entered, gate = threading.Event(), threading.Event()
+
+    class Gated(FilesystemIOManager):
+        def save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
+            entered.set()
+            gate.wait(PATIENCE)
+            return super().save(run_id, task_name, task_result_id, value)
+
+    values = [bytes([i]) * 1000 for i in range(4)]
+    size = len(pickle.dumps(values[0], pickle.HIGHEST_PROTOCOL))
+    trims: list[int] = []
+    monkeypatch.setattr(writebehind, "_TRIM_EVERY", 3 * size)
+    monkeypatch.setattr(writebehind, "_trim", lambda: trims.append(1))
+    writer = WriteBehind(Gated(tmp_path))
+
+    class Sink:
+        closed = False
+
+        def on_durable(self, saved: int) -> None:
+            pass
+
+        def on_write_failed(self, *args: Any) -> None:
+            raise AssertionError(args)
+
+    async def main() -> tuple[int, int]:
+        writer.open_run("run_1", Sink(), {f"t{i}": 1 for i in range(4)})
+        writer.save("run_1", "t0", "output", values[0])  # alone: one file, size unknown
+        assert await asyncio.to_thread(entered.wait, PATIENCE)
+        for i in range(1, 4):  # one pack: sizes known
+            writer.save("run_1", f"t{i}", "output", values[i])
+        gate.set()
+        await asyncio.to_thread(writer.stop)
+        for i in range(4):  # each consumer has its value: they leave memory
+            writer.load("run_1", f"t{i}", "output")
+        before = len(trims)
+        writer.open_run("run_2", Sink(), {})
+        writer.save("run_2", "t0", "output", 0)  # the writer's next batch looks
+        await asyncio.to_thread(writer.stop)
+        return before, len(trims)
+
+    assert asyncio.run(main()) == (0, 1)
+
+
 @pytest.mark.parametrize("kind", ["inprocess", "inline"])
 def test_downstream_runs_from_memory_while_the_disk_waits(
     registry: TaskRegistry, kind: str

@@ -83,6 +83,39 @@ class _Entry:
         self.counted = False
 
 
+#: after this many bytes of results left memory, ask the allocator to return free memory
+_TRIM_EVERY = 32 << 20
+
+
+def _trim() -> None:
+    """Give memory freed by results back to the system, where glibc keeps it otherwise.
+
+    glibc serves a large allocation from a thread's arena once a freed one raised its mmap
+    threshold, and keeps what is freed there: with results of a megabyte made on many
+    threads, a process's footprint then grows with the number of results rather than with
+    what it holds at once. `malloc_trim` returns those free pages. Elsewhere: nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = _find_malloc_trim()
+    _malloc_trim()
+
+
+def _find_malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            trim.argtypes = [ctypes.c_size_t]
+            return lambda: trim(0)
+    return lambda: None
+
+
+_malloc_trim: Any = None
+
+
 class WriteBehind:
     """An `IOManager` that keeps results in memory and stores them from one writer thread.
 
@@ -120,6 +153,9 @@ class WriteBehind:
         self._runs: dict[str, _Run] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
+        #: bytes of results that left memory since the allocator was last asked to give
+        #: freed memory back to the system (`_TRIM_EVERY`)
+        self._freed = 0
 
     def __repr__(self) -> str:
         return f"WriteBehind({self.io_manager!r})"
@@ -254,6 +290,10 @@ class WriteBehind:
                 loops = {run.loop for run in self._runs.values()}
             last = batch[-1].number
             del batch  # the values it holds count against the next batch's memory otherwise
+            with self._lock:
+                trim, self._freed = self._freed >= _TRIM_EVERY, self._freed % _TRIM_EVERY
+            if trim:
+                _trim()
             for loop in loops:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     loop.call_soon_threadsafe(self._report, loop, failures, last)
@@ -321,6 +361,7 @@ class WriteBehind:
     def _forget(self, entry: _Entry) -> None:
         """`entry` leaves memory (under the lock): later loads read it from the IO manager."""
         entry.value = _GONE
+        self._freed += entry.size or 0
         if entry.counted:  # it stays in `_kept` until it comes first, but holds nothing now
             entry.counted = False
             if entry.size is None:
