@@ -473,12 +473,17 @@ with open("/proc/self/status") as status:
 """
 
 
+#: widths of W1 the peak RSS is measured at, and fresh processes per width (median)
+RSS_WIDTHS = (125, 250, 500, 1000, 2000)
+RSS_REPEATS = 3
+
+
 def _peak_rss(report: Report) -> None:
-    """Peak RSS of a fresh process running W1 with 1 MB results, at two widths, beside the
-    same process that only imports dp: the run's share must not grow with the width. Once
-    with glibc's defaults, once with its mmap threshold fixed at 128 KiB
-    (`MALLOC_MMAP_THRESHOLD_`), which stops freed 1 MB buffers from staying in per-thread
-    arenas: the difference is the allocator's, not dp's."""
+    """Peak RSS of a fresh process running W1 with 1 MB results, at several widths (the
+    median of `RSS_REPEATS` fresh processes each), beside the same process that only imports
+    dp: the run's share must not grow with the width. Once with glibc's defaults, once with
+    its mmap threshold fixed at 128 KiB (`MALLOC_MMAP_THRESHOLD_`), which keeps freed 1 MB
+    buffers out of per-thread arenas: what differs is the allocator's, not dp's."""
     import subprocess
     import sys
 
@@ -495,14 +500,18 @@ def _peak_rss(report: Report) -> None:
             raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
         return int(done.stdout.split()[-1]) / 1024
 
-    idle = rss(0)
+    def median_rss(width: int, env: dict[str, str] | None = None) -> float:
+        return statistics.median(rss(width, env) for _ in range(RSS_REPEATS))
+
+    idle = median_rss(0)
     fixed = {"MALLOC_MMAP_THRESHOLD_": "131072"}
     for label, env in (("glibc defaults", None), ("MALLOC_MMAP_THRESHOLD_=131072", fixed)):
-        for width in (250, 1000):
+        for width in RSS_WIDTHS:
             report.add(
                 MEMORY,
-                f"W1 with 1 MB results, {width + 2:,} tasks ({width:,} MB written), {label}",
-                rss(width, env),
+                f"W1 with 1 MB results, {width + 2:,} tasks ({width:,} MB written), {label}, "
+                f"median of {RSS_REPEATS} fresh processes",
+                median_rss(width, env),
                 "MiB",
                 baseline_name="the same process importing dp, no run",
                 baseline=idle,
