@@ -198,9 +198,13 @@ class TaskDependencyResolver:
     # --- internals ------------------------------------------------------------------------
 
     def _finish(self, name: str) -> None:
-        self._state[name] = _DONE
-        for child in self._gate_children[name]:
-            self._release(child)
+        state, gates = self._state, self._gates
+        state[name] = _DONE
+        for child in self._gate_children[name]:  # `_release`, written out: once per edge
+            left = gates[child] - 1
+            gates[child] = left
+            if left == 0 and state[child] == _PENDING:
+                self._gate_opened(child)
         for child in self._chunk_children[name]:
             self._close_if_complete(child)
 
@@ -311,6 +315,11 @@ class PlanIndex:
                 continue
             if self.gates[child] == 1 and child not in self.source and not _special(tasks[child]):
                 self.chain_child[name] = child
+        #: each task's key in a run's results, built once: a run keeps one per task until it
+        #: ends, and a tuple fewer per task alive keeps the garbage collector out of most runs
+        self.keys: dict[str, tuple[str, str]] = {name: (name, "") for name in tasks}
+        #: each task's place in the plan's execution order (the order of a run's results)
+        self.rank: dict[str, int] = {name: i for i, name in enumerate(plan.execution_order)}
         self.param_names = {
             name: tuple(p.name for p in meta.run_parameters) if meta.input_schema else ()
             for name, meta in tasks.items()

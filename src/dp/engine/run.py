@@ -59,12 +59,12 @@ class ActiveRun:
         self.previous = previous or {}
         self.executor = orchestrator.executor
         self.listeners = orchestrator.listeners
+        index = orchestrator.plans.index(context.plan)
         self.resolver = TaskDependencyResolver(
-            context.plan,
-            context.run_id,
-            context.params,
-            index=orchestrator.plans.index(context.plan),
+            context.plan, context.run_id, context.params, index=index
         )
+        self._keys = index.keys
+        self._rank = index.rank
         #: tasks of this run in flight at once; None: as many as the executor wants now
         self.limit = orchestrator.max_parallel_tasks
         self.in_flight = 0
@@ -362,7 +362,9 @@ class ActiveRun:
             task = ready.popleft()
             if self.resume and self._restore(task):
                 continue
-            self._submit(task)
+            task.epoch = self.epoch
+            self._register(task)
+            self.executor.submit(task, self)
         if (
             not ready
             and self.in_flight == 0
@@ -372,15 +374,11 @@ class ActiveRun:
         ):
             self.done.set_result(None)
 
-    def _submit(self, task: ExecutableTask) -> None:
-        task.epoch = self.epoch
-        self._register(task)
-        self.executor.submit(task, self)
-
     def _register(self, task: ExecutableTask) -> None:
         """Count `task` in flight and record it running, or queued on a queueing executor."""
         self.in_flight += 1
-        key = (task.task_name, task.instance)
+        instance = task.instance
+        key = (task.task_name, instance) if instance else self._keys[task.task_name]
         result = self.results.get(key)
         if result is None:
             earlier = self.previous.get(key)
@@ -391,7 +389,7 @@ class ActiveRun:
                     earlier.status = TaskStatus.INTERRUPTED
                 self.recorder.attempt_ended(earlier)
             result = self.results[key] = TaskRunResult(
-                task.task_name, TaskStatus.RUNNING, task.instance, task.attempt, None, time.time()
+                task.task_name, TaskStatus.RUNNING, instance, task.attempt, None, time.time()
             )
         else:
             result.status = TaskStatus.RUNNING
@@ -509,7 +507,7 @@ class ActiveRun:
             )
             if self.failed_fatally is not None:
                 status = RunStatus.FAILED
-            elif any(s in (TaskStatus.FAILED, TaskStatus.SKIPPED) for s in statuses.values()):
+            elif not {TaskStatus.FAILED, TaskStatus.SKIPPED}.isdisjoint(statuses.values()):
                 status = RunStatus.PARTIAL
             else:
                 status = RunStatus.SUCCEEDED
@@ -517,8 +515,9 @@ class ActiveRun:
         if self.failed_fatally is not None:
             failed = self.results[self.failed_fatally]
             error = f"task {_describe(self.failed_fatally)!r} failed: {failed.error}"
-        for task_result in self.results.values():
-            self.recorder.task_changed(task_result)
+        if self._record is not None:  # else nothing is recorded (a call saved per task)
+            for task_result in self.results.values():
+                self._record(task_result)
         if not await self.recorder.run_finished(status, finished_at, error):
             status, error = RunStatus.INTERRUPTED, str(self.recorder.fenced)
         result = RunResult(
@@ -542,11 +541,23 @@ class ActiveRun:
 
     def _record_missing(self, statuses: Mapping[str, TaskStatus]) -> None:
         """Give a result entry of `status` to each task that has none (it never ran)."""
-        seen = {name for name, _ in self.results}
-        for name, status in statuses.items():
+        results = self.results
+        # most tasks ran, without instances: only the others need the set of names that ran
+        absent = [name for name in statuses if (name, "") not in results]
+        if not absent:
+            return
+        seen = {name for name, _ in results}
+        for name in absent:
             if name not in seen:
-                self.results[(name, "")] = TaskRunResult(name, status)
+                results[(name, "")] = TaskRunResult(name, statuses[name])
 
     def _ordered_results(self) -> dict[tuple[str, str], TaskRunResult]:
-        rank = {name: i for i, name in enumerate(self.context.plan.execution_order)}
+        results = self.results
+        order = self.context.plan.execution_order
+        if len(results) == len(order):  # maybe one result per task, none mapped: no sort
+            keys = self._keys
+            ordered = {key: results[key] for name in order if (key := keys[name]) in results}
+            if len(ordered) == len(results):
+                return ordered
+        rank = self._rank
         return dict(sorted(self.results.items(), key=lambda item: (rank[item[0][0]], item[0][1])))
