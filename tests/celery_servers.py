@@ -20,16 +20,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["RedisProcess", "Workers", "free_port", "start_redis"]
+from ports import free_port
+
+__all__ = ["RedisProcess", "Workers", "start_redis"]
 
 DP = str(Path(sys.executable).with_name("dp"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RedisProcess:

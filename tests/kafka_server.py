@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dp.events.kafka import KafkaBroker
+from ports import free_port
 
 __all__ = ["KafkaServer", "kafka_broker"]
 
@@ -36,13 +37,6 @@ def kafka_broker(url: str, **options: Any) -> KafkaBroker:
         "fetch_wait": 0.02,  # Tansu holds an empty fetch for all of it (see bench_kafka)
     }
     return KafkaBroker(url, **{**settings, **options})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def tansu_binary() -> str:

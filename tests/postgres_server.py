@@ -18,13 +18,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from ports import free_port
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_bindir"]
 
@@ -102,7 +103,7 @@ class PostgresServer:
         if initdb.returncode != 0:
             self._remove()
             raise PostgresUnavailable(f"initdb failed:\n{initdb.stdout}{initdb.stderr}")
-        self.port = _free_port()
+        self.port = free_port()
         options = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -207,10 +208,3 @@ def _unprivileged_user() -> pwd.struct_passwd:
         "running as root, and neither a 'postgres' nor a 'nobody' user exists to run the "
         "server as (PostgreSQL refuses root); create one, e.g. useradd postgres."
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -16,14 +16,9 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["RedisServer", "free_port"]
+from ports import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+__all__ = ["RedisServer"]
 
 
 class RedisServer:

@@ -439,7 +439,7 @@ def test_a_worker_refuses_to_start_on_a_broker_that_is_not_redis(project: Projec
 
 def test_the_executor_says_when_its_broker_is_unreachable(project: Project) -> None:
     """Starting on a port nothing listens on is a DPError naming the broker."""
-    from celery_servers import free_port
+    from ports import free_port
 
     async def go() -> None:
         await CeleryExecutor(f"redis://127.0.0.1:{free_port()}/0").start(

@@ -13,7 +13,8 @@ import pytest
 from playwright import sync_api as playwright_api
 
 from dp.store import RunRecord, RunStatus, SQLRunStore
-from test_serve import AUTH, TOKEN, dp_serve, free_port
+from ports import free_port
+from test_serve import AUTH, TOKEN, dp_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -122,7 +122,7 @@ def test_a_missing_bucket_is_an_error_naming_the_ids_and_what_to_do(s3_server: S
 
 def test_an_unreachable_endpoint_is_an_error_naming_it(s3_server: S3Server) -> None:
     """A store nobody listens on fails with the endpoint hint, not a boto3 traceback."""
-    from celery_servers import free_port
+    from ports import free_port
 
     io = S3IOManager("b-1", endpoint_url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ResultsUnavailableError, match="check the endpoint"):

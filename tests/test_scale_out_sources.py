@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from dp.store import RunStatus, SQLRunStore
+from ports import free_port
 from postgres_server import PostgresServer
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer
 
 pytest.importorskip("redis")
 

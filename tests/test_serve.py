@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from dp.store import RunStatus, SQLRunStore
+from ports import free_port
 
 TOKEN = "serve-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -70,13 +71,6 @@ PIPELINE = textwrap.dedent(
 def project(tmp_path: Path) -> Path:
     (tmp_path / "pipeline.py").write_text(PIPELINE)
     return tmp_path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def executions(project: Path) -> list[str]:

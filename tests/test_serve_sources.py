@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from ports import free_port
 
 #: how long a test waits for something that must happen (never reached when dp works)
 PATIENCE = 30.0
@@ -46,13 +47,6 @@ PIPELINE = textwrap.dedent(
     pipeline("ingest", tasks=["load"], on="files.arrived")
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Callable[[], object], what: str, process: subprocess.Popen[bytes]) -> None:
