@@ -7,7 +7,12 @@ this package; import them from here (`from dp.errors import CycleError`) or from
 
 from __future__ import annotations
 
-from dp.errors.base import ArgumentTypeError, DPError, InvalidArgumentError
+from dp.errors.base import (
+    ArgumentTypeError,
+    DependencyUnavailableError,
+    DPError,
+    InvalidArgumentError,
+)
 from dp.errors.config import CLIError, ConfigError, ConfigFileError
 from dp.errors.events import (
     BrokerClosedError,
@@ -57,6 +62,7 @@ from dp.errors.runs import (
     RunNotFoundError,
     StoreError,
     StoreNotFoundError,
+    StoreUnavailableError,
     TooManyPipelinesError,
     UnreachableIOManagerError,
 )
@@ -104,6 +110,7 @@ __all__ = [
     "ConflictingRunParameterError",
     "CycleError",
     "DPError",
+    "DependencyUnavailableError",
     "DuplicateRunError",
     "DuplicateTaskError",
     "DuplicateTriggerError",
@@ -158,6 +165,7 @@ __all__ = [
     "SourceDefinitionError",
     "StoreError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "TaskDefinitionError",
     "TaskNotFoundError",
     "TaskRunNotFoundError",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ArgumentTypeError", "DPError", "InvalidArgumentError"]
+__all__ = ["ArgumentTypeError", "DPError", "DependencyUnavailableError", "InvalidArgumentError"]
 
 
 class DPError(Exception):
@@ -34,3 +34,15 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
     @staticmethod
     def _shown(value: object) -> str:
         return type(value).__name__
+
+
+class DependencyUnavailableError(DPError):
+    """A service dp depends on (the run store, the event bus, the results store) cannot be
+    reached or timed out: an outage, not bad input.
+
+    Callers tell the two apart by this class: an outage is retried with backoff until the
+    dependency returns (an event stays pending, the API answers 503), never dead-lettered or
+    recorded as the input's fault. `dependency` is one of "store", "bus", "results".
+    """
+
+    dependency: str = "dependency"

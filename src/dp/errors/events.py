@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dp.errors.base import DPError
+from dp.errors.base import DependencyUnavailableError, DPError
 
 __all__ = [
     "BrokerClosedError",
@@ -57,8 +57,10 @@ class QueueFullError(DPError):
         )
 
 
-class BusUnavailableError(DPError):
+class BusUnavailableError(DependencyUnavailableError):
     """The event bus's server could not be reached within the time allowed."""
+
+    dependency = "bus"
 
     def __init__(self, url: str, waited: float, reason: str) -> None:
         self.url = url

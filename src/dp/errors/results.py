@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dp.errors.base import DPError
+from dp.errors.base import DependencyUnavailableError, DPError
 
 __all__ = [
     "InvalidIdError",
@@ -61,8 +61,10 @@ class InvalidResultsURLError(DPError, ValueError):
         super().__init__(f"results URL {url!r} {problem}")
 
 
-class ResultsUnavailableError(DPError):
+class ResultsUnavailableError(DependencyUnavailableError):
     """The results store could not be reached or refused a request (e.g. an S3 bucket)."""
+
+    dependency = "results"
 
     def __init__(self, where: str, action: str, problem: str) -> None:
         self.where = where

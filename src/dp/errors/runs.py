@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dp.errors.base import DPError
+from dp.errors.base import DependencyUnavailableError, DPError
 
 __all__ = [
     "DuplicateRunError",
@@ -14,6 +14,7 @@ __all__ = [
     "RunNotFoundError",
     "StoreError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "TooManyPipelinesError",
     "UnreachableIOManagerError",
 ]
@@ -43,6 +44,21 @@ class DuplicateRunError(DPError):
 
 class StoreError(DPError):
     """The run store cannot be opened or used (e.g. its schema is newer than this dp)."""
+
+
+class StoreUnavailableError(StoreError, DependencyUnavailableError):
+    """The run store's server could not be reached or timed out (an outage, not bad data)."""
+
+    dependency = "store"
+
+    def __init__(self, url: str, action: str, reason: str) -> None:
+        self.url = url  # credentials removed
+        self.action = action
+        self.reason = reason
+        super().__init__(
+            f"the run store at {url} is unavailable ({reason}) while trying to {action}; "
+            "check that the database server runs and accepts connections."
+        )
 
 
 class StoreNotFoundError(StoreError):
