@@ -510,6 +510,18 @@ def test_dp_config_json_is_machine_readable(project: Path) -> None:
     assert shown["settings"]["workers"] == {"value": None, "source": "default"}
 
 
+def test_dp_config_shows_the_celery_broker_the_redis_bus_gives(project: Path) -> None:
+    """With a Redis bus and no broker of its own, Celery uses the bus: `dp config` says so."""
+    result = invoke("config", "--json", "--bus", "redis://:pw@cache:6379/0")
+    shown = json.loads(result.output)["settings"]["celery_broker"]
+    assert shown == {
+        "value": "redis://:***@cache:6379/0",
+        "source": "the bus (no broker of its own set)",
+    }
+    memory = json.loads(invoke("config", "--json").output)["settings"]["celery_broker"]
+    assert memory == {"value": None, "source": "default"}
+
+
 def test_a_bad_setting_exits_2_naming_it(project: Path) -> None:
     """An unknown scheme on the command line is a clear error and exit code 2."""
     result = invoke("run", "tasks.py", "--store", "mongodb://db/dp")

@@ -175,13 +175,17 @@ def show_config(
         root, store=store, bus=bus, results=results, executor=executor, workers=workers
     )
     values = settings.masked()
+    sources = {name: settings.source(name) for name in values}
+    if settings.celery_broker is None and settings.bus.startswith(("redis://", "rediss://")):
+        values["celery_broker"] = values["bus"]  # what the Celery executor would use
+        sources["celery_broker"] = "the bus (no broker of its own set)"
     if as_json:
         print(
             json.dumps(
                 {
                     "file": None if settings.file is None else str(settings.file),
                     "settings": {
-                        name: {"value": value, "source": settings.source(name)}
+                        name: {"value": value, "source": sources[name]}
                         for name, value in values.items()
                     },
                 },
@@ -195,8 +199,9 @@ def show_config(
         print(f"config file: {settings.file}")
     shown = {name: "-" if value is None else str(value) for name, value in values.items()}
     width = max(len(value) for value in shown.values())
+    names = max(len(name) for name in shown)
     for name, value in shown.items():
-        print(f"{name:<9} {value:<{width}}  {settings.source(name)}")
+        print(f"{name:<{names}}  {value:<{width}}  {sources[name]}")
 
 
 # --- the commands, in the order `dp --help` lists them -------------------------------------

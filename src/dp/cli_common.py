@@ -136,7 +136,10 @@ StoreOpt = Annotated[
 BusOpt = Annotated[
     str | None,
     typer.Option(
-        help="Event bus URL: memory:// or redis://HOST:PORT/DB [env DP_BUS_URL; default memory://].",
+        help=(
+            "Event bus URL: memory://, redis://HOST:PORT/DB or kafka://HOST:PORT "
+            "[env DP_BUS_URL; default memory://]."
+        ),
         show_default=False,
     ),
 ]
