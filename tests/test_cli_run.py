@@ -231,6 +231,7 @@ def test_ctrl_c_names_the_run_to_resume(project: Path) -> None:
     store.close()
     assert process.returncode == 130
     assert f"resume with `dp runs resume {record.run_id}`" in err
+    assert f"interrupted: resume with `dp runs resume {record.run_id}`" in err.splitlines()
 
 
 def test_resume_refuses_unknown_and_finished_runs(project: Path) -> None:
@@ -246,6 +247,7 @@ def test_resume_refuses_unknown_and_finished_runs(project: Path) -> None:
     finished = dp(project, "runs", "resume", record.run_id)
     assert finished.returncode == 2
     assert "cannot be resumed: it already succeeded" in finished.stderr
+    assert "tasks" not in finished.stderr  # no empty progress bar before the error
 
 
 RETRYING = textwrap.dedent(

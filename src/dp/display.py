@@ -7,7 +7,8 @@ column folds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -238,8 +239,15 @@ class LiveProgress:
         )
         self.bar_id = self.bar.add_task("run", total=total, detail="")
 
-    def live(self) -> Progress:
-        return self.bar
+    @contextlib.contextmanager
+    def live(self) -> Iterator[None]:
+        """Show the bar from the run's start to the end of the block: a run refused before it
+        starts (e.g. resuming a finished run) prints its error without an empty bar."""
+        try:
+            yield
+        finally:
+            if self.run_id is not None:
+                self.bar.stop()
 
     def on_run_start(self, *, context: ExecutionContext, **_: Any) -> None:
         self.run_id = context.run_id
@@ -249,6 +257,7 @@ class LiveProgress:
             highlight=False,
         )
         self.bar.update(self.bar_id, description=context.run_id)
+        self.bar.start()
 
     def on_task_update(self, *, task: TaskRunResult, **_: Any) -> None:
         before = self.state.get(task.key)
