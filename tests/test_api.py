@@ -496,6 +496,17 @@ def test_metrics_include_the_scheduler_trigger_counters(api: Api) -> None:
     assert "# TYPE scheduler_trigger_circuit_open gauge" in text
 
 
+async def test_metrics_list_every_family_before_its_first_sample() -> None:
+    """An alert on trigger failures or retries finds its family on a service that has had none."""
+    service = Service(PIPELINES, orchestrator=Orchestrator(io_manager=InMemoryIOManager()))
+    transport = httpx.ASGITransport(create_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://dp") as client:
+        text = (await client.get("/metrics")).text
+    for family in ("scheduler_trigger_failures_total", "task_retries_total"):
+        assert f"# TYPE {family} counter" in text, family
+    assert "# TYPE source_circuit_open gauge" not in text  # this service polls no sources
+
+
 async def test_a_service_that_is_not_accepting_answers_503() -> None:
     """A service that is not started (or is stopping) refuses runs with 503 and Retry-After."""
     service = Service(PIPELINES, orchestrator=Orchestrator(io_manager=InMemoryIOManager()))

@@ -101,7 +101,8 @@ class Metrics:
 
     Names follow the robustness notes: `pipeline_executions_total{pipeline,status}`,
     `active_pipelines`, `queued_pipelines`, `pipeline_duration_seconds{pipeline}`, and at task
-    level `task_executions_total{pipeline,status}` and `task_duration_seconds{pipeline}`; the
+    level `task_executions_total{pipeline,status}`, `task_retries_total{pipeline}` and
+    `task_duration_seconds{pipeline}`; the
     bus counts `databus_messages_total{topic}` for what the service publishes, triggers count
     `trigger_fires_total{trigger}` (runs they started), rejected starts
     `pipeline_rejections_total{pipeline,reason}`. Trigger failures are the scheduler's to
@@ -116,9 +117,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         if scheduler is not None:
-            r.register(_SampleMetrics(scheduler.metrics, "Scheduler trigger"))
+            r.register(_SampleMetrics(scheduler.metrics, "Scheduler trigger", _SCHEDULER_FAMILIES))
         if sources is not None:
-            r.register(_SampleMetrics(sources.metrics, "Polling source"))
+            r.register(_SampleMetrics(sources.metrics, "Polling source", _SOURCE_FAMILIES))
         self.pipeline_executions = Counter(
             "pipeline_executions", "Finished pipeline runs", ["pipeline", "status"], registry=r
         )
@@ -129,6 +130,13 @@ class Metrics:
         )
         self.task_executions = Counter(
             "task_executions", "Finished task runs", ["pipeline", "status"], registry=r
+        )
+        self.task_retries = Counter(
+            "task_retries",
+            "Attempts of a task beyond its first (retries after a failure, re-runs after an "
+            "interruption)",
+            ["pipeline"],
+            registry=r,
         )
         self.task_duration = Histogram(
             "task_duration_seconds",
@@ -154,6 +162,8 @@ class Metrics:
     def on_task_update(self, *, context: ExecutionContext, task: TaskRunResult, **_: Any) -> None:
         if task.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
             self.task_executions.labels(context.pipeline, task.status.value).inc()
+            if task.attempts > 1:
+                self.task_retries.labels(context.pipeline).inc(task.attempts - 1)
             if task.duration is not None:
                 self.task_duration.labels(context.pipeline).observe(task.duration)
 
@@ -163,30 +173,51 @@ class Metrics:
             self.pipeline_duration.labels(context.pipeline).observe(result.duration)
 
 
+#: the families of the scheduler's and the poller's samples, served (empty) before the first
+#: sample too, so a dashboard or alert on them finds them on a service without such triggers
+_SCHEDULER_FAMILIES = (
+    "scheduler_trigger_fires_total",
+    "scheduler_trigger_failures_total",
+    "scheduler_trigger_skipped_total",
+    "scheduler_trigger_circuit_open",
+)
+_SOURCE_FAMILIES = (
+    "source_polls_total",
+    "source_poll_failures_total",
+    "source_events_total",
+    "source_circuit_open",
+)
+
+
 class _SampleMetrics:
     """A Prometheus collector serving `MetricSample`s (the scheduler's fires, failures, skipped
     fire times and open circuits per trigger; a poller's polls, failures, events and open
     circuits per source) next to the service's own metrics, read at scrape time."""
 
-    def __init__(self, read: Callable[[], list[MetricSample]], what: str) -> None:
+    def __init__(
+        self, read: Callable[[], list[MetricSample]], what: str, names: tuple[str, ...]
+    ) -> None:
         self.read = read
         self.what = what
+        self.names = names
 
     def describe(self) -> list[Metric]:
         return []  # the triggers are known only once registered; nothing to check up front
 
     def collect(self) -> list[Metric]:
-        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
-        for sample in self.read():
-            keys = sorted(sample.labels)
+        samples = self.read()
+        labels = {s.name: sorted(s.labels) for s in samples}
+        families = {name: self._family(name, labels.get(name, [])) for name in self.names}
+        for sample in samples:
             family = families.get(sample.name)
             if family is None:
-                if sample.name.endswith("_total"):
-                    family = CounterMetricFamily(
-                        sample.name.removesuffix("_total"), f"{self.what} counter", labels=keys
-                    )
-                else:
-                    family = GaugeMetricFamily(sample.name, f"{self.what} state", labels=keys)
-                families[sample.name] = family
-            family.add_metric([sample.labels[k] for k in keys], sample.value)
+                family = families[sample.name] = self._family(sample.name, labels[sample.name])
+            family.add_metric([sample.labels[k] for k in labels[sample.name]], sample.value)
         return list(families.values())
+
+    def _family(self, name: str, keys: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
+        if name.endswith("_total"):
+            return CounterMetricFamily(
+                name.removesuffix("_total"), f"{self.what} counter", labels=keys
+            )
+        return GaugeMetricFamily(name, f"{self.what} state", labels=keys)
