@@ -200,3 +200,17 @@ def test_sources_show_their_circuit_error_and_cursor_as_text(page: Any) -> None:
     assert '{"seen":"<b>ok</b>"}' in page.inner_text("tr[data-source=marker]")
     assert page.query_selector("#sources img, #sources b") is None
     assert page.evaluate("window.__pwned") is None
+
+
+def test_the_token_dialog_closes_on_escape_and_the_action_is_not_taken(page: Any) -> None:
+    """Escape is Cancel: the dialog closes, nothing starts, and the Start button works again."""
+    page.goto("/")
+    page.click("form[data-pipeline=broken] button[type=submit]")
+    page.wait_for_selector("#token-dialog[open]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#token-dialog:not([open])", state="attached")
+    assert "#/run/" not in page.url
+    page.click("#token-button")
+    page.wait_for_selector("#token-dialog[open]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#token-dialog:not([open])", state="attached")
