@@ -70,12 +70,37 @@ def status_text(status: str) -> str:
     return f"[{colour}]{status}[/]"
 
 
+#: the narrowest a wrapping column gets on a narrow terminal: text folds onto more lines
+#: instead of becoming a column of two-letter fragments or vanishing
+#: (the widths are chosen so `dp runs list` and `dp runs show --attempts` fit 80 columns)
+_MIN_WRAPPED = {"error": 16, "pipeline": 10, "task": 10, "inputs": 12, "trigger": 7}
+
+
 def _table(*columns: str, wrap: Sequence[str] = ()) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
     for column in columns:
         wraps = column in wrap
-        table.add_column(column, no_wrap=not wraps, overflow="fold" if wraps else "ellipsis")
+        table.add_column(
+            column,
+            no_wrap=not wraps,
+            overflow="fold" if wraps else "ellipsis",
+            min_width=_MIN_WRAPPED.get(column) if wraps else None,
+        )
     return table
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """On a terminal, fit its width; in a pipe or a file, never wrap or cut: a line per row,
+    whole, for grep and cut (rich would assume 80 columns)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    width = console.width
+    console.width = 10_000  # print's own width= is capped at the console's width
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
 
 
 def print_plan(console: Console, execution_plan: ExecutionPlan) -> None:
@@ -122,7 +147,7 @@ def print_plan(console: Console, execution_plan: ExecutionPlan) -> None:
             " ".join(options),
         )
         table.add_row(*(escape(cell) for cell in cells))
-    console.print(table)
+    _print_table(console, table)
     console.print("[bold]Parallel levels[/]")
     for i, level in enumerate(execution_plan.parallel_levels):
         console.print(f"  {i}: {', '.join(level)}", highlight=False)
@@ -155,7 +180,7 @@ def task_row(result: TaskRunResult) -> TaskRow:
 
 def print_task_table(console: Console, rows: Sequence[TaskRow]) -> None:
     """One line per task (instance): status, attempts, duration, error."""
-    table = _table("task", "status", "attempts", "duration", "error", wrap=("error",))
+    table = _table("task", "status", "attempts", "duration", "error", wrap=("task", "error"))
     for name, instance, status, attempts, duration, error in rows:
         table.add_row(
             escape(name + (f"[{instance}]" if instance else "")),
@@ -164,13 +189,13 @@ def print_task_table(console: Console, rows: Sequence[TaskRow]) -> None:
             duration_text(duration),
             escape(error or ""),
         )
-    console.print(table)
+    _print_table(console, table)
 
 
 def print_attempts(console: Console, attempts: Sequence[TaskRunRecord]) -> None:
     """One line per attempt of each task: number, status, start, duration, where, error."""
     table = _table(
-        "task", "attempt", "status", "started", "duration", "where", "error", wrap=("error",)
+        "task", "attempt", "status", "started", "duration", "where", "error", wrap=("task", "error")
     )
     for a in attempts:
         table.add_row(
@@ -182,13 +207,19 @@ def print_attempts(console: Console, attempts: Sequence[TaskRunRecord]) -> None:
             escape(f"{a.host}:{a.pid}" if a.host else f"queue {a.queue}" if a.queue else ""),
             escape(a.error or ""),
         )
-    console.print(table)
+    _print_table(console, table)
 
 
 def print_runs(console: Console, records: Sequence[RunRecord]) -> None:
     """One line per run, newest first; fits 80 columns with default run ids."""
     table = _table(
-        "run id", "status", "started", "duration", "trigger", "pipeline", wrap=("pipeline",)
+        "run id",
+        "status",
+        "started",
+        "duration",
+        "trigger",
+        "pipeline",
+        wrap=("trigger", "pipeline"),
     )
     for record in records:
         # a run whose owner is gone says "running" in the store: show what it really is
@@ -200,7 +231,7 @@ def print_runs(console: Console, records: Sequence[RunRecord]) -> None:
             escape(record.trigger),
             escape(pipeline_label(record.pipeline)),
         )
-    console.print(table)
+    _print_table(console, table)
 
 
 def pipeline_label(pipeline: str) -> str:
