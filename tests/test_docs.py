@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -125,7 +124,6 @@ class _servers:
 
 
 @pytest.fixture(autouse=True)
-def _needs_curl() -> Iterator[None]:
+def _needs_curl() -> None:
     if shutil.which("curl") is None:
         pytest.skip("curl is not installed (apt-get install curl)")
-    yield
