@@ -6,7 +6,8 @@ import graphlib
 from dataclasses import replace
 
 from bench._harness import Report, measure
-from dp import DAGBuilder, Parameter, Planner, TaskMetadata, TaskRegistry
+from dp import DAGBuilder, Planner, TaskMetadata, TaskRegistry
+from dp.tasks import Parameter
 
 
 def _noop() -> None: ...

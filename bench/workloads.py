@@ -9,7 +9,8 @@ import types
 from dataclasses import replace
 from typing import Any
 
-from dp import Parameter, TaskMetadata, TaskRegistry
+from dp import TaskMetadata, TaskRegistry
+from dp.tasks import Parameter
 
 
 def noop(**inputs: Any) -> int:

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from dp import Parameter, TaskMetadata, TaskRegistry
+from dp import TaskMetadata, TaskRegistry
 from dp.engine import InProcessExecutor, Orchestrator, RunResult
 from dp.io import InMemoryIOManager
 from dp.store import MemoryRunStore, RunStatus, TaskStatus
+from dp.tasks import Parameter
 from dp.testing import plan_for
 
 PATIENCE = 10.0

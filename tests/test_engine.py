@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from dp import MissingRunParameterError, TaskRegistry, task
+from dp import TaskRegistry, task
 from dp.engine import Orchestrator, RunResult, TooManyPipelinesError
 from dp.engine.executors import InlineExecutor, TaskSink
 from dp.engine.model import ExecutableTask
 from dp.engine.orchestrator import ResumeError
-from dp.errors import DPError, InvalidRunParameterError, RunNotFoundError
+from dp.errors import DPError, InvalidRunParameterError, MissingRunParameterError, RunNotFoundError
 from dp.io import FilesystemIOManager, InMemoryIOManager
 from dp.store import MemoryRunStore, RunStatus, TaskStatus
 from dp.store.records import HOST, is_stale

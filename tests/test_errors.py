@@ -6,6 +6,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,24 @@ def test_every_error_class_of_dp_is_defined_in_dp_errors() -> None:
     assert elsewhere == []
 
 
-def test_every_error_is_exported_from_dp() -> None:
-    """`from dp import SomeError` works for every error dp raises."""
-    assert {c.__name__ for c in _error_classes()} <= set(dp.__all__)
-    assert all(getattr(dp, c.__name__) is c for c in _error_classes())
+def test_every_error_is_exported_from_dp_errors_and_only_the_root_from_dp() -> None:
+    """`from dp.errors import SomeError` works for every error dp raises; `dp` itself keeps to
+    what a pipeline author writes, with `DPError` to catch them all."""
+    assert {c.__name__ for c in _error_classes()} <= set(errors.__all__)
+    assert all(getattr(errors, c.__name__) is c for c in _error_classes())
+    assert [name for name in dp.__all__ if name.endswith("Error")] == ["DPError"]
+
+
+def test_the_public_api_is_small_sorted_and_loads_what_it_names() -> None:
+    """`dp.__all__` is what a pipeline author writes; each name loads from where `dp` says, and
+    the type checkers' imports name the same objects."""
+    source = Path(dp.__file__).read_text()
+    typed = set(re.findall(r"^    from [\w.]+ import (\w+) as \1$", source, re.M))
+    assert typed == set(dp.__all__)
+    assert list(dp.__all__) == sorted(dp.__all__)
+    assert 30 <= len(dp.__all__) <= 50
+    for name in dp.__all__:
+        assert getattr(dp, name) is not None, name
 
 
 @pytest.mark.parametrize(

@@ -12,16 +12,13 @@ from typing import Any
 
 import pytest
 
-from dp import (
+from dp import DAGBuilder, Planner, TaskRegistry, task
+from dp.errors import (
     CycleError,
-    DAGBuilder,
     MissingRunParameterError,
     PlanError,
-    Planner,
     SchemaMismatchError,
     TaskNotFoundError,
-    TaskRegistry,
-    task,
 )
 from dp.planner import ExecutionPlan
 

@@ -7,15 +7,8 @@ from typing import Any
 
 import pytest
 
-from dp import (
-    DuplicateTaskError,
-    TaskDefinitionError,
-    TaskMetadata,
-    TaskNotFoundError,
-    TaskRegistry,
-    get_registry,
-    task,
-)
+from dp import TaskMetadata, TaskRegistry, get_registry, task
+from dp.errors import DuplicateTaskError, TaskDefinitionError, TaskNotFoundError
 
 
 @pytest.fixture

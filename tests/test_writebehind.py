@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from dp import Parameter, TaskMetadata, TaskRegistry
+from dp import TaskMetadata, TaskRegistry
 from dp.engine import InlineExecutor, InProcessExecutor, Orchestrator
 from dp.engine.model import ExecutionContext, TaskRunResult
 from dp.engine.writebehind import WriteBehind
 from dp.io import FilesystemIOManager, InMemoryIOManager
 from dp.store import MemoryRunStore, RunStatus, TaskStatus
+from dp.tasks import Parameter
 from dp.testing import plan_for
 
 #: how long a test waits for something that must happen (never reached when dp works)
