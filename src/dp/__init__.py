@@ -111,6 +111,7 @@ if TYPE_CHECKING:
         UnpicklableItemError,
         UnreachableIOManagerError,
         UnselectedDependencyError,
+        UnstorableValueError,
     )
     from dp.events import (
         EventBase,
@@ -253,6 +254,7 @@ __all__ = [
     "UnpicklableItemError",
     "UnreachableIOManagerError",
     "UnselectedDependencyError",
+    "UnstorableValueError",
     "Worker",
     "get_pipelines",
     "get_planner",
@@ -377,6 +379,7 @@ _WHERE = {
     "UnpicklableItemError": "dp.errors",
     "UnreachableIOManagerError": "dp.errors",
     "UnselectedDependencyError": "dp.errors",
+    "UnstorableValueError": "dp.errors",
     "Worker": "dp.engine",
     "get_pipelines": "dp.pipelines",
     "get_planner": "dp.planner",
