@@ -7,8 +7,8 @@ bus, the dashboard's feeds), a value is refused up front, naming the field, when
 - a lone surrogate (`"\\ud800"` in JSON): not Unicode text, no store or bus can encode it;
 - a NaN or an infinity: JSON has no such numbers (PostgreSQL refuses them, SQLite would turn
   them into `null`): send a finite number or null;
-- nesting deeper than `DP_MAX_DEPTH` levels (default 64), or more than `DP_MAX_BYTES` bytes of
-  UTF-8 text (default 1 MiB).
+- nesting deeper than `DP_MAX_DEPTH` levels (default 64, at most 200), or more than
+  `DP_MAX_BYTES` bytes of UTF-8 text (default 1 MiB; also the HTTP request body limit).
 
 NUL characters are fine inside JSON values (JSON writes them as `\\u0000`, which every store
 keeps). Text a task produces (its printed output, error and traceback) cannot be refused: it
@@ -53,6 +53,9 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 _REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _MIN_DEPTH, _MIN_BYTES = 2, 1024
+# pydantic, which writes the API's answers, stops at 255 levels: a deeper value could be
+# stored but never shown again
+_MAX_DEPTH, _MAX_BYTES = 200, 1024**3
 _PATH_SHOWN = 8  # items of a field's path named in an error
 
 
@@ -75,20 +78,22 @@ def current_limits() -> Limits:
     """
     depth, size = os.environ.get(MAX_DEPTH_VARIABLE, ""), os.environ.get(MAX_BYTES_VARIABLE, "")
     return Limits(
-        depth=_setting(MAX_DEPTH_VARIABLE, depth, DEFAULT_MAX_DEPTH, _MIN_DEPTH),
-        bytes=_setting(MAX_BYTES_VARIABLE, size, DEFAULT_MAX_BYTES, _MIN_BYTES),
+        depth=_setting(MAX_DEPTH_VARIABLE, depth, DEFAULT_MAX_DEPTH, _MIN_DEPTH, _MAX_DEPTH),
+        bytes=_setting(MAX_BYTES_VARIABLE, size, DEFAULT_MAX_BYTES, _MIN_BYTES, _MAX_BYTES),
     )
 
 
-def _setting(name: str, text: str, default: int, minimum: int) -> int:
+def _setting(name: str, text: str, default: int, minimum: int, maximum: int) -> int:
     if not text.strip():
         return default
     try:
         value = int(text)
     except ValueError:
         value = minimum - 1
-    if value < minimum:
-        raise ConfigError(name, text, "the environment", f"must be a whole number >= {minimum}")
+    if not minimum <= value <= maximum:
+        raise ConfigError(
+            name, text, "the environment", f"must be a whole number from {minimum} to {maximum}"
+        )
     return value
 
 
