@@ -168,11 +168,10 @@ class EventBase:
         """Raise `EventFormatError` if the wire form breaks `dp.limits`' rule."""
         try:
             data = wire()
-            check_storable(data, where="event")
+            _check_rule(data)
         except UnstorableValueError as exc:
             raise EventFormatError(
-                f"event {self.event_id} on {self.topic!r}: field "
-                f"{exc.field.removeprefix('event.')!r} {exc.problem}."
+                f"event {self.event_id} on {self.topic!r}: field {exc.field!r} {exc.problem}."
             ) from None
         except RecursionError:  # a typed field nested beyond Python's limit
             raise EventFormatError(
@@ -266,10 +265,20 @@ def _check_decoded(decoded: Any) -> None:
     """Raise `EventFormatError` if decoded wire data breaks `dp.limits`' rule, so a foreign
     producer's event is refused (and dead-lettered) before anything stores or shows it."""
     try:
-        check_storable(decoded, where="event")
+        _check_rule(decoded)
     except UnstorableValueError as exc:
-        raise _field_error(exc.field.removeprefix("event."), exc.problem, decoded) from None
+        raise _field_error(exc.field, exc.problem, decoded) from None
     _check_text_keys(decoded)
+
+
+def _check_rule(data: Any) -> None:
+    """The payload (as deep as a run parameter may be: a payload becomes run parameters) and
+    the envelope's fields against `dp.limits`' rule; raises `UnstorableValueError`."""
+    if isinstance(data, dict):
+        check_storable(data.get("payload"), where="payload")
+        for key, value in data.items():
+            if key != "payload":
+                check_storable(value, where=key)
 
 
 def _check_text_keys(data: Any) -> None:
