@@ -43,8 +43,14 @@ PIPELINE = textwrap.dedent(
         raise RuntimeError("failed\\x00here")
 
 
+    @task
+    def odd() -> None:
+        raise RuntimeError("odd \\udc80 text")
+
+
     pipeline("echo", tasks=["echo"], on="in.echo")
     pipeline("noisy", tasks=["noisy"])
+    pipeline("odd", tasks=["odd"])
     """
 )
 
@@ -167,6 +173,35 @@ def test_a_task_printing_nul_is_recorded_on_postgres(
         assert "failed\ufffdhere" in logs["error"], logs
         kept = client.post("/pipelines/echo/runs", json={"params": {"data": "a\x00b"}})
         assert run_of(client, kept)["params"] == {"data": "a\x00b"}
+
+
+def test_a_task_error_with_a_lone_surrogate_is_stored_and_published_on_redis(
+    project: Path, redis_server: RedisServer
+) -> None:
+    """A task whose error holds a lone surrogate fails its run with the error stored and
+    published escaped (U+FFFD), and the lifecycle events of the next run still arrive (main:
+    the Redis sender died on the event, and the events queued with it were lost)."""
+    port = free_port()
+    bus = redis_bus(redis_server, 6)
+    with (
+        dp_serve(project, port, "--bus", bus) as server,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH) as client,
+    ):
+        for _ in range(2):
+            run_id = client.post("/pipelines/odd/runs", json={}).json()["run_id"]
+
+            def ended(run_id: str = run_id) -> bool:
+                return bool(client.get(f"/runs/{run_id}").json()["status"] == "failed")
+
+            wait_for(ended, "the odd run to fail", server)
+            assert "odd \ufffd text" in client.get(f"/runs/{run_id}").json()["error"]
+
+            def failed(run_id: str = run_id) -> list[dict[str, Any]]:
+                items = client.get("/ui/events", params={"pattern": "dp.run.failed"}).json()
+                return [e for e in items["items"] if run_id in e["payload"]]
+
+            wait_for(failed, "the run's dp.run.failed event", server)
+            assert "odd \ufffd text" in failed()[0]["payload"]
 
 
 # --- the Host allow-list ---------------------------------------------------------------------
