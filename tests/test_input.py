@@ -7,6 +7,9 @@ real ones (SQLite file, a private PostgreSQL, a private redis-server).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -347,6 +350,24 @@ def _produce_foreign(bus: str, topic: str, payload: Any) -> None:
         client.sadd("dp:topics", topic)
     finally:
         client.close()
+
+
+def test_a_bad_limit_setting_stops_dp_serve_before_it_listens(project: Path) -> None:
+    """DP_MAX_DEPTH beyond what can be shown again (200) is a setting error: exit 2, naming it."""
+    env = {**os.environ, "DP_MAX_DEPTH": "500"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dp.cli", "serve", "pipeline.py", "--port", str(free_port())],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "DP_MAX_DEPTH '500' (from the environment) must be a whole number from 2 to 200" in (
+        done.stderr
+    )
 
 
 # --- the rule itself ---------------------------------------------------------------------------
