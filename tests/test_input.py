@@ -397,3 +397,31 @@ def test_text_a_task_produced_is_stored_escaped() -> None:
     assert storable_text(None) is None
     assert preview(nested(100_000), depth=2) == {"a": {"a": "…"}}
     assert preview({"x": float("nan")}) == {"x": "nan"}
+
+
+def test_the_codec_keeps_the_rule_both_ways() -> None:
+    """to_json refuses what breaks the rule; from_json refuses it from a foreign producer (so a
+    durable group dead-letters it), each naming the field."""
+    from dp.errors import EventFormatError
+    from dp.events import EventBase
+
+    big = {"blob": "x" * (1024 * 1024 + 1)}
+    for payload, problem in [
+        (big, "'payload' is over 1048576 bytes"),
+        ({"n": float("nan")}, "'payload.n' is nan"),
+        ({"s": "\ud800"}, "'payload.s' contains a lone surrogate"),
+        (nested(70), "'payload.a.a"),
+    ]:
+        with pytest.raises(EventFormatError, match=problem):
+            EventBase(topic="a.b", payload=payload).to_json()
+    wire = EventBase(topic="a.b", payload={"v": 1}).to_json()
+    for text, problem in [
+        (wire.replace('{"v":1}', json.dumps(big)), "'payload' is over 1048576 bytes"),
+        (wire.replace('{"v":1}', '{"s":"\\udc80"}'), "'payload.s' contains a lone surrogate"),
+        (wire.replace('{"v":1}', '{"n":Infinity}'), "Infinity is not a JSON number"),
+        (wire.replace('"source":"dp"', '"source":"d\\u0000p"'), "'source' contains a NUL"),
+    ]:
+        with pytest.raises(EventFormatError, match=problem):
+            EventBase.from_json(text.encode())
+    nul = wire.replace('{"v":1}', '{"v":"\\u0000"}')
+    assert EventBase.from_json(nul).payload == {"v": "\x00"}  # NUL in a value is kept
