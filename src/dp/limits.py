@@ -38,7 +38,6 @@ __all__ = [
     "MAX_BYTES_VARIABLE",
     "MAX_DEPTH_VARIABLE",
     "Limits",
-    "check_encoded",
     "check_storable",
     "current_limits",
     "plain_json",
@@ -74,7 +73,8 @@ def current_limits() -> Limits:
     first needs them (set them before starting dp), else the defaults.
 
     Raises:
-        ConfigError: a variable that is not a whole number at least its minimum.
+        ConfigError: a variable that is not a whole number in its range (depth 2 to 200,
+            bytes 1024 to 1 GiB).
     """
     depth, size = os.environ.get(MAX_DEPTH_VARIABLE, ""), os.environ.get(MAX_BYTES_VARIABLE, "")
     return Limits(
@@ -120,20 +120,6 @@ def check_storable(value: Any, *, where: str, limits: Limits | None = None) -> N
     except (TypeError, ValueError, RecursionError):
         text = ""
     if not text or not plain_json(text, limits):
-        _walk(value, where, limits)
-
-
-def check_encoded(
-    text: str | bytes, value: Any, *, where: str, limits: Limits | None = None
-) -> None:
-    """`check_storable` for a caller that has `value` as JSON `text` already (a codec): a few
-    scans of the text, and a walk of `value` only when they cannot rule a problem out.
-
-    Raises:
-        UnstorableValueError: naming the field and the limit.
-    """
-    limits = current_limits() if limits is None else limits
-    if not plain_json(text, limits):
         _walk(value, where, limits)
 
 
@@ -263,6 +249,13 @@ def preview(value: Any, *, depth: int = 8, items: int = 50) -> Any:
     infinities as text, containers beyond `depth` levels shown as `"…"`, and at most `items`
     entries of each. Never raises, whatever the value (a dashboard must render anything the
     bus accepted)."""
+    try:
+        return _preview(value, depth, items)
+    except Exception:  # a hostile __len__, __str__ or __repr__: the rest still renders
+        return f"<{type(value).__name__}>"
+
+
+def _preview(value: Any, depth: int, items: int) -> Any:
     if isinstance(value, str):
         return storable_text(value)
     if value is None or isinstance(value, bool | int):
@@ -284,7 +277,4 @@ def preview(value: Any, *, depth: int = 8, items: int = 50) -> Any:
         if len(value) > items:
             listed.append(f"… {len(value) - items} more")
         return listed
-    try:
-        return storable_text(repr(value)[:200])
-    except Exception:  # a hostile __repr__: the dashboard still renders the rest
-        return f"<{type(value).__name__}>"
+    return storable_text(repr(value)[:200])

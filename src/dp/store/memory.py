@@ -356,6 +356,7 @@ def _copy_source(record: SourceRecord) -> SourceRecord:
     return dataclasses.replace(
         record,
         cursor=_json_copy(record.cursor),
+        last_error=storable_text(record.last_error),
         polled_at=_as_utc(record.polled_at),
         lease_until=_as_utc(record.lease_until),
     )
