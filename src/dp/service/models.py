@@ -82,6 +82,10 @@ def _plain_text(value: str | None) -> str | None:
     return value
 
 
+_DATA_RULE = (
+    "No NaN, infinity or lone surrogate; nested at most DP_MAX_DEPTH (64) levels, at most "
+    "DP_MAX_BYTES (1 MiB); else 422 naming the item."
+)
 #: JSON data within `dp.limits`' rule
 Params = Annotated[dict[str, Any], _data("params")]
 Payload = Annotated[dict[str, Any], _data("payload")]
@@ -94,8 +98,7 @@ class RunRequest(_Body):
 
     params: Params = Field(
         default_factory=dict,
-        description="Run parameters; they override the pipeline's. No NaN, infinity or lone "
-        "surrogate; nested at most DP_MAX_DEPTH (64) levels.",
+        description="Run parameters; they override the pipeline's. " + _DATA_RULE,
     )
     run_id: Annotated[str, AfterValidator(_run_id)] | None = Field(
         default=None,
@@ -109,14 +112,14 @@ class RunRequest(_Body):
 class FireRequest(_Body):
     """Fire a trigger with a payload (an API trigger's payload is the run parameters)."""
 
-    payload: Payload = Field(default_factory=dict)
+    payload: Payload = Field(default_factory=dict, description=_DATA_RULE)
 
 
 class EventRequest(_Body):
     """Publish an event on the service's bus."""
 
     topic: str = Field(min_length=1, max_length=MAX_TOPIC_LENGTH, examples=["sales.orders.created"])
-    payload: Payload = Field(default_factory=dict)
+    payload: Payload = Field(default_factory=dict, description=_DATA_RULE)
     event_type: PlainText = Field(default="", max_length=200)
     event_id: PlainText | None = Field(
         default=None,
