@@ -127,6 +127,16 @@ def serve(
             "leases ran out.",
         ),
     ] = 30.0,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="DP_ALLOWED_HOSTS",
+            metavar="NAME",
+            help="A Host name the API also answers to (repeatable, or comma-separated in "
+            "DP_ALLOWED_HOSTS), e.g. a proxy's; other names get 400 (DNS rebinding).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the pipelines in TARGET: cron and event triggers, and the HTTP API (/docs)."""
     from dp.service.server import serve as serve_forever
@@ -146,6 +156,7 @@ def serve(
             max_concurrent_pipelines=max_concurrent_pipelines,
             max_queued_pipelines=max_queued_pipelines,
             lease=lease,
+            allowed_host=allowed_host or (),
         )
     except ListenError as exc:
         raise fail(exc, code=EXIT_CANNOT_LISTEN) from exc

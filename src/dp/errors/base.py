@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ArgumentTypeError", "DPError", "DependencyUnavailableError", "InvalidArgumentError"]
+__all__ = [
+    "ArgumentTypeError",
+    "DPError",
+    "DependencyUnavailableError",
+    "InvalidArgumentError",
+    "UnstorableValueError",
+]
 
 
 class DPError(Exception):
@@ -34,6 +40,21 @@ class ArgumentTypeError(InvalidArgumentError, TypeError):
     @staticmethod
     def _shown(value: object) -> str:
         return type(value).__name__
+
+
+class UnstorableValueError(DPError, ValueError):
+    """A value breaks dp's one rule for what it stores and passes on (`dp.limits`): a lone
+    surrogate, a NaN or infinity, nesting deeper than `DP_MAX_DEPTH`, or more than
+    `DP_MAX_BYTES`. Refused before anything stores or sends it.
+
+    `field` is where, e.g. `params.rows[3].name`; `limit` the limit broken, if one was.
+    """
+
+    def __init__(self, field: str, problem: str, *, limit: int | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.limit = limit
+        super().__init__(f"field {field!r} {problem}.")
 
 
 class DependencyUnavailableError(DPError):

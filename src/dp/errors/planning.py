@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping, Sequence
 
 from dp.errors.base import DPError
@@ -236,7 +237,10 @@ class InvalidRunParameterError(PlanError):
         self.expected = expected
         self.reason = reason
         self.tasks = tuple(tasks)
-        shown = repr(value)
+        try:
+            shown = repr(value)
+        except RecursionError:  # a value nested too deeply: dp.limits refuses it
+            shown = reprlib.repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(

@@ -15,13 +15,15 @@ import json.decoder
 import json.encoder
 import os
 import random
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Self
 
-from dp.errors import EventFormatError, InvalidTopicError
+from dp.errors import EventFormatError, InvalidTopicError, UnstorableValueError
 from dp.events.topics import _valid_topics, validate_topic
+from dp.limits import check_storable, plain_json
 
 __all__ = ["EventBase", "new_event_id"]
 
@@ -41,11 +43,21 @@ def new_event_id() -> str:
     return (_random.getrandbits(128) & _VERSION_MASK | _VERSION_BITS).to_bytes(16).hex()
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# allow_nan=False: JSON has no NaN or infinity, and other languages' decoders refuse them
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _quote = json.encoder.encode_basestring  # a str as a JSON string literal, quotes included
-_decode = json.decoder.JSONDecoder().decode  # json.loads without its per-call argument checks
+
+
+def _no_constant(name: str) -> Any:
+    raise EventFormatError(f"{name} is not a JSON number; send a finite number or null")
+
+
+# json.loads without its per-call argument checks, refusing NaN and infinities
+_decode = json.decoder.JSONDecoder(parse_constant=_no_constant).decode
 _parse_time = datetime.fromisoformat
 _KEYS = ("eventId", "eventType", "topic", "timestamp", "source", "payload", "correlationId")
+#: envelope fields stored as text (the run store keeps event ids): no NUL in them
+_TEXT_KEYS = ("eventId", "eventType", "topic", "source", "correlationId")
 _typed_fields: dict[type, tuple[str, ...]] = {}
 
 
@@ -119,13 +131,16 @@ class EventBase:
         """The wire form as a compact JSON string.
 
         Raises:
-            EventFormatError: if the payload holds something JSON cannot represent, or is
-                nested too deeply to be decoded again.
+            EventFormatError: if the event breaks `dp.limits`' rule (a NaN or infinity, a
+                lone surrogate, nesting deeper than `DP_MAX_DEPTH`, more than `DP_MAX_BYTES`,
+                a NUL in an envelope field) or holds something JSON cannot represent; the
+                message names the field.
         """
+        text = None
         try:
             if type(self) is EventBase:  # no typed fields: format the envelope directly
                 correlation_id = self.correlation_id
-                return (
+                text = (
                     f'{{"eventId":{_quote(self.event_id)},"eventType":{_quote(self.event_type)},'
                     f'"topic":{_quote(self.topic)},'
                     f'"timestamp":"{_format_timestamp(self.timestamp)}",'
@@ -135,19 +150,35 @@ class EventBase:
                 )
         except (TypeError, ValueError, AttributeError, RecursionError):
             pass  # the general path below names the field that is wrong
+        if text is None:
+            try:
+                text = _encode(self.to_dict())
+            except (TypeError, ValueError, RecursionError) as exc:
+                self._check(self.to_dict)  # names a broken rule, with the field
+                raise EventFormatError(
+                    f"event {self.event_id} on {self.topic!r}: field 'payload' is not "
+                    f"JSON-serialisable ({exc}); keep payloads to dicts, lists, str, numbers, "
+                    "bools and None."
+                ) from exc
+        if not plain_json(text):
+            self._check(self.to_dict)
+        return text
+
+    def _check(self, wire: Callable[[], dict[str, Any]]) -> None:
+        """Raise `EventFormatError` if the wire form breaks `dp.limits`' rule."""
         try:
-            return _encode(self.to_dict())
-        except RecursionError:
+            data = wire()
+            _check_rule(data)
+        except UnstorableValueError as exc:
             raise EventFormatError(
-                f"event {self.event_id} on {self.topic!r}: field 'payload' is nested too "
-                "deeply to encode (and to decode again); flatten the payload."
+                f"event {self.event_id} on {self.topic!r}: field {exc.field!r} {exc.problem}."
             ) from None
-        except (TypeError, ValueError) as exc:
+        except RecursionError:  # a typed field nested beyond Python's limit
             raise EventFormatError(
-                f"event {self.event_id} on {self.topic!r}: field 'payload' is not "
-                f"JSON-serialisable ({exc}); keep payloads to dicts, lists, str, numbers, "
-                "bools and None."
-            ) from exc
+                f"event {self.event_id} on {self.topic!r}: a field is nested too deeply to "
+                "encode; flatten the payload."
+            ) from None
+        _check_text_keys(data)
 
     # --- decoding -----------------------------------------------------------------------
 
@@ -162,13 +193,15 @@ class EventBase:
             if type(data) is bytes and data[:1] == b"{" and data[1:2] != b"\x00":
                 decoded = _decode(data.decode())  # UTF-8, as every dp producer writes it
             else:
-                decoded = json.loads(data)
+                decoded = json.loads(data, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise EventFormatError(f"event is not valid JSON: {exc}") from exc
         except RecursionError:
             raise EventFormatError(
                 "event JSON is nested too deeply to decode; flatten the payload"
             ) from None
+        if not plain_json(data):
+            _check_decoded(decoded)
         if cls is EventBase:
             event = _plain_event(decoded)
             if event is not None:
@@ -226,6 +259,34 @@ class EventBase:
                     )
         kwargs["payload"] = payload
         return cls(**kwargs)
+
+
+def _check_decoded(decoded: Any) -> None:
+    """Raise `EventFormatError` if decoded wire data breaks `dp.limits`' rule, so a foreign
+    producer's event is refused (and dead-lettered) before anything stores or shows it."""
+    try:
+        _check_rule(decoded)
+    except UnstorableValueError as exc:
+        raise _field_error(exc.field, exc.problem, decoded) from None
+    _check_text_keys(decoded)
+
+
+def _check_rule(data: Any) -> None:
+    """The payload (as deep as a run parameter may be: a payload becomes run parameters) and
+    the envelope's fields against `dp.limits`' rule; raises `UnstorableValueError`."""
+    if isinstance(data, dict):
+        check_storable(data.get("payload"), where="payload")
+        for key, value in data.items():
+            if key != "payload":
+                check_storable(value, where=key)
+
+
+def _check_text_keys(data: Any) -> None:
+    if isinstance(data, dict):
+        for key in _TEXT_KEYS:
+            value = data.get(key)
+            if isinstance(value, str) and "\x00" in value:
+                raise _field_error(key, "contains a NUL character, which ids cannot hold", data)
 
 
 def _plain_event(data: object) -> EventBase | None:

@@ -11,7 +11,13 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Generic, Protocol, Self, TypeVar
 
-from dp.errors import BrokerClosedError, BusUnavailableError, InvalidTopicError, QueueFullError
+from dp.errors import (
+    BrokerClosedError,
+    BusUnavailableError,
+    EventFormatError,
+    InvalidTopicError,
+    QueueFullError,
+)
 from dp.events.event import EventBase
 from dp.events.groups import default_consumer_name, validate_group
 from dp.events.ports import BrokerStats, DurableSubscription, Subscription
@@ -130,6 +136,13 @@ class RemoteBroker(Generic[PlainT, DurableT]):
             except (BusUnavailableError, BrokerClosedError) as exc:
                 self._dropped += len(batch)
                 _log.error("bus.publish_failed", events=len(batch), error=str(exc))
+            except EventFormatError:  # one event breaks dp.limits' rule: send the others
+                for event in batch:
+                    try:
+                        await self.publish_many([event])
+                    except (BusUnavailableError, BrokerClosedError, EventFormatError) as exc:
+                        self._dropped += 1
+                        _log.error("bus.publish_failed", events=1, error=str(exc))
 
     def stats(self) -> BrokerStats:
         """Counters: events published, live subscriptions, `publish_nowait` events lost,

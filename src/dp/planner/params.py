@@ -14,7 +14,8 @@ from functools import lru_cache
 from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
-from dp.errors import InvalidRunParameterError
+from dp import limits
+from dp.errors import InvalidRunParameterError, UnstorableValueError
 from dp.jsonable import jsonable
 from dp.planner.schema import type_name
 
@@ -27,28 +28,32 @@ __all__ = ["check_storable", "jsonable", "validate_param"]
 
 
 def check_storable(param: RunParameter, value: Any) -> Any:
-    """`value`, once it is known to store as JSON text and read back: a run's parameters are
-    recorded, and a lone surrogate (from `"\\ud800"` in JSON) would make every later read of
-    the run fail.
+    """`value`, once it is known to store as JSON and read back equal (`dp.limits`: no lone
+    surrogate, NaN or infinity, within the depth and size limits): a run's parameters are
+    recorded, and every later read of the run must work, on every store.
 
     Raises:
-        InvalidRunParameterError: naming the parameter.
+        InvalidRunParameterError: naming the parameter and, inside it, the offending item.
     """
     try:
-        json.dumps(jsonable(value), ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
+        limits.check_storable(jsonable(value), where=param.name)
+    except UnstorableValueError as exc:
         raise InvalidRunParameterError(
-            param.name,
-            value,
-            type_name(param.annotation),
-            "it contains a lone surrogate, which is not Unicode text; send valid UTF-8",
-            param.tasks,
+            param.name, value, type_name(param.annotation), str(exc), param.tasks
         ) from None
     return value
 
 
 def validate_param(param: RunParameter, value: Any) -> Any:
-    """`value` converted to `param`'s declared type; `InvalidRunParameterError` if it cannot be."""
+    """`value` converted to `param`'s declared type; `InvalidRunParameterError` if it cannot be
+    (or if it breaks `dp.limits`' rule: a value nested too deeply is refused before any
+    validator walks it)."""
+    try:
+        limits.check_storable(value, where=param.name)
+    except UnstorableValueError as exc:
+        raise InvalidRunParameterError(
+            param.name, value, type_name(param.annotation), str(exc), param.tasks
+        ) from None
     annotation = param.annotation
     if annotation is Any or type(value) is annotation:
         return value
@@ -67,7 +72,7 @@ def validate_param(param: RunParameter, value: Any) -> Any:
         if isinstance(value, str):
             try:
                 return adapter.validate_python(json.loads(value))
-            except (ValueError, ValidationError):
+            except (ValueError, ValidationError, RecursionError):
                 pass
         reason = "; ".join(error["msg"] for error in exc.errors()[:3])
         example = _json_example(annotation)

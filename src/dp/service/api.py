@@ -13,7 +13,7 @@ The parts live by job: `dp.service.handlers` (errors to HTTP answers), `dp.servi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,9 +27,10 @@ from dp.errors import (
     RunNotActiveError,
     TaskRunNotFoundError,
 )
+from dp.limits import current_limits
 from dp.service import handlers
 from dp.service.handlers import RETRY_AFTER
-from dp.service.middleware import SAFE_METHODS, BearerAuth, BodyLimit
+from dp.service.middleware import SAFE_METHODS, BearerAuth, BodyLimit, HostAllowList
 from dp.service.models import EventRequest, FireRequest, RunRequest
 from dp.service.routes import routes
 from dp.service.runtime import Service
@@ -54,8 +55,10 @@ def create_app(
     service: Service,
     *,
     token: str | None = None,
-    max_body_bytes: int = 1024 * 1024,
+    max_body_bytes: int | None = None,
     protect_reads: bool = False,
+    allowed_hosts: Iterable[str] | None = None,
+    any_ip_host: bool = False,
 ) -> FastAPI:
     """The HTTP API of `service` and its dashboard at `/`; the app's lifespan starts and
     (gracefully) stops the service.
@@ -63,9 +66,14 @@ def create_app(
     Args:
         service: the service to expose.
         token: when set, every state-changing request needs `Authorization: Bearer <token>`.
-        max_body_bytes: larger request bodies are refused with 413.
+        max_body_bytes: larger request bodies are refused with 413 (default: the one size
+            limit of `dp.limits`, `DP_MAX_BYTES`, 1 MiB).
         protect_reads: reads need the token too, except health, metrics and static pages
             (for a service listening beyond loopback).
+        allowed_hosts: when given, requests with another `Host` header get 400 before
+            anything else runs (against DNS rebinding); `dp serve` passes its addresses.
+        any_ip_host: with `allowed_hosts`, also accept any IP address as the host (a
+            service bound to every address).
     """
     from dp.service import dashboard
 
@@ -89,10 +97,14 @@ def create_app(
     app.include_router(routes())
     dashboard.mount(app, service, token=token, protect_reads=protect_reads)
     handlers.install(app)
+    if max_body_bytes is None:
+        max_body_bytes = current_limits().bytes
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    if token:  # added last, so it runs first: no body is read for a refused request
+    if token:  # added late, so it runs early: no body is read for a refused request
         app.add_middleware(BearerAuth, token=token)
         app.openapi = _openapi_with_bearer(app)  # type: ignore[method-assign]
+    if allowed_hosts is not None:  # added last, so it runs first
+        app.add_middleware(HostAllowList, hosts=allowed_hosts, ip_literals=any_ip_host)
     return app
 
 

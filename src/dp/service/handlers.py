@@ -38,7 +38,9 @@ from dp.errors import (
     TaskRunNotFoundError,
     TooManyPipelinesError,
     TriggerNotFoundError,
+    UnstorableValueError,
 )
+from dp.limits import preview
 
 __all__ = ["RETRY_AFTER", "error_response", "install", "status_of"]
 
@@ -60,6 +62,7 @@ _STATUS: dict[type[DPError], int] = {
     InvalidTopicError: 422,
     InvalidIdError: 422,
     EventFormatError: 422,
+    UnstorableValueError: 422,
     TooManyPipelinesError: 429,
     PipelineBusyError: 429,
     QueueFullError: 429,
@@ -105,8 +108,12 @@ async def _dp_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+    errors = [  # preview: a key or message may hold a lone surrogate, which no JSON can carry
+        {
+            "loc": preview(list(e.get("loc", ())), depth=1, items=100),
+            "msg": preview(str(e.get("msg", ""))),
+            "type": e.get("type"),
+        }
         for e in exc.errors()
     ]
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from dp.engine import ExecutionContext, RunResult, TaskRunResult
 from dp.errors import DPError
 from dp.events import Broker, EventBase
+from dp.limits import storable_text
 from dp.logs import get_logger
 from dp.scheduler import MetricSample, Scheduler
 from dp.store.records import TaskStatus
@@ -64,7 +65,7 @@ class LifecycleEvents:
                 "instance": task.instance,
                 "attempt": task.attempts,
                 "status": task.status.value,
-                "error": task.error,
+                "error": storable_text(task.error),  # a task's text may hold anything
                 "duration": task.duration,
             },
             context.run_id,
@@ -79,7 +80,7 @@ class LifecycleEvents:
                 "dag_id": result.dag_id,
                 "status": result.status.value,
                 "trigger": context.trigger,
-                "error": result.error,
+                "error": storable_text(result.error),
                 "duration": result.duration,
             },
             context.run_id,

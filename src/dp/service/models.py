@@ -10,8 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from dp.errors import UnstorableValueError
 from dp.events import MAX_TOPIC_LENGTH
 from dp.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
+from dp.limits import check_storable
 from dp.store.records import RunRecord, RunStatus, TaskRunRecord, is_stale, owner_of
 
 __all__ = [
@@ -59,11 +61,44 @@ def _run_id(value: str) -> str:
     return check_id("run id", value)  # the pattern cannot say "no '..'"
 
 
+def _data(where: str) -> AfterValidator:
+    """Refuses JSON data that breaks `dp.limits`' rule, naming the item and the limit (its
+    `UnstorableValueError` is a ValueError: a 422 like any validation error)."""
+
+    def check(value: dict[str, Any]) -> dict[str, Any]:
+        check_storable(value, where=where)
+        return value
+
+    return AfterValidator(check)
+
+
+def _plain_text(value: str | None) -> str | None:
+    """Names and ids are stored as text, which cannot hold NUL (PostgreSQL) or lone
+    surrogates (anywhere)."""
+    if value is not None:
+        if "\x00" in value:
+            raise UnstorableValueError("value", "contains a NUL character, which ids cannot hold")
+        check_storable(value, where="value")
+    return value
+
+
+_DATA_RULE = (
+    "No NaN, infinity or lone surrogate; nested at most DP_MAX_DEPTH (64) levels, at most "
+    "DP_MAX_BYTES (1 MiB); else 422 naming the item."
+)
+#: JSON data within `dp.limits`' rule
+Params = Annotated[dict[str, Any], _data("params")]
+Payload = Annotated[dict[str, Any], _data("payload")]
+#: text stored as it is: no NUL, no lone surrogate
+PlainText = Annotated[str, AfterValidator(_plain_text)]
+
+
 class RunRequest(_Body):
     """Start a run: its run parameters, and optionally its id."""
 
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="Run parameters; they override the pipeline's."
+    params: Params = Field(
+        default_factory=dict,
+        description="Run parameters; they override the pipeline's. " + _DATA_RULE,
     )
     run_id: Annotated[str, AfterValidator(_run_id)] | None = Field(
         default=None,
@@ -77,22 +112,22 @@ class RunRequest(_Body):
 class FireRequest(_Body):
     """Fire a trigger with a payload (an API trigger's payload is the run parameters)."""
 
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: Payload = Field(default_factory=dict, description=_DATA_RULE)
 
 
 class EventRequest(_Body):
     """Publish an event on the service's bus."""
 
     topic: str = Field(min_length=1, max_length=MAX_TOPIC_LENGTH, examples=["sales.orders.created"])
-    payload: dict[str, Any] = Field(default_factory=dict)
-    event_type: str = Field(default="", max_length=200)
-    event_id: str | None = Field(
+    payload: Payload = Field(default_factory=dict, description=_DATA_RULE)
+    event_type: PlainText = Field(default="", max_length=200)
+    event_id: PlainText | None = Field(
         default=None,
         min_length=1,
         max_length=200,
         description="Publishing an event id twice starts at most one run.",
     )
-    correlation_id: str | None = Field(default=None, max_length=200)
+    correlation_id: PlainText | None = Field(default=None, max_length=200)
 
 
 # --- answers to requests that change something -------------------------------------------------

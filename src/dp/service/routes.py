@@ -33,6 +33,7 @@ from dp.service.models import (
     PipelineDetail,
     PipelineInfo,
     PipelineList,
+    PlainText,
     Readiness,
     RunAccepted,
     RunDetail,
@@ -58,6 +59,10 @@ _REFUSED = (401, 403, 404, 409, 422, 429, 503)
 #: lifecycle topics only dp publishes (so a client cannot fake a run's success)
 _RESERVED = TopicMatcher("dp.run.**")
 _RESERVED_TASKS = TopicMatcher("dp.task.**")
+
+
+#: a name the store is queried by: no NUL (PostgreSQL cannot compare one), no lone surrogate
+Name = PlainText
 
 
 def _service(request: Request) -> Service:
@@ -174,10 +179,10 @@ def routes() -> APIRouter:
     @router.get("/runs", tags=["runs"], summary="List runs, newest first", responses=errors(422))
     async def list_runs(
         service: ServiceDep,
-        pipeline: Annotated[str | None, Query(max_length=200)] = None,
+        pipeline: Annotated[Name | None, Query(max_length=200)] = None,
         status: Annotated[list[RunStatus] | None, Query()] = None,
         trigger: Annotated[
-            str | None,
+            Name | None,
             Query(max_length=300, description="`api`, `cron`, `event`, `manual`, or exact"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,

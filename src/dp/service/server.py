@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 from dp.config import Settings, build_orchestrator, mask, open_broker, resolve
@@ -33,7 +34,10 @@ from dp.pipelines import get_pipelines
 from dp.service.api import create_app
 from dp.service.runtime import Service
 
-__all__ = ["ServeError", "is_loopback", "listen", "serve"]
+__all__ = ["ServeError", "allowed_hosts", "is_loopback", "listen", "serve"]
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_WILDCARDS = ("", "0.0.0.0", "::")
 
 _log = get_logger("dp.service")
 
@@ -51,6 +55,21 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> tuple[list[str], bool]:
+    """The Host header values a service listening on `host` answers to, and whether any IP
+    address is accepted as well: `localhost`, `127.0.0.1` and `[::1]` (and `host`) on
+    loopback, `host` itself otherwise; on every address (`0.0.0.0`, `::`) those loopback names
+    and any IP address. `extra` adds names (`--allowed-host`, `DP_ALLOWED_HOSTS`; each may be
+    comma-separated; `*.example.com` for subdomains, `*` for any host).
+    """
+    bare = host.strip("[]").lower()
+    names = [bare]
+    if is_loopback(bare) or bare in _WILDCARDS:
+        names += _LOOPBACK_NAMES
+    names += [n.strip() for item in extra for n in item.split(",") if n.strip()]
+    return list(dict.fromkeys(names)), bare in _WILDCARDS
+
+
 def serve(
     target: str | os.PathLike[str],
     *,
@@ -64,6 +83,7 @@ def serve(
     max_queued_pipelines: int = 100,
     lease: float = DEFAULT_LEASE_SECONDS,
     log_level: str = "INFO",
+    allowed_host: Iterable[str] = (),
 ) -> None:
     """Serve the pipelines defined in `target` until SIGTERM or SIGINT.
 
@@ -82,6 +102,8 @@ def serve(
             another instance on the same store takes its runs and sources over once their
             leases ran out.
         log_level: the lowest level logged (JSON lines unless stderr is a terminal).
+        allowed_host: more Host names to answer to besides the listening address's (see
+            `allowed_hosts`); any other Host is refused with 400 (against DNS rebinding).
 
     Raises:
         ServeError: a non-loopback host without a token, or a file without pipelines.
@@ -105,7 +127,14 @@ def serve(
         max_queued_pipelines=max_queued_pipelines,
         lease=lease,
     )
-    app = create_app(service, token=token, protect_reads=not is_loopback(host))
+    hosts, any_ip = allowed_hosts(host, allowed_host)
+    app = create_app(
+        service,
+        token=token,
+        protect_reads=not is_loopback(host),
+        allowed_hosts=hosts,
+        any_ip_host=any_ip,
+    )
     with listen(host, port) as listener:  # before saying "serving": the port may be taken
         port = listener.getsockname()[1]  # the one the system chose, for port 0
         if not token:

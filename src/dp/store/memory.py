@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dp.errors import DuplicateRunError, FencedError, RunNotFoundError, StoreError
+from dp.limits import storable_text
 from dp.store.records import (
     RunRecord,
     RunStatus,
@@ -96,7 +97,7 @@ class MemoryRunStore:
             if finished_at is not None:
                 run.finished_at = _as_utc(finished_at)
             if error is not None:
-                run.error = error
+                run.error = storable_text(error)
             if new_metadata is not None:
                 run.metadata = new_metadata
 
@@ -316,7 +317,7 @@ def _task_order(task: TaskRunRecord) -> tuple[bool, datetime, str, str]:
 def _json_copy(value: Any) -> Any:
     # A JSON round trip both deep-copies and gives exactly what the SQL store would return.
     try:
-        return json.loads(json.dumps(value))
+        return json.loads(json.dumps(value, allow_nan=False))  # as the SQL store refuses NaN
     except (TypeError, ValueError) as exc:
         raise _not_json_error(value, exc) from None
 
@@ -333,6 +334,7 @@ def _copy_run(record: RunRecord) -> RunRecord:
         metadata=_json_copy(record.metadata),
         plan=_json_copy(record.plan),
         lease_until=_as_utc(record.lease_until),
+        error=storable_text(record.error),
     )
 
 
@@ -343,6 +345,10 @@ def _copy_task_run(record: TaskRunRecord) -> TaskRunRecord:
         started_at=_as_utc(record.started_at),
         finished_at=_as_utc(record.finished_at),
         result_ids=_json_copy(record.result_ids),
+        # as every store keeps what a task produced (dp.limits)
+        error=storable_text(record.error),
+        traceback=storable_text(record.traceback),
+        output=storable_text(record.output) or "",
     )
 
 
@@ -350,6 +356,7 @@ def _copy_source(record: SourceRecord) -> SourceRecord:
     return dataclasses.replace(
         record,
         cursor=_json_copy(record.cursor),
+        last_error=storable_text(record.last_error),
         polled_at=_as_utc(record.polled_at),
         lease_until=_as_utc(record.lease_until),
     )

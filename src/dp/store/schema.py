@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dp.limits import storable_text
 from dp.store.records import (
     RunRecord,
     RunStatus,
@@ -77,6 +78,17 @@ class _UTCDateTime(sa.types.TypeDecorator[datetime]):
         return _as_utc(value)
 
 
+# Text a task produced (printed output, error, traceback) cannot be refused: every store keeps
+# it in the escaped form of `dp.limits.storable_text` (NUL and lone surrogates as U+FFFD, cut
+# at DP_MAX_BYTES), so PostgreSQL's text type, which holds no NUL, never fails a write mid-run.
+class _StorableText(sa.types.TypeDecorator[str]):
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return storable_text(value)
+
+
 _metadata = sa.MetaData()
 
 _runs = sa.Table(
@@ -94,7 +106,7 @@ _runs = sa.Table(
     sa.Column("created_at", _UTCDateTime, nullable=False),
     sa.Column("started_at", _UTCDateTime),
     sa.Column("finished_at", _UTCDateTime),
-    sa.Column("error", sa.Text),
+    sa.Column("error", _StorableText),
     sa.Column("metadata", sa.JSON, nullable=False),
     sa.Column("plan", sa.JSON, nullable=False),
     sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
@@ -119,10 +131,10 @@ def _task_columns(*, attempt_in_key: bool) -> list[sa.Column[Any]]:
         sa.Column("started_at", _UTCDateTime),
         sa.Column("finished_at", _UTCDateTime),
         sa.Column("duration", sa.Float),
-        sa.Column("error", sa.Text),
-        sa.Column("traceback", sa.Text),
+        sa.Column("error", _StorableText),
+        sa.Column("traceback", _StorableText),
         sa.Column("result_ids", sa.JSON, nullable=False),
-        sa.Column("output", sa.Text, nullable=False),
+        sa.Column("output", _StorableText, nullable=False),
         sa.Column("host", sa.String),
         sa.Column("pid", sa.Integer),
         sa.Column("queue", sa.String),
@@ -170,7 +182,7 @@ _sources = sa.Table(
     sa.Column("every", sa.Float, nullable=False, server_default="0"),
     sa.Column("cursor", sa.JSON, nullable=True),
     sa.Column("polled_at", _UTCDateTime),
-    sa.Column("last_error", sa.Text),
+    sa.Column("last_error", _StorableText),
     sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("circuit", sa.String(20), nullable=False, server_default="closed"),
     sa.Column("holder", sa.String),

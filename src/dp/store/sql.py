@@ -595,7 +595,7 @@ def _filtered(
 
 
 def _json_dumps(value: Any) -> str:
-    try:
-        return json.dumps(value)
+    try:  # no NaN or infinity: PostgreSQL refuses them, so every store does (dp.limits)
+        return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise _not_json_error(value, exc) from None

@@ -21,6 +21,7 @@ from dp.errors import DPError
 from dp.events import EventBase, InMemoryBroker, TopicMatcher
 from dp.events.ports import Broker, Subscription
 from dp.jsonable import jsonable
+from dp.limits import preview
 from dp.logs import get_logger
 
 __all__ = ["LiveFeed", "Subscriber", "event_dict"]
@@ -33,6 +34,8 @@ _MAX_BACKLOG = 20
 _MAX_EVENTS_PER_BATCH = 200
 #: characters of an event's payload kept for the dashboard
 _MAX_PAYLOAD = 2_000
+#: levels of an event's payload shown; deeper ones are "…"
+_PREVIEW_DEPTH = 16
 
 
 class Subscriber:
@@ -166,7 +169,7 @@ class LiveFeed:
                     yield ": keepalive\n\n"
                     continue
                 for batch in subscriber.take():
-                    yield f"data: {json.dumps(jsonable(batch))}\n\n"
+                    yield f"data: {_encode_batch(batch)}\n\n"
         finally:
             self._subscribers.discard(subscriber)
 
@@ -211,22 +214,33 @@ class LiveFeed:
 
     async def _tap(self, subscription: Any) -> None:
         async for event in subscription:
-            data = event_dict(event)
+            data = event_dict(event)  # never raises: one odd event cannot end the feed
             self._recent.append(data)
             if any(s.events is not None for s in self._subscribers):
                 self._events.append(data)
                 self._changed.set()
 
 
+def _encode_batch(batch: dict[str, Any]) -> str:
+    """A batch as JSON; one that cannot be encoded as it is (a task error holding something
+    odd) is shown through `preview` rather than ending the stream."""
+    try:
+        return json.dumps(jsonable(batch))
+    except (TypeError, ValueError, RecursionError):
+        return json.dumps(preview(batch, items=10_000))
+
+
 def event_dict(event: EventBase) -> dict[str, Any]:
-    """An event as the dashboard shows it; a large payload is cut to a preview."""
-    payload = json.dumps(jsonable(event.payload))
+    """An event as the dashboard shows it, whatever it holds: a large payload is cut to a
+    preview, a deep one shown to `_PREVIEW_DEPTH` levels (deeper levels as "…"), odd text made
+    showable (`dp.limits.preview`). Never raises."""
+    payload = json.dumps(preview(event.payload, depth=_PREVIEW_DEPTH), ensure_ascii=False)
     return {
-        "event_id": event.event_id,
-        "topic": event.topic,
-        "event_type": event.event_type,
-        "source": event.source,
-        "correlation_id": event.correlation_id,
+        "event_id": preview(event.event_id),
+        "topic": preview(event.topic),
+        "event_type": preview(event.event_type),
+        "source": preview(event.source),
+        "correlation_id": preview(event.correlation_id),
         "timestamp": event.timestamp.isoformat(),
         "payload": payload if len(payload) <= _MAX_PAYLOAD else payload[:_MAX_PAYLOAD] + " …",
     }

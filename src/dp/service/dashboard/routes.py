@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dp.errors import GroupError
 from dp.events import MAX_TOPIC_LENGTH, DeadLetter, TopicMatcher
+from dp.limits import preview
 from dp.service.dashboard.live import LiveFeed, Subscriber, event_dict
 from dp.service.runtime import START_GROUP, Service
 
@@ -128,7 +129,12 @@ def _dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
             "source": "",
             "correlation_id": None,
             "timestamp": letter.failed_at.isoformat(),
-            "payload": letter.raw[:500],
+            "payload": preview(letter.raw[:500]),
         }
     )
-    return {**shown, "id": letter.id, "error": letter.error, "deliveries": letter.deliveries}
+    return {
+        **shown,
+        "id": preview(letter.id),
+        "error": preview(letter.error),
+        "deliveries": letter.deliveries,
+    }
