@@ -9,10 +9,11 @@ a value no column can hold) stay what they are.
 No store call waits longer than `DP_STORE_TIMEOUT` seconds (10 by default) on PostgreSQL:
 new connections give up after that (`connect_timeout`), and `Watchdog` shuts the socket of a
 pooled connection whose checkout outlives it (a server that is frozen, not down, still
-accepts TCP and never answers: libpq itself would wait forever). A pooled connection is
-pinged as it is checked out, under the same deadline, so after the database comes back
-the first call gets a fresh connection instead of an error: the store heals without a
-restart.
+accepts TCP and never answers: libpq itself would wait forever). A pooled connection idle
+for over a second is pinged as it is checked out, under the same deadline, so after the
+database comes back the first call gets a fresh connection instead of an error, and the
+first error after a restart drops every older pooled connection: the store heals without a
+restart of dp.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ __all__ = [
 
 #: seconds a store call may wait on an unresponsive PostgreSQL server
 DEFAULT_TIMEOUT = 10.0
+#: a pooled connection idle for longer is pinged before use (a busy one is not: the ping
+#: would cost a round trip per call; if the server restarted in between, that one call fails)
+PING_AFTER_IDLE = 1.0
 TIMEOUT_VARIABLE = "DP_STORE_TIMEOUT"
 
 #: SQLite result codes (primary, the low byte) that mean the file cannot be used right now
@@ -164,8 +168,9 @@ class Watchdog:
     Hooked to the pool: a checkout is watched from the moment it starts (before the ping)
     until the connection is checked back in. A checkout past its deadline gets its socket
     shut down, so the call blocked on it fails at once as a lost connection, and the pool
-    drops the connection. One thread per watchdog, started on first use, wakes a few times
-    a second only while something is watched.
+    drops the connection. One thread per watchdog, started on first use,
+    checks the deadlines every quarter of the timeout (a cut comes at most 25% late) and
+    ends once nothing was watched for 10 s.
     """
 
     def __init__(self, engine: sa.Engine, timeout: float) -> None:
@@ -175,7 +180,6 @@ class Watchdog:
         self._expired: set[int] = set()  # threads whose checkout the watchdog cut
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
-        sa.event.listen(engine, "connect", _mark_fresh)
         sa.event.listen(engine, "checkout", self._checkout)
         sa.event.listen(engine, "checkin", self._checkin)
         self._ping = engine.dialect.do_ping
@@ -204,8 +208,9 @@ class Watchdog:
                 watch = _Watch(fd, time.monotonic() + self.timeout, ident)
                 self._watched[id(record)] = watch
                 self._ensure_thread()
-        if record.info.pop("dp_fresh", False):
-            return  # connected just now: nothing to check
+        idle_since = record.info.get("dp_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return  # connected just now, or used a moment ago: the round trip is not worth it
         try:
             self._ping(dbapi_connection)
         except Exception as exc:
@@ -219,6 +224,7 @@ class Watchdog:
 
     def _checkin(self, dbapi_connection: Any, record: Any) -> None:
         self._forget(record)
+        record.info["dp_idle_since"] = time.monotonic()
 
     def _forget(self, record: Any) -> None:
         with self._lock:
@@ -226,32 +232,30 @@ class Watchdog:
 
     def _ensure_thread(self) -> None:
         """Start the thread (under the lock); again in a forked child, which has none."""
+        # never woken: waking a thread per checkout would cost more than the call itself
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="dp-store-watchdog", daemon=True)
             self._thread.start()
-        else:
-            self._wake.notify()
 
     def _run(self) -> None:
+        """Check the deadlines every `timeout / 4` (at most 1 s); end after 10 s of nothing
+        watched."""
+        step = min(self.timeout / 4, 1.0)
         with self._lock:
+            busy_at = time.monotonic()
             while True:
-                if not self._watched:
-                    self._wake.wait(timeout=5.0)
-                    if not self._watched:
-                        self._thread = None  # `_ensure_thread` starts another when needed
-                        return
+                self._wake.wait(timeout=step)
                 now = time.monotonic()
+                if self._watched:
+                    busy_at = now
+                elif now - busy_at > 10.0:
+                    self._thread = None  # `_ensure_thread` starts another when needed
+                    return
                 for key, watch in list(self._watched.items()):
                     if watch.deadline <= now:
                         del self._watched[key]
                         self._expired.add(watch.thread)
                         _shut(watch.fd)
-                soonest = min((w.deadline for w in self._watched.values()), default=now + 1.0)
-                self._wake.wait(timeout=min(max(soonest - now, 0.05), 1.0))
-
-
-def _mark_fresh(dbapi_connection: Any, record: Any) -> None:
-    record.info["dp_fresh"] = True
 
 
 def _socket_of(dbapi_connection: Any) -> int | None:
