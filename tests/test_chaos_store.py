@@ -321,3 +321,39 @@ def test_run_whose_end_meets_an_outage_says_so_in_one_line_and_resumes_without_r
     counts = {name: executions(project).count(name) for name in ("first", "second", "last")}
     print("executions after resume", counts)
     assert counts == {"first": 1, "second": 1, "last": 1}
+
+
+@pytest.mark.parametrize("outage", ["shorter", "longer"])
+def test_serve_run_across_an_outage_is_recorded_once_the_store_is_back(
+    project: Path, postgres_alone: PostgresServer, monkeypatch: pytest.MonkeyPatch, outage: str
+) -> None:
+    """SIGKILL PostgreSQL while a `dp serve` run's last task runs. Back within
+    DP_STORE_OUTAGE_WAIT: the run's end is recorded when it returns. Back after it: the run
+    ended unrecorded, its lease lapses and the same `dp serve` takes it over; either way it
+    ends succeeded and no task runs twice."""
+    monkeypatch.setenv("DP_TEST_WAIT", "1")
+    monkeypatch.setenv("DP_STORE_OUTAGE_WAIT", "20" if outage == "shorter" else "1")
+    store_url = postgres_alone.create_database()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ("--store", store_url, "--lease", "2")
+    with dp_serve(project, port, *args) as server, httpx.Client() as client:
+        started = client.post(f"{url}/pipelines/job/runs", json={}, headers=AUTH)
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
+        wait_for(lambda: "last" in executions(project), "the last task to start", server)
+        postgres_alone.kill()
+        (project / "release").touch()
+        time.sleep(0.5 if outage == "shorter" else 3.0)  # the end is retried, or given up
+        postgres_alone.restart()
+        wait_for(
+            lambda: client.get(f"{url}/runs/{run_id}").json().get("status") == "succeeded",
+            "the run to be recorded succeeded",
+            server,
+        )
+        run = client.get(f"{url}/runs/{run_id}").json()
+    counts = {name: executions(project).count(name) for name in ("first", "second", "last")}
+    print(outage, "outage: run", run["status"], "epoch", run.get("epoch"), "executions", counts)
+    assert counts == {"first": 1, "second": 1, "last": 1}
+    # recorded by its first owner, or taken over (a new epoch) once its lease lapsed
+    assert run["epoch"] == (1 if outage == "shorter" else 2)
