@@ -92,7 +92,7 @@ _stderr = _Stderr()
 
 
 #: engine events the CLI reports itself, in the task table and the closing line
-_SHOWN_BY_THE_CLI = frozenset({"task.failed", "run.finished"})
+_SHOWN_BY_THE_CLI = frozenset({"task.failed", "run.finished", "run.unrecorded"})
 
 
 def _not_shown_by_the_cli(record: logging.LogRecord) -> bool:

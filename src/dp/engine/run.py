@@ -527,6 +527,7 @@ class ActiveRun:
             # there (its owner is gone once this process lets go of it)
             unrecorded = outage
             status, error = RunStatus.INTERRUPTED, self._unrecorded(status, outage)
+            self.log.error("run.unrecorded", error=error)
         result = RunResult(
             run_id=self.context.run_id,
             dag_id=self.context.dag_id,

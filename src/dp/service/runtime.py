@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
 from dp.errors import (
+    DependencyUnavailableError,
     DPError,
     DuplicateRunError,
     InvalidPipelineError,
@@ -441,7 +442,9 @@ class Service:
             await asyncio.sleep(every)
             try:
                 await self._resume_interrupted(only_orphans=True)
-            except Exception:  # the store is down for a moment: try again next time
+            except DependencyUnavailableError as exc:  # the store is down: try next time
+                _log.warning("service.adopt_failed", error=str(exc))
+            except Exception:  # anything else: with its traceback, and try next time
                 _log.warning("service.adopt_failed", exc_info=True)
 
     async def resume_run(self, run_id: str, *, force: bool = False) -> RunHandle:
