@@ -26,7 +26,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
@@ -180,9 +180,20 @@ class Watchdog:
         self._expired: set[int] = set()  # threads whose checkout the watchdog cut
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._unbounded = threading.local()
         sa.event.listen(engine, "checkout", self._checkout)
         sa.event.listen(engine, "checkin", self._checkin)
         self._ping = engine.dialect.do_ping
+
+    @contextlib.contextmanager
+    def unbounded(self) -> Iterator[None]:
+        """Checkouts of this thread are not cut meanwhile (a schema migration may take long;
+        new connections still give up after `connect_timeout`)."""
+        self._unbounded.on = True
+        try:
+            yield
+        finally:
+            self._unbounded.on = False
 
     def after_fork(self) -> None:
         """In a forked child: no thread, nothing watched, a lock nobody holds."""
@@ -204,7 +215,7 @@ class Watchdog:
         ident = threading.get_ident()
         with self._lock:
             self._expired.discard(ident)
-            if fd is not None:
+            if fd is not None and not getattr(self._unbounded, "on", False):
                 watch = _Watch(fd, time.monotonic() + self.timeout, ident)
                 self._watched[id(record)] = watch
                 self._ensure_thread()

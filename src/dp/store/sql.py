@@ -174,7 +174,8 @@ class SQLRunStore:
         self._add_source = insert(_sources).on_conflict_do_nothing(index_elements=["name"])
         _open_stores.add(self)
         try:
-            self._open_schema()
+            with self._watchdog.unbounded() if self._watchdog else contextlib.nullcontext():
+                self._open_schema()
         except BaseException:
             self._engine.dispose()
             raise
