@@ -4,6 +4,7 @@ HTTP paths under a real PostgreSQL outage are in test_chaos_store.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,46 @@ def test_a_run_whose_end_outlasts_the_wait_ends_unrecorded_and_says_so() -> None
     assert result.error.startswith(f"every task of run {result.run_id!r} succeeded, but")
     assert "postgresql+psycopg://db:5432/dp" in result.error
     assert store.get_run(result.run_id).status == RunStatus.RUNNING
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["run", "pipeline.py"], ["runs", "list"], ["serve", "pipeline.py", "--port", "0"]],
+    ids=["run", "runs-list", "serve"],
+)
+def test_a_command_that_cannot_reach_the_store_says_so_in_one_line_and_exits_75(
+    command: list[str], tmp_path: Path
+) -> None:
+    """dp run, dp runs list and dp serve with nothing listening at the store's address: one
+    line naming the store (no password, no traceback), exit code 75, nothing run."""
+    import subprocess
+    import sys
+
+    from ports import free_port
+
+    (tmp_path / "pipeline.py").write_text(
+        "from pathlib import Path\n"
+        "from dp import pipeline, task\n\n"
+        "@task\n"
+        "def side_effect() -> int:\n"
+        "    Path('ran').touch()\n"
+        "    return 1\n\n"
+        "pipeline('job')\n"
+    )
+    store = f"postgresql://dp:s3cret@127.0.0.1:{free_port()}/dp"
+    done = subprocess.run(
+        [sys.executable, "-m", "dp.cli", *command],
+        cwd=tmp_path,
+        env={**os.environ, "DP_STORE_URL": store},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    print(done.stderr)
+    assert done.returncode == 75, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, done.stderr
+    assert "the run store at postgresql+psycopg://127.0.0.1:" in lines[0]
+    assert "s3cret" not in done.stderr + done.stdout
+    assert not (tmp_path / "ran").exists()
