@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import os
 import socket
@@ -37,9 +38,11 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "TIMEOUT_VARIABLE",
     "Watchdog",
+    "engine_options",
     "guarded",
     "outage_reason",
     "public_url",
+    "report_outages",
     "store_timeout",
 ]
 
@@ -74,6 +77,17 @@ def store_timeout() -> float:
             TIMEOUT_VARIABLE, text, "a number of seconds > 0", hint="e.g. DP_STORE_TIMEOUT=10"
         )
     return value
+
+
+def engine_options(url: sa.URL, timeout: float) -> dict[str, Any]:
+    """`create_engine` options: on PostgreSQL a refused connection fails at once, one that
+    hangs after `timeout` (libpq's `connect_timeout`, unless the URL sets one)."""
+    if url.get_backend_name() != "postgresql":
+        return {}
+    options: dict[str, Any] = {"pool_timeout": timeout}
+    if "connect_timeout" not in url.query:
+        options["connect_args"] = {"connect_timeout": max(2, math.ceil(timeout))}
+    return options
 
 
 def public_url(url: sa.URL) -> str:
@@ -151,6 +165,46 @@ def guarded(
         return call
 
     return decorate
+
+
+#: what each store method was doing, as outage errors say it (the run id or name follows)
+ACTIONS = {
+    "ping": "reach the database",
+    "create_run": "record run",
+    "update_run": "update run",
+    "save_task_runs": "save task runs",
+    "claim_run": "claim run",
+    "renew_lease": "renew the lease of run",
+    "get_attempts": "read the attempts of run",
+    "get_run": "read run",
+    "list_runs": "list runs",
+    "count_runs": "count runs",
+    "find_run_by_event": "find the run of event",
+    "get_task_runs": "read the task runs of run",
+    "delete_run": "delete run",
+    "last_fire": "read the last fire of trigger",
+    "record_fires": "record cron fire times",
+    "claim_source": "claim source",
+    "save_source": "save source",
+    "release_source": "release source",
+    "get_source": "read source",
+    "list_sources": "list sources",
+    "_open_schema": "open the run store",
+}
+
+_C = TypeVar("_C", bound=type)
+
+
+def report_outages(cls: _C) -> _C:
+    """Class decorator: every public method of the store (and `_open_schema`) reports an
+    outage as `StoreUnavailableError` (see `guarded`), methods added later included; the
+    action is taken from `ACTIONS`, else from the method's name."""
+    for name, method in list(vars(cls).items()):
+        wanted = name in ACTIONS or not (name.startswith("_") or name == "close")
+        if inspect.isfunction(method) and wanted:
+            action = ACTIONS.get(name, name.replace("_", " "))
+            setattr(cls, name, guarded(action)(method))
+    return cls
 
 
 class _Watch:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import threading
 import weakref
@@ -38,7 +37,13 @@ from dp.errors import (
     RunNotFoundError,
     StoreError,
 )
-from dp.store.outage import Watchdog, guarded, public_url, store_timeout
+from dp.store.outage import (
+    Watchdog,
+    engine_options,
+    public_url,
+    report_outages,
+    store_timeout,
+)
 from dp.store.records import (
     RunRecord,
     RunStatus,
@@ -86,6 +91,7 @@ _PG_SCHEMA_LOCK = 0x64705F72756E73  # any constant; serialises concurrent first 
 _WRITE = "dp_write"  # execution option: this transaction writes, so BEGIN IMMEDIATE on SQLite
 
 
+@report_outages
 class SQLRunStore:
     """A `RunStore` in a SQL database: SQLite by default, PostgreSQL by URL.
 
@@ -135,17 +141,12 @@ class SQLRunStore:
             )
         if backend == "sqlite":
             _prepare_sqlite_file(parsed)
-        self._public_url = public_url(parsed)
+        #: the URL without credentials, as outage errors name it
+        self.public_url = public_url(parsed)
         timeout = store_timeout()
-        options: dict[str, Any] = {}
-        if backend == "postgresql":
-            # a refused connection fails at once; one that hangs, after the timeout
-            if "connect_timeout" not in parsed.query:
-                options["connect_args"] = {"connect_timeout": max(2, math.ceil(timeout))}
-            options["pool_timeout"] = timeout
         try:
             self._engine = sa.create_engine(
-                parsed, echo=echo, json_serializer=_json_dumps, **options
+                parsed, echo=echo, json_serializer=_json_dumps, **engine_options(parsed, timeout)
             )
         except ModuleNotFoundError as exc:
             raise StoreError(
@@ -156,7 +157,7 @@ class SQLRunStore:
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
             sa.event.listen(self._engine, "begin", _on_sqlite_begin)
         #: bounds every PostgreSQL call, and pings pooled connections (SQLite needs neither)
-        self._watchdog = Watchdog(self._engine, timeout) if backend == "postgresql" else None
+        self.watchdog = Watchdog(self._engine, timeout) if backend == "postgresql" else None
         # Shares the pool; marks the transactions that write.
         self._writer = self._engine.execution_options(**{_WRITE: True})
         # SQLite has one writer at a time; its busy handler makes a blocked writer sleep in
@@ -174,7 +175,7 @@ class SQLRunStore:
         self._add_source = insert(_sources).on_conflict_do_nothing(index_elements=["name"])
         _open_stores.add(self)
         try:
-            with self._watchdog.unbounded() if self._watchdog else contextlib.nullcontext():
+            with self.watchdog.unbounded() if self.watchdog else contextlib.nullcontext():
                 self._open_schema()
         except BaseException:
             self._engine.dispose()
@@ -185,25 +186,14 @@ class SQLRunStore:
         """The database URL, with any password masked."""
         return self._engine.url.render_as_string(hide_password=True)
 
-    @property
-    def public_url(self) -> str:
-        """The database URL without credentials, as outage errors name it."""
-        return self._public_url
-
-    @property
-    def watchdog(self) -> Watchdog | None:
-        return self._watchdog
-
     def __repr__(self) -> str:
         return f"SQLRunStore({self.url!r})"
 
-    @guarded("reach the database")
     def ping(self) -> None:
         """Check that the database answers; see `RunStore.ping`."""
         with self._engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
 
-    @guarded("record run")
     def create_run(self, record: RunRecord) -> None:
         """Record a new run; see `RunStore.create_run`."""
         _check_run_id(record.run_id)
@@ -222,7 +212,6 @@ class SQLRunStore:
                 raise DuplicateRunError(record.run_id) from None
             raise StoreError(f"could not record run {record.run_id!r}: {exc.orig}") from exc
 
-    @guarded("update run")
     def update_run(
         self,
         run_id: str,
@@ -254,7 +243,6 @@ class SQLRunStore:
             self._hold(conn, run_id, epoch, values)  # rolls everything back if refused
             self._put_task_runs(conn, latest, attempts)
 
-    @guarded("save task runs")
     def save_task_runs(
         self,
         records: Sequence[TaskRunRecord],
@@ -281,7 +269,6 @@ class SQLRunStore:
                     raise RunNotFoundError(run_id) from None
             raise StoreError(f"could not save task runs: {exc.orig}") from exc
 
-    @guarded("claim run")
     def claim_run(
         self,
         run_id: str,
@@ -309,14 +296,12 @@ class SQLRunStore:
             query = sa.select(_runs.c.epoch).where(_runs.c.run_id == run_id)
             return int(conn.execute(query).scalar_one())
 
-    @guarded("renew the lease of run")
     def renew_lease(self, run_id: str, *, epoch: int, lease_until: datetime) -> None:
         """Extend the owner's lease; see `RunStore.renew_lease`."""
         _check_run_id(run_id)
         with self._writing() as conn:
             self._hold(conn, run_id, epoch, {"lease_until": lease_until})
 
-    @guarded("read the attempts of run")
     def get_attempts(self, run_id: str) -> list[TaskRunRecord]:
         """Return every attempt of a run, the latest ones included; see
         `RunStore.get_attempts`."""
@@ -331,7 +316,6 @@ class SQLRunStore:
         records.sort(key=lambda t: (t.task_name, t.instance, t.attempt))
         return records
 
-    @guarded("read run")
     def get_run(self, run_id: str) -> RunRecord:
         """Return a run; see `RunStore.get_run`."""
         _check_run_id(run_id)
@@ -341,7 +325,6 @@ class SQLRunStore:
             raise RunNotFoundError(run_id)
         return _run_record(row)
 
-    @guarded("list runs")
     def list_runs(
         self,
         *,
@@ -362,7 +345,6 @@ class SQLRunStore:
         with self._engine.connect() as conn:
             return [_run_record(row) for row in conn.execute(query)]
 
-    @guarded("count runs")
     def count_runs(
         self,
         *,
@@ -375,7 +357,6 @@ class SQLRunStore:
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
-    @guarded("find the run of event")
     def find_run_by_event(self, event_id: str) -> RunRecord | None:
         """Return the run the event started, or `None`."""
         query = sa.select(_runs).where(_runs.c.event_id == event_id)
@@ -383,7 +364,6 @@ class SQLRunStore:
             row = conn.execute(query).one_or_none()
         return None if row is None else _run_record(row)
 
-    @guarded("read the task runs of run")
     def get_task_runs(self, run_id: str) -> list[TaskRunRecord]:
         """Return a run's task runs in order; see `RunStore.get_task_runs`."""
         _check_run_id(run_id)
@@ -399,7 +379,6 @@ class SQLRunStore:
             raise RunNotFoundError(run_id)
         return [_task_run_record(row) for row in rows]
 
-    @guarded("delete run")
     def delete_run(self, run_id: str) -> None:
         """Forget a run and, by cascade, its task runs; see `RunStore.delete_run`."""
         _check_run_id(run_id)
@@ -408,7 +387,6 @@ class SQLRunStore:
         if deleted == 0:
             raise RunNotFoundError(run_id)
 
-    @guarded("read the last fire of trigger")
     def last_fire(self, name: str) -> datetime | None:
         """When the cron trigger `name` last fired; see `RunStore.last_fire`."""
         query = sa.select(_schedule.c.last_fire).where(_schedule.c.trigger == name)
@@ -416,7 +394,6 @@ class SQLRunStore:
             value: datetime | None = conn.execute(query).scalar_one_or_none()
         return value
 
-    @guarded("record cron fire times")
     def record_fires(self, fires: Mapping[str, datetime]) -> None:
         """Remember fire times, keeping the later; see `RunStore.record_fires`."""
         rows = [
@@ -428,7 +405,6 @@ class SQLRunStore:
         with self._writing() as conn:
             conn.execute(self._upsert_fires, rows)
 
-    @guarded("claim source")
     def claim_source(self, name: str, *, holder: str, now: datetime, lease_until: datetime) -> bool:
         """Take or renew a source's lease; see `RunStore.claim_source`."""
         _check_source(name)
@@ -450,7 +426,6 @@ class SQLRunStore:
             )
             return bool(conn.execute(statement).rowcount)
 
-    @guarded("save source")
     def save_source(self, record: SourceRecord) -> bool:
         """Store a source's state if its holder still holds it; see `RunStore.save_source`."""
         _check_source(record.name)
@@ -465,7 +440,6 @@ class SQLRunStore:
         with self._writing() as conn:
             return bool(conn.execute(statement).rowcount)
 
-    @guarded("release source")
     def release_source(self, name: str, *, holder: str) -> None:
         """Give up a source's lease; see `RunStore.release_source`."""
         c = _sources.c
@@ -477,7 +451,6 @@ class SQLRunStore:
         with self._writing() as conn:
             conn.execute(statement)
 
-    @guarded("read source")
     def get_source(self, name: str) -> SourceRecord | None:
         """A source's stored state; see `RunStore.get_source`."""
         query = sa.select(_sources).where(_sources.c.name == name)
@@ -485,7 +458,6 @@ class SQLRunStore:
             row = conn.execute(query).one_or_none()
         return None if row is None else _source_record(row)
 
-    @guarded("list sources")
     def list_sources(self) -> list[SourceRecord]:
         """Every source's stored state; see `RunStore.list_sources`."""
         query = sa.select(_sources).order_by(_sources.c.name)
@@ -550,7 +522,6 @@ class SQLRunStore:
         with self._engine.connect() as conn:
             return conn.execute(query).first() is not None
 
-    @guarded("open the run store")
     def _open_schema(self) -> None:
         with self._writer.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -585,8 +556,8 @@ _open_stores: weakref.WeakSet[SQLRunStore] = weakref.WeakSet()
 
 def _forget_inherited_connections() -> None:
     for store in list(_open_stores):
-        if store._watchdog is not None:
-            store._watchdog.after_fork()
+        if store.watchdog is not None:
+            store.watchdog.after_fork()
         store._engine.dispose(close=False)
 
 
