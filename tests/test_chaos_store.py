@@ -256,12 +256,13 @@ def test_serve_answers_503_in_bounded_time_while_postgres_hangs(
     assert executions(project).count("first") == 1
 
 
+@pytest.mark.parametrize("fault", ["kill", "freeze"])
 def test_run_whose_end_meets_an_outage_says_so_in_one_line_and_resumes_without_rerunning(
-    project: Path, postgres_alone: PostgresServer
+    project: Path, postgres_alone: PostgresServer, fault: str
 ) -> None:
-    """`dp run --store postgresql://...` with PostgreSQL killed while the last task runs:
-    one line naming the store and the resume command, exit 75, the run left stale; once
-    PostgreSQL is back `dp runs resume` finishes it and no task runs a second time."""
+    """`dp run --store postgresql://...` with PostgreSQL killed (or frozen) while the last
+    task runs: one line naming the store and the resume command, exit 75, the run left
+    stale; once PostgreSQL is back `dp runs resume` finishes it and no task runs twice."""
     store_url = postgres_alone.create_database()
     env = {"DP_TEST_WAIT": "1", "DP_STORE_OUTAGE_WAIT": "3"}
     running = subprocess.Popen(
@@ -279,14 +280,18 @@ def test_run_whose_end_meets_an_outage_says_so_in_one_line_and_resumes_without_r
     )
     try:
         wait_for(lambda: "last" in executions(project), "the last task to start", running)
-        postgres_alone.kill()
+        postgres_alone.kill() if fault == "kill" else postgres_alone.freeze()
         (project / "release").touch()
+        started = time.monotonic()
         out, err = running.communicate(timeout=PATIENCE)
+        took = time.monotonic() - started
     finally:
         if running.poll() is None:
             running.kill()
             running.communicate()
-    print("dp run exit", running.returncode, "stderr:", err, sep="\n")
+        if fault == "freeze":
+            postgres_alone.thaw()
+    print(f"dp run exit {running.returncode} after {took:.1f} s; stderr:", err, sep="\n")
     assert running.returncode == 75
     assert "Traceback" not in err + out
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -299,7 +304,8 @@ def test_run_whose_end_meets_an_outage_says_so_in_one_line_and_resumes_without_r
     run_id = line.split("every task of run '", 1)[1].split("'", 1)[0]
     assert executions(project) == ["first", "second", "last"]
 
-    postgres_alone.restart()
+    if fault == "kill":
+        postgres_alone.restart()
     listed = dp(project, "runs", "list", "--store", store_url)
     print(listed.stdout)
     assert listed.returncode == 0, listed.stderr

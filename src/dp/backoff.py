@@ -58,7 +58,7 @@ async def retry_outage(
             failures += 1
             if on_outage is not None:
                 on_outage(exc, failures)
-            delay = backoff.delay(failures)
-            if time.monotonic() - started + delay > within:
+            remaining = within - (time.monotonic() - started)
+            if remaining <= 0:
                 raise
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(backoff.delay(failures), remaining))  # the last try at the end
