@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
 from dp.errors import (
+    DependencyUnavailableError,
     DPError,
     DuplicateRunError,
     InvalidPipelineError,
@@ -44,6 +45,7 @@ from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
 from dp.service.lifecycle import LifecycleEvents, Metrics
+from dp.service.storecheck import StoreCheck
 from dp.store.records import RunStatus, is_stale
 
 if TYPE_CHECKING:
@@ -104,6 +106,8 @@ class Service:
         self.resume_interrupted = resume_interrupted
         self.grace = grace
         self.metrics = Metrics(scheduler, sources)
+        #: whether the run store answers (pinged at most once a second)
+        self.store_check = StoreCheck(orchestrator.store)
         self.accepting = False
         self.started_at: float | None = None
         self._plans: dict[str, ExecutionPlan] = {}
@@ -438,7 +442,9 @@ class Service:
             await asyncio.sleep(every)
             try:
                 await self._resume_interrupted(only_orphans=True)
-            except Exception:  # the store is down for a moment: try again next time
+            except DependencyUnavailableError as exc:  # the store is down: try next time
+                _log.warning("service.adopt_failed", error=str(exc))
+            except Exception:  # anything else: with its traceback, and try next time
                 _log.warning("service.adopt_failed", exc_info=True)
 
     async def resume_run(self, run_id: str, *, force: bool = False) -> RunHandle:
@@ -473,12 +479,9 @@ class Service:
         (it stopped firing, or backs off) but runs can start; `unavailable` when runs cannot
         start (not accepting, bus closed, store unreachable).
         """
-        store_ok, store_error = True, None
-        if self.orchestrator.store is not None:
-            try:
-                await asyncio.to_thread(self.orchestrator.store.count_runs)
-            except Exception as exc:  # any failure means "not ready", and says why
-                store_ok, store_error = False, f"{type(exc).__name__}: {exc}"
+        outage = await self.store_check.error()
+        store_ok = outage is None
+        store_error = None if outage is None else f"{type(outage).__name__}: {outage}"
         scheduler = dataclasses.asdict(self.scheduler.health())
         sources = {
             name: dataclasses.asdict(health)
@@ -496,10 +499,16 @@ class Service:
             "active_pipelines": self.orchestrator.active_pipelines,
             "queued_pipelines": self.orchestrator.queued_pipelines,
             "bus": {"ok": bus_ok, **_stats(self.broker)},
-            "store": {"ok": store_ok, "error": store_error},
+            "store": {"ok": store_ok, "error": store_error, "url": _store_url(self)},
+            "unavailable": [name for name, ok in (("store", store_ok), ("bus", bus_ok)) if not ok],
             "scheduler": scheduler,
             "sources": sources,
         }
+
+
+def _store_url(service: Service) -> str | None:
+    store = service.orchestrator.store
+    return None if store is None else getattr(store, "public_url", type(store).__name__)
 
 
 def _stats(broker: Broker) -> dict[str, Any]:

@@ -8,6 +8,10 @@ and wait up to `busy_timeout` for it, so several threads and processes can share
 The schema is versioned in `dp_meta`. Opening a store created by an older dp runs
 `MIGRATIONS` up to `SCHEMA_VERSION`; opening one created by a newer dp fails with advice to
 upgrade, rather than writing rows that dp would misread.
+
+An unreachable database (refused, lost or timed-out connections) is an outage, not a data
+error: every method raises `StoreUnavailableError` then, and works again once the database
+is back, without a restart (see `dp.store.outage`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from dp.errors import (
     InvalidArgumentError,
     RunNotFoundError,
     StoreError,
+)
+from dp.store.outage import (
+    Watchdog,
+    engine_options,
+    public_url,
+    report_outages,
+    store_timeout,
 )
 from dp.store.records import (
     RunRecord,
@@ -80,6 +91,7 @@ _PG_SCHEMA_LOCK = 0x64705F72756E73  # any constant; serialises concurrent first 
 _WRITE = "dp_write"  # execution option: this transaction writes, so BEGIN IMMEDIATE on SQLite
 
 
+@report_outages
 class SQLRunStore:
     """A `RunStore` in a SQL database: SQLite by default, PostgreSQL by URL.
 
@@ -93,6 +105,7 @@ class SQLRunStore:
     Raises:
         StoreError: The database is not SQLite or PostgreSQL, is an in-memory SQLite database,
             or holds a schema written by a newer dp.
+        StoreUnavailableError: The database cannot be reached (any method raises it then).
 
     Example:
         ```python
@@ -128,8 +141,13 @@ class SQLRunStore:
             )
         if backend == "sqlite":
             _prepare_sqlite_file(parsed)
+        #: the URL without credentials, as outage errors name it
+        self.public_url = public_url(parsed)
+        timeout = store_timeout()
         try:
-            self._engine = sa.create_engine(parsed, echo=echo, json_serializer=_json_dumps)
+            self._engine = sa.create_engine(
+                parsed, echo=echo, json_serializer=_json_dumps, **engine_options(parsed, timeout)
+            )
         except ModuleNotFoundError as exc:
             raise StoreError(
                 f"the run store {parsed.render_as_string()} needs the {exc.name!r} driver, "
@@ -138,6 +156,8 @@ class SQLRunStore:
         if backend == "sqlite":
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
             sa.event.listen(self._engine, "begin", _on_sqlite_begin)
+        #: bounds every PostgreSQL call, and pings pooled connections (SQLite needs neither)
+        self.watchdog = Watchdog(self._engine, timeout) if backend == "postgresql" else None
         # Shares the pool; marks the transactions that write.
         self._writer = self._engine.execution_options(**{_WRITE: True})
         # SQLite has one writer at a time; its busy handler makes a blocked writer sleep in
@@ -155,7 +175,8 @@ class SQLRunStore:
         self._add_source = insert(_sources).on_conflict_do_nothing(index_elements=["name"])
         _open_stores.add(self)
         try:
-            self._open_schema()
+            with self.watchdog.unbounded() if self.watchdog else contextlib.nullcontext():
+                self._open_schema()
         except BaseException:
             self._engine.dispose()
             raise
@@ -167,6 +188,11 @@ class SQLRunStore:
 
     def __repr__(self) -> str:
         return f"SQLRunStore({self.url!r})"
+
+    def ping(self) -> None:
+        """Check that the database answers; see `RunStore.ping`."""
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
 
     def create_run(self, record: RunRecord) -> None:
         """Record a new run; see `RunStore.create_run`."""
@@ -530,6 +556,8 @@ _open_stores: weakref.WeakSet[SQLRunStore] = weakref.WeakSet()
 
 def _forget_inherited_connections() -> None:
     for store in list(_open_stores):
+        if store.watchdog is not None:
+            store.watchdog.after_fork()
         store._engine.dispose(close=False)
 
 
