@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
+from dp.errors import StoreUnavailableError
 from dp.events import EventBase
 from dp.events.redis import RedisBroker
 from dp.pipelines import PipelineRegistry, pipeline
@@ -145,14 +146,16 @@ async def test_a_start_event_is_unacknowledged_until_its_run_is_recorded(
     assert len(runs_of(service, "score")) == 1
 
 
-async def test_a_start_event_that_keeps_failing_becomes_a_dead_letter(
+async def test_a_start_event_failing_for_its_own_sake_is_dead_lettered_at_once(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unexpected error handling a start event is retried, then dead-lettered with it."""
+    """An error that is not an outage dead-letters the start event on its first delivery,
+    with the error as the reason; the next event starts its run as usual."""
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("store on fire")
+        raise RuntimeError("cannot store this value")
 
+    start_run = service.start_run
     monkeypatch.setattr(service, "start_run", broken)
     sent = await service.publish("dp.pipelines.score.start", {"order_id": "X", "amount": 1})
 
@@ -166,7 +169,32 @@ async def test_a_start_event_that_keeps_failing_becomes_a_dead_letter(
     (letter,) = await service.broker.dead_letters("dp.service")
     assert letter.event is not None
     assert letter.event.event_id == sent.event_id
-    assert (letter.error, letter.deliveries) == ("RuntimeError: store on fire", 5)
+    assert (letter.error, letter.deliveries) == ("RuntimeError: cannot store this value", 1)
+    monkeypatch.setattr(service, "start_run", start_run)
+    await service.publish("dp.pipelines.score.start", {"order_id": "Y", "amount": 1})
+    await until(lambda: runs_of(service, "score"), "the next run")
+
+
+async def test_a_store_outage_holds_the_start_event_until_the_store_returns(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`StoreUnavailableError` is an outage: the event is retried, never dead-lettered, and
+    starts its run once the store answers again."""
+    failures = 4
+    start_run = service.start_run
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise StoreUnavailableError("postgresql://db", "record a run", "Connection refused")
+        return await start_run(*args, **kwargs)
+
+    monkeypatch.setattr(service, "start_run", flaky)
+    await service.publish("dp.pipelines.score.start", {"order_id": "Z", "amount": 1})
+    await until(lambda: runs_of(service, "score"), "the run after the outage")
+    assert failures == 0
+    assert await service.broker.dead_letters("dp.service") == []
 
 
 async def test_bad_payload_is_rejected_with_an_event_and_no_run(service: Service) -> None:

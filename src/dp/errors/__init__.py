@@ -12,6 +12,7 @@ from dp.errors.base import (
     DependencyUnavailableError,
     DPError,
     InvalidArgumentError,
+    is_outage,
 )
 from dp.errors.config import CLIError, ConfigError, ConfigFileError
 from dp.errors.events import (
@@ -177,4 +178,5 @@ __all__ = [
     "UnpicklableItemError",
     "UnreachableIOManagerError",
     "UnselectedDependencyError",
+    "is_outage",
 ]

@@ -8,11 +8,19 @@ A failing event factory (or publish) is logged and counted against its trigger o
 `failure_threshold` consecutive failures the trigger's circuit opens: it stops firing and
 `health()` reports it. After `reset_timeout` the next fire is a trial (half-open); success
 closes the circuit, failure opens it again.
+
+An event trigger holds the event it is firing while its circuit is open and fires it when
+the circuit lets it through: no event is skipped. Its failures are classified (`is_outage`):
+an outage (the bus unreachable) counts against the circuit and the event is retried with
+backoff until it fires; anything else is the event's own fault (its filter or factory fails
+on it, it cannot be encoded) and, on a durable trigger, dead-letters that event at once,
+with the reason, without counting against the circuit or delaying the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import heapq
 import itertools
@@ -22,8 +30,10 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from dp.backoff import Backoff
 from dp.errors import (
     ArgumentTypeError,
+    BrokerClosedError,
     CircuitOpenError,
     DuplicateTriggerError,
     InvalidArgumentError,
@@ -31,8 +41,17 @@ from dp.errors import (
     SchedulerError,
     SchedulerNotRunningError,
     TriggerNotFoundError,
+    is_outage,
 )
-from dp.events import EventBase, Publisher, compile_pattern, validate_topic
+from dp.events import (
+    Broker,
+    Consumer,
+    DurableSubscription,
+    EventBase,
+    Publisher,
+    compile_pattern,
+    validate_topic,
+)
 from dp.ids import id_problem
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock, SystemClock
@@ -67,6 +86,7 @@ class _Entry:
     __slots__ = (
         "circuit",
         "consecutive",
+        "dead_lettered",
         "due",
         "failures",
         "fires",
@@ -96,6 +116,7 @@ class _Entry:
         self.fires = 0
         self.failures = 0
         self.skipped = 0
+        self.dead_lettered = 0
         self.consecutive = 0
         self.last_fire_at: datetime | None = None
         self.last_error: str | None = None
@@ -383,6 +404,7 @@ class Scheduler:
                 MetricSample("scheduler_trigger_fires_total", labels, entry.fires),
                 MetricSample("scheduler_trigger_failures_total", labels, entry.failures),
                 MetricSample("scheduler_trigger_skipped_total", labels, entry.skipped),
+                MetricSample("scheduler_trigger_dead_lettered_total", labels, entry.dead_lettered),
                 MetricSample(
                     "scheduler_trigger_circuit_open",
                     labels,
@@ -403,9 +425,15 @@ class Scheduler:
             # then handles by the misfire policy.
             after = last if last is not None and last < now else now
             self._schedule(entry, after)
+        elif isinstance(trigger, EventTrigger) and trigger.group is not None:
+            subscription = self._join(trigger)
+            entry.task = asyncio.create_task(
+                self._consume_group(entry, subscription), name=f"dp.scheduler.event:{entry.name}"
+            )
         elif isinstance(trigger, EventTrigger):
             # Subscribing here, before any await, means no event published from now on
             # is missed.
+            assert isinstance(trigger.consumer, Consumer)  # checked by EventTrigger
             events = trigger.consumer.consume(trigger.source_topic)
             entry.task = asyncio.create_task(
                 self._consume(entry, events), name=f"dp.scheduler.event:{entry.name}"
@@ -514,9 +542,8 @@ class Scheduler:
         accept = trigger.filter
         try:
             async for source in events:
+                await self._hold(entry)
                 now = self._clock.now()
-                if not self._admit(entry, now):
-                    continue
                 if accept is not None:
                     try:
                         if not accept(source):
@@ -540,6 +567,130 @@ class Scheduler:
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
+
+    # --- internals: durable event triggers ------------------------------------------------
+
+    @staticmethod
+    def _join(trigger: EventTrigger) -> DurableSubscription:
+        broker = trigger.consumer
+        assert isinstance(broker, Broker)  # checked by EventTrigger
+        assert trigger.group is not None
+        return broker.durable(trigger.source_topic, group=trigger.group, start=trigger.start)
+
+    async def _consume_group(self, entry: _Entry, subscription: DurableSubscription) -> None:
+        """Fire each event of the trigger's durable group, settling it once fired; when the
+        bus cannot be read (an outage), join the group again after a backoff."""
+        trigger = entry.trigger
+        assert isinstance(trigger, EventTrigger)
+        backoff = Backoff(first=0.05, cap=5.0)
+        try:
+            while True:
+                try:
+                    async for source in subscription:
+                        await self._fire_held(entry, subscription, source)
+                        backoff.reset()
+                except Exception as exc:
+                    if not is_outage(exc) or isinstance(exc, BrokerClosedError):
+                        raise
+                    self._failed(entry, exc, self._clock.now(), what="read")
+                    await subscription.aclose()
+                    await backoff.sleep()
+                    subscription = self._join(trigger)
+                    continue
+                entry.problem = "its subscription ended (was the broker closed?)"
+                _log.warning("trigger_consumer_ended", trigger=entry.name)
+                return
+        except Exception as exc:
+            entry.problem = f"its consumer failed: {type(exc).__name__}: {exc}"
+            _log.error("trigger_consumer_failed", trigger=entry.name, error=str(exc))
+        finally:
+            await subscription.aclose()
+
+    async def _fire_held(
+        self, entry: _Entry, subscription: DurableSubscription, source: EventBase
+    ) -> None:
+        """Fire `source` and acknowledge it; dead-letter it if it can never fire.
+
+        An outage is retried with backoff, the event held (and kept from being claimed),
+        until the bus takes it; it counts against the circuit, whose opening only pauses
+        this loop. Nothing is skipped.
+        """
+        trigger = entry.trigger
+        assert isinstance(trigger, EventTrigger)
+        backoff = Backoff(first=0.05, cap=5.0)
+        settled: Callable[[], Any] | None = None
+        while settled is None:
+            await self._hold(entry)
+            now = self._clock.now()
+            stage = "filter"
+            try:
+                if trigger.filter is None or trigger.filter(source):
+                    stage = "fire"
+                    event = self._address(
+                        entry, _built(trigger.event_factory(source)), source.event_id
+                    )
+                    await self._publisher.publish(entry.target_topic, event)
+                    self._succeeded(entry, now)
+                settled = partial(subscription.ack, source)
+            except BrokerClosedError:
+                raise  # shutting down: the event stays pending for the next consumer
+            except Exception as exc:
+                if not is_outage(exc):
+                    settled = partial(self._poison, entry, subscription, source, exc, stage)
+                    break
+                self._failed(entry, exc, now, what=stage)
+                await self._keep(subscription)
+                await backoff.sleep()
+        backoff.reset()
+        while True:  # settling meets outages too: the event stays pending meanwhile
+            try:
+                await settled()
+                return
+            except Exception as exc:
+                if not is_outage(exc):
+                    _log.error(
+                        "trigger_settle_failed",
+                        trigger=entry.name,
+                        event_id=source.event_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    return  # it stays pending: delivered again after claim_idle
+                await self._keep(subscription)
+                await backoff.sleep()
+
+    async def _poison(
+        self,
+        entry: _Entry,
+        subscription: DurableSubscription,
+        source: EventBase,
+        exc: Exception,
+        stage: str,
+    ) -> None:
+        reason = f"trigger {entry.name} ({stage}): {type(exc).__name__}: {exc}"
+        entry.dead_lettered += 1
+        _log.warning(
+            "trigger_event_dead_lettered",
+            trigger=entry.name,
+            event_id=source.event_id,
+            topic=source.topic,
+            error=reason,
+        )
+        await subscription.dead_letter(source, reason)
+
+    @staticmethod
+    async def _keep(subscription: DurableSubscription) -> None:
+        with contextlib.suppress(Exception):  # best effort: the bus may be what is down
+            await subscription.keep()
+
+    async def _hold(self, entry: _Entry) -> None:
+        """Wait while the circuit is open; then let one trial through (half-open)."""
+        if entry.circuit != "open":
+            return
+        assert entry.retry_at is not None
+        if self._clock.now() < entry.retry_at:
+            await self._clock.sleep_until(entry.retry_at)
+        entry.circuit = "half_open"
+        _log.info("trigger_circuit_half_open", trigger=entry.name)
 
     # --- internals: firing and the circuit breaker ----------------------------------------
 
@@ -566,16 +717,18 @@ class Scheduler:
     ) -> EventBase | None:
         """Build the event, address it and publish it; count the outcome."""
         try:
-            event = build()
-            if not isinstance(event, EventBase):
-                raise ArgumentTypeError("the value event_factory returns", event, "an EventBase")
-            event = self._address(entry, event, correlation_id, scheduled_for)
+            event = self._address(entry, _built(build()), correlation_id, scheduled_for)
             await self._publisher.publish(entry.target_topic, event)
         except Exception as exc:
             self._failed(entry, exc, now, what="fire")
             if reraise:
                 raise
             return None
+        self._succeeded(entry, now)
+        return event
+
+    @staticmethod
+    def _succeeded(entry: _Entry, now: datetime) -> None:
         entry.fires += 1
         entry.last_fire_at = now
         entry.consecutive = 0
@@ -583,7 +736,6 @@ class Scheduler:
             entry.circuit = "closed"
             entry.retry_at = None
             _log.info("trigger_circuit_closed", trigger=entry.name)
-        return event
 
     @staticmethod
     def _address(
@@ -654,6 +806,13 @@ def _kind_of(name: str, trigger: object) -> TriggerKind:
     )
 
 
+def _built(event: object) -> EventBase:
+    """What an event factory returned, if it is an event."""
+    if not isinstance(event, EventBase):
+        raise ArgumentTypeError("the value event_factory returns", event, "an EventBase")
+    return event
+
+
 def _next_or_none(trigger: CronTrigger, now: datetime) -> datetime | None:
     try:
         return trigger.next_fire(now)
@@ -669,4 +828,5 @@ def _stats(entry: _Entry) -> TriggerStats:
         entry.consecutive,
         entry.last_fire_at,
         entry.last_error,
+        entry.dead_lettered,
     )

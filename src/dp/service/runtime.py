@@ -15,9 +15,11 @@ import dataclasses
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
 
+from dp.backoff import Backoff
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
 from dp.errors import (
     DPError,
@@ -30,6 +32,7 @@ from dp.errors import (
     PipelineProblemsError,
     PlanError,
     ServiceUnavailableError,
+    is_outage,
 )
 from dp.events import (
     Broker,
@@ -50,13 +53,19 @@ if TYPE_CHECKING:
     from dp.scheduler import Scheduler
     from dp.scheduler.poller import SourcePoller
 
-__all__ = ["PipelineBusyError", "Service", "ServiceUnavailableError"]
+__all__ = ["PipelineBusyError", "Service", "ServiceUnavailableError", "trigger_group"]
 
 _log = get_logger("dp.service")
 
 _START_PATTERN = "dp.pipelines.*.start"
 START_GROUP = "dp.service"
 """The durable group of the start-event consumers: instances on one bus share the events."""
+
+
+def trigger_group(trigger: str) -> str:
+    """The durable group an `on=` trigger reads through, e.g. `dp.pipelines.count.on` for the
+    trigger `count.on`: one per pipeline and pattern, shared by every instance."""
+    return f"dp.pipelines.{trigger}"
 
 
 class Service:
@@ -293,34 +302,90 @@ class Service:
     # --- events -> runs ----------------------------------------------------------------------
 
     async def _consume_starts(self, subscription: DurableSubscription) -> None:
-        """Turn start events into runs; acknowledge each once its run or rejection is recorded.
+        """Turn start events into runs; acknowledge each once its run is recorded.
 
-        An event left unacknowledged (shutdown, or an instance that died) is delivered again,
-        here or to another instance of the group; its event id makes that a no-op if the
-        run was recorded after all.
+        Each failure is classified (`is_outage`). An outage (the store or the bus
+        unreachable) is retried with backoff, the event held and kept from being claimed,
+        until the dependency returns: it is never dead-lettered. Anything else is the event's
+        own fault (an unknown pipeline, run parameters that fail validation, a value the store
+        cannot hold): that one event is dead-lettered at once with the reason, and a
+        `dp.run.rejected` event says so. An event left unacknowledged (shutdown, or an
+        instance that died) is delivered again, here or to another instance of the group;
+        its event id makes that a no-op if the run was recorded after all.
         """
         async for event in subscription:
-            name = event.topic.split(".")[2]
-            try:
-                settled = await self._start_from_event(name, event)
-            except Exception as exc:  # one bad event must not stop the consumer
-                _log.exception(
-                    "service.start_event_failed", topic=event.topic, event_id=event.event_id
-                )
-                await subscription.nack(event, f"{type(exc).__name__}: {exc}")
-                continue
-            if settled:
-                await subscription.ack(event)
+            await self._settle_start(subscription, event)
 
-    async def _start_from_event(self, name: str, event: EventBase) -> bool:
-        """Start (or reject) the run of a start event; False if it must be delivered again."""
+    async def _settle_start(self, subscription: DurableSubscription, event: EventBase) -> None:
+        name = event.topic.split(".")[2]
+        backoff = Backoff(first=0.05, cap=5.0)
+        settle: Callable[[], Awaitable[None]] | None = None
+        while settle is None:
+            try:
+                rejected = await self._start_from_event(name, event)
+            except Exception as exc:
+                if not is_outage(exc):
+                    _log.exception(
+                        "service.start_event_failed", topic=event.topic, event_id=event.event_id
+                    )
+                    rejected = f"{type(exc).__name__}: {exc}"
+                elif self.accepting:
+                    _log.warning(
+                        "service.start_event_waiting",
+                        pipeline=name,
+                        event_id=event.event_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    with contextlib.suppress(Exception):  # best effort: the bus may be down
+                        await subscription.keep()
+                    await backoff.sleep()
+                    continue
+                else:
+                    return  # shutting down: it stays pending, delivered again later
+            if rejected is False:
+                return  # shutting down: it stays pending, delivered again later
+            if rejected is None:
+                settle = partial(subscription.ack, event)
+            else:
+                settle = partial(self._dead_letter, subscription, name, event, rejected)
+        backoff.reset()
+        while True:  # settling meets outages too: the event stays pending meanwhile
+            try:
+                await settle()
+                return
+            except Exception as exc:
+                if not is_outage(exc) or not self.accepting:
+                    _log.error(
+                        "service.start_event_unsettled",
+                        event_id=event.event_id,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    return  # it stays pending: delivered again after claim_idle
+                with contextlib.suppress(Exception):
+                    await subscription.keep()
+                await backoff.sleep()
+
+    async def _dead_letter(
+        self, subscription: DurableSubscription, name: str, event: EventBase, reason: str
+    ) -> None:
+        """Dead-letter a start event that can never become a run, and say so on the bus."""
+        await self._reject(name, event, reason)
+        await subscription.dead_letter(event, reason)
+
+    async def _start_from_event(self, name: str, event: EventBase) -> str | Literal[False] | None:
+        """Start the run of a start event. Returns None once the run is recorded (or was
+        already), the reason when the event can never start one, False when it must be
+        delivered again (the service is stopping).
+
+        Raises:
+            Exception: what failed; `is_outage` tells an outage from a bad event.
+        """
         if name not in self.pipelines:
-            await self._reject(name, event, f"no pipeline named {name!r}")
-            return True
+            return f"no pipeline named {name!r} (serving {sorted(self.pipelines)})"
         key = f"{name}/{event.event_id}"
         if key in self._seen:
             _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
-            return True
+            return None
         accepted = self._param_names[name]
         params = {k: v for k, v in event.payload.items() if k in accepted}
         trigger = (
@@ -346,13 +411,12 @@ class Service:
                     continue
                 return False
             except (PlanError, PipelineError) as exc:
-                await self._reject(name, event, str(exc))
-                return True
+                return str(exc)
             except ServiceUnavailableError:
                 return False
             self._remember(key)
             self.metrics.trigger_fires.labels(trigger).inc()
-            return True
+            return None
 
     def _remember(self, key: str) -> None:
         self._seen[key] = None
@@ -360,7 +424,7 @@ class Service:
             self._seen.popitem(last=False)
 
     async def _reject(self, name: str, event: EventBase, reason: str) -> None:
-        """A start event that cannot become a run: say so on the bus, start nothing."""
+        """A start event that cannot become a run: say so on the bus (it is dead-lettered)."""
         self.metrics.rejections.labels(name, "invalid").inc()
         # The id the publisher knows: a forwarded start event carries it as correlation_id.
         event_id = event.correlation_id or event.event_id
@@ -406,7 +470,12 @@ class Service:
         for index, spec in enumerate(definition.events):
             name = f"{definition.name}.on{index}" if index else f"{definition.name}.on"
             event_trigger = create_event_trigger(
-                self.consumer, spec.pattern, _forwarded_event(topic), filter=spec.accepts
+                self.broker,
+                spec.pattern,
+                _forwarded_event(topic),
+                filter=spec.accepts,
+                group=trigger_group(name),
+                start=spec.start,
             )
             await self.scheduler.register_trigger(name, event_trigger, topic)
 
