@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 from dp.backoff import Backoff
@@ -236,6 +237,9 @@ class RedisDurableSubscription(_Reader):
     async def _poll(self) -> None:
         broker = self._broker
         if time.monotonic() >= self._next_claim:
+            # What waits in the buffer was read, not handed out: never idle in the
+            # sense of claim_idle, so it is not claimed from this (live) consumer.
+            await self._touch(self._buffer)
             await self._claim()
             self._next_claim = time.monotonic() + self._claim_every
         try:
@@ -425,11 +429,13 @@ class RedisDurableSubscription(_Reader):
         Raises:
             redis.ConnectionError: Redis is unreachable (the entries stay as they are).
         """
+        await self._touch([item for items in self._pending.values() for item in items])
+        await self._touch(self._buffer)
+
+    async def _touch(self, items: Iterable[_Item]) -> None:
+        """Reset the idle time of these entries, held by this consumer."""
         held: dict[bytes, list[bytes]] = {}
-        for items in self._pending.values():
-            for _, key, entry_id, _ in items:
-                held.setdefault(key, []).append(entry_id)
-        for _, key, entry_id, _ in self._buffer:
+        for _, key, entry_id, _ in items:
             held.setdefault(key, []).append(entry_id)
         if not held:
             return

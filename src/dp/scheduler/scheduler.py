@@ -575,7 +575,12 @@ class Scheduler:
         broker = trigger.consumer
         assert isinstance(broker, Broker)  # checked by EventTrigger
         assert trigger.group is not None
-        return broker.durable(trigger.source_topic, group=trigger.group, start=trigger.start)
+        return broker.durable(
+            trigger.source_topic,
+            group=trigger.group,
+            start=trigger.start,
+            claim_idle=trigger.claim_idle,
+        )
 
     async def _consume_group(self, entry: _Entry, subscription: DurableSubscription) -> None:
         """Fire each event of the trigger's durable group, settling it once fired; when the

@@ -144,9 +144,20 @@ class EventTrigger:
             scheduler runs are fired when one starts, each event is acknowledged once fired,
             and one that can never fire (its factory or filter fails on it) is dead-lettered.
         start: where the group starts when it is created (see `StartFrom`).
+        claim_idle: seconds an event this trigger took may stay unacknowledged before another
+            consumer of the group takes it over (see `Broker.durable`).
     """
 
-    __slots__ = ("consumer", "event_factory", "filter", "group", "name", "source_topic", "start")
+    __slots__ = (
+        "claim_idle",
+        "consumer",
+        "event_factory",
+        "filter",
+        "group",
+        "name",
+        "source_topic",
+        "start",
+    )
 
     kind: Literal["event"] = "event"
 
@@ -160,13 +171,14 @@ class EventTrigger:
         name: str | None = None,
         group: str | None = None,
         start: StartFrom = "now",
+        claim_idle: float = 60.0,
     ) -> None:
         validate_pattern(source_topic)
         _check_callable("event_factory", event_factory)
         if filter is not None:
             _check_callable("filter", filter)
         if group is not None:
-            validate_group(group, start=start)
+            validate_group(group, start=start, claim_idle=claim_idle)
             if not callable(getattr(consumer, "durable", None)):
                 raise ArgumentTypeError(
                     "consumer", consumer, "a Broker", hint="a durable group is read from a Broker"
@@ -182,6 +194,7 @@ class EventTrigger:
         self.name = name
         self.group = group
         self.start: StartFrom = start
+        self.claim_idle = claim_idle
 
     def __repr__(self) -> str:
         return f"EventTrigger({self.source_topic!r})"
@@ -270,6 +283,7 @@ def create_event_trigger(
     name: str | None = None,
     group: str | None = None,
     start: StartFrom = "now",
+    claim_idle: float = 60.0,
 ) -> EventTrigger:
     """A trigger firing on each event on topics matching `source_topic`.
 
@@ -282,7 +296,14 @@ def create_event_trigger(
         GroupError: if `group` is not a valid group name or `start` not a `StartFrom`.
     """
     return EventTrigger(
-        consumer, source_topic, event_factory, filter=filter, name=name, group=group, start=start
+        consumer,
+        source_topic,
+        event_factory,
+        filter=filter,
+        name=name,
+        group=group,
+        start=start,
+        claim_idle=claim_idle,
     )
 
 

@@ -83,6 +83,9 @@ class Service:
         grace: seconds `stop()` lets running pipelines finish before interrupting them.
         sources: polls the `@source`s and publishes their events on the broker (default:
             none); `/health` and `GET /sources` report them.
+        claim_idle: seconds an event this instance took (a start event, or an `on=` event)
+            may stay unacknowledged before another instance of its group takes it over;
+            events held through an outage are kept from that meanwhile.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Service:
         grace: float = 30.0,
         task_events: bool = True,
         sources: SourcePoller | None = None,
+        claim_idle: float = 60.0,
     ) -> None:
         self.pipelines = {p.name: p for p in pipelines}
         self.sources = sources
@@ -112,6 +116,7 @@ class Service:
         self.target = target
         self.resume_interrupted = resume_interrupted
         self.grace = grace
+        self.claim_idle = claim_idle
         self.metrics = Metrics(scheduler, sources)
         self.accepting = False
         self.started_at: float | None = None
@@ -151,10 +156,11 @@ class Service:
         if problems:
             raise PipelineProblemsError(problems)
         await self._register_triggers()
-        subscription = self.broker.durable(_START_PATTERN, group=START_GROUP)
+        subscription = self._join_starts()
         self._starter = asyncio.get_running_loop().create_task(
             self._consume_starts(subscription), name="dp-service-starts"
         )
+        self._starter.add_done_callback(_report_end)
         await self.scheduler.start()
         if self.sources is not None:
             await self.sources.start()
@@ -182,7 +188,7 @@ class Service:
         for background in (self._starter, self._adopter):
             if background is not None:
                 background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # logged
                     await background
         handles = self.orchestrator.active_runs()
         pending = [h.task for h in handles if h.task is not None]
@@ -301,6 +307,9 @@ class Service:
 
     # --- events -> runs ----------------------------------------------------------------------
 
+    def _join_starts(self) -> DurableSubscription:
+        return self.broker.durable(_START_PATTERN, group=START_GROUP, claim_idle=self.claim_idle)
+
     async def _consume_starts(self, subscription: DurableSubscription) -> None:
         """Turn start events into runs; acknowledge each once its run is recorded.
 
@@ -313,8 +322,22 @@ class Service:
         instance that died) is delivered again, here or to another instance of the group;
         its event id makes that a no-op if the run was recorded after all.
         """
-        async for event in subscription:
-            await self._settle_start(subscription, event)
+        backoff = Backoff(first=0.05, cap=5.0)
+        while True:
+            try:
+                async for event in subscription:
+                    await self._settle_start(subscription, event)
+                    backoff.reset()
+                return  # the broker closed
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                _log.warning(
+                    "service.start_events_unreadable", error=f"{type(exc).__name__}: {exc}"
+                )
+                await subscription.aclose()
+                await backoff.sleep()
+                subscription = self._join_starts()
 
     async def _settle_start(self, subscription: DurableSubscription, event: EventBase) -> None:
         name = event.topic.split(".")[2]
@@ -322,7 +345,7 @@ class Service:
         settle: Callable[[], Awaitable[None]] | None = None
         while settle is None:
             try:
-                rejected = await self._start_from_event(name, event)
+                rejected = await self._start_from_event(name, event, held=subscription)
             except Exception as exc:
                 if not is_outage(exc):
                     _log.exception(
@@ -372,10 +395,12 @@ class Service:
         await self._reject(name, event, reason)
         await subscription.dead_letter(event, reason)
 
-    async def _start_from_event(self, name: str, event: EventBase) -> str | Literal[False] | None:
+    async def _start_from_event(
+        self, name: str, event: EventBase, *, held: DurableSubscription | None = None
+    ) -> str | Literal[False] | None:
         """Start the run of a start event. Returns None once the run is recorded (or was
         already), the reason when the event can never start one, False when it must be
-        delivered again (the service is stopping).
+        delivered again (the service is stopping). `held` is kept alive meanwhile.
 
         Raises:
             Exception: what failed; `is_outage` tells an outage from a bad event.
@@ -405,6 +430,9 @@ class Service:
                 _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
             except (TooManyPipelinesError, PipelineBusyError):
                 # backpressure: stop reading start events until there is room again
+                if held is not None:
+                    with contextlib.suppress(Exception):  # best effort, as in an outage
+                        await held.keep()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 if self.accepting:
@@ -476,6 +504,7 @@ class Service:
                 filter=spec.accepts,
                 group=trigger_group(name),
                 start=spec.start,
+                claim_idle=self.claim_idle,
             )
             await self.scheduler.register_trigger(name, event_trigger, topic)
 
@@ -569,6 +598,12 @@ class Service:
             "scheduler": scheduler,
             "sources": sources,
         }
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """Log why the start-event consumer ended, if not by cancellation."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("service.start_events_stopped", error=repr(task.exception()))
 
 
 def _stats(broker: Broker) -> dict[str, Any]:

@@ -63,6 +63,7 @@ def serve(
     max_concurrent_pipelines: int = 8,
     max_queued_pipelines: int = 100,
     lease: float = DEFAULT_LEASE_SECONDS,
+    claim_idle: float = 60.0,
     log_level: str = "INFO",
 ) -> None:
     """Serve the pipelines defined in `target` until SIGTERM or SIGINT.
@@ -81,6 +82,8 @@ def serve(
         lease: seconds a run's (and a polling source's) lease lasts; when an instance dies,
             another instance on the same store takes its runs and sources over once their
             leases ran out.
+        claim_idle: seconds an event taken by an instance may stay unacknowledged before
+            another instance takes it over (the taker died); see `Broker.durable`.
         log_level: the lowest level logged (JSON lines unless stderr is a terminal).
 
     Raises:
@@ -104,6 +107,7 @@ def serve(
         max_concurrent_pipelines=max_concurrent_pipelines,
         max_queued_pipelines=max_queued_pipelines,
         lease=lease,
+        claim_idle=claim_idle,
     )
     app = create_app(service, token=token, protect_reads=not is_loopback(host))
     with listen(host, port) as listener:  # before saying "serving": the port may be taken
@@ -170,6 +174,7 @@ def build_service(
     max_concurrent_pipelines: int = 8,
     max_queued_pipelines: int = 100,
     lease: float = DEFAULT_LEASE_SECONDS,
+    claim_idle: float = 60.0,
 ) -> Service:
     """Load `target` and build the service for its pipelines on the backends of `settings`
     (default: `dp.config.resolve(home=root)`); not started yet.
@@ -218,6 +223,7 @@ def build_service(
         target=recorded,
         grace=grace,
         sources=sources,
+        claim_idle=claim_idle,
     )
 
 
