@@ -12,6 +12,7 @@ package creates, or `nobody`.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -72,6 +73,8 @@ class PostgresServer:
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._names = itertools.count(1)
+        self._command: list[str] = []
+        self._as_user: dict[str, int] = {}
 
     @property
     def url(self) -> str:
@@ -114,10 +117,65 @@ class PostgresServer:
         command = [str(self.bindir / "postgres"), "-D", str(data)]
         for name, value in options.items():
             command += ["-c", f"{name}={value}"]
-        log = (self._dir / "server.log").open("wb")
-        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **as_user)
-        log.close()
+        self._command, self._as_user = command, as_user
+        self._launch()
+
+    def kill(self) -> None:
+        """SIGKILL the server and every backend (a crash: clients see connections reset,
+        new ones refused); `restart()` brings it back on the same port and data."""
+        processes = self._server_processes()
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert self._process is not None
+        self._process.wait(timeout=20)
+        self._process = None
+        for pid in processes:  # backends are not our children: wait until they are gone
+            deadline = time.monotonic() + 20
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    def restart(self) -> None:
+        """Start the server again after `kill()` (it recovers its data from the WAL)."""
+        assert self._process is None, "kill() it first"
+        assert self._dir is not None, "start() it first"
+        (self._dir / "data" / "postmaster.pid").unlink(missing_ok=True)
+        self._launch()
+
+    def freeze(self) -> None:
+        """SIGSTOP the server and every backend: a hang, not a refusal (TCP still connects)."""
+        for pid in self._server_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what `freeze()` stopped."""
+        for pid in self._server_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def _launch(self) -> None:
+        assert self._dir is not None
+        with (self._dir / "server.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                self._command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **self._as_user,  # type: ignore[call-overload]
+            )
         self._wait_ready()
+
+    def _server_processes(self) -> list[int]:
+        """The postmaster's pid and its children's (the backends), postmaster first."""
+        assert self._process is not None, "the server is not running"
+        root = self._process.pid
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == root:  # field 4 of stat: the parent's pid
+                    children.append(int(stat.parent.name))
+        return [root, *children]
 
     def create_database(self, name: str | None = None) -> str:
         """Create an empty database (a new name each call by default); return its URL."""

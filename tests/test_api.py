@@ -475,7 +475,9 @@ def test_health_reports_each_part(api: Api) -> None:
     assert body["bus"]["ok"]
     assert body["scheduler"]["status"] == "ok"
     assert api.client.get("/health/live").json() == {"status": "ok"}
-    assert api.client.get("/health/ready").json() == {"ready": True, "status": "ok"}
+    assert body["unavailable"] == []
+    ready = {"ready": True, "status": "ok", "unavailable": []}
+    assert api.client.get("/health/ready").json() == ready
 
 
 def test_metrics_count_pipeline_executions(api: Api) -> None:

@@ -14,12 +14,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from dp import config
-from dp.errors import CLIError, DPError
+from dp.errors import CLIError, DependencyUnavailableError, DPError
 from dp.loader import load_tasks
 from dp.planner import ExecutionPlan, Planner
 from dp.store.records import RunRecord, RunStore
 
 __all__ = [
+    "EXIT_UNAVAILABLE",
     "BusOpt",
     "ExecutorOpt",
     "ParamOpt",
@@ -41,6 +42,10 @@ __all__ = [
 
 err_console = Console(stderr=True)
 
+#: the exit code when the run store, the bus or the results store cannot be reached (an
+#: outage: try again once it is back); sysexits' EX_TEMPFAIL
+EXIT_UNAVAILABLE = 75
+
 TargetArg = Annotated[
     str,
     typer.Argument(metavar="TARGET", help="A .py file or importable module with @task functions."),
@@ -58,6 +63,10 @@ TaskOpt = Annotated[
 
 
 def fail(exc: Exception, code: int = 2) -> typer.Exit:
+    """Print `exc` as one line; the exit code says what kind of failure (`EXIT_UNAVAILABLE`
+    for an outage of the store, the bus or the results store, whatever `code` says)."""
+    if isinstance(exc, DependencyUnavailableError):
+        code = EXIT_UNAVAILABLE
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=code)
 

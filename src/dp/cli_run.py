@@ -17,6 +17,7 @@ from rich.text import Text
 
 from dp import config
 from dp.cli_common import (
+    EXIT_UNAVAILABLE,
     ExecutorOpt,
     ParamOpt,
     ResultsOpt,
@@ -37,6 +38,7 @@ from dp.cli_common import (
 from dp.display import LiveProgress, duration_text, pipeline_label, print_task_table, task_row
 from dp.engine import Orchestrator, RunResult
 from dp.engine.orchestrator import plan_for_record
+from dp.engine.recorder import OUTAGE_WAIT_VARIABLE
 from dp.errors import CLIError, DPError
 from dp.logs import configure_logging, uncaptured
 from dp.planner import ExecutionPlan
@@ -44,7 +46,8 @@ from dp.store.records import RunStatus
 
 __all__ = ["run", "runs_resume"]
 
-#: exit codes: 0 succeeded, 1 failed, 2 bad input, 3 partial (fail-safe tasks failed)
+#: exit codes: 0 succeeded, 1 failed, 2 bad input, 3 partial (fail-safe tasks failed), 75 the
+#: run store (or another dependency) was unreachable: the run is left resumable
 _EXIT = {RunStatus.SUCCEEDED: 0, RunStatus.PARTIAL: 3}
 
 
@@ -148,7 +151,7 @@ def run(
             await orchestrator.shutdown()
 
     result = _with_progress(orchestrator, execution_plan, go)
-    _report(result, settings)
+    _report(result, settings, orchestrator)
 
 
 def runs_resume(
@@ -181,7 +184,7 @@ def runs_resume(
             await orchestrator.shutdown()
 
     result = _with_progress(orchestrator, execution_plan, go)
-    _report(result, settings)
+    _report(result, settings, orchestrator)
 
 
 def _orchestrator(ctx: typer.Context, settings: config.Settings) -> Orchestrator:
@@ -214,7 +217,22 @@ def _with_progress(
         raise typer.Exit(code=130) from None
 
 
-def _report(result: RunResult, settings: config.Settings) -> None:
+def _unrecorded(result: RunResult, waited: float) -> None:
+    """The run ended but the store never heard: one line saying so, and how to finish it."""
+    err_console.print(
+        f"[bold red]error:[/] {escape(result.error or 'the run store is unavailable')} "
+        f"(retried for {waited:g} s, {OUTAGE_WAIT_VARIABLE}). The run is left resumable: once "
+        f"the store is back, `{dp_command()} runs resume {result.run_id}` finishes it without "
+        "running again the tasks whose results are stored.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(code=EXIT_UNAVAILABLE)
+
+
+def _report(result: RunResult, settings: config.Settings, orchestrator: Orchestrator) -> None:
+    if result.unrecorded is not None:
+        _unrecorded(result, orchestrator.store_outage_wait)
     console = Console()
     rows = [task_row(r) for r in result.tasks.values()]
     print_task_table(console, rows)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from dp.errors import FencedError, InvalidArgumentError
+from dp.errors import DependencyUnavailableError, FencedError, InvalidArgumentError
 from dp.logs import get_logger
 from dp.store.records import RunStore
 
@@ -34,7 +34,16 @@ DEFAULT_LEASE_SECONDS = 30.0
 
 
 class _Held:
-    __slots__ = ("epoch", "fenced", "loop", "on_fenced", "on_renewed", "valid_until", "waiting")
+    __slots__ = (
+        "epoch",
+        "fenced",
+        "loop",
+        "on_fenced",
+        "on_renewed",
+        "outage",
+        "valid_until",
+        "waiting",
+    )
 
     def __init__(
         self,
@@ -51,6 +60,7 @@ class _Held:
         self.valid_until = valid_until  # time.monotonic() until which the lease surely holds
         self.waiting = False  # the run waits for a renewal before it hands out more tasks
         self.fenced = False  # a renewal found the run taken over: it is not ours any more
+        self.outage = False  # renewals fail because the store is down (logged once)
 
 
 class LeaseKeeper:
@@ -143,6 +153,7 @@ class LeaseKeeper:
         try:
             self.store.renew_lease(run_id, epoch=lease.epoch, lease_until=self.lease_until())
             lease.valid_until = started + self.seconds
+            lease.outage = False
             if lease.waiting:
                 lease.waiting = False
                 with contextlib.suppress(RuntimeError):
@@ -152,5 +163,9 @@ class LeaseKeeper:
             lease.fenced = True
             with contextlib.suppress(RuntimeError):  # the loop is gone: nobody to tell
                 lease.loop.call_soon_threadsafe(lease.on_fenced, fenced)
-        except Exception:  # the store is down for a moment: the lease has slack, try again
+        except DependencyUnavailableError as exc:  # the lease has slack: try again
+            if not lease.outage:  # one line per outage, not a traceback every round
+                lease.outage = True
+                _log.warning("run.lease_renewal_failed", run_id=run_id, error=str(exc))
+        except Exception:  # anything else: say what, with its traceback, and try again
             _log.warning("run.lease_renewal_failed", run_id=run_id, exc_info=True)

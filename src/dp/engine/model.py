@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dp.errors import StoreUnavailableError
 from dp.store.records import RunStatus, TaskStatus
 from dp.tasks import TaskMetadata
 
@@ -146,6 +147,8 @@ class RunResult:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    #: the outage that kept the run's end out of the store (it stays resumable there)
+    unrecorded: StoreUnavailableError | None = None
 
     def __repr__(self) -> str:  # asyncio reprs task results: keep it short for big runs
         return (

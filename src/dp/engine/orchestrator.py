@@ -16,7 +16,7 @@ from typing import Any
 from dp.engine.executors import Executor, InlineExecutor, InProcessExecutor
 from dp.engine.lease import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from dp.engine.model import ExecutionContext, RunHandle, RunListener, RunResult
-from dp.engine.recorder import RunRecorder
+from dp.engine.recorder import RunRecorder, outage_wait
 from dp.engine.resolver import PlanIndex
 from dp.engine.run import ActiveRun
 from dp.errors import (
@@ -105,6 +105,9 @@ class Orchestrator:
         listeners: `RunListener`s told about every run and task change.
         lease_seconds: how long a run's lease in the store lasts; a thread renews it every
             third of that. A run whose lease ran out counts as stale and may be taken over.
+        store_outage_wait: seconds a run's start and end wait for an unreachable store
+            (default: `DP_STORE_OUTAGE_WAIT`, else 60); then the run ends unrecorded
+            (`RunResult.unrecorded`), and stays resumable in the store.
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Orchestrator:
         listeners: Sequence[RunListener] = (),
         flush_interval: float = 0.2,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        store_outage_wait: float | None = None,
     ) -> None:
         _check_limits(max_parallel_tasks, max_concurrent_pipelines, max_queued_pipelines, workers)
         self.io_manager = (
@@ -134,6 +138,7 @@ class Orchestrator:
         self.max_queued_pipelines = max_queued_pipelines
         self.listeners = list(listeners)
         self.flush_interval = flush_interval
+        self.store_outage_wait = outage_wait() if store_outage_wait is None else store_outage_wait
         self._running = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._active: dict[str, RunHandle] = {}
@@ -224,7 +229,9 @@ class Orchestrator:
             raise DuplicateRunError(context.run_id)
         await self._start_executor()  # an executor that cannot start refuses the run here
         waiter = self._reserve_slot()
-        recorder = RunRecorder(self.store, context.run_id, self.flush_interval)
+        recorder = RunRecorder(
+            self.store, context.run_id, self.flush_interval, outage_wait=self.store_outage_wait
+        )
         try:
             if self.store is not None:
                 await self._own(

@@ -8,34 +8,84 @@ Every write carries the run's ownership epoch: once another process took the run
 store refuses them (`FencedError`), and the recorder stops writing and tells the run. The
 changes of a run's own status (started, finished) are awaited, never left in the
 background, so the record follows the run's life cycle in order.
+
+A store outage (`StoreUnavailableError`) loses nothing: task states that could not be written
+are kept and sent with the next batch, the flusher backs off, and the run's start and end are
+retried with backoff for up to `outage_wait` seconds (`DP_STORE_OUTAGE_WAIT`, 60 by default)
+before the outage is raised to the run, which then ends unrecorded but resumable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import os
 import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from dp.backoff import Backoff, retry_outage
 from dp.engine.model import TaskRunResult
-from dp.errors import FencedError
+from dp.errors import DependencyUnavailableError, FencedError, InvalidArgumentError
 from dp.logs import get_logger
 from dp.store.records import RunRecord, RunStatus, RunStore, TaskRunRecord, TaskStatus
 
-__all__ = ["RunRecorder", "task_run_record"]
+__all__ = [
+    "DEFAULT_OUTAGE_WAIT",
+    "OUTAGE_WAIT_VARIABLE",
+    "RunRecorder",
+    "outage_wait",
+    "task_run_record",
+]
 
 _log = get_logger("dp.engine")
+
+#: seconds a run's start and end wait for an unreachable run store before giving up
+DEFAULT_OUTAGE_WAIT = 60.0
+OUTAGE_WAIT_VARIABLE = "DP_STORE_OUTAGE_WAIT"
+#: the waits between tries while the store is down (the flusher's, and the start's and end's)
+_BACKOFF = Backoff(first=0.1, cap=2.0)
+
+
+def outage_wait() -> float:
+    """`DP_STORE_OUTAGE_WAIT` in seconds (0: do not wait), or the default."""
+    text = os.environ.get(OUTAGE_WAIT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_OUTAGE_WAIT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise InvalidArgumentError(
+            OUTAGE_WAIT_VARIABLE, text, "a number of seconds >= 0", hint="e.g. 60"
+        )
+    return value
 
 
 class RunRecorder:
     """Batches one run's writes to a `RunStore`; does nothing without a store."""
 
-    def __init__(self, store: RunStore | None, run_id: str, interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        store: RunStore | None,
+        run_id: str,
+        interval: float = 0.2,
+        *,
+        outage_wait: float = DEFAULT_OUTAGE_WAIT,
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.interval = interval
+        #: seconds the run's start and end are retried while the store is down
+        self.outage_wait = outage_wait
+        #: the store is down (said once in the log, and once when it is back)
+        self.outage: DependencyUnavailableError | None = None
+        #: task states and attempts a failed write did not store: sent with the next one
+        self._unsent: list[TaskRunRecord] = []
+        self._unsent_attempts: list[TaskRunRecord] = []
         #: the ownership epoch every write carries; None: not owned yet (nothing is written)
         self.epoch: int | None = None
         #: called (on the loop) when a write finds the run taken over by a newer owner
@@ -84,6 +134,7 @@ class RunRecorder:
                     started_at=started_at,
                     metadata=metadata,
                     epoch=self.epoch,
+                    wait=self.outage_wait,
                 )
             self.started_recorded = True
 
@@ -104,7 +155,11 @@ class RunRecorder:
         self, status: RunStatus, finished_at: datetime, error: str | None
     ) -> bool:
         """Write everything pending and the run's final status; False if it was refused
-        because another owner took the run over meanwhile."""
+        because another owner took the run over meanwhile.
+
+        Raises:
+            DependencyUnavailableError: the store stayed down for `outage_wait` seconds.
+        """
         if self.store is None:
             return True
         async with self._lock:
@@ -126,46 +181,88 @@ class RunRecorder:
                 task_runs=batch,
                 attempts=attempts,
                 epoch=self.epoch,
+                wait=self.outage_wait,
             )
 
-    async def flush(self) -> None:
-        if (not self._dirty and not self._attempts) or self.store is None:
-            return
+    async def flush(self) -> bool:
+        """Write the task states changed since the last write; False if the store is down
+        (they are kept for the next write)."""
+        if self.store is None or not (
+            self._dirty or self._attempts or self._unsent or self._unsent_attempts
+        ):
+            return True
         async with self._lock:
             batch, attempts = self._take_batch()
             try:
                 await self._write(
-                    self.store.save_task_runs, batch, attempts=attempts, epoch=self.epoch
+                    self.store.save_task_runs, batch, attempts=attempts, epoch=self.epoch, wait=0
                 )
+            except DependencyUnavailableError:
+                self._unsent, self._unsent_attempts = batch, attempts  # older than the rest
+                return False
             except Exception:
                 _log.exception("store.flush_failed", run_id=self.run_id, records=len(batch))
+        return True
 
-    async def _write(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> bool:
-        """One write in a thread; False, and the run told once, if the run was taken over."""
+    async def _write(
+        self, method: Callable[..., None], *args: Any, wait: float, **kwargs: Any
+    ) -> bool:
+        """One write in a thread, outages retried for `wait` seconds; False, and the run told
+        once, if the run was taken over.
+
+        Raises:
+            DependencyUnavailableError: the store was still down after `wait` seconds.
+        """
         if self.fenced is not None:
             return False
         try:
-            await asyncio.to_thread(method, *args, **kwargs)
+            await retry_outage(
+                lambda: asyncio.to_thread(method, *args, **kwargs),
+                within=wait,
+                backoff=_BACKOFF,
+                on_outage=self._store_down,
+            )
         except FencedError as fenced:
             self.fenced = fenced
             _log.warning("run.fenced", run_id=self.run_id, epoch=self.epoch, now=fenced.current)
             if self.on_fenced is not None:
                 self.on_fenced(fenced)
             return False
+        if self.outage is not None:
+            self.outage = None
+            _log.info("store.reachable", run_id=self.run_id)
         return True
+
+    def _store_down(self, error: DependencyUnavailableError, failures: int) -> None:
+        """Say once per outage that the store is down and the run waits for it."""
+        if self.outage is None:
+            _log.warning(
+                "store.unavailable",
+                run_id=self.run_id,
+                error=str(error),
+                waits=f"the run's end waits up to {self.outage_wait:g} s "
+                f"({OUTAGE_WAIT_VARIABLE}) for it",
+            )
+        self.outage = error
 
     def _take_batch(self) -> tuple[list[TaskRunRecord], list[TaskRunRecord]]:
         """The latest state of every task changed since the last write, as records, and the
-        attempts superseded since then."""
+        attempts superseded since then (after what an earlier, failed write left unsent)."""
         batch = [task_run_record(self.run_id, r) for r in self._dirty.values()]
+        if self._unsent:
+            batch, self._unsent = [*self._unsent, *batch], []  # the store keeps the later
         self._dirty = {}
         attempts, self._attempts = self._attempts, []
+        if self._unsent_attempts:
+            attempts, self._unsent_attempts = [*self._unsent_attempts, *attempts], []
         return batch, attempts
 
     async def _flush_periodically(self) -> None:
+        failures = 0  # in a row, while the store is down: back off
         while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
+            delay = self.interval if not failures else max(self.interval, _BACKOFF.delay(failures))
+            await asyncio.sleep(delay)
+            failures = 0 if await self.flush() else failures + 1
 
 
 def task_run_record(

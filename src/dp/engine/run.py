@@ -23,7 +23,7 @@ from dp.engine.recorder import RunRecorder, task_run_record
 from dp.engine.resolver import TaskDependencyResolver
 from dp.engine.worker import format_error
 from dp.engine.writebehind import WriteBehind
-from dp.errors import DPError, FencedError
+from dp.errors import DPError, FencedError, StoreUnavailableError
 from dp.logs import get_logger
 from dp.store.records import RunStatus, TaskRunRecord, TaskStatus
 
@@ -518,8 +518,15 @@ class ActiveRun:
         if self._record is not None:  # else nothing is recorded (a call saved per task)
             for task_result in self.results.values():
                 self._record(task_result)
-        if not await self.recorder.run_finished(status, finished_at, error):
-            status, error = RunStatus.INTERRUPTED, str(self.recorder.fenced)
+        unrecorded: StoreUnavailableError | None = None
+        try:
+            if not await self.recorder.run_finished(status, finished_at, error):
+                status, error = RunStatus.INTERRUPTED, str(self.recorder.fenced)
+        except StoreUnavailableError as outage:
+            # it ended here but the store still says running: interrupted, and resumable
+            # there (its owner is gone once this process lets go of it)
+            unrecorded = outage
+            status, error = RunStatus.INTERRUPTED, self._unrecorded(status, outage)
         result = RunResult(
             run_id=self.context.run_id,
             dag_id=self.context.dag_id,
@@ -528,6 +535,7 @@ class ActiveRun:
             started_at=self.started_at,
             finished_at=finished_at,
             error=error,
+            unrecorded=unrecorded,
         )
         log = self.log.info if status == RunStatus.SUCCEEDED else self.log.warning
         log(
@@ -538,6 +546,19 @@ class ActiveRun:
         for listener in self.listeners:
             self._notify(listener.on_run_end, context=self.context, result=result)
         return result
+
+    def _unrecorded(self, status: RunStatus, outage: StoreUnavailableError) -> str:
+        """What happened to a run whose end the store could not record, in one sentence."""
+        run_id = self.context.run_id
+        ended = (
+            f"every task of run {run_id!r} succeeded"
+            if status == RunStatus.SUCCEEDED
+            else f"run {run_id!r} ended {status.value}"
+        )
+        return (
+            f"{ended}, but recording the run's end failed: the run store at {outage.url} is "
+            f"unavailable ({outage.reason})"
+        )
 
     def _record_missing(self, statuses: Mapping[str, TaskStatus]) -> None:
         """Give a result entry of `status` to each task that has none (it never ran)."""

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisBroker"]
 
 _log = get_logger("dp.events.redis")
+_BACKOFF = Backoff(first=0.02, cap=1.0)  # between tries to reach Redis
 T = TypeVar("T")
 
 # Publishes a batch in one command and one reply, where a pipeline of XADDs would spend most
@@ -192,13 +193,14 @@ class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"])
             BusUnavailableError: Redis stayed unreachable for `wait` seconds.
         """
         started = time.monotonic()
-        backoff = Backoff(first=0.02, cap=1.0)
+        failures = 0
         while True:
             try:
                 result = await op(self.redis)
             except CONNECTION_ERRORS as exc:
                 waited = time.monotonic() - started
-                delay = backoff.delay()
+                failures += 1
+                delay = _BACKOFF.delay(failures)
                 if self._closed or (wait is not None and waited + delay > wait):
                     reason = str(exc) or type(exc).__name__
                     raise BusUnavailableError(self.url, waited, reason) from exc

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisDurableSubscription", "RedisSubscription"]
 
 _log = get_logger("dp.events.redis")
+_BACKOFF = Backoff(first=0.02, cap=1.0)  # between tries to read after a lost connection
 
 # (event, stream key, entry id, deliveries so far)
 _Item = tuple[EventBase, bytes, bytes, int]
@@ -60,7 +61,7 @@ class _Reader(BufferedReader[_Item]):
 
     async def _read(self) -> None:
         broker = self._broker
-        backoff = Backoff(first=0.02, cap=1.0)
+        failures = 0
         while not self._closed and not broker.closed:
             try:
                 if not self._started:
@@ -73,10 +74,11 @@ class _Reader(BufferedReader[_Item]):
                     )
                 await self._poll()
                 await self._fill(())  # waits while the buffer is full
-                backoff.reset()
+                failures = 0
             except CONNECTION_ERRORS as exc:
                 _log.info("bus.reader_retrying", pattern=self._pattern, error=str(exc))
-                await backoff.sleep()
+                failures += 1
+                await asyncio.sleep(_BACKOFF.delay(failures))
                 self._lost_connection()
 
     def _lost_connection(self) -> None:

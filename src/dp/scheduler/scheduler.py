@@ -78,6 +78,7 @@ __all__ = ["Scheduler"]
 _log = get_logger("dp.scheduler")
 _DEFAULT_SOURCE = next(f.default for f in dataclasses.fields(EventBase) if f.name == "source")
 _CALLED_KINDS = ("api", "manual")
+_BACKOFF = Backoff(first=0.05, cap=5.0)  # between tries of an event held through an outage
 
 
 class _Entry:
@@ -587,19 +588,20 @@ class Scheduler:
         bus cannot be read (an outage), join the group again after a backoff."""
         trigger = entry.trigger
         assert isinstance(trigger, EventTrigger)
-        backoff = Backoff(first=0.05, cap=5.0)
+        failures = 0
         try:
             while True:
                 try:
                     async for source in subscription:
                         await self._fire_held(entry, subscription, source)
-                        backoff.reset()
+                        failures = 0
                 except Exception as exc:
                     if not is_outage(exc) or isinstance(exc, BrokerClosedError):
                         raise
                     self._failed(entry, exc, self._clock.now(), what="read")
                     await subscription.aclose()
-                    await backoff.sleep()
+                    failures += 1
+                    await asyncio.sleep(_BACKOFF.delay(failures))
                     subscription = self._join(trigger)
                     continue
                 entry.problem = "its subscription ended (was the broker closed?)"
@@ -622,7 +624,7 @@ class Scheduler:
         """
         trigger = entry.trigger
         assert isinstance(trigger, EventTrigger)
-        backoff = Backoff(first=0.05, cap=5.0)
+        failures = 0
         settled: Callable[[], Any] | None = None
         while settled is None:
             await self._hold(entry)
@@ -645,8 +647,9 @@ class Scheduler:
                     break
                 self._failed(entry, exc, now, what=stage)
                 await self._keep(subscription)
-                await backoff.sleep()
-        backoff.reset()
+                failures += 1
+                await asyncio.sleep(_BACKOFF.delay(failures))
+        failures = 0
         while True:  # settling meets outages too: the event stays pending meanwhile
             try:
                 await settled()
@@ -661,7 +664,8 @@ class Scheduler:
                     )
                     return  # it stays pending: delivered again after claim_idle
                 await self._keep(subscription)
-                await backoff.sleep()
+                failures += 1
+                await asyncio.sleep(_BACKOFF.delay(failures))
 
     async def _poison(
         self,

@@ -1,7 +1,9 @@
 """How errors become HTTP answers: each `DPError` to its status, every error a JSON body.
 
 Errors are JSON, `{"error": "<ExceptionName>", "detail": "..."}`: bad input is a 4xx, never
-a 500. Refusals that may pass with time (429, 503) carry `Retry-After`.
+a 500. Refusals that may pass with time (429, 503) carry `Retry-After`. An outage of a
+dependency (`DependencyUnavailableError`: the run store, the bus, the results store) is a 503
+whose body names it (`"dependency": "store"`), never a 500.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dp.errors import (
     AttemptNotFoundError,
     BrokerClosedError,
     CircuitOpenError,
+    DependencyUnavailableError,
     DPError,
     DuplicateRunError,
     EventFormatError,
@@ -35,15 +38,18 @@ from dp.errors import (
     RunNotFoundError,
     SchedulerError,
     ServiceUnavailableError,
+    StoreUnavailableError,
     TaskRunNotFoundError,
     TooManyPipelinesError,
     TriggerNotFoundError,
 )
 
-__all__ = ["RETRY_AFTER", "error_response", "install", "status_of"]
+__all__ = ["OUTAGE_RETRY_AFTER", "RETRY_AFTER", "error_response", "install", "status_of"]
 
 #: Seconds a client should wait before retrying a refused (429) or unavailable (503) call.
 RETRY_AFTER = 1
+#: ... and one refused because a dependency is down (it rarely comes back within a second).
+OUTAGE_RETRY_AFTER = 5
 
 #: HTTP status of each DPError (the most specific class wins); any other DPError is a 400.
 _STATUS: dict[type[DPError], int] = {
@@ -68,6 +74,7 @@ _STATUS: dict[type[DPError], int] = {
     BrokerClosedError: 503,
     CircuitOpenError: 503,
     SchedulerError: 503,  # not running: the service is starting or stopping
+    DependencyUnavailableError: 503,  # the store, bus or results store is down
 }
 
 
@@ -99,6 +106,14 @@ def install(app: FastAPI) -> None:
 async def _dp_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DPError)
     status = status_of(exc)
+    if isinstance(exc, DependencyUnavailableError):
+        check = getattr(getattr(request.app.state, "service", None), "store_check", None)
+        if isinstance(exc, StoreUnavailableError) and check is not None:
+            check.failed(exc)  # the next requests hear it without asking the store again
+        retry = {"Retry-After": str(OUTAGE_RETRY_AFTER)}
+        return error_response(
+            status, type(exc).__name__, str(exc), retry, dependency=exc.dependency
+        )
     headers = {"Retry-After": str(RETRY_AFTER)} if status in (429, 503) else None
     return error_response(status, type(exc).__name__, str(exc), headers)
 

@@ -395,6 +395,7 @@ class TaskLogs(BaseModel):
 class StoreHealth(BaseModel):
     ok: bool
     error: str | None
+    url: str | None = Field(default=None, description="The store, without credentials.")
 
 
 class Health(BaseModel):
@@ -409,6 +410,9 @@ class Health(BaseModel):
     queued_pipelines: int
     bus: dict[str, Any] = Field(description="`ok` and the bus's counters.")
     store: StoreHealth
+    unavailable: list[str] = Field(
+        default_factory=list, description="The dependencies that are down: `store`, `bus`."
+    )
     scheduler: dict[str, Any] = Field(description="Status and each trigger's health.")
     sources: dict[str, Any] = Field(
         default_factory=dict, description="Each polling source's health, by name."
@@ -444,6 +448,9 @@ class SourceList(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     status: str
+    unavailable: list[str] = Field(
+        default_factory=list, description="The dependencies that are down: `store`, `bus`."
+    )
 
 
 class Liveness(BaseModel):

@@ -136,6 +136,7 @@ def routes() -> APIRouter:
             raise TriggerNotFoundError(
                 name, fireable, kind=kinds.get(name), what="triggers that can be fired"
             )
+        await service.store_check.require()
         event = await service.scheduler.fire(name, body.payload)
         return TriggerFired(event_id=event.event_id)
 
@@ -153,6 +154,8 @@ def routes() -> APIRouter:
     async def publish_event(body: EventRequest, service: ServiceDep) -> EventAccepted:
         if not service.accepting:
             raise ServiceUnavailableError("the service is not accepting events (shutting down)")
+        # 503, not 202, for an event no run could be recorded for now
+        await service.store_check.require()
         if _RESERVED.matches(body.topic) or _RESERVED_TASKS.matches(body.topic):
             raise InvalidTopicError(
                 body.topic,
@@ -292,10 +295,10 @@ def routes() -> APIRouter:
     )
     async def ready(service: ServiceDep) -> JSONResponse:
         report = await service.health()
-        return JSONResponse(
-            Readiness(ready=report["ready"], status=report["status"]).model_dump(),
-            status_code=_ready(report["ready"]),
+        readiness = Readiness(
+            ready=report["ready"], status=report["status"], unavailable=report["unavailable"]
         )
+        return JSONResponse(readiness.model_dump(), status_code=_ready(report["ready"]))
 
     @router.get(
         "/metrics",

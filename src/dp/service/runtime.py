@@ -47,6 +47,7 @@ from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
 from dp.service.lifecycle import LifecycleEvents, Metrics
+from dp.service.storecheck import StoreCheck
 from dp.store.records import RunStatus, is_stale
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ _log = get_logger("dp.service")
 _START_PATTERN = "dp.pipelines.*.start"
 START_GROUP = "dp.service"
 """The durable group of the start-event consumers: instances on one bus share the events."""
+_BACKOFF = Backoff(first=0.05, cap=5.0)  # between tries of a start event held in an outage
 
 
 def trigger_group(trigger: str) -> str:
@@ -118,6 +120,8 @@ class Service:
         self.grace = grace
         self.claim_idle = claim_idle
         self.metrics = Metrics(scheduler, sources)
+        #: whether the run store answers (pinged at most once a second)
+        self.store_check = StoreCheck(orchestrator.store)
         self.accepting = False
         self.started_at: float | None = None
         self._plans: dict[str, ExecutionPlan] = {}
@@ -322,12 +326,12 @@ class Service:
         instance that died) is delivered again, here or to another instance of the group;
         its event id makes that a no-op if the run was recorded after all.
         """
-        backoff = Backoff(first=0.05, cap=5.0)
+        failures = 0
         while True:
             try:
                 async for event in subscription:
                     await self._settle_start(subscription, event)
-                    backoff.reset()
+                    failures = 0
                 return  # the broker closed
             except Exception as exc:
                 if not is_outage(exc):
@@ -336,12 +340,13 @@ class Service:
                     "service.start_events_unreadable", error=f"{type(exc).__name__}: {exc}"
                 )
                 await subscription.aclose()
-                await backoff.sleep()
+                failures += 1
+                await asyncio.sleep(_BACKOFF.delay(failures))
                 subscription = self._join_starts()
 
     async def _settle_start(self, subscription: DurableSubscription, event: EventBase) -> None:
         name = event.topic.split(".")[2]
-        backoff = Backoff(first=0.05, cap=5.0)
+        failures = 0
         settle: Callable[[], Awaitable[None]] | None = None
         while settle is None:
             try:
@@ -361,7 +366,8 @@ class Service:
                     )
                     with contextlib.suppress(Exception):  # best effort: the bus may be down
                         await subscription.keep()
-                    await backoff.sleep()
+                    failures += 1
+                    await asyncio.sleep(_BACKOFF.delay(failures))
                     continue
                 else:
                     return  # shutting down: it stays pending, delivered again later
@@ -371,7 +377,7 @@ class Service:
                 settle = partial(subscription.ack, event)
             else:
                 settle = partial(self._dead_letter, subscription, name, event, rejected)
-        backoff.reset()
+        failures = 0
         while True:  # settling meets outages too: the event stays pending meanwhile
             try:
                 await settle()
@@ -386,7 +392,8 @@ class Service:
                     return  # it stays pending: delivered again after claim_idle
                 with contextlib.suppress(Exception):
                     await subscription.keep()
-                await backoff.sleep()
+                failures += 1
+                await asyncio.sleep(_BACKOFF.delay(failures))
 
     async def _dead_letter(
         self, subscription: DurableSubscription, name: str, event: EventBase, reason: str
@@ -571,12 +578,9 @@ class Service:
         (it stopped firing, or backs off) but runs can start; `unavailable` when runs cannot
         start (not accepting, bus closed, store unreachable).
         """
-        store_ok, store_error = True, None
-        if self.orchestrator.store is not None:
-            try:
-                await asyncio.to_thread(self.orchestrator.store.count_runs)
-            except Exception as exc:  # any failure means "not ready", and says why
-                store_ok, store_error = False, f"{type(exc).__name__}: {exc}"
+        outage = await self.store_check.error()
+        store_ok = outage is None
+        store_error = None if outage is None else f"{type(outage).__name__}: {outage}"
         scheduler = dataclasses.asdict(self.scheduler.health())
         sources = {
             name: dataclasses.asdict(health)
@@ -594,7 +598,8 @@ class Service:
             "active_pipelines": self.orchestrator.active_pipelines,
             "queued_pipelines": self.orchestrator.queued_pipelines,
             "bus": {"ok": bus_ok, **_stats(self.broker)},
-            "store": {"ok": store_ok, "error": store_error},
+            "store": {"ok": store_ok, "error": store_error, "url": _store_url(self)},
+            "unavailable": [name for name, ok in (("store", store_ok), ("bus", bus_ok)) if not ok],
             "scheduler": scheduler,
             "sources": sources,
         }
@@ -604,6 +609,11 @@ def _report_end(task: asyncio.Task[None]) -> None:
     """Log why the start-event consumer ended, if not by cancellation."""
     if not task.cancelled() and task.exception() is not None:
         _log.error("service.start_events_stopped", error=repr(task.exception()))
+
+
+def _store_url(service: Service) -> str | None:
+    store = service.orchestrator.store
+    return None if store is None else getattr(store, "public_url", type(store).__name__)
 
 
 def _stats(broker: Broker) -> dict[str, Any]:

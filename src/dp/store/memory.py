@@ -277,6 +277,9 @@ class MemoryRunStore:
         with self._lock:
             return [_copy_source(self._sources[name]) for name in sorted(self._sources)]
 
+    def ping(self) -> None:
+        """Always reachable: it is in this process."""
+
     def close(self) -> None:
         """Nothing to release; present to satisfy `RunStore`."""
 

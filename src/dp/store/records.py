@@ -210,7 +210,9 @@ class RunStore(Protocol):
     """Records runs and task runs: `MemoryRunStore` for tests, `SQLRunStore` for real use.
 
     Methods are synchronous and thread-safe; the engine calls them from a background thread.
-    Every run id is checked, and a malformed one raises `InvalidIdError`.
+    Every run id is checked, and a malformed one raises `InvalidIdError`. Any method raises
+    `StoreUnavailableError` (a `DependencyUnavailableError`) when the store's database cannot
+    be reached or does not answer in time: an outage to retry, not an error of the data.
     """
 
     def create_run(self, record: RunRecord) -> None:
@@ -395,6 +397,14 @@ class RunStore(Protocol):
 
     def list_sources(self) -> list[SourceRecord]:
         """Every source's stored state, by name."""
+        ...
+
+    def ping(self) -> None:
+        """Check that the store can be reached (readiness probes, the API's outage check).
+
+        Raises:
+            StoreUnavailableError: It cannot; the message names the store and the reason.
+        """
         ...
 
     def close(self) -> None:

@@ -8,12 +8,17 @@ and wait up to `busy_timeout` for it, so several threads and processes can share
 The schema is versioned in `dp_meta`. Opening a store created by an older dp runs
 `MIGRATIONS` up to `SCHEMA_VERSION`; opening one created by a newer dp fails with advice to
 upgrade, rather than writing rows that dp would misread.
+
+An unreachable database (refused, lost or timed-out connections) is an outage, not a data
+error: every method raises `StoreUnavailableError` then, and works again once the database
+is back, without a restart (see `dp.store.outage`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import weakref
@@ -33,6 +38,7 @@ from dp.errors import (
     RunNotFoundError,
     StoreError,
 )
+from dp.store.outage import Watchdog, guarded, public_url, store_timeout
 from dp.store.records import (
     RunRecord,
     RunStatus,
@@ -93,6 +99,7 @@ class SQLRunStore:
     Raises:
         StoreError: The database is not SQLite or PostgreSQL, is an in-memory SQLite database,
             or holds a schema written by a newer dp.
+        StoreUnavailableError: The database cannot be reached (any method raises it then).
 
     Example:
         ```python
@@ -128,8 +135,18 @@ class SQLRunStore:
             )
         if backend == "sqlite":
             _prepare_sqlite_file(parsed)
+        self._public_url = public_url(parsed)
+        timeout = store_timeout()
+        options: dict[str, Any] = {}
+        if backend == "postgresql":
+            # a refused connection fails at once; one that hangs, after the timeout
+            if "connect_timeout" not in parsed.query:
+                options["connect_args"] = {"connect_timeout": max(2, math.ceil(timeout))}
+            options["pool_timeout"] = timeout
         try:
-            self._engine = sa.create_engine(parsed, echo=echo, json_serializer=_json_dumps)
+            self._engine = sa.create_engine(
+                parsed, echo=echo, json_serializer=_json_dumps, **options
+            )
         except ModuleNotFoundError as exc:
             raise StoreError(
                 f"the run store {parsed.render_as_string()} needs the {exc.name!r} driver, "
@@ -138,6 +155,8 @@ class SQLRunStore:
         if backend == "sqlite":
             sa.event.listen(self._engine, "connect", _on_sqlite_connect)
             sa.event.listen(self._engine, "begin", _on_sqlite_begin)
+        #: bounds every PostgreSQL call, and pings pooled connections (SQLite needs neither)
+        self._watchdog = Watchdog(self._engine, timeout) if backend == "postgresql" else None
         # Shares the pool; marks the transactions that write.
         self._writer = self._engine.execution_options(**{_WRITE: True})
         # SQLite has one writer at a time; its busy handler makes a blocked writer sleep in
@@ -165,9 +184,25 @@ class SQLRunStore:
         """The database URL, with any password masked."""
         return self._engine.url.render_as_string(hide_password=True)
 
+    @property
+    def public_url(self) -> str:
+        """The database URL without credentials, as outage errors name it."""
+        return self._public_url
+
+    @property
+    def watchdog(self) -> Watchdog | None:
+        return self._watchdog
+
     def __repr__(self) -> str:
         return f"SQLRunStore({self.url!r})"
 
+    @guarded("reach the database")
+    def ping(self) -> None:
+        """Check that the database answers; see `RunStore.ping`."""
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    @guarded("record run")
     def create_run(self, record: RunRecord) -> None:
         """Record a new run; see `RunStore.create_run`."""
         _check_run_id(record.run_id)
@@ -186,6 +221,7 @@ class SQLRunStore:
                 raise DuplicateRunError(record.run_id) from None
             raise StoreError(f"could not record run {record.run_id!r}: {exc.orig}") from exc
 
+    @guarded("update run")
     def update_run(
         self,
         run_id: str,
@@ -217,6 +253,7 @@ class SQLRunStore:
             self._hold(conn, run_id, epoch, values)  # rolls everything back if refused
             self._put_task_runs(conn, latest, attempts)
 
+    @guarded("save task runs")
     def save_task_runs(
         self,
         records: Sequence[TaskRunRecord],
@@ -243,6 +280,7 @@ class SQLRunStore:
                     raise RunNotFoundError(run_id) from None
             raise StoreError(f"could not save task runs: {exc.orig}") from exc
 
+    @guarded("claim run")
     def claim_run(
         self,
         run_id: str,
@@ -270,12 +308,14 @@ class SQLRunStore:
             query = sa.select(_runs.c.epoch).where(_runs.c.run_id == run_id)
             return int(conn.execute(query).scalar_one())
 
+    @guarded("renew the lease of run")
     def renew_lease(self, run_id: str, *, epoch: int, lease_until: datetime) -> None:
         """Extend the owner's lease; see `RunStore.renew_lease`."""
         _check_run_id(run_id)
         with self._writing() as conn:
             self._hold(conn, run_id, epoch, {"lease_until": lease_until})
 
+    @guarded("read the attempts of run")
     def get_attempts(self, run_id: str) -> list[TaskRunRecord]:
         """Return every attempt of a run, the latest ones included; see
         `RunStore.get_attempts`."""
@@ -290,6 +330,7 @@ class SQLRunStore:
         records.sort(key=lambda t: (t.task_name, t.instance, t.attempt))
         return records
 
+    @guarded("read run")
     def get_run(self, run_id: str) -> RunRecord:
         """Return a run; see `RunStore.get_run`."""
         _check_run_id(run_id)
@@ -299,6 +340,7 @@ class SQLRunStore:
             raise RunNotFoundError(run_id)
         return _run_record(row)
 
+    @guarded("list runs")
     def list_runs(
         self,
         *,
@@ -319,6 +361,7 @@ class SQLRunStore:
         with self._engine.connect() as conn:
             return [_run_record(row) for row in conn.execute(query)]
 
+    @guarded("count runs")
     def count_runs(
         self,
         *,
@@ -331,6 +374,7 @@ class SQLRunStore:
         with self._engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
+    @guarded("find the run of event")
     def find_run_by_event(self, event_id: str) -> RunRecord | None:
         """Return the run the event started, or `None`."""
         query = sa.select(_runs).where(_runs.c.event_id == event_id)
@@ -338,6 +382,7 @@ class SQLRunStore:
             row = conn.execute(query).one_or_none()
         return None if row is None else _run_record(row)
 
+    @guarded("read the task runs of run")
     def get_task_runs(self, run_id: str) -> list[TaskRunRecord]:
         """Return a run's task runs in order; see `RunStore.get_task_runs`."""
         _check_run_id(run_id)
@@ -353,6 +398,7 @@ class SQLRunStore:
             raise RunNotFoundError(run_id)
         return [_task_run_record(row) for row in rows]
 
+    @guarded("delete run")
     def delete_run(self, run_id: str) -> None:
         """Forget a run and, by cascade, its task runs; see `RunStore.delete_run`."""
         _check_run_id(run_id)
@@ -361,6 +407,7 @@ class SQLRunStore:
         if deleted == 0:
             raise RunNotFoundError(run_id)
 
+    @guarded("read the last fire of trigger")
     def last_fire(self, name: str) -> datetime | None:
         """When the cron trigger `name` last fired; see `RunStore.last_fire`."""
         query = sa.select(_schedule.c.last_fire).where(_schedule.c.trigger == name)
@@ -368,6 +415,7 @@ class SQLRunStore:
             value: datetime | None = conn.execute(query).scalar_one_or_none()
         return value
 
+    @guarded("record cron fire times")
     def record_fires(self, fires: Mapping[str, datetime]) -> None:
         """Remember fire times, keeping the later; see `RunStore.record_fires`."""
         rows = [
@@ -379,6 +427,7 @@ class SQLRunStore:
         with self._writing() as conn:
             conn.execute(self._upsert_fires, rows)
 
+    @guarded("claim source")
     def claim_source(self, name: str, *, holder: str, now: datetime, lease_until: datetime) -> bool:
         """Take or renew a source's lease; see `RunStore.claim_source`."""
         _check_source(name)
@@ -400,6 +449,7 @@ class SQLRunStore:
             )
             return bool(conn.execute(statement).rowcount)
 
+    @guarded("save source")
     def save_source(self, record: SourceRecord) -> bool:
         """Store a source's state if its holder still holds it; see `RunStore.save_source`."""
         _check_source(record.name)
@@ -414,6 +464,7 @@ class SQLRunStore:
         with self._writing() as conn:
             return bool(conn.execute(statement).rowcount)
 
+    @guarded("release source")
     def release_source(self, name: str, *, holder: str) -> None:
         """Give up a source's lease; see `RunStore.release_source`."""
         c = _sources.c
@@ -425,6 +476,7 @@ class SQLRunStore:
         with self._writing() as conn:
             conn.execute(statement)
 
+    @guarded("read source")
     def get_source(self, name: str) -> SourceRecord | None:
         """A source's stored state; see `RunStore.get_source`."""
         query = sa.select(_sources).where(_sources.c.name == name)
@@ -432,6 +484,7 @@ class SQLRunStore:
             row = conn.execute(query).one_or_none()
         return None if row is None else _source_record(row)
 
+    @guarded("list sources")
     def list_sources(self) -> list[SourceRecord]:
         """Every source's stored state; see `RunStore.list_sources`."""
         query = sa.select(_sources).order_by(_sources.c.name)
@@ -496,6 +549,7 @@ class SQLRunStore:
         with self._engine.connect() as conn:
             return conn.execute(query).first() is not None
 
+    @guarded("open the run store")
     def _open_schema(self) -> None:
         with self._writer.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -530,6 +584,8 @@ _open_stores: weakref.WeakSet[SQLRunStore] = weakref.WeakSet()
 
 def _forget_inherited_connections() -> None:
     for store in list(_open_stores):
+        if store._watchdog is not None:
+            store._watchdog.after_fork()
         store._engine.dispose(close=False)
 
 

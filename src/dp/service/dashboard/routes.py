@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dp.errors import GroupError
 from dp.events import MAX_TOPIC_LENGTH, DeadLetter, TopicMatcher
 from dp.service.dashboard.live import LiveFeed, Subscriber, event_dict
+from dp.service.handlers import OUTAGE_RETRY_AFTER
 from dp.service.runtime import START_GROUP, Service
 
 __all__ = ["STATIC", "ResumeRequest", "routes"]
@@ -46,8 +48,11 @@ def _service(request: Request) -> Service:
 def routes() -> APIRouter:
     router = APIRouter()
 
-    @router.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
+    @router.get("/", include_in_schema=False, response_model=None)
+    async def index(request: Request) -> FileResponse | HTMLResponse:
+        outage = await _service(request).store_check.error()
+        if outage is not None:  # a page that says so, not an app that fails on every call
+            return _unavailable_page(outage.url, outage.reason)
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     @router.get("/docs", include_in_schema=False)
@@ -114,6 +119,28 @@ def routes() -> APIRouter:
         return {"run_id": handle.run_id, "status": "resuming"}
 
     return router
+
+
+def _unavailable_page(store: str, reason: str) -> HTMLResponse:
+    """A readable 503 page that reloads itself until the run store is back."""
+    body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{OUTAGE_RETRY_AFTER}">
+<title>dp - run store unavailable</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>The run store is unavailable</h1>
+<p>dp cannot reach its run store at <code>{html.escape(store)}</code>:
+{html.escape(reason)}.</p>
+<p>Runs cannot be shown or started until it is back. Check that the database server runs
+and accepts connections; <code>GET /health</code> says which part is down. This page
+reloads every {OUTAGE_RETRY_AFTER} seconds.</p>
+</body></html>
+"""
+    return HTMLResponse(
+        body,
+        status_code=503,
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER), "Cache-Control": "no-cache"},
+    )
 
 
 def _dead_letter_dict(letter: DeadLetter) -> dict[str, Any]:
