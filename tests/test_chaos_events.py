@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 
 from kafka_server import KafkaServer
 from ports import free_port
+from postgres_server import PostgresServer
 from redis_server import RedisServer
 from test_serve import PATIENCE, dp_serve, wait_for
 
@@ -378,6 +379,59 @@ def test_redis_stopped_mid_way_dead_letters_nothing_and_runs_everything_once(
     dead += len(dead_letters(redis_feed.url, START_GROUP))
     figures = tally(project, set(range(total)), dead)
     figures.show(f"redis-server {fault} mid-way")
+    assert (figures.runs, figures.duplicates, figures.lost, figures.dead_lettered) == (
+        total,
+        0,
+        0,
+        0,
+    )
+
+
+# --- 5. the store stops mid-way ----------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_alone() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own (the test kills it), keeping every commit
+    across a SIGKILL of it (fsync off only risks a machine crash)."""
+    server = PostgresServer({"fsync": "off", "full_page_writes": "off"})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_postgres_killed_while_events_flow_dead_letters_nothing_and_runs_everything_once(
+    project: Path,
+    redis_feed: RedisFeed,
+    postgres_alone: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL SIGKILLed while `on=` events keep coming: the start events wait (an outage
+    is not poison), nothing is dead-lettered, and every event runs once after it is back."""
+    monkeypatch.setenv("DP_STORE_TIMEOUT", "2")  # as a user sets it: store calls give up
+    total = 40
+    port = free_port()
+    store = postgres_alone.create_database()
+    with dp_serve(project, port, *serve_args(redis_feed, "--store", store)) as serve:
+        redis_feed.send("ext.count", [wire("ext.count", n) for n in range(total // 2)])
+        wait_for(lambda: len(effects(project)) >= total // 2, "the first runs", serve)
+        postgres_alone.kill()
+        redis_feed.send("ext.count", [wire("ext.count", n) for n in range(total // 2, total)])
+        time.sleep(4.0)  # the start events meet the outage, again and again
+        during = len(dead_letters(redis_feed.url, START_GROUP))
+        ran_during = len(effects(project)) - total // 2
+        postgres_alone.restart()
+        wait_for(lambda: len(effects(project)) >= total, "every event to run", serve)
+        time.sleep(2.0)  # a second run of any event would show by now
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(PATIENCE)
+    dead = len(dead_letters(redis_feed.url, START_GROUP))
+    dead += len(dead_letters(redis_feed.url, TRIGGER_GROUP))
+    figures = tally(project, set(range(total)), dead)
+    figures.show(f"PostgreSQL SIGKILL mid-way ({ran_during} ran while it was down)")
+    assert (during, ran_during) == (0, 0)
     assert (figures.runs, figures.duplicates, figures.lost, figures.dead_lettered) == (
         total,
         0,
