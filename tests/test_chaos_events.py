@@ -27,6 +27,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 
+from dp.store import SQLRunStore
 from kafka_server import KafkaServer
 from ports import free_port
 from postgres_server import PostgresServer
@@ -310,8 +311,10 @@ def test_sigkill_of_dp_serve_while_events_flow_loses_nothing_and_runs_nothing_tw
     project: Path, feed: Feed
 ) -> None:
     """A producer feeds the `on=` topic while `dp serve` is SIGKILLed and started again:
-    every event runs, none twice (the restarted instance takes the dead one's unacknowledged
-    events over after `--claim-idle`)."""
+    every event starts exactly one run (the restarted instance takes the dead one's
+    unacknowledged events over after `--claim-idle`; a redelivered event starts no second
+    run). A task the kill interrupted runs again when its run is resumed, as the engine
+    guarantees (at least once per task): those are the only extra executions."""
     total = 150
     port = free_port()
     args = serve_args(feed, "--claim-idle", "2")
@@ -334,14 +337,23 @@ def test_sigkill_of_dp_serve_while_events_flow_loses_nothing_and_runs_nothing_tw
         time.sleep(3.0)  # past --claim-idle: a second run of any event would show by now
         server.send_signal(signal.SIGTERM)
         server.wait(PATIENCE)
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    try:
+        runs = store.list_runs(pipeline="count", limit=1000)
+    finally:
+        store.close()
+    per_event = Counter(run.params["n"] for run in runs)
+    resumed = {run.params["n"] for run in runs if run.epoch > 1}
     figures = tally(project, set(range(total)), len(dead_letters(feed.url, TRIGGER_GROUP)))
     figures.show(f"SIGKILL after {killed_after} runs")
-    assert (figures.runs, figures.duplicates, figures.lost, figures.dead_lettered) == (
-        total,
-        0,
-        0,
-        0,
-    )
+    repeated = {n for n, count in effects(project).items() if count > 1}
+    print(f"  runs recorded {len(runs)}, events with two runs "
+          f"{sum(c > 1 for c in per_event.values())}, runs resumed after the kill "
+          f"{len(resumed)}, tasks executed again by a resume {len(repeated)}")  # fmt: skip
+    assert sorted(per_event) == list(range(total))  # one run per event, none lost
+    assert set(per_event.values()) == {1}
+    assert (figures.lost, figures.dead_lettered) == (0, 0)
+    assert repeated <= resumed  # an extra execution only where the kill interrupted a task
 
 
 # --- 4. the bus stops mid-way -----------------------------------------------------------------
