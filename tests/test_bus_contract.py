@@ -516,6 +516,30 @@ WIRE = {
 }
 
 
+async def test_entries_read_ahead_are_not_claimed_from_a_live_consumer(
+    redis_bus: RedisBroker,
+) -> None:
+    """What a Redis consumer has read ahead but not handed out yet stays its own past
+    `claim_idle` (it is alive, it just has not got there): another consumer gets none of it,
+    and each is delivered once."""
+    ahead = redis_bus.durable("jobs.*", group="workers", consumer="ahead", claim_idle=0.3)
+    await start(ahead)
+    for n in range(3):
+        await redis_bus.publish("jobs.a", event("jobs.a", n=n))
+    (first,) = await receive(ahead)  # the reader fetched all three at once
+    await ahead.ack(first)
+    other = redis_bus.durable("jobs.*", group="workers", consumer="other", claim_idle=0.3)
+    stolen = asyncio.ensure_future(anext(other))
+    await asyncio.sleep(1.2)  # four times claim_idle
+    assert not stolen.done()
+    stolen.cancel()
+    await asyncio.gather(stolen, return_exceptions=True)
+    rest = await receive(ahead, 2)
+    assert [e.payload["n"] for e in (first, *rest)] == [0, 1, 2]
+    assert [ahead.deliveries(e) for e in rest] == [1, 1]
+    await ahead.ack(*rest)
+
+
 async def test_a_raw_xadd_from_another_producer_is_consumed(
     redis_bus: RedisBroker, raw: aioredis.Redis
 ) -> None:
