@@ -279,11 +279,11 @@ def test_poison_is_dead_lettered_per_event_and_every_good_event_runs_once(
     figures = tally(project, set(good), len(letters))
     figures.show(f"poison ({len(poison)} of {len(values)} events)")
     for letter in letters:
-        print(f"  dead letter {letter['event_id']}: {letter['error']}")
+        print(f"  dead letter {_raw_id(str(letter['event']))}: {letter['error']}")
     assert (figures.runs, figures.duplicates, figures.lost) == (len(good), 0, 0)
     assert len(letters) == len(poison)
     assert all(letter["error"] for letter in letters)
-    ids = Counter(str(letter["event_id"]) for letter in letters)
+    ids = Counter(_raw_id(str(letter["event"])) for letter in letters)
     for i in range(5):
         assert ids[f"surrogate-{i}"] == 1
     for i in range(3):  # dead-lettered as the start event forwarded from it
@@ -292,6 +292,15 @@ def test_poison_is_dead_lettered_per_event_and_every_good_event_runs_once(
     assert all("'n'" in reason for reason in invalid_reasons), invalid_reasons
     assert metrics.get('scheduler_trigger_skipped_total{kind="event",trigger="count.on"}') == 0
     assert metrics.get('scheduler_trigger_circuit_open{kind="event",trigger="count.on"}') == 0
+
+
+def _raw_id(raw: str) -> str | None:
+    """The `eventId` in a dead letter's raw JSON (also when dp could not decode the event)."""
+    try:
+        found = json.loads(raw).get("eventId")
+    except (ValueError, AttributeError):
+        return None
+    return str(found) if found is not None else None
 
 
 def _metrics(port: int) -> dict[str, float]:
