@@ -18,6 +18,7 @@ from dp.events.redis import RedisBroker
 from dp.pipelines import PipelineRegistry, pipeline
 from dp.scheduler import ManualClock, Scheduler
 from dp.service import PipelineBusyError, Service
+from dp.service.starts import StartEvents
 from dp.store import RunStatus
 from redis_server import RedisServer
 
@@ -141,7 +142,8 @@ async def test_a_start_event_is_unacknowledged_until_its_run_is_recorded(
     assert peer.deliveries(claimed) == 2
     recording.set()
     await until(lambda: runs_of(service, "score"), "the scoring run")
-    await service._start_from_event("score", claimed)  # the peer handles it too: a no-op
+    peer_starts = StartEvents(service, service.broker, claim_idle=0.05)
+    assert await peer_starts.start_from_event("score", claimed) is None  # a no-op, by event id
     await peer.ack(claimed)
     assert len(runs_of(service, "score")) == 1
 

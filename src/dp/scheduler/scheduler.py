@@ -20,20 +20,15 @@ with the reason, without counting against the circuit or delaying the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from dp.backoff import Backoff
 from dp.errors import (
-    ArgumentTypeError,
-    BrokerClosedError,
     CircuitOpenError,
     DuplicateTriggerError,
     InvalidArgumentError,
@@ -41,7 +36,6 @@ from dp.errors import (
     SchedulerError,
     SchedulerNotRunningError,
     TriggerNotFoundError,
-    is_outage,
 )
 from dp.events import (
     Broker,
@@ -55,13 +49,13 @@ from dp.events import (
 from dp.ids import id_problem
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock, SystemClock
+from dp.scheduler.durable import GroupFiring
+from dp.scheduler.entry import Breaker, Entry, address, built, stats
 from dp.scheduler.health import (
-    CircuitState,
     MetricSample,
     SchedulerHealth,
     TriggerHealth,
     TriggerInfo,
-    TriggerStats,
 )
 from dp.scheduler.state import MemoryScheduleState, ScheduleState
 from dp.scheduler.triggers import (
@@ -76,59 +70,7 @@ from dp.scheduler.triggers import (
 __all__ = ["Scheduler"]
 
 _log = get_logger("dp.scheduler")
-_DEFAULT_SOURCE = next(f.default for f in dataclasses.fields(EventBase) if f.name == "source")
 _CALLED_KINDS = ("api", "manual")
-_BACKOFF = Backoff(first=0.05, cap=5.0)  # between tries of an event held through an outage
-
-
-class _Entry:
-    """A registered trigger and its mutable bookkeeping."""
-
-    __slots__ = (
-        "circuit",
-        "consecutive",
-        "dead_lettered",
-        "due",
-        "failures",
-        "fires",
-        "generation",
-        "kind",
-        "last_error",
-        "last_fire_at",
-        "name",
-        "problem",
-        "retry_at",
-        "skipped",
-        "source",
-        "target_topic",
-        "task",
-        "trigger",
-    )
-
-    def __init__(self, name: str, trigger: Trigger, kind: TriggerKind, target_topic: str) -> None:
-        self.name = name
-        self.trigger = trigger
-        self.kind: TriggerKind = kind
-        self.target_topic = target_topic
-        self.source = f"dp.scheduler/{name}"
-        self.due: datetime | None = None
-        self.generation = 0  # bumped whenever heap items for this entry become stale
-        self.task: asyncio.Task[None] | None = None
-        self.fires = 0
-        self.failures = 0
-        self.skipped = 0
-        self.dead_lettered = 0
-        self.consecutive = 0
-        self.last_fire_at: datetime | None = None
-        self.last_error: str | None = None
-        self.circuit: CircuitState = "closed"
-        self.retry_at: datetime | None = None
-        self.problem: str | None = None
-
-
-def cron_event_id(trigger: str, scheduled_for: datetime) -> str:
-    """The id of the event a cron trigger publishes for the tick due at `scheduled_for`."""
-    return f"cron-{trigger}-{scheduled_for.astimezone(UTC):%Y%m%dT%H%M%SZ}"
 
 
 class Scheduler:
@@ -169,9 +111,10 @@ class Scheduler:
         self._state: ScheduleState = state if state is not None else MemoryScheduleState()
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
-        self._entries: dict[str, _Entry] = {}
+        self._breaker = Breaker(failure_threshold, reset_timeout)
+        self._entries: dict[str, Entry] = {}
         # (due timestamp, tie-breaker, entry, entry generation); stale items are skipped.
-        self._heap: list[tuple[float, int, _Entry, int]] = []
+        self._heap: list[tuple[float, int, Entry, int]] = []
         self._order = itertools.count()
         self._timer: asyncio.Task[None] | None = None
         self._timer_wakes_at: float | None = None  # set while the timer sleeps
@@ -221,7 +164,7 @@ class Scheduler:
                 f"{target_topic!r}, so each event it publishes would fire it again; publish "
                 "to a topic outside the pattern",
             )
-        entry = _Entry(name, trigger, kind, target_topic)
+        entry = Entry(name, trigger, kind, target_topic)
         if self._running:
             self._activate(entry)  # may raise (unreadable state, closed broker): not registered
         self._entries[name] = entry
@@ -265,8 +208,8 @@ class Scheduler:
                     entry.target_topic,
                     source,
                     next_fire,
-                    self._circuit(entry, now),
-                    _stats(entry),
+                    self._breaker.circuit(entry, now),
+                    stats(entry),
                     trigger.name,
                 )
             )
@@ -359,7 +302,7 @@ class Scheduler:
         else:
             build = partial(factory, data)
         now = self._clock.now()
-        if not self._admit(entry, now):
+        if not self._breaker.admit(entry, now):
             assert entry.retry_at is not None  # set when the circuit opened
             raise CircuitOpenError(name, entry.retry_at, entry.consecutive, entry.last_error)
         event = await self._publish(entry, build, now, reraise=True)
@@ -373,7 +316,7 @@ class Scheduler:
         now = self._clock.now()
         triggers = {}
         for entry in self._entries.values():
-            circuit = self._circuit(entry, now)
+            circuit = self._breaker.circuit(entry, now)
             problem = entry.problem
             if entry.kind == "cron" and self._timer_problem is not None:
                 problem = self._timer_problem
@@ -409,14 +352,14 @@ class Scheduler:
                 MetricSample(
                     "scheduler_trigger_circuit_open",
                     labels,
-                    0.0 if self._circuit(entry, now) == "closed" else 1.0,
+                    0.0 if self._breaker.circuit(entry, now) == "closed" else 1.0,
                 ),
             ]
         return samples
 
     # --- internals: activation and the timer ----------------------------------------------
 
-    def _activate(self, entry: _Entry) -> None:
+    def _activate(self, entry: Entry) -> None:
         trigger = entry.trigger
         entry.problem = None
         if isinstance(trigger, CronTrigger):
@@ -427,9 +370,12 @@ class Scheduler:
             after = last if last is not None and last < now else now
             self._schedule(entry, after)
         elif isinstance(trigger, EventTrigger) and trigger.group is not None:
-            subscription = self._join(trigger)
+            join = partial(_join, trigger)
+            firing = GroupFiring(
+                entry, join, publisher=self._publisher, clock=self._clock, breaker=self._breaker
+            )
             entry.task = asyncio.create_task(
-                self._consume_group(entry, subscription), name=f"dp.scheduler.event:{entry.name}"
+                firing.run(join()), name=f"dp.scheduler.event:{entry.name}"
             )
         elif isinstance(trigger, EventTrigger):
             # Subscribing here, before any await, means no event published from now on
@@ -440,7 +386,7 @@ class Scheduler:
                 self._consume(entry, events), name=f"dp.scheduler.event:{entry.name}"
             )
 
-    def _schedule(self, entry: _Entry, after: datetime) -> None:
+    def _schedule(self, entry: Entry, after: datetime) -> None:
         trigger = entry.trigger
         assert isinstance(trigger, CronTrigger)
         try:
@@ -505,7 +451,7 @@ class Scheduler:
             self._timer_problem = f"the cron timer stopped: {type(exc).__name__}: {exc}"
             _log.exception("scheduler_timer_failed", error=str(exc))
 
-    async def _fire_cron(self, entry: _Entry, fired: dict[str, datetime]) -> None:
+    async def _fire_cron(self, entry: Entry, fired: dict[str, datetime]) -> None:
         trigger = entry.trigger
         assert isinstance(trigger, CronTrigger)
         assert entry.due is not None
@@ -517,7 +463,7 @@ class Scheduler:
             _log.warning(
                 "trigger_misfire_skipped", trigger=entry.name, missed=due.isoformat(), now=now
             )
-        elif self._admit(entry, now):
+        elif self._breaker.admit(entry, now):
             if missed:
                 _log.warning(
                     "trigger_misfire_run_once", trigger=entry.name, missed=due.isoformat(), now=now
@@ -537,20 +483,20 @@ class Scheduler:
 
     # --- internals: event triggers --------------------------------------------------------
 
-    async def _consume(self, entry: _Entry, events: AsyncIterator[EventBase]) -> None:
+    async def _consume(self, entry: Entry, events: AsyncIterator[EventBase]) -> None:
         trigger = entry.trigger
         assert isinstance(trigger, EventTrigger)
         accept = trigger.filter
         try:
             async for source in events:
-                await self._hold(entry)
+                await self._breaker.hold(entry, self._clock)
                 now = self._clock.now()
                 if accept is not None:
                     try:
                         if not accept(source):
                             continue
                     except Exception as exc:
-                        self._failed(entry, exc, now, what="filter")
+                        self._breaker.failed(entry, exc, now, what="filter")
                         continue
                 await self._publish(
                     entry,
@@ -569,154 +515,11 @@ class Scheduler:
             if close is not None:
                 await close()
 
-    # --- internals: durable event triggers ------------------------------------------------
-
-    @staticmethod
-    def _join(trigger: EventTrigger) -> DurableSubscription:
-        broker = trigger.consumer
-        assert isinstance(broker, Broker)  # checked by EventTrigger
-        assert trigger.group is not None
-        return broker.durable(
-            trigger.source_topic,
-            group=trigger.group,
-            start=trigger.start,
-            claim_idle=trigger.claim_idle,
-        )
-
-    async def _consume_group(self, entry: _Entry, subscription: DurableSubscription) -> None:
-        """Fire each event of the trigger's durable group, settling it once fired; when the
-        bus cannot be read (an outage), join the group again after a backoff."""
-        trigger = entry.trigger
-        assert isinstance(trigger, EventTrigger)
-        failures = 0
-        try:
-            while True:
-                try:
-                    async for source in subscription:
-                        await self._fire_held(entry, subscription, source)
-                        failures = 0
-                except Exception as exc:
-                    if not is_outage(exc) or isinstance(exc, BrokerClosedError):
-                        raise
-                    self._failed(entry, exc, self._clock.now(), what="read")
-                    await subscription.aclose()
-                    failures += 1
-                    await asyncio.sleep(_BACKOFF.delay(failures))
-                    subscription = self._join(trigger)
-                    continue
-                entry.problem = "its subscription ended (was the broker closed?)"
-                _log.warning("trigger_consumer_ended", trigger=entry.name)
-                return
-        except Exception as exc:
-            entry.problem = f"its consumer failed: {type(exc).__name__}: {exc}"
-            _log.error("trigger_consumer_failed", trigger=entry.name, error=str(exc))
-        finally:
-            await subscription.aclose()
-
-    async def _fire_held(
-        self, entry: _Entry, subscription: DurableSubscription, source: EventBase
-    ) -> None:
-        """Fire `source` and acknowledge it; dead-letter it if it can never fire.
-
-        An outage is retried with backoff, the event held (and kept from being claimed),
-        until the bus takes it; it counts against the circuit, whose opening only pauses
-        this loop. Nothing is skipped.
-        """
-        trigger = entry.trigger
-        assert isinstance(trigger, EventTrigger)
-        failures = 0
-        settled: Callable[[], Any] | None = None
-        while settled is None:
-            await self._hold(entry)
-            now = self._clock.now()
-            stage = "filter"
-            try:
-                if trigger.filter is None or trigger.filter(source):
-                    stage = "fire"
-                    event = self._address(
-                        entry, _built(trigger.event_factory(source)), source.event_id
-                    )
-                    await self._publisher.publish(entry.target_topic, event)
-                    self._succeeded(entry, now)
-                settled = partial(subscription.ack, source)
-            except BrokerClosedError:
-                raise  # shutting down: the event stays pending for the next consumer
-            except Exception as exc:
-                if not is_outage(exc):
-                    settled = partial(self._poison, entry, subscription, source, exc, stage)
-                    break
-                self._failed(entry, exc, now, what=stage)
-                await self._keep(subscription)
-                failures += 1
-                await asyncio.sleep(_BACKOFF.delay(failures))
-        failures = 0
-        while True:  # settling meets outages too: the event stays pending meanwhile
-            try:
-                await settled()
-                return
-            except Exception as exc:
-                if not is_outage(exc):
-                    _log.error(
-                        "trigger_settle_failed",
-                        trigger=entry.name,
-                        event_id=source.event_id,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                    return  # it stays pending: delivered again after claim_idle
-                await self._keep(subscription)
-                failures += 1
-                await asyncio.sleep(_BACKOFF.delay(failures))
-
-    async def _poison(
-        self,
-        entry: _Entry,
-        subscription: DurableSubscription,
-        source: EventBase,
-        exc: Exception,
-        stage: str,
-    ) -> None:
-        reason = f"trigger {entry.name} ({stage}): {type(exc).__name__}: {exc}"
-        entry.dead_lettered += 1
-        _log.warning(
-            "trigger_event_dead_lettered",
-            trigger=entry.name,
-            event_id=source.event_id,
-            topic=source.topic,
-            error=reason,
-        )
-        await subscription.dead_letter(source, reason)
-
-    @staticmethod
-    async def _keep(subscription: DurableSubscription) -> None:
-        with contextlib.suppress(Exception):  # best effort: the bus may be what is down
-            await subscription.keep()
-
-    async def _hold(self, entry: _Entry) -> None:
-        """Wait while the circuit is open; then let one trial through (half-open)."""
-        if entry.circuit != "open":
-            return
-        assert entry.retry_at is not None
-        if self._clock.now() < entry.retry_at:
-            await self._clock.sleep_until(entry.retry_at)
-        entry.circuit = "half_open"
-        _log.info("trigger_circuit_half_open", trigger=entry.name)
-
     # --- internals: firing and the circuit breaker ----------------------------------------
-
-    def _admit(self, entry: _Entry, now: datetime) -> bool:
-        """Whether the circuit lets a fire through now; counts a skip when it does not."""
-        if entry.circuit == "open":
-            assert entry.retry_at is not None
-            if now < entry.retry_at:
-                entry.skipped += 1
-                return False
-            entry.circuit = "half_open"
-            _log.info("trigger_circuit_half_open", trigger=entry.name)
-        return True
 
     async def _publish(
         self,
-        entry: _Entry,
+        entry: Entry,
         build: Callable[[], EventBase],
         now: datetime,
         *,
@@ -726,78 +529,15 @@ class Scheduler:
     ) -> EventBase | None:
         """Build the event, address it and publish it; count the outcome."""
         try:
-            event = self._address(entry, _built(build()), correlation_id, scheduled_for)
+            event = address(entry, built(build()), correlation_id, scheduled_for)
             await self._publisher.publish(entry.target_topic, event)
         except Exception as exc:
-            self._failed(entry, exc, now, what="fire")
+            self._breaker.failed(entry, exc, now, what="fire")
             if reraise:
                 raise
             return None
-        self._succeeded(entry, now)
+        self._breaker.succeeded(entry, now)
         return event
-
-    @staticmethod
-    def _succeeded(entry: _Entry, now: datetime) -> None:
-        entry.fires += 1
-        entry.last_fire_at = now
-        entry.consecutive = 0
-        if entry.circuit != "closed":
-            entry.circuit = "closed"
-            entry.retry_at = None
-            _log.info("trigger_circuit_closed", trigger=entry.name)
-
-    @staticmethod
-    def _address(
-        entry: _Entry,
-        event: EventBase,
-        correlation_id: str | None,
-        scheduled_for: datetime | None = None,
-    ) -> EventBase:
-        """The event with the trigger's topic, source and correlation id filled in; a cron
-        tick's id names the trigger and the time it was due, so every scheduler instance
-        firing the same tick publishes the same event id (consumers dedupe by it: one run)."""
-        changes: dict[str, Any] = {}
-        if scheduled_for is not None:
-            changes["event_id"] = cron_event_id(entry.name, scheduled_for)
-        if event.topic != entry.target_topic:
-            changes["topic"] = entry.target_topic
-            if type(event) is EventBase and event.event_type == event.topic:
-                changes["event_type"] = ""  # re-derived from the new topic
-        if event.source == _DEFAULT_SOURCE:
-            changes["source"] = entry.source
-        if correlation_id is not None and event.correlation_id is None:
-            changes["correlation_id"] = correlation_id
-        return dataclasses.replace(event, **changes) if changes else event
-
-    def _failed(self, entry: _Entry, exc: Exception, now: datetime, *, what: str) -> None:
-        entry.failures += 1
-        entry.consecutive += 1
-        entry.last_error = f"{type(exc).__name__}: {exc}"
-        _log.error(
-            "trigger_failed",
-            trigger=entry.name,
-            kind=entry.kind,
-            stage=what,
-            consecutive_failures=entry.consecutive,
-            error=entry.last_error,
-            exc_info=exc,
-        )
-        if entry.circuit == "half_open" or entry.consecutive >= self.failure_threshold:
-            entry.circuit = "open"
-            entry.retry_at = now + self.reset_timeout
-            _log.error(
-                "trigger_circuit_opened",
-                trigger=entry.name,
-                consecutive_failures=entry.consecutive,
-                retry_at=entry.retry_at.isoformat(),
-            )
-
-    @staticmethod
-    def _circuit(entry: _Entry, now: datetime) -> CircuitState:
-        """The circuit as seen now: an open one whose timeout passed reports half-open."""
-        if entry.circuit == "open" and entry.retry_at is not None and now >= entry.retry_at:
-            return "half_open"
-        return entry.circuit
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
@@ -815,11 +555,17 @@ def _kind_of(name: str, trigger: object) -> TriggerKind:
     )
 
 
-def _built(event: object) -> EventBase:
-    """What an event factory returned, if it is an event."""
-    if not isinstance(event, EventBase):
-        raise ArgumentTypeError("the value event_factory returns", event, "an EventBase")
-    return event
+def _join(trigger: EventTrigger) -> DurableSubscription:
+    """Join the durable group of `trigger` (a `Broker` and a group: see `EventTrigger`)."""
+    broker = trigger.consumer
+    assert isinstance(broker, Broker)
+    assert trigger.group is not None
+    return broker.durable(
+        trigger.source_topic,
+        group=trigger.group,
+        start=trigger.start,
+        claim_idle=trigger.claim_idle,
+    )
 
 
 def _next_or_none(trigger: CronTrigger, now: datetime) -> datetime | None:
@@ -827,15 +573,3 @@ def _next_or_none(trigger: CronTrigger, now: datetime) -> datetime | None:
         return trigger.next_fire(now)
     except Exception:  # reported by health() once running; a listing must not fail
         return None
-
-
-def _stats(entry: _Entry) -> TriggerStats:
-    return TriggerStats(
-        entry.fires,
-        entry.failures,
-        entry.skipped,
-        entry.consecutive,
-        entry.last_fire_at,
-        entry.last_error,
-        entry.dead_lettered,
-    )

@@ -14,31 +14,23 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter as Tally
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from dp.backoff import Backoff
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
 from dp.errors import (
     DPError,
-    DuplicateRunError,
     InvalidPipelineError,
     NoRunStoreError,
     PipelineBusyError,
-    PipelineError,
     PipelineNotFoundError,
     PipelineProblemsError,
-    PlanError,
     ServiceUnavailableError,
-    is_outage,
 )
 from dp.events import (
     Broker,
     BrokerConsumer,
     Consumer,
-    DurableSubscription,
     EventBase,
     InMemoryBroker,
     Publisher,
@@ -47,6 +39,7 @@ from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
 from dp.service.lifecycle import LifecycleEvents, Metrics
+from dp.service.starts import START_GROUP, StartEvents
 from dp.service.storecheck import StoreCheck
 from dp.store.records import RunStatus, is_stale
 
@@ -54,14 +47,15 @@ if TYPE_CHECKING:
     from dp.scheduler import Scheduler
     from dp.scheduler.poller import SourcePoller
 
-__all__ = ["PipelineBusyError", "Service", "ServiceUnavailableError", "trigger_group"]
+__all__ = [
+    "START_GROUP",
+    "PipelineBusyError",
+    "Service",
+    "ServiceUnavailableError",
+    "trigger_group",
+]
 
 _log = get_logger("dp.service")
-
-_START_PATTERN = "dp.pipelines.*.start"
-START_GROUP = "dp.service"
-"""The durable group of the start-event consumers: instances on one bus share the events."""
-_BACKOFF = Backoff(first=0.05, cap=5.0)  # between tries of a start event held in an outage
 
 
 def trigger_group(trigger: str) -> str:
@@ -127,7 +121,6 @@ class Service:
         self._plans: dict[str, ExecutionPlan] = {}
         self._param_names: dict[str, frozenset[str]] = {}
         self._running: Tally[str] = Tally()
-        self._seen: OrderedDict[str, None] = OrderedDict()  # recent dedupe keys
         self._starter: asyncio.Task[None] | None = None
         self._adopter: asyncio.Task[None] | None = None
         orchestrator.listeners.extend(
@@ -160,9 +153,9 @@ class Service:
         if problems:
             raise PipelineProblemsError(problems)
         await self._register_triggers()
-        subscription = self._join_starts()
+        starts = StartEvents(self, self.broker, claim_idle=self.claim_idle)
         self._starter = asyncio.get_running_loop().create_task(
-            self._consume_starts(subscription), name="dp-service-starts"
+            starts.run(), name="dp-service-starts"
         )
         self._starter.add_done_callback(_report_end)
         await self.scheduler.start()
@@ -219,6 +212,11 @@ class Service:
     def plan(self, name: str) -> ExecutionPlan:
         self.pipeline(name)
         return self._plans[name]
+
+    def run_parameters(self, name: str) -> frozenset[str]:
+        """The run parameters of pipeline `name` (what an event payload may set)."""
+        self.pipeline(name)
+        return self._param_names[name]
 
     async def start_run(
         self,
@@ -308,174 +306,6 @@ class Service:
         await self.publisher.publish(topic, event)
         self.metrics.messages.labels(topic).inc()
         return event
-
-    # --- events -> runs ----------------------------------------------------------------------
-
-    def _join_starts(self) -> DurableSubscription:
-        return self.broker.durable(_START_PATTERN, group=START_GROUP, claim_idle=self.claim_idle)
-
-    async def _consume_starts(self, subscription: DurableSubscription) -> None:
-        """Turn start events into runs; acknowledge each once its run is recorded.
-
-        Each failure is classified (`is_outage`). An outage (the store or the bus
-        unreachable) is retried with backoff, the event held and kept from being claimed,
-        until the dependency returns: it is never dead-lettered. Anything else is the event's
-        own fault (an unknown pipeline, run parameters that fail validation, a value the store
-        cannot hold): that one event is dead-lettered at once with the reason, and a
-        `dp.run.rejected` event says so. An event left unacknowledged (shutdown, or an
-        instance that died) is delivered again, here or to another instance of the group;
-        its event id makes that a no-op if the run was recorded after all.
-        """
-        failures = 0
-        while True:
-            try:
-                async for event in subscription:
-                    await self._settle_start(subscription, event)
-                    failures = 0
-                return  # the broker closed
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                _log.warning(
-                    "service.start_events_unreadable", error=f"{type(exc).__name__}: {exc}"
-                )
-                await subscription.aclose()
-                failures += 1
-                await asyncio.sleep(_BACKOFF.delay(failures))
-                subscription = self._join_starts()
-
-    async def _settle_start(self, subscription: DurableSubscription, event: EventBase) -> None:
-        name = event.topic.split(".")[2]
-        failures = 0
-        settle: Callable[[], Awaitable[None]] | None = None
-        while settle is None:
-            try:
-                rejected = await self._start_from_event(name, event, held=subscription)
-            except Exception as exc:
-                if not is_outage(exc):
-                    _log.exception(
-                        "service.start_event_failed", topic=event.topic, event_id=event.event_id
-                    )
-                    rejected = f"{type(exc).__name__}: {exc}"
-                elif self.accepting:
-                    _log.warning(
-                        "service.start_event_waiting",
-                        pipeline=name,
-                        event_id=event.event_id,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                    with contextlib.suppress(Exception):  # best effort: the bus may be down
-                        await subscription.keep()
-                    failures += 1
-                    await asyncio.sleep(_BACKOFF.delay(failures))
-                    continue
-                else:
-                    return  # shutting down: it stays pending, delivered again later
-            if rejected is False:
-                return  # shutting down: it stays pending, delivered again later
-            if rejected is None:
-                settle = partial(subscription.ack, event)
-            else:
-                settle = partial(self._dead_letter, subscription, name, event, rejected)
-        failures = 0
-        while True:  # settling meets outages too: the event stays pending meanwhile
-            try:
-                await settle()
-                return
-            except Exception as exc:
-                if not is_outage(exc) or not self.accepting:
-                    _log.error(
-                        "service.start_event_unsettled",
-                        event_id=event.event_id,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                    return  # it stays pending: delivered again after claim_idle
-                with contextlib.suppress(Exception):
-                    await subscription.keep()
-                failures += 1
-                await asyncio.sleep(_BACKOFF.delay(failures))
-
-    async def _dead_letter(
-        self, subscription: DurableSubscription, name: str, event: EventBase, reason: str
-    ) -> None:
-        """Dead-letter a start event that can never become a run, and say so on the bus."""
-        await self._reject(name, event, reason)
-        await subscription.dead_letter(event, reason)
-
-    async def _start_from_event(
-        self, name: str, event: EventBase, *, held: DurableSubscription | None = None
-    ) -> str | Literal[False] | None:
-        """Start the run of a start event. Returns None once the run is recorded (or was
-        already), the reason when the event can never start one, False when it must be
-        delivered again (the service is stopping). `held` is kept alive meanwhile.
-
-        Raises:
-            Exception: what failed; `is_outage` tells an outage from a bad event.
-        """
-        if name not in self.pipelines:
-            return f"no pipeline named {name!r} (serving {sorted(self.pipelines)})"
-        key = f"{name}/{event.event_id}"
-        if key in self._seen:
-            _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
-            return None
-        accepted = self._param_names[name]
-        params = {k: v for k, v in event.payload.items() if k in accepted}
-        trigger = (
-            event.source if event.source.startswith(("cron:", "event:")) else f"event:{event.topic}"
-        )
-        delay = 0.01
-        while True:
-            try:
-                await self.start_run(
-                    name,
-                    params,
-                    trigger=trigger,
-                    event_id=key,
-                    metadata={"event": {"id": event.event_id, "topic": event.topic}},
-                )
-            except DuplicateRunError:
-                _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
-            except (TooManyPipelinesError, PipelineBusyError):
-                # backpressure: stop reading start events until there is room again
-                if held is not None:
-                    with contextlib.suppress(Exception):  # best effort, as in an outage
-                        await held.keep()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                if self.accepting:
-                    continue
-                return False
-            except (PlanError, PipelineError) as exc:
-                return str(exc)
-            except ServiceUnavailableError:
-                return False
-            self._remember(key)
-            self.metrics.trigger_fires.labels(trigger).inc()
-            return None
-
-    def _remember(self, key: str) -> None:
-        self._seen[key] = None
-        if len(self._seen) > 10_000:
-            self._seen.popitem(last=False)
-
-    async def _reject(self, name: str, event: EventBase, reason: str) -> None:
-        """A start event that cannot become a run: say so on the bus (it is dead-lettered)."""
-        self.metrics.rejections.labels(name, "invalid").inc()
-        # The id the publisher knows: a forwarded start event carries it as correlation_id.
-        event_id = event.correlation_id or event.event_id
-        _log.warning(
-            "service.start_rejected",
-            pipeline=name,
-            event_id=event_id,
-            start_event_id=event.event_id,
-            error=reason,
-        )
-        await self.publish(
-            "dp.run.rejected",
-            {"pipeline": name, "event_id": event_id, "topic": event.topic, "error": reason},
-            source="dp.service",
-            correlation_id=event.correlation_id or event.event_id,
-        )
 
     # --- triggers ------------------------------------------------------------------------------
 
