@@ -20,6 +20,7 @@ import pytest
 from dp.errors import BusUnavailableError, InvalidTopicError
 from dp.events import EventBase, InMemoryBroker, InMemoryConsumer, InMemoryPublisher
 from dp.events.memory import InMemorySubscription
+from dp.events.redis import RedisBroker
 from dp.scheduler import (
     CircuitOpenError,
     DuplicateTriggerError,
@@ -37,6 +38,7 @@ from dp.scheduler import (
     create_event_trigger,
     create_manual_trigger,
 )
+from redis_server import RedisServer
 
 BERLIN = ZoneInfo("Europe/Berlin")
 START = datetime(2025, 6, 2, tzinfo=UTC)  # a Monday, far from any DST change
@@ -300,6 +302,33 @@ async def test_a_durable_trigger_dead_letters_the_event_it_cannot_fire_and_fires
     assert letters[0].error.startswith("trigger count (fire): ValueError: invalid literal")
     (info,) = scheduler.triggers()
     assert (info.circuit, info.stats.failures_total, info.stats.skipped_total) == ("closed", 0, 0)
+
+
+async def test_a_durable_trigger_whose_group_has_another_pattern_says_how_to_fix_it(
+    redis_server: RedisServer,
+) -> None:
+    """A group keeps its pattern: a trigger reading it with another one (its pipeline's
+    `on=` changed since the group was made, on a bus that keeps groups) is reported
+    unhealthy, saying to rename it or delete the group."""
+    bus = RedisBroker(redis_server.url, prefix="sched-renamed", topic_refresh=0.05)
+    old = bus.durable("data.old.*", group="renamed")
+    reading = asyncio.ensure_future(anext(old))  # registers the group with its pattern
+    await asyncio.sleep(0.2)
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    await old.aclose()
+    scheduler = Scheduler(bus)
+    trigger = create_event_trigger(bus, "data.new.*", lambda e: e, group="renamed")
+    await scheduler.register_trigger("copy", trigger, "jobs.copy")
+    try:
+        async with scheduler:
+            await _until(lambda: scheduler.health().triggers["copy"].problem, "the problem")
+            health = scheduler.health().triggers["copy"]
+    finally:
+        await bus.close()
+    assert not health.healthy
+    assert "'data.old.*', not 'data.new.*'" in str(health.problem)
+    assert "give the trigger (the pipeline) a new name" in str(health.problem)
 
 
 class FlakyBus:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from dp.backoff import Backoff
-from dp.errors import BrokerClosedError, is_outage
+from dp.errors import BrokerClosedError, GroupError, is_outage
 from dp.events import DurableSubscription, EventBase, Publisher
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock
@@ -75,6 +75,13 @@ class GroupFiring:
                 entry.problem = "its subscription ended (was the broker closed?)"
                 _log.warning("trigger_consumer_ended", trigger=entry.name)
                 return
+        except GroupError as exc:  # the group exists with another pattern
+            entry.problem = (
+                f"its durable group cannot be read: {exc}. A group keeps the pattern it was "
+                "created with: to read another pattern, give the trigger (the pipeline) a new "
+                "name, which makes a new group, or delete the old group on the bus"
+            )
+            _log.error("trigger_consumer_failed", trigger=entry.name, error=entry.problem)
         except Exception as exc:
             entry.problem = f"its consumer failed: {type(exc).__name__}: {exc}"
             _log.error("trigger_consumer_failed", trigger=entry.name, error=str(exc))
