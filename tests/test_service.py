@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
-from dp.errors import StoreUnavailableError
+from dp.errors import ExecutorSetupError, StoreUnavailableError
 from dp.events import EventBase
 from dp.events.redis import RedisBroker
 from dp.pipelines import PipelineRegistry, pipeline
@@ -196,6 +196,27 @@ async def test_a_store_outage_holds_the_start_event_until_the_store_returns(
     await service.publish("dp.pipelines.score.start", {"order_id": "Z", "amount": 1})
     await until(lambda: runs_of(service, "score"), "the run after the outage")
     assert failures == 0
+    assert await service.broker.dead_letters("dp.service") == []
+
+
+async def test_an_executor_that_cannot_start_holds_the_start_event(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ExecutorSetupError` (e.g. the Celery broker unreachable) is not the event's fault:
+    the event waits and starts its run once the executor starts; nothing is dead-lettered."""
+    failures = 2
+    start_run = service.start_run
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise ExecutorSetupError("celery", "the Celery executor cannot reach its broker")
+        return await start_run(*args, **kwargs)
+
+    monkeypatch.setattr(service, "start_run", flaky)
+    await service.publish("dp.pipelines.score.start", {"order_id": "E", "amount": 1})
+    await until(lambda: runs_of(service, "score"), "the run once the executor starts")
     assert await service.broker.dead_letters("dp.service") == []
 
 

@@ -22,6 +22,7 @@ from dp.backoff import Backoff
 from dp.engine import RunHandle, TooManyPipelinesError
 from dp.errors import (
     DuplicateRunError,
+    ExecutorSetupError,
     PipelineBusyError,
     PipelineError,
     PlanError,
@@ -132,7 +133,7 @@ class StartEvents:
             try:
                 rejected = await self.start_from_event(name, event, held=subscription)
             except Exception as exc:
-                if not is_outage(exc):
+                if not _held_back(exc):
                     _log.exception(
                         "service.start_event_failed", topic=event.topic, event_id=event.event_id
                     )
@@ -256,3 +257,10 @@ class StartEvents:
             source="dp.service",
             correlation_id=event.correlation_id or event.event_id,
         )
+
+
+def _held_back(exc: Exception) -> bool:
+    """Whether `exc` says nothing about the event: an outage, or an executor that cannot
+    start (its broker unreachable, or misconfigured): every event would fail alike, so the
+    event waits instead of being dead-lettered."""
+    return is_outage(exc) or isinstance(exc, ExecutorSetupError)
