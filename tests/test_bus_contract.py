@@ -383,6 +383,77 @@ async def test_settling_an_event_twice_is_an_error(broker: Broker) -> None:
         await subscription.nack(event("jobs.a"), "never delivered")
 
 
+async def test_dead_letter_buries_one_event_at_once_with_its_reason(broker: Broker) -> None:
+    """`dead_letter` moves that one event to the dead letters on its first delivery, with
+    the reason; the events around it are delivered and settled as usual, and it never
+    comes back."""
+    subscription = broker.durable("jobs.*", group="workers", claim_idle=0.2)
+    await start(subscription)
+    sent = [event("jobs.a", n=n) for n in range(3)]
+    for e in sent:
+        await broker.publish(e.topic, e)
+    got = await receive(subscription, 3)
+    assert [e.payload["n"] for e in got] == [0, 1, 2]
+    await subscription.ack(got[0])
+    await subscription.dead_letter(got[1], "InvalidRunParameterError: n must be even")
+    await subscription.ack(got[2])
+    (letter,) = await broker.dead_letters("workers")
+    assert letter.event is not None
+    assert letter.event.event_id == sent[1].event_id
+    assert (letter.error, letter.deliveries, letter.topic) == (
+        "InvalidRunParameterError: n must be even",
+        1,
+        "jobs.a",
+    )
+    later = asyncio.ensure_future(anext(subscription))
+    await asyncio.sleep(0.6)  # well past claim_idle: a pending event would come back
+    assert not later.done()
+    later.cancel()
+    await asyncio.gather(later, return_exceptions=True)
+
+
+async def test_keep_holds_events_past_claim_idle(broker: Broker) -> None:
+    """While its consumer calls `keep`, a held event is neither claimed by another consumer
+    nor delivered again, however long past `claim_idle`; it is settled once, by its holder.
+    (On Kafka a second consumer takes partitions, not events: only the holder reads here.)"""
+    holder = broker.durable("jobs.*", group="workers", consumer="holder", claim_idle=0.3)
+    await start(holder)
+    await broker.publish("jobs.a", event("jobs.a"))
+    (held,) = await receive(holder)
+    readers = [asyncio.ensure_future(anext(holder))]
+    if not isinstance(broker, KafkaBroker):
+        other = broker.durable("jobs.*", group="workers", consumer="other", claim_idle=0.3)
+        readers.append(asyncio.ensure_future(anext(other)))
+    for _ in range(12):  # 1.2 s, four times claim_idle
+        await holder.keep()
+        await asyncio.sleep(0.1)
+    assert not any(reader.done() for reader in readers)
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    assert holder.deliveries(held) == 1
+    await holder.ack(held)
+    assert await broker.dead_letters("workers") == []
+
+
+async def test_a_new_group_starts_now_or_at_the_earliest_event(broker: Broker) -> None:
+    """A group created with start="earliest" also gets what the bus held before it; one
+    created with the default start="now" only what is published afterwards."""
+    if isinstance(broker, InMemoryBroker):
+        pytest.skip("the in-memory bus holds no past events for a new group")
+    old = event("jobs.a", n=0)
+    await broker.publish(old.topic, old)
+    await asyncio.sleep(0.1)  # "now" errs early by the clock-skew estimate: be past it
+    late = broker.durable("jobs.*", group="late")
+    early = broker.durable("jobs.*", group="early", start="earliest")
+    await start(late)
+    await asyncio.sleep(0.2)  # the group exists on the stream (Redis) or partition (Kafka)
+    new = event("jobs.a", n=1)
+    await broker.publish(new.topic, new)
+    assert [e.payload["n"] for e in await receive(early, 2)] == [0, 1]
+    assert [e.payload["n"] for e in await receive(late)] == [1]
+
+
 async def test_a_group_keeps_its_pattern(broker: Broker) -> None:
     """Joining a group with another pattern is refused, naming both patterns."""
     first = broker.durable("jobs.*", group="workers")
@@ -398,6 +469,7 @@ async def test_a_group_keeps_its_pattern(broker: Broker) -> None:
         ({"group": ""}, "dot-separated segments"),
         ({"group": "g", "max_deliveries": 0}, "max_deliveries must be an int >= 1"),
         ({"group": "g", "claim_idle": 0}, "claim_idle must be > 0"),
+        ({"group": "g", "start": "latest"}, "start must be 'now' or 'earliest'"),
     ],
 )
 async def test_bad_group_options_are_refused(
@@ -442,6 +514,30 @@ WIRE = {
     "source": "kotlin-shop",
     "payload": {"order": "A-1"},
 }
+
+
+async def test_entries_read_ahead_are_not_claimed_from_a_live_consumer(
+    redis_bus: RedisBroker,
+) -> None:
+    """What a Redis consumer has read ahead but not handed out yet stays its own past
+    `claim_idle` (it is alive, it just has not got there): another consumer gets none of it,
+    and each is delivered once."""
+    ahead = redis_bus.durable("jobs.*", group="workers", consumer="ahead", claim_idle=0.3)
+    await start(ahead)
+    for n in range(3):
+        await redis_bus.publish("jobs.a", event("jobs.a", n=n))
+    (first,) = await receive(ahead)  # the reader fetched all three at once
+    await ahead.ack(first)
+    other = redis_bus.durable("jobs.*", group="workers", consumer="other", claim_idle=0.3)
+    stolen = asyncio.ensure_future(anext(other))
+    await asyncio.sleep(1.2)  # four times claim_idle
+    assert not stolen.done()
+    stolen.cancel()
+    await asyncio.gather(stolen, return_exceptions=True)
+    rest = await receive(ahead, 2)
+    assert [e.payload["n"] for e in (first, *rest)] == [0, 1, 2]
+    assert [ahead.deliveries(e) for e in rest] == [1, 1]
+    await ahead.ack(*rest)
 
 
 async def test_a_raw_xadd_from_another_producer_is_consumed(

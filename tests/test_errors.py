@@ -258,3 +258,41 @@ def test_dp_errors_exports_every_error_of_its_modules() -> None:
     }
     assert written - set(errors.__all__) == set()
     assert len(_error_classes()) == len(written) > 70
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.BusUnavailableError("redis://h:6379/0", 10.0, "Connection refused"),
+        errors.StoreUnavailableError("postgresql://h/db", "record a run", "Connection refused"),
+        ConnectionRefusedError(111, "Connection refused"),
+        TimeoutError("read timed out"),
+    ],
+    ids=type,
+)
+def test_is_outage_says_yes_to_unreachable_dependencies(exc: BaseException) -> None:
+    """An unreachable dependency or a timeout is an outage: retried, never dead-lettered."""
+    assert errors.is_outage(exc)
+
+
+def test_is_outage_follows_the_cause() -> None:
+    """A wrapper raised from a connection error is an outage too (its cause is)."""
+    wrapper = RuntimeError("could not record the run")
+    wrapper.__cause__ = ConnectionResetError(104, "Connection reset by peer")
+    assert errors.is_outage(wrapper)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.EventFormatError("event is not valid JSON"),
+        errors.InvalidRunParameterError("n", "x", "int", "not a number", ["record"]),
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+        ValueError("invalid literal for int()"),
+        RuntimeError("a bug"),
+    ],
+    ids=type,
+)
+def test_is_outage_says_no_to_bad_data(exc: BaseException) -> None:
+    """What an event cannot get past (decoding, validation, encoding) is the event's fault."""
+    assert not errors.is_outage(exc)

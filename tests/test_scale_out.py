@@ -84,6 +84,8 @@ def _popen(
             "2",
             "--grace",
             "5",
+            "--claim-idle",  # the survivor takes the dead instance's events over after 5 s
+            "5",
         ],
         cwd=project,
         env={**os.environ, "PYTHONPATH": src, "DP_API_TOKEN": "scale-out-test"},

@@ -17,9 +17,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from dp.errors import InvalidTopicError
+from dp.errors import BusUnavailableError, InvalidTopicError
 from dp.events import EventBase, InMemoryBroker, InMemoryConsumer, InMemoryPublisher
 from dp.events.memory import InMemorySubscription
+from dp.events.redis import RedisBroker
 from dp.scheduler import (
     CircuitOpenError,
     DuplicateTriggerError,
@@ -37,6 +38,7 @@ from dp.scheduler import (
     create_event_trigger,
     create_manual_trigger,
 )
+from redis_server import RedisServer
 
 BERLIN = ZoneInfo("Europe/Berlin")
 START = datetime(2025, 6, 2, tzinfo=UTC)  # a Monday, far from any DST change
@@ -264,6 +266,114 @@ async def test_triggers_lists_kind_topic_and_next_fire(
 
 
 # --- event, API and manual triggers -------------------------------------------------------
+
+
+async def _until(condition: Callable[[], object], what: str) -> None:
+    """Yield to the loop until `condition()` holds (a deadline turns a hang into a failure)."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_durable_trigger_dead_letters_the_event_it_cannot_fire_and_fires_the_rest(
+    broker: InMemoryBroker, consumer: InMemoryConsumer
+) -> None:
+    """An event the factory fails on (bad data) is dead-lettered alone, with the reason, at
+    its first delivery; the events around it fire in order; the circuit stays closed."""
+
+    def make(event: EventBase) -> EventBase:
+        return EventBase(topic="jobs.count", payload={"n": int(event.payload["n"])})
+
+    scheduler = Scheduler(broker, failure_threshold=1)
+    trigger = create_event_trigger(broker, "data.*", make, group="counting")
+    await scheduler.register_trigger("count", trigger, "jobs.count")
+    async with consumer.consume("jobs.count") as fired, scheduler:
+        for n in ("1", "two", "3", "four", "5"):
+            await broker.publish("data.in", EventBase(topic="data.in", payload={"n": n}))
+        got = [await asyncio.wait_for(anext(fired), 10) for _ in range(3)]
+        await _until(lambda: scheduler.triggers()[0].stats.dead_lettered_total == 2, "burials")
+    assert [e.payload["n"] for e in got] == [1, 3, 5]
+    letters = await broker.dead_letters("counting")
+    assert [(letter.deliveries, letter.event and letter.event.payload) for letter in letters] == [
+        (1, {"n": "two"}),
+        (1, {"n": "four"}),
+    ]
+    assert letters[0].error.startswith("trigger count (fire): ValueError: invalid literal")
+    (info,) = scheduler.triggers()
+    assert (info.circuit, info.stats.failures_total, info.stats.skipped_total) == ("closed", 0, 0)
+
+
+async def test_a_durable_trigger_whose_group_has_another_pattern_says_how_to_fix_it(
+    redis_server: RedisServer,
+) -> None:
+    """A group keeps its pattern: a trigger reading it with another one (its pipeline's
+    `on=` changed since the group was made, on a bus that keeps groups) is reported
+    unhealthy, saying to rename it or delete the group."""
+    bus = RedisBroker(redis_server.url, prefix="sched-renamed", topic_refresh=0.05)
+    old = bus.durable("data.old.*", group="renamed")
+    reading = asyncio.ensure_future(anext(old))  # registers the group with its pattern
+    await asyncio.sleep(0.2)
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
+    await old.aclose()
+    scheduler = Scheduler(bus)
+    trigger = create_event_trigger(bus, "data.new.*", lambda e: e, group="renamed")
+    await scheduler.register_trigger("copy", trigger, "jobs.copy")
+    try:
+        async with scheduler:
+            await _until(lambda: scheduler.health().triggers["copy"].problem, "the problem")
+            health = scheduler.health().triggers["copy"]
+    finally:
+        await bus.close()
+    assert not health.healthy
+    assert "'data.old.*', not 'data.new.*'" in str(health.problem)
+    assert "give the trigger (the pipeline) a new name" in str(health.problem)
+
+
+class FlakyBus:
+    """A publisher whose bus is unreachable for the first `down` publishes."""
+
+    def __init__(self, broker: InMemoryBroker, down: int) -> None:
+        self.broker = broker
+        self.down = down
+
+    async def publish(self, topic: str, event: EventBase) -> None:
+        if self.down:
+            self.down -= 1
+            raise BusUnavailableError("redis://10.0.0.9:6379/0", 0.0, "Connection refused")
+        await self.broker.publish(topic, event)
+
+
+async def test_a_durable_trigger_holds_events_through_an_outage_and_fires_each_once(
+    broker: InMemoryBroker, consumer: InMemoryConsumer
+) -> None:
+    """An outage is not poison: the event is retried with backoff (the circuit opens, and
+    holds the rest instead of skipping them) until the bus is back; then every event fires
+    once, in order, and nothing is dead-lettered."""
+    flaky = FlakyBus(broker, down=4)
+    scheduler = Scheduler(flaky, failure_threshold=2, reset_timeout=timedelta(seconds=0.1))
+    trigger = create_event_trigger(broker, "data.*", lambda e: e, group="copying")
+    await scheduler.register_trigger("copy", trigger, "jobs.copy")
+    opened: list[str] = []
+
+    def outage_over() -> bool:
+        opened.append(scheduler.health().triggers["copy"].circuit)
+        return flaky.down == 0
+
+    async with consumer.consume("jobs.copy") as fired, scheduler:
+        for n in range(3):
+            await broker.publish("data.in", EventBase(topic="data.in", payload={"n": n}))
+        await _until(lambda: flaky.down < 3, "the first failures")
+        await _until(outage_over, "the outage to pass")
+        got = [await asyncio.wait_for(anext(fired), 10) for _ in range(3)]
+    assert [e.payload["n"] for e in got] == [0, 1, 2]
+    assert "open" in opened or "half_open" in opened
+    (info,) = scheduler.triggers()
+    assert (info.stats.failures_total, info.stats.skipped_total) == (4, 0)
+    assert info.stats.dead_lettered_total == 0
+    assert info.circuit == "closed"
+    assert await broker.dead_letters("copying") == []
 
 
 async def test_event_trigger_fires_on_matching_events_that_pass_the_filter(

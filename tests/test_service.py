@@ -12,11 +12,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
+from dp.errors import ExecutorSetupError, StoreUnavailableError
 from dp.events import EventBase
 from dp.events.redis import RedisBroker
 from dp.pipelines import PipelineRegistry, pipeline
 from dp.scheduler import ManualClock, Scheduler
 from dp.service import PipelineBusyError, Service
+from dp.service.starts import StartEvents
 from dp.store import RunStatus
 from redis_server import RedisServer
 
@@ -140,19 +142,22 @@ async def test_a_start_event_is_unacknowledged_until_its_run_is_recorded(
     assert peer.deliveries(claimed) == 2
     recording.set()
     await until(lambda: runs_of(service, "score"), "the scoring run")
-    await service._start_from_event("score", claimed)  # the peer handles it too: a no-op
+    peer_starts = StartEvents(service, service.broker, claim_idle=0.05)
+    assert await peer_starts.start_from_event("score", claimed) is None  # a no-op, by event id
     await peer.ack(claimed)
     assert len(runs_of(service, "score")) == 1
 
 
-async def test_a_start_event_that_keeps_failing_becomes_a_dead_letter(
+async def test_a_start_event_failing_for_its_own_sake_is_dead_lettered_at_once(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An unexpected error handling a start event is retried, then dead-lettered with it."""
+    """An error that is not an outage dead-letters the start event on its first delivery,
+    with the error as the reason; the next event starts its run as usual."""
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("store on fire")
+        raise RuntimeError("cannot store this value")
 
+    start_run = service.start_run
     monkeypatch.setattr(service, "start_run", broken)
     sent = await service.publish("dp.pipelines.score.start", {"order_id": "X", "amount": 1})
 
@@ -166,7 +171,53 @@ async def test_a_start_event_that_keeps_failing_becomes_a_dead_letter(
     (letter,) = await service.broker.dead_letters("dp.service")
     assert letter.event is not None
     assert letter.event.event_id == sent.event_id
-    assert (letter.error, letter.deliveries) == ("RuntimeError: store on fire", 5)
+    assert (letter.error, letter.deliveries) == ("RuntimeError: cannot store this value", 1)
+    monkeypatch.setattr(service, "start_run", start_run)
+    await service.publish("dp.pipelines.score.start", {"order_id": "Y", "amount": 1})
+    await until(lambda: runs_of(service, "score"), "the next run")
+
+
+async def test_a_store_outage_holds_the_start_event_until_the_store_returns(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`StoreUnavailableError` is an outage: the event is retried, never dead-lettered, and
+    starts its run once the store answers again."""
+    failures = 4
+    start_run = service.start_run
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise StoreUnavailableError("postgresql://db", "record a run", "Connection refused")
+        return await start_run(*args, **kwargs)
+
+    monkeypatch.setattr(service, "start_run", flaky)
+    await service.publish("dp.pipelines.score.start", {"order_id": "Z", "amount": 1})
+    await until(lambda: runs_of(service, "score"), "the run after the outage")
+    assert failures == 0
+    assert await service.broker.dead_letters("dp.service") == []
+
+
+async def test_an_executor_that_cannot_start_holds_the_start_event(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ExecutorSetupError` (e.g. the Celery broker unreachable) is not the event's fault:
+    the event waits and starts its run once the executor starts; nothing is dead-lettered."""
+    failures = 2
+    start_run = service.start_run
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise ExecutorSetupError("celery", "the Celery executor cannot reach its broker")
+        return await start_run(*args, **kwargs)
+
+    monkeypatch.setattr(service, "start_run", flaky)
+    await service.publish("dp.pipelines.score.start", {"order_id": "E", "amount": 1})
+    await until(lambda: runs_of(service, "score"), "the run once the executor starts")
+    assert await service.broker.dead_letters("dp.service") == []
 
 
 async def test_bad_payload_is_rejected_with_an_event_and_no_run(service: Service) -> None:

@@ -118,3 +118,17 @@ def test_every_trigger_satisfies_the_protocol() -> None:
     ]
     assert [t.kind for t in triggers] == ["cron", "event", "api", "manual"]
     assert all(isinstance(t, Trigger) for t in triggers)
+
+
+def test_a_durable_event_trigger_needs_a_broker_and_a_valid_group() -> None:
+    """`group` reads through the broker's durable group: a plain consumer, a malformed
+    group or an unknown start is refused, saying what to give instead."""
+    broker = InMemoryBroker()
+    trigger = create_event_trigger(broker, "data.*", lambda e: e, group="g", start="earliest")
+    assert (trigger.group, trigger.start) == ("g", "earliest")
+    with pytest.raises(TypeError, match="consumer must be a Broker"):
+        create_event_trigger(InMemoryConsumer(broker), "data.*", lambda e: e, group="g")
+    with pytest.raises(ValueError, match="dot-separated segments"):
+        create_event_trigger(broker, "data.*", lambda e: e, group="bad group")
+    with pytest.raises(ValueError, match="start must be 'now' or 'earliest'"):
+        create_event_trigger(broker, "data.*", lambda e: e, group="g", start="latest")  # type: ignore[arg-type]

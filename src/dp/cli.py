@@ -137,6 +137,16 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    claim_idle: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            metavar="SECONDS",
+            envvar="DP_CLAIM_IDLE",
+            help="How long an event an instance took stays unacknowledged before another "
+            "instance takes it over (its taker died) on a Redis or Kafka bus.",
+        ),
+    ] = 60.0,
 ) -> None:
     """Serve the pipelines in TARGET: cron and event triggers, and the HTTP API (/docs)."""
     from dp.service.server import serve as serve_forever
@@ -157,6 +167,7 @@ def serve(
             max_queued_pipelines=max_queued_pipelines,
             lease=lease,
             allowed_host=allowed_host or (),
+            claim_idle=claim_idle,
         )
     except ListenError as exc:
         raise fail(exc, code=EXIT_CANNOT_LISTEN) from exc

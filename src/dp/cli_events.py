@@ -22,7 +22,8 @@ T = TypeVar("T")
 
 events_app = typer.Typer(help="Inspect the event bus.", no_args_is_help=True)
 dlq_app = typer.Typer(
-    help="Dead letters: events a durable group gave up on after max_deliveries.",
+    help="Dead letters: events a durable group gave up on (poison at once, with the reason; "
+    "others after max_deliveries).",
     no_args_is_help=True,
 )
 events_app.add_typer(dlq_app, name="dlq")

@@ -24,6 +24,7 @@ from dp.errors import (
     PipelineNotFoundError,
 )
 from dp.events.event import EventBase
+from dp.events.ports import StartFrom
 from dp.events.topics import validate_pattern
 from dp.ids import name_problem
 from dp.planner import DAGBuilder, ExecutionPlan, Planner
@@ -56,11 +57,17 @@ class OnEvent:
     `where` keeps only events whose payload has these key/value pairs; `filter` is any
     predicate on the event. The event's payload becomes the run parameters (keys that are
     not run parameters of the pipeline are ignored).
+
+    On a Redis or Kafka bus the pipeline reads the pattern through its own durable group
+    (shared by every `dp serve` instance): events published while no instance runs are run
+    when one starts. `start` says where that group begins the first time the pipeline is
+    served: `"now"` (events from then on) or `"earliest"` (also what the bus still holds).
     """
 
     pattern: str
     where: Mapping[str, Any] = field(default_factory=dict)
     filter: Callable[[EventBase], bool] | None = None
+    start: StartFrom = "now"
 
     def accepts(self, event: EventBase) -> bool:
         payload = event.payload
@@ -156,6 +163,7 @@ def pipeline(
     cron: str | Cron | Sequence[str | Cron] = (),
     timezone: str = "UTC",
     on: str | OnEvent | Sequence[str | OnEvent] = (),
+    start: StartFrom = "now",
     api: bool = True,
     params: Mapping[str, Any] | None = None,
     max_concurrent_runs: int | None = None,
@@ -172,6 +180,9 @@ def pipeline(
         cron: Cron expression(s) or `Cron(...)`s that start it.
         timezone: Time zone of plain-string cron expressions.
         on: Topic pattern(s) or `OnEvent(...)`s whose events start it.
+        start: Where the durable group of a plain-string `on=` pattern begins the first time
+            the pipeline is served: `"now"`, or `"earliest"` to also run the events the bus
+            already holds (see `OnEvent`).
         api: Whether HTTP calls may start it.
         params: Default run parameters (an event's payload or an API body overrides them).
         max_concurrent_runs: Runs of this pipeline at once; more are refused (HTTP 429).
@@ -186,12 +197,18 @@ def pipeline(
     schedules = tuple(
         item if isinstance(item, Cron) else Cron(item, timezone) for item in _listed(cron)
     )
-    events = tuple(item if isinstance(item, OnEvent) else OnEvent(item) for item in _listed(on))
+    events = tuple(
+        item if isinstance(item, OnEvent) else OnEvent(item, start=start) for item in _listed(on)
+    )
     for spec in events:
         try:
             validate_pattern(spec.pattern)
         except DPError as exc:
             raise InvalidPipelineError(name, str(exc)) from exc
+        if spec.start not in ("now", "earliest"):
+            raise InvalidPipelineError(
+                name, f"start must be 'now' or 'earliest', not {spec.start!r}."
+            )
     if max_concurrent_runs is not None and max_concurrent_runs < 1:
         raise InvalidPipelineError(name, "max_concurrent_runs must be >= 1.")
     definition = Pipeline(

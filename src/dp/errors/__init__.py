@@ -13,6 +13,7 @@ from dp.errors.base import (
     DPError,
     InvalidArgumentError,
     UnstorableValueError,
+    is_outage,
 )
 from dp.errors.config import CLIError, ConfigError, ConfigFileError
 from dp.errors.events import (
@@ -179,4 +180,5 @@ __all__ = [
     "UnreachableIOManagerError",
     "UnselectedDependencyError",
     "UnstorableValueError",
+    "is_outage",
 ]

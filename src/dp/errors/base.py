@@ -8,6 +8,7 @@ __all__ = [
     "DependencyUnavailableError",
     "InvalidArgumentError",
     "UnstorableValueError",
+    "is_outage",
 ]
 
 
@@ -67,3 +68,18 @@ class DependencyUnavailableError(DPError):
     """
 
     dependency: str = "dependency"
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether `exc` is an outage rather than bad input: a `DependencyUnavailableError`, a
+    connection error or a timeout, raised itself or as what led to `exc` (its cause or
+    context). Everything else on the way from the bus to a recorded run is the event's own
+    fault (it cannot be decoded, validated or stored) and is dead-lettered at once."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DependencyUnavailableError | ConnectionError | TimeoutError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False

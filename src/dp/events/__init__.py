@@ -23,6 +23,7 @@ from dp.events.ports import (
     Publisher,
     Queue,
     QueueEmptyError,
+    StartFrom,
     Subscription,
 )
 from dp.events.queues import InMemoryQueue, MultiprocessQueue
@@ -55,6 +56,7 @@ __all__ = [
     "Publisher",
     "Queue",
     "QueueEmptyError",
+    "StartFrom",
     "Subscription",
     "TopicMatcher",
     "compile_pattern",

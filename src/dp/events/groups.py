@@ -33,7 +33,9 @@ _GROUP = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _consumer_numbers = itertools.count(1)
 
 
-def validate_group(group: str, *, max_deliveries: int = 1, claim_idle: float = 1.0) -> str:
+def validate_group(
+    group: str, *, max_deliveries: int = 1, claim_idle: float = 1.0, start: str = "now"
+) -> str:
     """Return `group` if it is a valid group name and the options make sense.
 
     Raises:
@@ -49,6 +51,8 @@ def validate_group(group: str, *, max_deliveries: int = 1, claim_idle: float = 1
         raise GroupError(group, f"max_deliveries must be an int >= 1, not {max_deliveries!r}")
     if not claim_idle > 0:
         raise GroupError(group, f"claim_idle must be > 0 seconds, not {claim_idle!r}")
+    if start not in ("now", "earliest"):
+        raise GroupError(group, f"start must be 'now' or 'earliest', not {start!r}")
     return group
 
 
@@ -225,6 +229,22 @@ class InMemoryDurableSubscription:
         else:
             group.retry.append(delivery)
             group.wake()
+
+    async def dead_letter(self, event: EventBase, error: str) -> None:
+        """`event` is poison: dead-letter it now with `error`."""
+        delivery = self._settle(event)
+        if self._group.pending.pop(delivery.seq, None) is not None:
+            self._group.bury(delivery, error)
+
+    async def keep(self) -> None:
+        """Reset the idle time of the events this consumer holds (it is alive)."""
+        pending = self._group.pending
+        now = self._group.clock()
+        for held in self._mine.values():
+            for delivery in held:
+                if pending.pop(delivery.seq, None) is not None:
+                    delivery.delivered_at = now
+                    pending[delivery.seq] = delivery  # to the end: oldest delivery first
 
     def deliveries(self, event: EventBase) -> int:
         """How many times the pending `event` was delivered, this time included."""

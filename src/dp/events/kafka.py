@@ -40,7 +40,7 @@ from dp.errors import (
     InvalidBusURLError,
 )
 from dp.events.event import EventBase
-from dp.events.ports import Broker, DeadLetter
+from dp.events.ports import Broker, DeadLetter, StartFrom
 from dp.events.remote import RemoteBroker
 from dp.events.topics import validate_pattern
 from dp.logs import get_logger
@@ -322,10 +322,17 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
         return KafkaSubscription(self, pattern, replay_retained=replay_retained)
 
     def _group(
-        self, pattern: str, group: str, consumer: str, claim_idle: float, max_deliveries: int
+        self,
+        pattern: str,
+        group: str,
+        consumer: str,
+        claim_idle: float,
+        max_deliveries: int,
+        start: StartFrom,
     ) -> KafkaDurableSubscription:
         """The Kafka consumer group `group`: registered (in `_dp.groups`) by its first read, it
-        starts with the records from `durable()` on. Offsets are committed after `ack` only.
+        starts with the records from `durable()` on (`start="earliest"`: from each
+        partition's first record). Offsets are committed after `ack` only.
         An event pending longer than `claim_idle` is delivered again by this consumer; a
         consumer that leaves or stops heartbeating hands its partitions to the others (a
         rebalance), which resume from the last commit."""
@@ -338,6 +345,7 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
             consumer=consumer,
             claim_idle=claim_idle,
             max_deliveries=max_deliveries,
+            start=start,
         )
 
     # --- reading whole topics -----------------------------------------------------------------

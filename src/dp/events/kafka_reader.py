@@ -27,6 +27,7 @@ from dp.errors import EventFormatError, NotPendingError
 from dp.events.event import EventBase
 from dp.events.groups import not_acknowledged
 from dp.events.kafka import INTERNAL, Record, pattern_regex
+from dp.events.ports import StartFrom
 from dp.events.remote import BufferedReader
 from dp.logs import get_logger
 
@@ -267,8 +268,11 @@ class KafkaDurableSubscription(_Reader):
         consumer: str,
         claim_idle: float,
         max_deliveries: int,
+        start: StartFrom = "now",
     ) -> None:
         super().__init__(broker, pattern)
+        if start == "earliest":
+            self._start_ms = 0  # a new group reads each partition from its first record
         self._group = group
         self._name = consumer
         self.claim_idle = claim_idle
@@ -362,6 +366,22 @@ class KafkaDurableSubscription(_Reader):
             await self._bury(pending.tp, pending.record, error, pending.deliveries)
         else:
             self._retry.append(pending)
+
+    async def dead_letter(self, event: EventBase, error: str) -> None:
+        """`event` is poison: dead-letter its record now, with `error` as the reason."""
+        pending = self._pending.pop(event.event_id, None)
+        if pending is None:
+            raise NotPendingError(self._group, event.event_id)
+        await self._bury(pending.tp, pending.record, error, pending.deliveries)
+
+    async def keep(self) -> None:
+        """Reset the idle time of the events this consumer holds, so that none is delivered
+        again (or dead-lettered as never acknowledged) while its handler waits."""
+        now = time.monotonic()
+        for event_id in list(self._pending):
+            pending = self._pending.pop(event_id)
+            pending.delivered_at = now
+            self._pending[event_id] = pending  # to the end: oldest delivery first
 
     def deliveries(self, event: EventBase) -> int:
         """How many times this consumer delivered the pending `event` (a rebalance starts

@@ -31,7 +31,7 @@ from dp.events.groups import (
     default_consumer_name,
     validate_group,
 )
-from dp.events.ports import BrokerStats, DeadLetter, Subscription
+from dp.events.ports import BrokerStats, DeadLetter, StartFrom, Subscription
 from dp.events.topics import Predicate, compile_pattern, validate_topic
 
 __all__ = [
@@ -188,19 +188,22 @@ class InMemoryBroker:
         consumer: str | None = None,
         claim_idle: float = 60.0,
         max_deliveries: int = 5,
+        start: StartFrom = "now",
         maxsize: int | None = None,
     ) -> InMemoryDurableSubscription:
         """Join the durable group `group` on `pattern` (see `Broker.durable`).
 
         The group lives as long as the broker: events published while it has no consumer
         wait in its buffer (`maxsize`, default the broker's, with the broker's overflow).
+        Nothing survives the process, so `start` makes no difference: a new group starts
+        empty, as the broker holds no past events.
 
         Raises:
             GroupError: the name or options are invalid, or the group has another pattern.
             InvalidTopicError: the pattern is malformed.
             BrokerClosedError: the broker is closed.
         """
-        validate_group(group, max_deliveries=max_deliveries, claim_idle=claim_idle)
+        validate_group(group, max_deliveries=max_deliveries, claim_idle=claim_idle, start=start)
         matches = compile_pattern(pattern)
         if self._closed:
             raise BrokerClosedError(pattern)

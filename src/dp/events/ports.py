@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from dp.errors import QueueEmptyError
 from dp.events.event import EventBase
@@ -25,10 +25,15 @@ __all__ = [
     "Publisher",
     "Queue",
     "QueueEmptyError",
+    "StartFrom",
     "Subscription",
 ]
 
 T = TypeVar("T")
+
+StartFrom = Literal["now", "earliest"]
+"""Where a durable group created now starts: with the events published from now on, or
+with every event the bus still holds. An existing group always goes on from its position."""
 
 
 @runtime_checkable
@@ -79,6 +84,17 @@ class DurableSubscription(Subscription, Protocol):
 
     async def nack(self, event: EventBase, error: str) -> None:
         """The handler failed with `error`: deliver `event` again, or dead-letter it."""
+        ...
+
+    async def dead_letter(self, event: EventBase, error: str) -> None:
+        """`event` is poison (it can never be handled, e.g. it fails validation): move it to
+        the group's dead letters now, with `error` as the reason; the others are unaffected."""
+        ...
+
+    async def keep(self) -> None:
+        """This consumer is alive and still works on what it holds (e.g. it waits for a
+        dependency to come back): reset the idle time of every event it was given, so none
+        is claimed by another consumer or dead-lettered as never acknowledged meanwhile."""
         ...
 
     def deliveries(self, event: EventBase) -> int:
@@ -167,10 +183,13 @@ class Broker(Protocol):
         consumer: str | None = None,
         claim_idle: float = 60.0,
         max_deliveries: int = 5,
+        start: StartFrom = "now",
     ) -> DurableSubscription:
         """Join (or create) the durable group `group` on `pattern` as one more consumer.
 
-        A new group starts with the events published after this call. `claim_idle` must be
+        A new group starts with the events published after this call (`start="now"`), or
+        with every matching event the bus still holds (`"earliest"`); an existing group
+        goes on from where it is, whatever `start` says. `claim_idle` must be
         longer than the handler may take: a pending event idle for that long goes to another
         consumer. `consumer` names this consumer (default: host, process and a counter).
 

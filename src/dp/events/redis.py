@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar, cast
 
+from dp.backoff import Backoff
 from dp.errors import (
     BusUnavailableError,
     EventFormatError,
@@ -31,7 +32,7 @@ from dp.errors import (
     InvalidBusURLError,
 )
 from dp.events.event import EventBase
-from dp.events.ports import Broker, DeadLetter
+from dp.events.ports import Broker, DeadLetter, StartFrom
 from dp.events.redis_entries import (
     CONNECTION_ERRORS,
     Entries,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisBroker"]
 
 _log = get_logger("dp.events.redis")
+_BACKOFF = Backoff(first=0.02, cap=1.0)  # between tries to reach Redis
 T = TypeVar("T")
 
 # Publishes a batch in one command and one reply, where a pipeline of XADDs would spend most
@@ -191,12 +193,14 @@ class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"])
             BusUnavailableError: Redis stayed unreachable for `wait` seconds.
         """
         started = time.monotonic()
-        delay = 0.02
+        failures = 0
         while True:
             try:
                 result = await op(self.redis)
             except CONNECTION_ERRORS as exc:
                 waited = time.monotonic() - started
+                failures += 1
+                delay = _BACKOFF.delay(failures)
                 if self._closed or (wait is not None and waited + delay > wait):
                     reason = str(exc) or type(exc).__name__
                     raise BusUnavailableError(self.url, waited, reason) from exc
@@ -204,7 +208,6 @@ class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"])
                     self._outage = True
                     _log.warning("bus.unreachable", url=self.url, error=str(exc))
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
                 continue
             if self._outage:
                 self._outage = False
@@ -303,11 +306,18 @@ class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"])
         return RedisSubscription(self, pattern, replay_retained=replay_retained)
 
     def _group(
-        self, pattern: str, group: str, consumer: str, claim_idle: float, max_deliveries: int
+        self,
+        pattern: str,
+        group: str,
+        consumer: str,
+        claim_idle: float,
+        max_deliveries: int,
+        start: StartFrom,
     ) -> RedisDurableSubscription:
         """A Redis consumer group `group` per matching stream. A new group starts at
-        `durable()` and is registered by the first read (a subscription never read creates
-        no group). A group taken by another pattern raises `GroupError` from the first read."""
+        `durable()` (with `start="earliest"`: at each stream's first entry) and is
+        registered by the first read (a subscription never read creates no group). A group
+        taken by another pattern raises `GroupError` from the first read."""
         from dp.events.redis_reader import RedisDurableSubscription
 
         return RedisDurableSubscription(
@@ -317,6 +327,7 @@ class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"])
             consumer=consumer,
             claim_idle=claim_idle,
             max_deliveries=max_deliveries,
+            start=start,
         )
 
     async def topics(self, pattern: str = "**") -> list[str]:

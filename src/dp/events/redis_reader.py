@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
+from dp.backoff import Backoff
 from dp.errors import EventFormatError, GroupError, NotPendingError
 from dp.events.event import EventBase
 from dp.events.groups import not_acknowledged
+from dp.events.ports import StartFrom
 from dp.events.redis_entries import CONNECTION_ERRORS, Entries, decode_entry, parse_id, text
 from dp.events.remote import BufferedReader
 from dp.logs import get_logger
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisDurableSubscription", "RedisSubscription"]
 
 _log = get_logger("dp.events.redis")
+_BACKOFF = Backoff(first=0.02, cap=1.0)  # between tries to read after a lost connection
 
 # (event, stream key, entry id, deliveries so far)
 _Item = tuple[EventBase, bytes, bytes, int]
@@ -57,7 +61,7 @@ class _Reader(BufferedReader[_Item]):
 
     async def _read(self) -> None:
         broker = self._broker
-        delay = 0.02
+        failures = 0
         while not self._closed and not broker.closed:
             try:
                 if not self._started:
@@ -70,11 +74,11 @@ class _Reader(BufferedReader[_Item]):
                     )
                 await self._poll()
                 await self._fill(())  # waits while the buffer is full
-                delay = 0.02
+                failures = 0
             except CONNECTION_ERRORS as exc:
                 _log.info("bus.reader_retrying", pattern=self._pattern, error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                failures += 1
+                await asyncio.sleep(_BACKOFF.delay(failures))
                 self._lost_connection()
 
     def _lost_connection(self) -> None:
@@ -175,9 +179,11 @@ class RedisDurableSubscription(_Reader):
         consumer: str,
         claim_idle: float,
         max_deliveries: int,
+        start: StartFrom = "now",
     ) -> None:
         super().__init__(broker, pattern)
         self._group = group
+        self._from = start
         self.consumer = consumer
         self.claim_idle = claim_idle
         self.max_deliveries = max_deliveries
@@ -199,7 +205,7 @@ class RedisDurableSubscription(_Reader):
 
     async def _start(self) -> None:
         broker = self._broker
-        start = await broker.start_id_at(self._created)
+        start = "0-0" if self._from == "earliest" else await broker.start_id_at(self._created)
         mine = json.dumps({"pattern": self._pattern, "start": start})
         redis = broker.redis
         await redis.hsetnx(broker.groups_key, self._group, mine)
@@ -233,6 +239,9 @@ class RedisDurableSubscription(_Reader):
     async def _poll(self) -> None:
         broker = self._broker
         if time.monotonic() >= self._next_claim:
+            # What waits in the buffer was read, not handed out: never idle in the
+            # sense of claim_idle, so it is not claimed from this (live) consumer.
+            await self._touch(self._buffer)
             await self._claim()
             self._next_claim = time.monotonic() + self._claim_every
         try:
@@ -383,7 +392,7 @@ class RedisDurableSubscription(_Reader):
         _, key, entry_id, deliveries = item = self._settle(event)
         broker = self._broker
         if deliveries >= self.max_deliveries:
-            await self._bury(key, entry_id, {b"event": event.to_json().encode()}, error, deliveries)
+            await self._bury(key, entry_id, await self._stored(key, entry_id), error, deliveries)
             return
 
         async def claim(redis: aioredis.Redis) -> list[object]:
@@ -396,6 +405,46 @@ class RedisDurableSubscription(_Reader):
         _, claimed = await broker.call(claim, wait=broker.publish_timeout)
         if claimed:  # else: acknowledged or trimmed meanwhile
             self._push((item[0], key, entry_id, deliveries + 1), front=True)
+
+    async def dead_letter(self, event: EventBase, error: str) -> None:
+        """`event` is poison: move its entry to the dead letters now (one transaction with
+        its `XACK`), with `error` as the reason."""
+        _, key, entry_id, deliveries = self._settle(event)
+        await self._bury(key, entry_id, await self._stored(key, entry_id), error, deliveries)
+
+    async def _stored(self, key: bytes, entry_id: bytes) -> dict[bytes, bytes]:
+        """The entry's fields as stored: a dead letter keeps the event as it came, even one
+        that cannot be encoded again (a lone surrogate in its payload)."""
+        broker = self._broker
+        found = cast(
+            Entries,
+            await broker.call(
+                lambda r: r.xrange(key, entry_id, entry_id), wait=broker.publish_timeout
+            ),
+        )
+        return found[0][1] if found else {}
+
+    async def keep(self) -> None:
+        """Reset the idle time of every entry this consumer holds, pending or buffered
+        (`XCLAIM ... JUSTID`, which counts no delivery), so that none is claimed meanwhile.
+
+        Raises:
+            redis.ConnectionError: Redis is unreachable (the entries stay as they are).
+        """
+        await self._touch([item for items in self._pending.values() for item in items])
+        await self._touch(self._buffer)
+
+    async def _touch(self, items: Iterable[_Item]) -> None:
+        """Reset the idle time of these entries, held by this consumer."""
+        held: dict[bytes, list[bytes]] = {}
+        for _, key, entry_id, _ in items:
+            held.setdefault(key, []).append(entry_id)
+        if not held:
+            return
+        pipe = self._broker.redis.pipeline(transaction=False)
+        for key, ids in held.items():
+            pipe.xclaim(key, self._group, self.consumer, 0, ids, justid=True)  # type: ignore[arg-type]
+        await pipe.execute(raise_on_error=False)
 
     def deliveries(self, event: EventBase) -> int:
         """How many times the pending `event` was delivered, this time included."""

@@ -20,7 +20,7 @@ from dp.errors import (
 )
 from dp.events.event import EventBase
 from dp.events.groups import default_consumer_name, validate_group
-from dp.events.ports import BrokerStats, DurableSubscription, Subscription
+from dp.events.ports import BrokerStats, DurableSubscription, StartFrom, Subscription
 from dp.events.topics import compile_pattern, validate_topic
 from dp.logs import get_logger
 
@@ -80,7 +80,13 @@ class RemoteBroker(Generic[PlainT, DurableT]):
         raise NotImplementedError
 
     def _group(
-        self, pattern: str, group: str, consumer: str, claim_idle: float, max_deliveries: int
+        self,
+        pattern: str,
+        group: str,
+        consumer: str,
+        claim_idle: float,
+        max_deliveries: int,
+        start: StartFrom,
     ) -> DurableT:
         raise NotImplementedError
 
@@ -176,6 +182,7 @@ class RemoteBroker(Generic[PlainT, DurableT]):
         consumer: str | None = None,
         claim_idle: float = 60.0,
         max_deliveries: int = 5,
+        start: StartFrom = "now",
     ) -> DurableT:
         """Join the durable group `group` on `pattern`. See `DurableSubscription` and the
         adapter's `_group`.
@@ -185,12 +192,12 @@ class RemoteBroker(Generic[PlainT, DurableT]):
             InvalidTopicError: malformed pattern.
             BrokerClosedError: the broker is closed.
         """
-        validate_group(group, max_deliveries=max_deliveries, claim_idle=claim_idle)
+        validate_group(group, max_deliveries=max_deliveries, claim_idle=claim_idle, start=start)
         compile_pattern(pattern)
         if self._closed:
             raise BrokerClosedError(pattern)
         name = consumer or default_consumer_name()
-        subscription = self._group(pattern, group, name, claim_idle, max_deliveries)
+        subscription = self._group(pattern, group, name, claim_idle, max_deliveries, start)
         self._subscriptions.add(subscription)
         return subscription
 

@@ -34,10 +34,13 @@ class TriggerStats:
     Attributes:
         fires_total: events published.
         failures_total: fires whose factory, filter or publish raised.
-        skipped_total: fires not attempted: circuit open, or a missed time with `skip`.
+        skipped_total: fires not attempted: a cron trigger's circuit open, or a missed time
+            with `skip` (an event trigger holds its events instead).
         consecutive_failures: failures since the last success.
         last_fire_at: when the last event was published (UTC).
         last_error: the last failure, as `Type: message`.
+        dead_lettered_total: events of a durable event trigger that could never fire (its
+            filter or factory failed on them, they could not be encoded): dead-lettered.
     """
 
     fires_total: int
@@ -46,6 +49,7 @@ class TriggerStats:
     consecutive_failures: int
     last_fire_at: datetime | None
     last_error: str | None
+    dead_lettered_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,22 +8,27 @@ A failing event factory (or publish) is logged and counted against its trigger o
 `failure_threshold` consecutive failures the trigger's circuit opens: it stops firing and
 `health()` reports it. After `reset_timeout` the next fire is a trial (half-open); success
 closes the circuit, failure opens it again.
+
+An event trigger holds the event it is firing while its circuit is open and fires it when
+the circuit lets it through: no event is skipped. Its failures are classified (`is_outage`):
+an outage (the bus unreachable) counts against the circuit and the event is retried with
+backoff until it fires; anything else is the event's own fault (its filter or factory fails
+on it, it cannot be encoded) and, on a durable trigger, dead-letters that event at once,
+with the reason, without counting against the circuit or delaying the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from types import TracebackType
 from typing import Any, Literal, Self
 
 from dp.errors import (
-    ArgumentTypeError,
     CircuitOpenError,
     DuplicateTriggerError,
     InvalidArgumentError,
@@ -32,17 +37,25 @@ from dp.errors import (
     SchedulerNotRunningError,
     TriggerNotFoundError,
 )
-from dp.events import EventBase, Publisher, compile_pattern, validate_topic
+from dp.events import (
+    Broker,
+    Consumer,
+    DurableSubscription,
+    EventBase,
+    Publisher,
+    compile_pattern,
+    validate_topic,
+)
 from dp.ids import id_problem
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock, SystemClock
+from dp.scheduler.durable import GroupFiring
+from dp.scheduler.entry import Breaker, Entry, address, built, stats
 from dp.scheduler.health import (
-    CircuitState,
     MetricSample,
     SchedulerHealth,
     TriggerHealth,
     TriggerInfo,
-    TriggerStats,
 )
 from dp.scheduler.state import MemoryScheduleState, ScheduleState
 from dp.scheduler.triggers import (
@@ -57,56 +70,7 @@ from dp.scheduler.triggers import (
 __all__ = ["Scheduler"]
 
 _log = get_logger("dp.scheduler")
-_DEFAULT_SOURCE = next(f.default for f in dataclasses.fields(EventBase) if f.name == "source")
 _CALLED_KINDS = ("api", "manual")
-
-
-class _Entry:
-    """A registered trigger and its mutable bookkeeping."""
-
-    __slots__ = (
-        "circuit",
-        "consecutive",
-        "due",
-        "failures",
-        "fires",
-        "generation",
-        "kind",
-        "last_error",
-        "last_fire_at",
-        "name",
-        "problem",
-        "retry_at",
-        "skipped",
-        "source",
-        "target_topic",
-        "task",
-        "trigger",
-    )
-
-    def __init__(self, name: str, trigger: Trigger, kind: TriggerKind, target_topic: str) -> None:
-        self.name = name
-        self.trigger = trigger
-        self.kind: TriggerKind = kind
-        self.target_topic = target_topic
-        self.source = f"dp.scheduler/{name}"
-        self.due: datetime | None = None
-        self.generation = 0  # bumped whenever heap items for this entry become stale
-        self.task: asyncio.Task[None] | None = None
-        self.fires = 0
-        self.failures = 0
-        self.skipped = 0
-        self.consecutive = 0
-        self.last_fire_at: datetime | None = None
-        self.last_error: str | None = None
-        self.circuit: CircuitState = "closed"
-        self.retry_at: datetime | None = None
-        self.problem: str | None = None
-
-
-def cron_event_id(trigger: str, scheduled_for: datetime) -> str:
-    """The id of the event a cron trigger publishes for the tick due at `scheduled_for`."""
-    return f"cron-{trigger}-{scheduled_for.astimezone(UTC):%Y%m%dT%H%M%SZ}"
 
 
 class Scheduler:
@@ -147,9 +111,10 @@ class Scheduler:
         self._state: ScheduleState = state if state is not None else MemoryScheduleState()
         self.failure_threshold = failure_threshold
         self.reset_timeout = reset_timeout
-        self._entries: dict[str, _Entry] = {}
+        self._breaker = Breaker(failure_threshold, reset_timeout)
+        self._entries: dict[str, Entry] = {}
         # (due timestamp, tie-breaker, entry, entry generation); stale items are skipped.
-        self._heap: list[tuple[float, int, _Entry, int]] = []
+        self._heap: list[tuple[float, int, Entry, int]] = []
         self._order = itertools.count()
         self._timer: asyncio.Task[None] | None = None
         self._timer_wakes_at: float | None = None  # set while the timer sleeps
@@ -199,7 +164,7 @@ class Scheduler:
                 f"{target_topic!r}, so each event it publishes would fire it again; publish "
                 "to a topic outside the pattern",
             )
-        entry = _Entry(name, trigger, kind, target_topic)
+        entry = Entry(name, trigger, kind, target_topic)
         if self._running:
             self._activate(entry)  # may raise (unreadable state, closed broker): not registered
         self._entries[name] = entry
@@ -243,8 +208,8 @@ class Scheduler:
                     entry.target_topic,
                     source,
                     next_fire,
-                    self._circuit(entry, now),
-                    _stats(entry),
+                    self._breaker.circuit(entry, now),
+                    stats(entry),
                     trigger.name,
                 )
             )
@@ -337,7 +302,7 @@ class Scheduler:
         else:
             build = partial(factory, data)
         now = self._clock.now()
-        if not self._admit(entry, now):
+        if not self._breaker.admit(entry, now):
             assert entry.retry_at is not None  # set when the circuit opened
             raise CircuitOpenError(name, entry.retry_at, entry.consecutive, entry.last_error)
         event = await self._publish(entry, build, now, reraise=True)
@@ -351,7 +316,7 @@ class Scheduler:
         now = self._clock.now()
         triggers = {}
         for entry in self._entries.values():
-            circuit = self._circuit(entry, now)
+            circuit = self._breaker.circuit(entry, now)
             problem = entry.problem
             if entry.kind == "cron" and self._timer_problem is not None:
                 problem = self._timer_problem
@@ -383,17 +348,18 @@ class Scheduler:
                 MetricSample("scheduler_trigger_fires_total", labels, entry.fires),
                 MetricSample("scheduler_trigger_failures_total", labels, entry.failures),
                 MetricSample("scheduler_trigger_skipped_total", labels, entry.skipped),
+                MetricSample("scheduler_trigger_dead_lettered_total", labels, entry.dead_lettered),
                 MetricSample(
                     "scheduler_trigger_circuit_open",
                     labels,
-                    0.0 if self._circuit(entry, now) == "closed" else 1.0,
+                    0.0 if self._breaker.circuit(entry, now) == "closed" else 1.0,
                 ),
             ]
         return samples
 
     # --- internals: activation and the timer ----------------------------------------------
 
-    def _activate(self, entry: _Entry) -> None:
+    def _activate(self, entry: Entry) -> None:
         trigger = entry.trigger
         entry.problem = None
         if isinstance(trigger, CronTrigger):
@@ -403,15 +369,24 @@ class Scheduler:
             # then handles by the misfire policy.
             after = last if last is not None and last < now else now
             self._schedule(entry, after)
+        elif isinstance(trigger, EventTrigger) and trigger.group is not None:
+            join = partial(_join, trigger)
+            firing = GroupFiring(
+                entry, join, publisher=self._publisher, clock=self._clock, breaker=self._breaker
+            )
+            entry.task = asyncio.create_task(
+                firing.run(join()), name=f"dp.scheduler.event:{entry.name}"
+            )
         elif isinstance(trigger, EventTrigger):
             # Subscribing here, before any await, means no event published from now on
             # is missed.
+            assert isinstance(trigger.consumer, Consumer)  # checked by EventTrigger
             events = trigger.consumer.consume(trigger.source_topic)
             entry.task = asyncio.create_task(
                 self._consume(entry, events), name=f"dp.scheduler.event:{entry.name}"
             )
 
-    def _schedule(self, entry: _Entry, after: datetime) -> None:
+    def _schedule(self, entry: Entry, after: datetime) -> None:
         trigger = entry.trigger
         assert isinstance(trigger, CronTrigger)
         try:
@@ -476,7 +451,7 @@ class Scheduler:
             self._timer_problem = f"the cron timer stopped: {type(exc).__name__}: {exc}"
             _log.exception("scheduler_timer_failed", error=str(exc))
 
-    async def _fire_cron(self, entry: _Entry, fired: dict[str, datetime]) -> None:
+    async def _fire_cron(self, entry: Entry, fired: dict[str, datetime]) -> None:
         trigger = entry.trigger
         assert isinstance(trigger, CronTrigger)
         assert entry.due is not None
@@ -488,7 +463,7 @@ class Scheduler:
             _log.warning(
                 "trigger_misfire_skipped", trigger=entry.name, missed=due.isoformat(), now=now
             )
-        elif self._admit(entry, now):
+        elif self._breaker.admit(entry, now):
             if missed:
                 _log.warning(
                     "trigger_misfire_run_once", trigger=entry.name, missed=due.isoformat(), now=now
@@ -508,21 +483,20 @@ class Scheduler:
 
     # --- internals: event triggers --------------------------------------------------------
 
-    async def _consume(self, entry: _Entry, events: AsyncIterator[EventBase]) -> None:
+    async def _consume(self, entry: Entry, events: AsyncIterator[EventBase]) -> None:
         trigger = entry.trigger
         assert isinstance(trigger, EventTrigger)
         accept = trigger.filter
         try:
             async for source in events:
+                await self._breaker.hold(entry, self._clock)
                 now = self._clock.now()
-                if not self._admit(entry, now):
-                    continue
                 if accept is not None:
                     try:
                         if not accept(source):
                             continue
                     except Exception as exc:
-                        self._failed(entry, exc, now, what="filter")
+                        self._breaker.failed(entry, exc, now, what="filter")
                         continue
                 await self._publish(
                     entry,
@@ -543,20 +517,9 @@ class Scheduler:
 
     # --- internals: firing and the circuit breaker ----------------------------------------
 
-    def _admit(self, entry: _Entry, now: datetime) -> bool:
-        """Whether the circuit lets a fire through now; counts a skip when it does not."""
-        if entry.circuit == "open":
-            assert entry.retry_at is not None
-            if now < entry.retry_at:
-                entry.skipped += 1
-                return False
-            entry.circuit = "half_open"
-            _log.info("trigger_circuit_half_open", trigger=entry.name)
-        return True
-
     async def _publish(
         self,
-        entry: _Entry,
+        entry: Entry,
         build: Callable[[], EventBase],
         now: datetime,
         *,
@@ -566,77 +529,15 @@ class Scheduler:
     ) -> EventBase | None:
         """Build the event, address it and publish it; count the outcome."""
         try:
-            event = build()
-            if not isinstance(event, EventBase):
-                raise ArgumentTypeError("the value event_factory returns", event, "an EventBase")
-            event = self._address(entry, event, correlation_id, scheduled_for)
+            event = address(entry, built(build()), correlation_id, scheduled_for)
             await self._publisher.publish(entry.target_topic, event)
         except Exception as exc:
-            self._failed(entry, exc, now, what="fire")
+            self._breaker.failed(entry, exc, now, what="fire")
             if reraise:
                 raise
             return None
-        entry.fires += 1
-        entry.last_fire_at = now
-        entry.consecutive = 0
-        if entry.circuit != "closed":
-            entry.circuit = "closed"
-            entry.retry_at = None
-            _log.info("trigger_circuit_closed", trigger=entry.name)
+        self._breaker.succeeded(entry, now)
         return event
-
-    @staticmethod
-    def _address(
-        entry: _Entry,
-        event: EventBase,
-        correlation_id: str | None,
-        scheduled_for: datetime | None = None,
-    ) -> EventBase:
-        """The event with the trigger's topic, source and correlation id filled in; a cron
-        tick's id names the trigger and the time it was due, so every scheduler instance
-        firing the same tick publishes the same event id (consumers dedupe by it: one run)."""
-        changes: dict[str, Any] = {}
-        if scheduled_for is not None:
-            changes["event_id"] = cron_event_id(entry.name, scheduled_for)
-        if event.topic != entry.target_topic:
-            changes["topic"] = entry.target_topic
-            if type(event) is EventBase and event.event_type == event.topic:
-                changes["event_type"] = ""  # re-derived from the new topic
-        if event.source == _DEFAULT_SOURCE:
-            changes["source"] = entry.source
-        if correlation_id is not None and event.correlation_id is None:
-            changes["correlation_id"] = correlation_id
-        return dataclasses.replace(event, **changes) if changes else event
-
-    def _failed(self, entry: _Entry, exc: Exception, now: datetime, *, what: str) -> None:
-        entry.failures += 1
-        entry.consecutive += 1
-        entry.last_error = f"{type(exc).__name__}: {exc}"
-        _log.error(
-            "trigger_failed",
-            trigger=entry.name,
-            kind=entry.kind,
-            stage=what,
-            consecutive_failures=entry.consecutive,
-            error=entry.last_error,
-            exc_info=exc,
-        )
-        if entry.circuit == "half_open" or entry.consecutive >= self.failure_threshold:
-            entry.circuit = "open"
-            entry.retry_at = now + self.reset_timeout
-            _log.error(
-                "trigger_circuit_opened",
-                trigger=entry.name,
-                consecutive_failures=entry.consecutive,
-                retry_at=entry.retry_at.isoformat(),
-            )
-
-    @staticmethod
-    def _circuit(entry: _Entry, now: datetime) -> CircuitState:
-        """The circuit as seen now: an open one whose timeout passed reports half-open."""
-        if entry.circuit == "open" and entry.retry_at is not None and now >= entry.retry_at:
-            return "half_open"
-        return entry.circuit
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
@@ -654,19 +555,21 @@ def _kind_of(name: str, trigger: object) -> TriggerKind:
     )
 
 
+def _join(trigger: EventTrigger) -> DurableSubscription:
+    """Join the durable group of `trigger` (a `Broker` and a group: see `EventTrigger`)."""
+    broker = trigger.consumer
+    assert isinstance(broker, Broker)
+    assert trigger.group is not None
+    return broker.durable(
+        trigger.source_topic,
+        group=trigger.group,
+        start=trigger.start,
+        claim_idle=trigger.claim_idle,
+    )
+
+
 def _next_or_none(trigger: CronTrigger, now: datetime) -> datetime | None:
     try:
         return trigger.next_fire(now)
     except Exception:  # reported by health() once running; a listing must not fail
         return None
-
-
-def _stats(entry: _Entry) -> TriggerStats:
-    return TriggerStats(
-        entry.fires,
-        entry.failures,
-        entry.skipped,
-        entry.consecutive,
-        entry.last_fire_at,
-        entry.last_error,
-    )

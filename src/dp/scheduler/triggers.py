@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from dp.errors import ArgumentTypeError, InvalidArgumentError
-from dp.events import Consumer, EventBase, validate_pattern
+from dp.events import Broker, Consumer, EventBase, StartFrom, validate_pattern
+from dp.events.groups import validate_group
 from dp.scheduler.cron import CronSchedule
 
 __all__ = [
@@ -133,35 +134,67 @@ class EventTrigger:
     """Fires on each event matching `source_topic`. Build one with `create_event_trigger`.
 
     Attributes:
-        consumer: where the events come from.
+        consumer: where the events come from: a `Consumer` (a plain subscription, from the
+            moment the scheduler starts), or a `Broker` when `group` is given.
         source_topic: the subscription pattern, e.g. `data.*.extracted`.
         event_factory: called with the arriving event.
         filter: if given, only events for which it returns True fire the trigger.
         name: a label for listings and logs.
+        group: read through this durable group of the broker: events published while no
+            scheduler runs are fired when one starts, each event is acknowledged once fired,
+            and one that can never fire (its factory or filter fails on it) is dead-lettered.
+        start: where the group starts when it is created (see `StartFrom`).
+        claim_idle: seconds an event this trigger took may stay unacknowledged before another
+            consumer of the group takes it over (see `Broker.durable`).
     """
 
-    __slots__ = ("consumer", "event_factory", "filter", "name", "source_topic")
+    __slots__ = (
+        "claim_idle",
+        "consumer",
+        "event_factory",
+        "filter",
+        "group",
+        "name",
+        "source_topic",
+        "start",
+    )
 
     kind: Literal["event"] = "event"
 
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: Consumer | Broker,
         source_topic: str,
         event_factory: SourceEventFactory,
         *,
         filter: EventFilter | None = None,
         name: str | None = None,
+        group: str | None = None,
+        start: StartFrom = "now",
+        claim_idle: float = 60.0,
     ) -> None:
         validate_pattern(source_topic)
         _check_callable("event_factory", event_factory)
         if filter is not None:
             _check_callable("filter", filter)
+        if group is not None:
+            validate_group(group, start=start, claim_idle=claim_idle)
+            if not callable(getattr(consumer, "durable", None)):
+                raise ArgumentTypeError(
+                    "consumer", consumer, "a Broker", hint="a durable group is read from a Broker"
+                )
+        elif not callable(getattr(consumer, "consume", None)):
+            raise ArgumentTypeError(
+                "consumer", consumer, "a Consumer", hint="or give a Broker and a group"
+            )
         self.consumer = consumer
         self.source_topic = source_topic
         self.event_factory = event_factory
         self.filter = filter
         self.name = name
+        self.group = group
+        self.start: StartFrom = start
+        self.claim_idle = claim_idle
 
     def __repr__(self) -> str:
         return f"EventTrigger({self.source_topic!r})"
@@ -242,22 +275,36 @@ def create_cron_trigger(
 
 
 def create_event_trigger(
-    consumer: Consumer,
+    consumer: Consumer | Broker,
     source_topic: str,
     event_factory: SourceEventFactory,
     *,
     filter: EventFilter | None = None,
     name: str | None = None,
+    group: str | None = None,
+    start: StartFrom = "now",
+    claim_idle: float = 60.0,
 ) -> EventTrigger:
     """A trigger firing on each event on topics matching `source_topic`.
 
     The published event's `correlation_id` is the arriving event's id unless the factory
-    sets one.
+    sets one. With `group` (and a `Broker` as `consumer`) the trigger is durable: see
+    `EventTrigger`.
 
     Raises:
         InvalidTopicError: if `source_topic` is not a valid pattern.
+        GroupError: if `group` is not a valid group name or `start` not a `StartFrom`.
     """
-    return EventTrigger(consumer, source_topic, event_factory, filter=filter, name=name)
+    return EventTrigger(
+        consumer,
+        source_topic,
+        event_factory,
+        filter=filter,
+        name=name,
+        group=group,
+        start=start,
+        claim_idle=claim_idle,
+    )
 
 
 def create_api_trigger(

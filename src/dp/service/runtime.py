@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter as Tally
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,21 +21,17 @@ from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
 from dp.errors import (
     DependencyUnavailableError,
     DPError,
-    DuplicateRunError,
     InvalidPipelineError,
     NoRunStoreError,
     PipelineBusyError,
-    PipelineError,
     PipelineNotFoundError,
     PipelineProblemsError,
-    PlanError,
     ServiceUnavailableError,
 )
 from dp.events import (
     Broker,
     BrokerConsumer,
     Consumer,
-    DurableSubscription,
     EventBase,
     InMemoryBroker,
     Publisher,
@@ -45,6 +40,7 @@ from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
 from dp.service.lifecycle import LifecycleEvents, Metrics
+from dp.service.starts import START_GROUP, StartEvents
 from dp.service.storecheck import StoreCheck
 from dp.store.records import RunStatus, is_stale
 
@@ -52,13 +48,21 @@ if TYPE_CHECKING:
     from dp.scheduler import Scheduler
     from dp.scheduler.poller import SourcePoller
 
-__all__ = ["PipelineBusyError", "Service", "ServiceUnavailableError"]
+__all__ = [
+    "START_GROUP",
+    "PipelineBusyError",
+    "Service",
+    "ServiceUnavailableError",
+    "trigger_group",
+]
 
 _log = get_logger("dp.service")
 
-_START_PATTERN = "dp.pipelines.*.start"
-START_GROUP = "dp.service"
-"""The durable group of the start-event consumers: instances on one bus share the events."""
+
+def trigger_group(trigger: str) -> str:
+    """The durable group an `on=` trigger reads through, e.g. `dp.pipelines.count.on` for the
+    trigger `count.on`: one per pipeline and pattern, shared by every instance."""
+    return f"dp.pipelines.{trigger}"
 
 
 class Service:
@@ -76,6 +80,9 @@ class Service:
         grace: seconds `stop()` lets running pipelines finish before interrupting them.
         sources: polls the `@source`s and publishes their events on the broker (default:
             none); `/health` and `GET /sources` report them.
+        claim_idle: seconds an event this instance took (a start event, or an `on=` event)
+            may stay unacknowledged before another instance of its group takes it over;
+            events held through an outage are kept from that meanwhile.
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class Service:
         grace: float = 30.0,
         task_events: bool = True,
         sources: SourcePoller | None = None,
+        claim_idle: float = 60.0,
     ) -> None:
         self.pipelines = {p.name: p for p in pipelines}
         self.sources = sources
@@ -105,6 +113,7 @@ class Service:
         self.target = target
         self.resume_interrupted = resume_interrupted
         self.grace = grace
+        self.claim_idle = claim_idle
         self.metrics = Metrics(scheduler, sources)
         #: whether the run store answers (pinged at most once a second)
         self.store_check = StoreCheck(orchestrator.store)
@@ -113,7 +122,6 @@ class Service:
         self._plans: dict[str, ExecutionPlan] = {}
         self._param_names: dict[str, frozenset[str]] = {}
         self._running: Tally[str] = Tally()
-        self._seen: OrderedDict[str, None] = OrderedDict()  # recent dedupe keys
         self._starter: asyncio.Task[None] | None = None
         self._adopter: asyncio.Task[None] | None = None
         orchestrator.listeners.extend(
@@ -146,10 +154,11 @@ class Service:
         if problems:
             raise PipelineProblemsError(problems)
         await self._register_triggers()
-        subscription = self.broker.durable(_START_PATTERN, group=START_GROUP)
+        starts = StartEvents(self, self.broker, claim_idle=self.claim_idle)
         self._starter = asyncio.get_running_loop().create_task(
-            self._consume_starts(subscription), name="dp-service-starts"
+            starts.run(), name="dp-service-starts"
         )
+        self._starter.add_done_callback(_report_end)
         await self.scheduler.start()
         if self.sources is not None:
             await self.sources.start()
@@ -177,7 +186,7 @@ class Service:
         for background in (self._starter, self._adopter):
             if background is not None:
                 background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # logged
                     await background
         handles = self.orchestrator.active_runs()
         pending = [h.task for h in handles if h.task is not None]
@@ -204,6 +213,11 @@ class Service:
     def plan(self, name: str) -> ExecutionPlan:
         self.pipeline(name)
         return self._plans[name]
+
+    def run_parameters(self, name: str) -> frozenset[str]:
+        """The run parameters of pipeline `name` (what an event payload may set)."""
+        self.pipeline(name)
+        return self._param_names[name]
 
     async def start_run(
         self,
@@ -294,94 +308,6 @@ class Service:
         self.metrics.messages.labels(topic).inc()
         return event
 
-    # --- events -> runs ----------------------------------------------------------------------
-
-    async def _consume_starts(self, subscription: DurableSubscription) -> None:
-        """Turn start events into runs; acknowledge each once its run or rejection is recorded.
-
-        An event left unacknowledged (shutdown, or an instance that died) is delivered again,
-        here or to another instance of the group; its event id makes that a no-op if the
-        run was recorded after all.
-        """
-        async for event in subscription:
-            name = event.topic.split(".")[2]
-            try:
-                settled = await self._start_from_event(name, event)
-            except Exception as exc:  # one bad event must not stop the consumer
-                _log.exception(
-                    "service.start_event_failed", topic=event.topic, event_id=event.event_id
-                )
-                await subscription.nack(event, f"{type(exc).__name__}: {exc}")
-                continue
-            if settled:
-                await subscription.ack(event)
-
-    async def _start_from_event(self, name: str, event: EventBase) -> bool:
-        """Start (or reject) the run of a start event; False if it must be delivered again."""
-        if name not in self.pipelines:
-            await self._reject(name, event, f"no pipeline named {name!r}")
-            return True
-        key = f"{name}/{event.event_id}"
-        if key in self._seen:
-            _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
-            return True
-        accepted = self._param_names[name]
-        params = {k: v for k, v in event.payload.items() if k in accepted}
-        trigger = (
-            event.source if event.source.startswith(("cron:", "event:")) else f"event:{event.topic}"
-        )
-        delay = 0.01
-        while True:
-            try:
-                await self.start_run(
-                    name,
-                    params,
-                    trigger=trigger,
-                    event_id=key,
-                    metadata={"event": {"id": event.event_id, "topic": event.topic}},
-                )
-            except DuplicateRunError:
-                _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)
-            except (TooManyPipelinesError, PipelineBusyError):
-                # backpressure: stop reading start events until there is room again
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                if self.accepting:
-                    continue
-                return False
-            except (PlanError, PipelineError) as exc:
-                await self._reject(name, event, str(exc))
-                return True
-            except ServiceUnavailableError:
-                return False
-            self._remember(key)
-            self.metrics.trigger_fires.labels(trigger).inc()
-            return True
-
-    def _remember(self, key: str) -> None:
-        self._seen[key] = None
-        if len(self._seen) > 10_000:
-            self._seen.popitem(last=False)
-
-    async def _reject(self, name: str, event: EventBase, reason: str) -> None:
-        """A start event that cannot become a run: say so on the bus, start nothing."""
-        self.metrics.rejections.labels(name, "invalid").inc()
-        # The id the publisher knows: a forwarded start event carries it as correlation_id.
-        event_id = event.correlation_id or event.event_id
-        _log.warning(
-            "service.start_rejected",
-            pipeline=name,
-            event_id=event_id,
-            start_event_id=event.event_id,
-            error=reason,
-        )
-        await self.publish(
-            "dp.run.rejected",
-            {"pipeline": name, "event_id": event_id, "topic": event.topic, "error": reason},
-            source="dp.service",
-            correlation_id=event.correlation_id or event.event_id,
-        )
-
     # --- triggers ------------------------------------------------------------------------------
 
     async def _register_triggers(self) -> None:
@@ -410,7 +336,13 @@ class Service:
         for index, spec in enumerate(definition.events):
             name = f"{definition.name}.on{index}" if index else f"{definition.name}.on"
             event_trigger = create_event_trigger(
-                self.consumer, spec.pattern, _forwarded_event(topic), filter=spec.accepts
+                self.broker,
+                spec.pattern,
+                _forwarded_event(topic),
+                filter=spec.accepts,
+                group=trigger_group(name),
+                start=spec.start,
+                claim_idle=self.claim_idle,
             )
             await self.scheduler.register_trigger(name, event_trigger, topic)
 
@@ -504,6 +436,12 @@ class Service:
             "scheduler": scheduler,
             "sources": sources,
         }
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """Log why the start-event consumer ended, if not by cancellation."""
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("service.start_events_stopped", error=repr(task.exception()))
 
 
 def _store_url(service: Service) -> str | None:

@@ -82,6 +82,7 @@ def serve(
     max_concurrent_pipelines: int = 8,
     max_queued_pipelines: int = 100,
     lease: float = DEFAULT_LEASE_SECONDS,
+    claim_idle: float = 60.0,
     log_level: str = "INFO",
     allowed_host: Iterable[str] = (),
 ) -> None:
@@ -101,6 +102,8 @@ def serve(
         lease: seconds a run's (and a polling source's) lease lasts; when an instance dies,
             another instance on the same store takes its runs and sources over once their
             leases ran out.
+        claim_idle: seconds an event taken by an instance may stay unacknowledged before
+            another instance takes it over (the taker died); see `Broker.durable`.
         log_level: the lowest level logged (JSON lines unless stderr is a terminal).
         allowed_host: more Host names to answer to besides the listening address's (see
             `allowed_hosts`); any other Host is refused with 400 (against DNS rebinding).
@@ -126,6 +129,7 @@ def serve(
         max_concurrent_pipelines=max_concurrent_pipelines,
         max_queued_pipelines=max_queued_pipelines,
         lease=lease,
+        claim_idle=claim_idle,
     )
     hosts, any_ip = allowed_hosts(host, allowed_host)
     app = create_app(
@@ -199,6 +203,7 @@ def build_service(
     max_concurrent_pipelines: int = 8,
     max_queued_pipelines: int = 100,
     lease: float = DEFAULT_LEASE_SECONDS,
+    claim_idle: float = 60.0,
 ) -> Service:
     """Load `target` and build the service for its pipelines on the backends of `settings`
     (default: `dp.config.resolve(home=root)`); not started yet.
@@ -247,6 +252,7 @@ def build_service(
         target=recorded,
         grace=grace,
         sources=sources,
+        claim_idle=claim_idle,
     )
 
 

@@ -1,0 +1,193 @@
+"""A registered trigger's bookkeeping, the circuit breaker over it, and how its events are
+addressed: what the scheduler's timer, its event consumers and `fire()` share.
+
+The breaker: after `failure_threshold` consecutive failures a trigger's circuit opens; after
+`reset_timeout` the next fire is a trial (half-open), whose success closes the circuit and
+whose failure opens it again. A cron trigger skips (and counts) the fires its open circuit
+refuses (`admit`); an event trigger waits instead (`hold`), so none of its events is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dp.errors import ArgumentTypeError
+from dp.events import EventBase
+from dp.logs import get_logger
+from dp.scheduler.clock import Clock
+from dp.scheduler.health import CircuitState, TriggerStats
+from dp.scheduler.triggers import Trigger, TriggerKind
+
+__all__ = ["Breaker", "Entry", "address", "built", "cron_event_id", "stats"]
+
+_log = get_logger("dp.scheduler")
+_DEFAULT_SOURCE = next(f.default for f in dataclasses.fields(EventBase) if f.name == "source")
+
+
+class Entry:
+    """A registered trigger and its mutable bookkeeping."""
+
+    __slots__ = (
+        "circuit",
+        "consecutive",
+        "dead_lettered",
+        "due",
+        "failures",
+        "fires",
+        "generation",
+        "kind",
+        "last_error",
+        "last_fire_at",
+        "name",
+        "problem",
+        "retry_at",
+        "skipped",
+        "source",
+        "target_topic",
+        "task",
+        "trigger",
+    )
+
+    def __init__(self, name: str, trigger: Trigger, kind: TriggerKind, target_topic: str) -> None:
+        self.name = name
+        self.trigger = trigger
+        self.kind: TriggerKind = kind
+        self.target_topic = target_topic
+        self.source = f"dp.scheduler/{name}"
+        self.due: datetime | None = None
+        self.generation = 0  # bumped whenever heap items for this entry become stale
+        self.task: asyncio.Task[None] | None = None
+        self.fires = 0
+        self.failures = 0
+        self.skipped = 0
+        self.dead_lettered = 0
+        self.consecutive = 0
+        self.last_fire_at: datetime | None = None
+        self.last_error: str | None = None
+        self.circuit: CircuitState = "closed"
+        self.retry_at: datetime | None = None
+        self.problem: str | None = None
+
+
+def stats(entry: Entry) -> TriggerStats:
+    """The entry's counters."""
+    return TriggerStats(
+        entry.fires,
+        entry.failures,
+        entry.skipped,
+        entry.consecutive,
+        entry.last_fire_at,
+        entry.last_error,
+        entry.dead_lettered,
+    )
+
+
+class Breaker:
+    """The circuit breaker of every trigger of one scheduler."""
+
+    __slots__ = ("failure_threshold", "reset_timeout")
+
+    def __init__(self, failure_threshold: int, reset_timeout: timedelta) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+
+    def admit(self, entry: Entry, now: datetime) -> bool:
+        """Whether the circuit lets a fire through now; counts a skip when it does not."""
+        if entry.circuit == "open":
+            assert entry.retry_at is not None
+            if now < entry.retry_at:
+                entry.skipped += 1
+                return False
+            entry.circuit = "half_open"
+            _log.info("trigger_circuit_half_open", trigger=entry.name)
+        return True
+
+    async def hold(self, entry: Entry, clock: Clock) -> None:
+        """Wait while the circuit is open; then let one trial through (half-open)."""
+        if entry.circuit != "open":
+            return
+        assert entry.retry_at is not None
+        if clock.now() < entry.retry_at:
+            await clock.sleep_until(entry.retry_at)
+        entry.circuit = "half_open"
+        _log.info("trigger_circuit_half_open", trigger=entry.name)
+
+    @staticmethod
+    def succeeded(entry: Entry, now: datetime) -> None:
+        """A fire went through: count it and close the circuit."""
+        entry.fires += 1
+        entry.last_fire_at = now
+        entry.consecutive = 0
+        if entry.circuit != "closed":
+            entry.circuit = "closed"
+            entry.retry_at = None
+            _log.info("trigger_circuit_closed", trigger=entry.name)
+
+    def failed(self, entry: Entry, exc: Exception, now: datetime, *, what: str) -> None:
+        """A fire failed at stage `what`: count it, log it, open the circuit if due."""
+        entry.failures += 1
+        entry.consecutive += 1
+        entry.last_error = f"{type(exc).__name__}: {exc}"
+        _log.error(
+            "trigger_failed",
+            trigger=entry.name,
+            kind=entry.kind,
+            stage=what,
+            consecutive_failures=entry.consecutive,
+            error=entry.last_error,
+            exc_info=exc,
+        )
+        if entry.circuit == "half_open" or entry.consecutive >= self.failure_threshold:
+            entry.circuit = "open"
+            entry.retry_at = now + self.reset_timeout
+            _log.error(
+                "trigger_circuit_opened",
+                trigger=entry.name,
+                consecutive_failures=entry.consecutive,
+                retry_at=entry.retry_at.isoformat(),
+            )
+
+    @staticmethod
+    def circuit(entry: Entry, now: datetime) -> CircuitState:
+        """The circuit as seen now: an open one whose timeout passed reports half-open."""
+        if entry.circuit == "open" and entry.retry_at is not None and now >= entry.retry_at:
+            return "half_open"
+        return entry.circuit
+
+
+def cron_event_id(trigger: str, scheduled_for: datetime) -> str:
+    """The id of the event a cron trigger publishes for the tick due at `scheduled_for`."""
+    return f"cron-{trigger}-{scheduled_for.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def built(event: object) -> EventBase:
+    """What an event factory returned, if it is an event."""
+    if not isinstance(event, EventBase):
+        raise ArgumentTypeError("the value event_factory returns", event, "an EventBase")
+    return event
+
+
+def address(
+    entry: Entry,
+    event: EventBase,
+    correlation_id: str | None,
+    scheduled_for: datetime | None = None,
+) -> EventBase:
+    """The event with the trigger's topic, source and correlation id filled in; a cron
+    tick's id names the trigger and the time it was due, so every scheduler instance
+    firing the same tick publishes the same event id (consumers dedupe by it: one run)."""
+    changes: dict[str, Any] = {}
+    if scheduled_for is not None:
+        changes["event_id"] = cron_event_id(entry.name, scheduled_for)
+    if event.topic != entry.target_topic:
+        changes["topic"] = entry.target_topic
+        if type(event) is EventBase and event.event_type == event.topic:
+            changes["event_type"] = ""  # re-derived from the new topic
+    if event.source == _DEFAULT_SOURCE:
+        changes["source"] = entry.source
+    if correlation_id is not None and event.correlation_id is None:
+        changes["correlation_id"] = correlation_id
+    return dataclasses.replace(event, **changes) if changes else event
