@@ -263,10 +263,13 @@ class ActiveRun:
     def on_write_failed(self, number: int, task_name: str, result_id: str, error: str) -> None:
         if self.closed or self._write_error is not None:
             return
-        self._write_error = (
-            f"its result {result_id!r} could not be saved through "
-            f"{self.context.io_manager!r}: {error}"
-        )
+        if error.startswith("SaveError: "):  # it names the result and the location already
+            self._write_error = error.removeprefix("SaveError: ")
+        else:
+            self._write_error = (
+                f"its result {result_id!r} could not be saved through "
+                f"{self.context.io_manager!r}: {error}"
+            )
         self.log.error("result.save_failed", task_name=task_name, result_id=result_id, error=error)
         unsaved = self._unsaved
         for saved, result in list(unsaved):
