@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import pickle
 import sys
@@ -1272,3 +1273,41 @@ async def test_a_task_interrupted_in_its_queue_runs_again_on_resume(
         True,
         [TaskStatus.INTERRUPTED, TaskStatus.SUCCEEDED],
     )
+
+
+# --- hostile tasks: whatever a task raises or returns, its attempt ends, recorded ---------
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_hostile_objects_never_hang_a_run(executor: str, tmp_path: Path) -> None:
+    """Exceptions and results whose __str__, __repr__, __reduce__, __hash__, __eq__ raise,
+    huge or cyclic ones, hostile causes and contexts: every run ends, every attempt has a
+    recorded outcome with its error as text, on the inline and in-process executors (a
+    raising __del__ is tried in worker processes, test_process.py)."""
+    from hypothesis import HealthCheck, given, settings
+
+    import hostile_tasks
+    from dp.store import SQLRunStore
+
+    store = SQLRunStore(path=tmp_path / "runs.db")
+    orchestrator = Orchestrator(
+        io_manager=FilesystemIOManager(tmp_path / "results"), store=store, executor=executor
+    )
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(spec=hostile_tasks.specs(interrupts=executor != "inline", finalizers=False))
+    def attempt_ends(spec: dict[str, Any]) -> None:
+        plan = plan_for(hostile_tasks.REGISTRY, task_names=[spec["task"]])
+        result = orchestrator.run(plan, {"spec": json.dumps(spec)})
+        hostile_tasks.check_ended(result, spec)
+        recorded = {r.task_name: r for r in store.get_task_runs(result.run_id)}
+        assert recorded[spec["task"]].status == result.task(spec["task"]).status
+
+    try:
+        attempt_ends()
+    finally:
+        store.close()

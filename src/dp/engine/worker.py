@@ -7,6 +7,7 @@ import contextvars
 import importlib
 import inspect
 import os
+import signal
 import sys
 import threading
 import time
@@ -260,9 +261,14 @@ class Worker:
 
 
 def _reraise_interrupt(exc: BaseException) -> None:
-    """Ctrl-C on the main thread (the inline executor) stops `dp run`; anywhere else, and
-    any other `BaseException` a task raises, is just the task failing."""
-    if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+    """Ctrl-C on the main thread of a process that takes it as `KeyboardInterrupt` (`dp run`
+    with the inline executor) stops the run; anywhere else (a pool thread, a worker process,
+    which ignores SIGINT) it, and any other `BaseException` a task raises, fails the task."""
+    if (
+        isinstance(exc, KeyboardInterrupt)
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
         raise exc
 
 
