@@ -185,7 +185,7 @@ class RunRecorder:
         except Exception as again:
             if error is None or storable(error) == error:
                 raise exc from again
-            store_error = describe_exception(again, limit=500)
+            store_error = _first_line(again)
         # the run's own error text was refused (it quotes a task's error)
         self._refuse(f"the run store refused the run's error text: {store_error}", "")
         assert self.refused is not None
@@ -246,7 +246,7 @@ class RunRecorder:
                 self.fenced = fenced
                 return culprit
             except Exception as exc:
-                store_error = describe_exception(exc, limit=500)
+                store_error = _first_line(exc)
             note = storable(f"<not stored as it was: the run store refused it: {store_error}>")
             stripped = dataclasses.replace(
                 record,
@@ -338,6 +338,13 @@ def task_run_record(
         pid=result.pid,
         queue=result.queue,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The store's error in one line (SQLAlchemy appends the statement and its parameters,
+    which may hold the very text that was refused)."""
+    lines = describe_exception(exc, limit=500).splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def storable(text: str) -> str:
