@@ -27,6 +27,16 @@ WRAPS = ("none", "args", "cause", "context", "cycle", "group")
 #: how big the text or value is (characters or items)
 SIZES = (0, 10, 3_000_000)
 
+#: the worst of it at once, always tried: a KeyboardInterrupt raised by the task (not by a
+#: Ctrl-C), unprintable, unpicklable, with a cause that leads back to itself
+TRAP = {
+    "task": "raises",
+    "base": "KeyboardInterrupt",
+    "methods": ["str", "repr", "reduce", "reduce_ex", "hash", "eq", "del"],
+    "wrap": "cycle",
+    "size": 10,
+}
+
 _BUILTINS: dict[str, type] = {
     "Exception": Exception,
     "ValueError": ValueError,

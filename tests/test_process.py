@@ -193,7 +193,7 @@ def test_hostile_objects_never_hang_a_run_nor_kill_a_worker(
     KeyboardInterrupt included: workers ignore Ctrl-C, so it is the task's)."""
     import json
 
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
 
     import hostile_tasks
     from dp.engine.process import ProcessExecutor as Executor
@@ -215,6 +215,7 @@ def test_hostile_objects_never_hang_a_run_nor_kill_a_worker(
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(spec=hostile_tasks.specs())
+    @example(spec=hostile_tasks.TRAP)
     def attempt_ends(spec: dict[str, Any]) -> None:
         result = loop.run_until_complete(one(spec))
         hostile_tasks.check_ended(result, spec)
