@@ -230,10 +230,11 @@ class RunRecorder:
     def _write_apart(
         self, batch: Sequence[TaskRunRecord], attempts: Sequence[TaskRunRecord]
     ) -> TaskRunRecord | None:
-        """In a thread, after a batch failed: write its records one at a time; a record the
-        store refuses is written with its text replaced. Returns the first refused record, or
-        None when nothing was refused for what it holds (an outage: some writes fail whatever
-        they hold, and are left to the caller)."""
+        """In a thread, after a batch failed: write its records one at a time. A record the
+        store refuses as it is, takes with its text replaced, and refuses as it is once more,
+        was refused for what it holds: it stays stored with its text replaced. Returns the
+        first refused record, or None when nothing was refused for what it holds (an outage:
+        some writes fail whatever they hold, and are left to the caller)."""
         assert self.store is not None
         culprit: TaskRunRecord | None = None
         for record, is_attempt in [*((a, True) for a in attempts), *((r, False) for r in batch)]:
@@ -259,6 +260,14 @@ class RunRecorder:
                 self._save_one(stripped, is_attempt)
             except Exception:
                 return culprit  # refused even without its text: the store itself fails
+            try:  # and as it was, once more: a store that just came back takes it now
+                self._save_one(record, is_attempt)
+                continue
+            except FencedError as fenced:
+                self.fenced = fenced
+                return culprit
+            except Exception as exc:
+                store_error = _first_line(exc)
             if culprit is None:
                 culprit = record
                 self._refuse(
