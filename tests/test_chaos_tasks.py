@@ -325,3 +325,55 @@ def test_a_run_no_process_owns_can_be_cancelled(project: Path) -> None:
         store.close()
     print(f"stale runs=2 cancelled={statuses.count(RunStatus.CANCELLED)}")
     assert statuses == [RunStatus.CANCELLED, RunStatus.CANCELLED]
+
+
+def test_os_exit_in_the_service_s_own_process_is_a_crash_loop_not_a_restart_loop(
+    project: Path,
+) -> None:
+    """With -e inprocess a task calling os._exit(1) kills dp serve itself, and every restart
+    (as systemd would) resumes the run and dies again: the fourth start fails the run as a
+    crash loop instead, and stays up."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DP_TEST_LOG": str(project / "log.txt"), "DP_API_TOKEN": "t"}
+    command = [sys.executable, "-m", "dp.cli", "serve", "pipeline.py", "--port", str(port)]
+    command += ["-e", "inprocess"]
+    exits = []
+    for start_number in range(1, 4):
+        with (project / "serve.log").open("ab") as log:
+            server = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
+        try:
+            if start_number == 1:
+                wait_for(lambda: _up(url), "dp serve to be ready", server)
+                response = httpx.post(
+                    f"{url}/pipelines/exits/runs", json={}, headers={"Authorization": "Bearer t"}
+                )
+                run_id = response.json()["run_id"]
+            exits.append(server.wait(60))  # the task (resumed at start) kills it
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(30)
+    with (project / "serve.log").open("ab") as log:
+        server = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: _up(url) and ended(url, run_id), "the run to be failed", server)
+        record = httpx.get(f"{url}/runs/{run_id}").json()
+        alive = server.poll() is None
+    finally:
+        server.kill()
+        server.wait(30)
+    runs = executions(project).count("exits")
+    print(f"service exits={exits} executions={runs} status={record['status']} alive={alive}")
+    assert exits == [1, 1, 1]
+    assert record["status"] == "failed"
+    assert record["error"].startswith("crash loop: the owner died 3 times while running task")
+    assert runs == 3
+    assert alive
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready").status_code == 200
+    except httpx.TransportError:
+        return False
