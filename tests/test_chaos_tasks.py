@@ -377,3 +377,140 @@ def _up(url: str) -> bool:
         return httpx.get(f"{url}/health/ready").status_code == 200
     except httpx.TransportError:
         return False
+
+
+MATRIX = textwrap.dedent(
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from dp import task
+
+    LOG = Path(os.environ["DP_TEST_LOG"])
+
+
+    def mark(name: str) -> None:
+        with LOG.open("a") as log:
+            log.write(name + "\\n")
+
+
+    class Hostile(Exception):
+        def __str__(self): raise RuntimeError("str")
+        def __repr__(self): raise RuntimeError("repr")
+        def __reduce__(self): raise RuntimeError("reduce")
+        def __hash__(self): raise RuntimeError("hash")
+        def __eq__(self, other): raise RuntimeError("eq")
+        def __del__(self): raise RuntimeError("del")
+
+
+    class HostileValue:
+        def __reduce__(self): raise RuntimeError("reduce")
+        def __repr__(self): raise RuntimeError("repr")
+        def __del__(self): raise RuntimeError("del")
+
+
+    class Fatal(BaseException):
+        pass
+
+
+    @task(fail_safe=True)
+    def unprintable() -> None:
+        mark("unprintable")
+        raise Hostile()
+
+
+    @task(fail_safe=True)
+    def cause_cycle() -> None:
+        mark("cause_cycle")
+        outer, inner = ValueError("outer"), Hostile()
+        outer.__cause__, inner.__context__ = inner, outer
+        raise outer
+
+
+    @task(fail_safe=True)
+    def group() -> None:
+        mark("group")
+        raise ExceptionGroup("many", [Hostile(), ValueError(HostileValue())])
+
+
+    @task(fail_safe=True)
+    def base_exception() -> None:
+        mark("base_exception")
+        raise Fatal("not an Exception")
+
+
+    @task(fail_safe=True)
+    def exits() -> None:
+        mark("exits")
+        sys.exit(3)
+
+
+    @task(fail_safe=True)
+    def unpicklable() -> object:
+        mark("unpicklable")
+        return HostileValue()
+
+
+    @task(fail_safe=True)
+    def cyclic() -> list:
+        mark("cyclic")
+        loop: list = []
+        loop.append(loop)
+        return loop
+
+
+    @task(fail_safe=True)
+    def huge_output() -> int:
+        mark("huge_output")
+        print("x" * 5_000_000)
+        return 1
+
+
+    @task(fail_safe=True)
+    def writes_bytes() -> int:
+        mark("writes_bytes")
+        sys.stdout.write(b"bytes")  # type: ignore[arg-type]
+        return 1
+
+
+    @task(fail_safe=True)
+    def huge_error() -> None:
+        mark("huge_error")
+        raise ValueError("e" * 5_000_000)
+    """
+)
+
+
+@pytest.mark.parametrize("executor", ["inline", "inprocess", "process"])
+def test_the_hostile_matrix_ends_every_attempt_under_dp_run(project: Path, executor: str) -> None:
+    """Ten hostile tasks in one run (unprintable, cause cycles, groups, BaseException,
+    sys.exit, unpicklable and cyclic results, 5 MB of output or error, bytes on stdout):
+    `dp run` ends, each task ran once and has a recorded outcome; nothing is reported dead."""
+    (project / "matrix.py").write_text(MATRIX)
+    started = time.monotonic()
+    done = dp(project, "run", "matrix.py", "-e", executor)
+    seconds = time.monotonic() - started
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    try:
+        (record,) = store.list_runs()
+        rows = {row.task_name: row for row in store.get_task_runs(record.run_id)}
+    finally:
+        store.close()
+    statuses = {name: row.status.value for name, row in sorted(rows.items())}
+    print(f"executor={executor} exit={done.returncode} seconds={seconds:.1f} tasks={statuses}")
+    if executor == "inprocess":
+        # results are written behind the run: an unpicklable one fails the run, fail-safe or
+        # not, as its consumers may have used it from memory already (see the README)
+        assert done.returncode == 1
+        assert (record.error or "").startswith("task 'unpicklable' failed: SaveError:")
+    else:
+        assert done.returncode == 3  # partial: the fail-safe tasks failed, others succeeded
+        assert statuses["cyclic"] == statuses["huge_output"] == "succeeded"
+    assert sorted(executions(project)) == sorted(rows)  # each ran once
+    assert len(rows) == 10
+    assert all(row.status.finished for row in rows.values())
+    assert all(row.error for row in rows.values() if row.status.value == "failed")
+    assert "<exception str() failed: RuntimeError>" in (rows["unprintable"].error or "")
+    assert len(rows["huge_error"].error or "") < 10_000
+    assert "WorkerDied" not in done.stdout + done.stderr
