@@ -59,8 +59,9 @@ def safe_str(obj: object, *, limit: int = ERROR_LIMIT, what: str = "object") -> 
     """`str(obj)`, or `<{what} str() failed: ErrorType>` if that raises; at most `limit`
     characters (plus a note of how many were dropped)."""
     try:
-        text = str(obj)
-        if type(text) is not str:  # a str subclass: its methods could be hostile too
+        # a str subclass: its characters, not its (maybe hostile) methods
+        text = str.__str__(obj) if isinstance(obj, str) else str(obj)
+        if type(text) is not str:
             text = str.__str__(text)
     except BaseException as exc:
         _reraise_interrupt(exc)
