@@ -514,3 +514,54 @@ def test_the_hostile_matrix_ends_every_attempt_under_dp_run(project: Path, execu
     assert "<exception str() failed: RuntimeError>" in (rows["unprintable"].error or "")
     assert len(rows["huge_error"].error or "") < 10_000
     assert "WorkerDied" not in done.stdout + done.stderr
+
+
+BIG = textwrap.dedent(
+    """
+    from dp import task
+
+    @task
+    def big() -> bytes:
+        return b"x" * 300_000
+    """
+)
+
+
+#: runs its arguments under a 200 kB file size limit (Python ignores SIGXFSZ, so a write past
+#: it fails with EFBIG, as a write to a full disk fails with ENOSPC)
+LIMITED = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+@pytest.mark.parametrize("executor", ["inline", "inprocess", "process"])
+@pytest.mark.parametrize("fault", ["file too large", "not a directory"])
+def test_a_result_that_cannot_be_written_is_a_save_error_naming_it(
+    project: Path, executor: str, fault: str
+) -> None:
+    """A result larger than the file size limit (as a full disk: the write fails midway),
+    or a results location that is a file: the task fails with SaveError naming the run,
+    task, result id and the location; `dp run` ends failed."""
+    (project / "big.py").write_text(BIG)
+    results = project / "results"
+    if fault == "not a directory":
+        results.write_text("in the way")
+    command = ["-m", "dp.cli", "run", "big.py", "-e", executor, "--results", f"file://{results}"]
+    if fault == "file too large":
+        command = ["-c", LIMITED, *command]
+    done = subprocess.run(
+        [sys.executable, *command],
+        cwd=project,
+        env={**os.environ, "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=HUNG,
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("big ")), "")
+    print(f"executor={executor} fault={fault!r} exit={done.returncode} row={line.strip()!r}")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "SaveError: result 'output' of task 'big' in run '" in line
+    assert f"could not be written to {results}/" in line
+    assert ("File too large" if fault == "file too large" else "Not a directory") in line
