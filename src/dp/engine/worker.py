@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dp.engine import capture
-from dp.engine.children import kill_attempt_children, thread_children
+from dp.engine.children import attempt_ended, attempt_started
 from dp.engine.model import ExecutableTask, TaskOutcome, chunk_result_id, manifest_result_id
 from dp.errors import FencedError, SerializationError
 from dp.io import IOManager
@@ -63,7 +63,7 @@ class Worker:
         started_at = time.time()
         chunks: list[str] = []
         token = None
-        forked_before = thread_children()
+        attempt_started()  # what it forks ends with it
         if self.capture_output:
             if type(sys.stdout) is not _Router or type(sys.stderr) is not _Router:
                 capture.install()
@@ -88,7 +88,7 @@ class Worker:
         finally:
             if token is not None:
                 _output.reset(token)
-            kill_attempt_children(forked_before)  # what the task forked ends with it
+            attempt_ended()
         return TaskOutcome(
             task.task_name,
             task.instance,
