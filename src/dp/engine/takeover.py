@@ -34,7 +34,14 @@ from dp.store.records import (
     TaskStatus,
 )
 
-__all__ = ["DEATHS_KEY", "cancel_recorded", "count_death", "crash_loop"]
+__all__ = [
+    "DEATHS_KEY",
+    "cancel_recorded",
+    "count_death",
+    "crash_loop",
+    "fail_crash_loop",
+    "owner_died",
+]
 
 _log = get_logger("dp.engine")
 
