@@ -28,7 +28,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, overload
 
 from dp.errors import ConfigError, UnstorableValueError
 
@@ -226,6 +226,10 @@ def _path(where: str, path: tuple[Any, ...]) -> str:
     return text
 
 
+@overload
+def storable_text(text: str, *, limits: Limits | None = None) -> str: ...
+@overload
+def storable_text(text: None, *, limits: Limits | None = None) -> None: ...
 def storable_text(text: str | None, *, limits: Limits | None = None) -> str | None:
     """`text` as every store keeps it: NUL and lone surrogates replaced by U+FFFD, and cut to
     `limits.bytes` characters with a note of how many were cut. For text dp cannot refuse

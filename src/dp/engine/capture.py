@@ -34,12 +34,26 @@ class _Router:
         buffer = _buffer.get()
         if buffer is None:
             return self._stream.write(text)
+        if type(text) is not str:  # refused as a real text stream refuses it, in the task
+            if not isinstance(text, str):
+                raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+            text = str.__str__(text)  # a str subclass: keep its characters, not its methods
         buffer.append(text)
         return len(text)
 
     def flush(self) -> None:
         if _buffer.get() is None:
             self._stream.flush()
+
+    def close(self) -> None:
+        """A task closing "its" stdout closes its capture, not the process's stream (which
+        dp itself, and every other task, still writes to)."""
+        if _buffer.get() is None:
+            self._stream.close()
+
+    @property
+    def closed(self) -> bool:
+        return False if _buffer.get() is not None else bool(self._stream.closed)
 
     @property
     def uncaptured(self) -> TextIO:

@@ -13,23 +13,33 @@ A store outage (`StoreUnavailableError`) loses nothing: task states that could n
 are kept and sent with the next batch, the flusher backs off, and the run's start and end are
 retried with backoff for up to `outage_wait` seconds (`DP_STORE_OUTAGE_WAIT`, 60 by default)
 before the outage is raised to the run, which then ends unrecorded but resumable.
+
+A store may refuse a record for what it holds rather than be down (a value the input rule of
+`dp.limits` should have escaped, a constraint). A refused batch is written again record by
+record, to find the culprit; the culprit is stored with its text replaced by a note saying
+why, and the run is told (`on_refused`), so it fails with one log line naming the run, the task
+and the store's error, instead of dying silently and being resumed forever. A record that
+fails even with its text replaced is an outage, not a refusal: it is kept and written later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from dp.backoff import Backoff, retry_outage
 from dp.engine.model import TaskRunResult
 from dp.errors import DependencyUnavailableError, FencedError, InvalidArgumentError
+from dp.limits import storable_text
 from dp.logs import get_logger
+from dp.safetext import describe_exception
 from dp.store.records import RunRecord, RunStatus, RunStore, TaskRunRecord, TaskStatus
 
 __all__ = [
@@ -99,6 +109,11 @@ class RunRecorder:
         self.started_recorded = False
         #: `time.monotonic()` when this process took the run (its lease runs from then)
         self.owned_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: why the store refused one of the run's records (the run fails); None: it did not
+        self.refused: str | None = None
+        #: called (on the loop) once, when the store refused a record of the run
+        self.on_refused: Callable[[str], None] | None = None
 
     async def create_run(self, record: RunRecord) -> None:
         """Record a new run before it starts (synchronously: resume relies on it)."""
@@ -148,6 +163,7 @@ class RunRecorder:
             self._attempts.append(record)
 
     def start_flushing(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self.store is not None and self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_periodically())
 
@@ -171,18 +187,74 @@ class RunRecorder:
                     await self._flusher
                 self._flusher = None
             batch, attempts = self._take_batch()
-            # the last task states and the run's end: one transaction
-            return await self._write(
+            if self.refused is not None:  # refused earlier: the run fails, saying why
+                status, error = RunStatus.FAILED, self.refused
+            try:
+                # the last task states and the run's end: one transaction
+                return await self._write(
+                    self.store.update_run,
+                    self.run_id,
+                    status=status,
+                    finished_at=finished_at,
+                    error=error,
+                    task_runs=batch,
+                    attempts=attempts,
+                    epoch=self.epoch,
+                    wait=self.outage_wait,
+                )
+            except DependencyUnavailableError:
+                raise
+            except Exception as exc:
+                return await self._finish_refused(status, finished_at, error, batch, attempts, exc)
+
+    async def _finish_refused(
+        self,
+        status: RunStatus,
+        finished_at: datetime,
+        error: str | None,
+        batch: list[TaskRunRecord],
+        attempts: list[TaskRunRecord],
+        exc: Exception,
+    ) -> bool:
+        """The run's last write failed: store what can be, and end the run failed if the
+        store refused a record of it; re-raise `exc` if nothing can be written (an outage)."""
+        assert self.store is not None
+        if batch or attempts:
+            outage = await asyncio.to_thread(self._write_apart, batch, attempts)
+            if outage and self.fenced is None:
+                raise exc  # the store fails whatever we write: not ours to decide here
+        if self.fenced is not None:
+            return False
+        if self.refused is not None:
+            status, error = RunStatus.FAILED, self.refused
+        try:
+            await asyncio.to_thread(
                 self.store.update_run,
                 self.run_id,
                 status=status,
                 finished_at=finished_at,
                 error=error,
-                task_runs=batch,
-                attempts=attempts,
                 epoch=self.epoch,
-                wait=self.outage_wait,
             )
+            return True
+        except FencedError:
+            return False
+        except Exception as again:
+            if error is None or storable_text(error) == error:
+                raise exc from again
+            store_error = _first_line(again)
+        # the run's own error text was refused (it quotes a task's error)
+        self._refuse(f"the run store refused the run's error text: {store_error}", "")
+        assert self.refused is not None
+        await asyncio.to_thread(
+            self.store.update_run,
+            self.run_id,
+            status=RunStatus.FAILED,
+            finished_at=finished_at,
+            error=storable_text(self.refused),
+            epoch=self.epoch,
+        )
+        return True
 
     async def flush(self) -> bool:
         """Write the task states changed since the last write; False if the store is down
@@ -201,8 +273,86 @@ class RunRecorder:
                 self._unsent, self._unsent_attempts = batch, attempts  # older than the rest
                 return False
             except Exception:
-                _log.exception("store.flush_failed", run_id=self.run_id, records=len(batch))
+                outage = await asyncio.to_thread(self._write_apart, batch, attempts)
+                if outage and self.fenced is None:
+                    # not a refused record: the store failed whatever it was given; later
+                    _log.warning(
+                        "store.flush_failed", run_id=self.run_id, records=len(batch), exc_info=True
+                    )
+                    self._unsent, self._unsent_attempts = batch, attempts
+                    return False
         return True
+
+    def _write_apart(
+        self, batch: Sequence[TaskRunRecord], attempts: Sequence[TaskRunRecord]
+    ) -> bool:
+        """In a thread, after a batch failed: write its records one at a time. A record the
+        store refuses as it is, takes with its text replaced, and refuses as it is once more,
+        was refused for what it holds: it stays stored with its text replaced, and the run is
+        told (`_refuse`). Returns True for an outage: a write failed whatever it held (the
+        rest of the batch is left to the caller)."""
+        assert self.store is not None
+        for record, is_attempt in [*((a, True) for a in attempts), *((r, False) for r in batch)]:
+            if self.fenced is not None:
+                return False
+            try:
+                self._save_one(record, is_attempt)
+                continue
+            except FencedError as fenced:
+                self.fenced = fenced
+                return False
+            except DependencyUnavailableError:
+                return True
+            except Exception as exc:
+                store_error = _first_line(exc)
+            note = storable_text(f"<not stored as it was: the run store refused it: {store_error}>")
+            stripped = dataclasses.replace(
+                record,
+                error=note,
+                traceback=None,
+                output="",
+                result_ids=[storable_text(rid) for rid in record.result_ids],
+            )
+            try:
+                self._save_one(stripped, is_attempt)
+            except FencedError as fenced:
+                self.fenced = fenced
+                return False
+            except Exception:
+                return True  # refused even without its text: the store itself fails
+            try:  # and as it was, once more: a store that just came back takes it now
+                self._save_one(record, is_attempt)
+                continue
+            except FencedError as fenced:
+                self.fenced = fenced
+                return False
+            except Exception as exc:
+                store_error = _first_line(exc)
+            self._refuse(
+                f"the run store refused the record of task {record.task_name!r}: {store_error}",
+                record.task_name,
+            )
+        return False
+
+    def _save_one(self, record: TaskRunRecord, is_attempt: bool) -> None:
+        assert self.store is not None
+        if is_attempt:
+            self.store.save_task_runs([], attempts=[record], epoch=self.epoch)
+        else:
+            self.store.save_task_runs([record], epoch=self.epoch)
+
+    def _refuse(self, message: str, task_name: str) -> None:
+        """Note (once) that the store refused a record: one log line, and the run told."""
+        if self.refused is not None:
+            return
+        self.refused = storable_text(message)
+        _log.error(
+            "run.store_refused", run_id=self.run_id, task_name=task_name or None, error=message
+        )
+        callback = self.on_refused
+        if callback is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(callback, self.refused)
 
     async def _write(
         self, method: Callable[..., None], *args: Any, wait: float, **kwargs: Any
@@ -285,3 +435,10 @@ def task_run_record(
         pid=result.pid,
         queue=result.queue,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The store's error in one line (SQLAlchemy appends the statement and its parameters,
+    which may hold the very text that was refused)."""
+    lines = describe_exception(exc, limit=500).splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -52,6 +52,7 @@ from dp.errors.results import (
     InvalidResultsURLError,
     ResultNotFoundError,
     ResultsUnavailableError,
+    SaveError,
     SerializationError,
 )
 from dp.errors.runs import (
@@ -153,6 +154,7 @@ __all__ = [
     "RunNotActiveError",
     "RunNotFoundError",
     "RunParametersError",
+    "SaveError",
     "ScheduleStateError",
     "SchedulerError",
     "SchedulerNotRunningError",
