@@ -91,7 +91,9 @@ def test_an_unknown_version_is_refused_with_what_to_do() -> None:
 
 def test_an_unknown_kind_is_refused() -> None:
     """A message of a kind dp does not send names the kinds it does."""
-    with pytest.raises(MessageFormatError, match=r"unknown kind 'hello'; dp sends chunk, done"):
+    with pytest.raises(
+        MessageFormatError, match=r"unknown kind 'hello'; dp sends beat, chunk, done"
+    ):
         decode('{"kind": "hello", "v": 1}')
 
 
