@@ -224,6 +224,8 @@ def test_a_sigkilled_worker_s_tasks_run_on_the_other_within_the_heartbeat_bound(
     lost = [
         a for name in names for a in project.attempts(record.run_id, name) if a.status == "lost"
     ]
+    killed = [a for a in lost if a.task_name == victim_task]
+    detected = min(a.finished_at.timestamp() for a in lost if a.finished_at) - killed_at
     print(
         f"\ntasks {len(names)}, executions {sum(starts.values())}, ends {sum(ends.values())}, "
         f"duplicates {sum(starts.values()) - len(names)} (killed in flight: {victim_task}), "
