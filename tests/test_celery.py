@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import sys
 import textwrap
 import time
@@ -277,7 +278,13 @@ class _Sink:
     def __init__(self) -> None:
         self.outcome: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
 
-    def on_started(self, task: ExecutableTask) -> None:
+    def on_started(self, task: ExecutableTask, **_: object) -> None:
+        pass
+
+    def on_reserved(self, task: ExecutableTask, **_: object) -> None:
+        pass
+
+    def on_lost(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
         pass
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
@@ -499,3 +506,135 @@ def test_the_hard_time_limit_is_told_from_a_task_s_own_exit() -> None:
     assert not _hard_time_limit("SystemExit: 3", just_started, timeout=1.0)
     assert not _hard_time_limit("ValueError: bad input", just_started, timeout=1.0)
     assert _hard_time_limit("ValueError: bad input", monotonic() - 1.0, timeout=1.0)
+
+
+def test_the_heartbeat_and_queued_timeouts_are_checked() -> None:
+    """Both settings default (30 s, 600 s) and refuse nonsense, naming the variable."""
+    from dp.engine.celery_worker import heartbeat_timeout, queued_timeout
+    from dp.errors import ConfigError
+
+    assert (heartbeat_timeout({}), queued_timeout({})) == (30.0, 600.0)
+    assert heartbeat_timeout({"DP_CELERY_HEARTBEAT_TIMEOUT": "5"}) == 5.0
+    for bad in ("0.5", "soon", "-1", "inf"):
+        with pytest.raises(ConfigError, match="DP_CELERY_HEARTBEAT_TIMEOUT"):
+            heartbeat_timeout({"DP_CELERY_HEARTBEAT_TIMEOUT": bad})
+    with pytest.raises(ConfigError, match="DP_CELERY_QUEUED_TIMEOUT"):
+        queued_timeout({"DP_CELERY_QUEUED_TIMEOUT": "0"})
+
+
+class _LostSink(_Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
+
+    def on_lost(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
+        if not self.lost.done():
+            self.lost.set_result(outcome)
+
+
+def test_a_message_taken_by_a_worker_that_never_said_so_is_sent_again(
+    project: Project, redis: RedisProcess
+) -> None:
+    """A worker pops on_gpu's message and dies before its first heartbeat: once the queue is
+    empty for the heartbeat bound, the attempt is lost, marked so in Redis and sent again."""
+    import redis as redis_client
+
+    meta = project.module.on_gpu.__dp_task__
+    client = redis_client.Redis.from_url(redis.url)
+
+    async def go() -> tuple[TaskOutcome, int, bool]:
+        executor = CeleryExecutor(project.broker, visibility=3, heartbeat=1)
+        await executor.start(FilesystemIOManager(project.results))
+        try:
+            sink = _LostSink()
+            executor.submit(ExecutableTask("taken-run", "on_gpu", "output", meta), sink)
+            deadline = time.monotonic() + 30
+            while (taken := client.rpop("gpu")) is None:  # the worker that will die
+                assert time.monotonic() < deadline, "on_gpu never reached the broker"
+                await asyncio.sleep(0.02)
+            first = _handle(taken)
+            outcome = await asyncio.wait_for(sink.lost, 30)
+            deadline = time.monotonic() + 30
+            while client.llen("gpu") == 0:  # sent again
+                assert time.monotonic() < deadline, "on_gpu was not sent again"
+                await asyncio.sleep(0.02)
+            marked = bool(client.sismember(f"dp:celery:lost:{executor.reply_to}", first))
+            return outcome, client.llen("gpu"), marked
+        finally:
+            await executor.shutdown()
+            client.delete("gpu")
+            client.close()
+
+    outcome, waiting, marked = asyncio.run(go())
+    assert "WorkerLost: a worker took it from queue 'gpu'" in (outcome.error or "")
+    assert (waiting, marked) == (1, True)
+
+
+def _handle(raw: bytes) -> int:
+    """The dp handle inside a Celery message as kombu's Redis transport stores it."""
+    import base64
+
+    envelope = json.loads(raw)
+    body = json.loads(base64.b64decode(envelope["body"]))
+    return int(body[0][0]["handle"])
+
+
+def test_runs_show_tells_queued_held_running_and_lost_apart(tmp_path: Path) -> None:
+    """dp runs show says which tasks wait in a queue, are held or run by a worker, and which
+    attempts were lost with their worker and dispatched again."""
+    from dp.store import RunRecord
+
+    store = SQLRunStore(path=tmp_path / "runs.db")
+    store.create_run(RunRecord("shown-run", "dag", status=RunStatus.RUNNING))
+    now = datetime.now(UTC)
+    store.save_task_runs(
+        [
+            TaskRunRecord("shown-run", "waits", status=TaskStatus.QUEUED, attempt=1, queue="gpu"),
+            TaskRunRecord(
+                "shown-run",
+                "held",
+                status=TaskStatus.QUEUED,
+                attempt=1,
+                queue="dp",
+                host="node-2",
+                pid=41,
+            ),
+            TaskRunRecord(
+                "shown-run",
+                "moved",
+                status=TaskStatus.RUNNING,
+                attempt=2,
+                queue="dp",
+                host="node-3",
+                pid=52,
+                started_at=now,
+            ),
+        ],
+        attempts=[
+            TaskRunRecord(
+                "shown-run",
+                "moved",
+                status=TaskStatus.LOST,
+                attempt=1,
+                queue="dp",
+                host="node-1",
+                pid=17,
+                started_at=now - timedelta(seconds=40),
+                error="WorkerLost: no heartbeat for 31s from worker node-1 pid 17 (running it)",
+            )
+        ],
+    )
+    store.close()
+    shown = (
+        CliRunner()
+        .invoke(
+            app,
+            ["runs", "show", "shown-run", "--store", f"sqlite:///{tmp_path / 'runs.db'}"],
+            env={"COLUMNS": "250"},
+        )
+        .output
+    )
+    assert "queued on gpu (no worker has taken it yet)" in shown
+    assert "queued on dp, held by worker node-2 pid 41 (not started yet)" in shown
+    assert "running on worker node-3 pid 52" in shown
+    assert "attempt 1 lost with worker node-1 pid 17, dispatched again" in shown

@@ -141,6 +141,9 @@ class CeleryExecutor:
         self._losses: dict[tuple[str, str, str], int] = {}
         #: queue -> `time.monotonic()` when a worker last took one of our tasks from it
         self._taken: dict[str, float] = {}
+        #: the highest handle the send thread has handed to the broker (handles are sent in
+        #: the order they are made; written by that thread, read on the loop)
+        self._sent_upto = -1
 
     async def start(self, io_manager: IOManager) -> None:
         if self._threads:
@@ -271,6 +274,7 @@ class CeleryExecutor:
                         )
             except Exception as exc:  # the broker is gone: these attempts fail, retryable
                 self._hand_back([_unsent(message, exc) for message in batch])
+            self._sent_upto = batch[-1].handle
 
     def _read_loop(self) -> None:
         """Pop the workers' answers and hand them to the loop in batches."""
@@ -419,7 +423,14 @@ class CeleryExecutor:
             if flight.seen is not None:
                 continue
             name, queue_name = flight.task.describe(), flight.queue
-            if in_broker.get(queue_name, 1) == 0 and now - flight.sent_at > self.heartbeat:
+            if flight.pushed_at is None and handle <= self._sent_upto:
+                flight.pushed_at = now  # in the broker since the last look, at the latest
+            pushed = flight.pushed_at
+            if (
+                pushed is not None
+                and now - pushed > self.heartbeat
+                and not in_broker.get(queue_name, 1)
+            ):
                 # not in the broker's queue any more, and no worker has said it holds it for
                 # a whole heartbeat bound: taken by a worker that died before its first beat
                 self._lose(handle, flight, now)
@@ -466,8 +477,8 @@ class CeleryExecutor:
         host, pid = flight.holder or ("?", 0)
         if flight.seen is None:
             error = (
-                f"WorkerLost: a worker took it from queue {flight.queue!r} and was silent for "
-                f"{now - flight.sent_at:.0f}s, without a heartbeat"
+                f"WorkerLost: a worker took it from queue {flight.queue!r} and said nothing "
+                f"for {now - (flight.pushed_at or flight.sent_at):.0f}s, no heartbeat either"
             )
         else:
             what = "running it" if flight.started else "holding it, unstarted"
@@ -557,6 +568,7 @@ class _Flight:
     __slots__ = (
         "delivery",
         "holder",
+        "pushed_at",
         "queue",
         "seen",
         "sent_at",
@@ -573,6 +585,8 @@ class _Flight:
         self.started = False
         self.timer: asyncio.TimerHandle | None = None
         self.sent_at = time.monotonic()
+        #: `time.monotonic()` by which the broker had it (None: not sent yet, as far as known)
+        self.pushed_at: float | None = None
         #: `time.monotonic()` when a worker last said it holds it (None: still in the broker)
         self.seen: float | None = None
         #: (host, pid) of the worker holding it: the pool process once it runs

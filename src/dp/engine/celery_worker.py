@@ -98,7 +98,16 @@ def heartbeat_timeout(env: Mapping[str, str] | None = None) -> float:
     Raises:
         ConfigError: the variable is not a number of seconds > 0.
     """
-    return _seconds(HEARTBEAT_VARIABLE, HEARTBEAT_TIMEOUT, "celery heartbeat timeout", env)
+    seconds = _seconds(HEARTBEAT_VARIABLE, HEARTBEAT_TIMEOUT, "celery heartbeat timeout", env)
+    if seconds < 1:
+        raise ConfigError(
+            "celery heartbeat timeout",
+            str(seconds),
+            HEARTBEAT_VARIABLE,
+            "must be at least 1 second: workers beat several times a second at most, so a "
+            "shorter bound would take live workers for lost",
+        )
+    return seconds
 
 
 def queued_timeout(env: Mapping[str, str] | None = None) -> float:
@@ -265,14 +274,20 @@ class _LostGuard:
     def __init__(self, backends: _Backends, message: TaskMessage, since: float) -> None:
         self.backends = backends
         self.message = message
+        #: no need to ask before this `time.monotonic()` (a stream's many saves ask once a
+        #: second at most, unless the process was frozen in between)
         self.since = since + message.heartbeat / 2
 
     @property
     def closed(self) -> bool:
         message = self.message
-        if not message.heartbeat or time.monotonic() < self.since:
+        now = time.monotonic()
+        if not message.heartbeat or now < self.since:
             return False
-        return is_lost(self.backends.redis, message.reply_to, message.handle)
+        if is_lost(self.backends.redis, message.reply_to, message.handle):
+            return True
+        self.since = now + min(1.0, message.heartbeat / 8)
+        return False
 
 
 def _run(payload: dict[str, Any]) -> None:
