@@ -541,6 +541,7 @@ def test_a_message_taken_by_a_worker_that_never_said_so_is_sent_again(
 
     meta = project.module.on_gpu.__dp_task__
     client = redis_client.Redis.from_url(redis.url)
+    client.delete("gpu")  # what earlier tests left waiting there
 
     async def go() -> tuple[TaskOutcome, int, bool]:
         executor = CeleryExecutor(project.broker, visibility=3, heartbeat=1)
