@@ -8,8 +8,12 @@ chunk, done) onto the Redis list the message names (`reply_to`), which the orche
 
 Reliability comes from Celery's late acknowledgement: a message is acknowledged only when the
 attempt ended, so a worker that dies mid-task (`reject_on_worker_lost` for a lost pool
-process; the broker's visibility timeout for a lost machine) hands it to another worker. A
-delivered attempt first checks, in this order, that
+process; the broker's visibility timeout for a lost machine) hands it to another worker. The
+orchestrator does not wait for the visibility timeout: `dp worker`'s heartbeats
+(`dp.engine.celery_beat`) let it take a silent worker's attempts for lost within seconds and
+send them again. A delivered attempt first says it started and checks, in the same round
+trip, that its orchestrator has not taken it for lost (then it runs nothing, and a long
+attempt asks again before each save); then, in this order, that
 
 - its run still has the ownership epoch it was handed out with (`RunStore.get_run`): a fenced
   attempt is answered as such and never runs;
