@@ -78,6 +78,11 @@ TASKS = textwrap.dedent(
 
 
     @task
+    def long() -> int:
+        return work("long", 8)
+
+
+    @task
     def frozen() -> int:
         # the first attempt is short, the next ones long: the test wakes the first one while
         # the second still runs
@@ -96,6 +101,7 @@ class Project:
 
     def __init__(self, root: Path, redis: RedisProcess) -> None:
         self.root = root
+        self.redis = redis
         self.file = root / "pipeline.py"
         self.file.write_text(TASKS)
         self.results = root / "results"
@@ -321,6 +327,32 @@ def test_a_redelivery_after_a_pool_process_died_is_a_new_attempt(project: Projec
     assert second.started_at is not None
     assert second.started_at > first.started_at
     assert project.count("done", "w0") == 1
+
+
+def test_a_frozen_broker_is_no_reason_to_take_workers_for_lost(project: Project) -> None:
+    """SIGSTOP redis-server past the heartbeat bound while a task runs, then SIGCONT: no
+    heartbeat could travel, yet no attempt is taken for lost; the task runs once."""
+    workers = Workers.start(project.file, project.env, count=1)
+    try:
+        run = project.run("long")
+        _wait(lambda: project.count("start", "long") == 1, 60, "long to start")
+        os.kill(project.redis.process.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2 * BOUND)
+        finally:
+            os.kill(project.redis.process.pid, signal.SIGCONT)
+        code, out, err = _finish(run)
+    finally:
+        workers.stop()
+    record = project.last_run()
+    attempts = project.attempts(record.run_id, "long")
+    print(
+        f"\nbroker frozen {2 * BOUND}s (bound {BOUND}s); executions "
+        f"{project.count('start', 'long')}, attempts {[a.status.value for a in attempts]}"
+    )
+    assert (code, record.status.value) == (0, "succeeded"), out + err
+    assert [a.status for a in attempts] == [TaskStatus.SUCCEEDED]
+    assert project.count("start", "long") == 1
 
 
 def test_a_worker_that_cannot_import_its_file_fails_the_waiting_run(project: Project) -> None:

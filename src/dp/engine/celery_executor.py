@@ -38,12 +38,16 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Final
 
-from dp.engine.celery_beat import (
-    BrokenReport,
-    beat_period,
-    broken_reports,
-    live_workers,
-    mark_lost,
+from dp.engine.celery_beat import beat_period, broken_reports, live_workers, mark_lost
+from dp.engine.celery_flights import (
+    Flight,
+    LostMark,
+    QueueFacts,
+    import_error,
+    queued_error,
+    refused,
+    serves,
+    silence_error,
 )
 from dp.engine.celery_worker import (
     DEFAULT_QUEUE,
@@ -79,6 +83,9 @@ _log = get_logger("dp.engine")
 _TIMEOUT_GRACE: Final = 2.0
 #: answers read from the reply list at once
 _BATCH: Final = 1000
+#: seconds without a round trip of the reading thread (normally one every half second) after
+#: which the broker counts as unreachable, and nobody's silence as evidence of a lost worker
+_DEAF: Final = 3.0
 #: attempts of one task lost in a row before dp stops sending it (a task that kills or
 #: freezes every worker it runs on must not go round the fleet forever)
 _MAX_LOSSES: Final = 3
@@ -126,13 +133,17 @@ class CeleryExecutor:
         self.lost = 0
         #: answers (started, chunk, done) of attempts taken for lost, ignored
         self.late_answers = 0
+        #: the reply list cannot be read (set and cleared by the reading thread)
+        self.broker_down = False
+        #: `time.monotonic()` of the reading thread's last round trip to the broker
+        self._read_at = time.monotonic()
         self._app: Any = None
         self._redis: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._outbox: queue.SimpleQueue[TaskMessage | _LostMark | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[TaskMessage | LostMark | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self._flights: dict[int, _Flight] = {}
+        self._flights: dict[int, Flight] = {}
         self._next_handle = 0
         self._watcher: asyncio.Task[None] | None = None
         #: handles taken for lost: their late answers are counted, not just dropped
@@ -175,14 +186,14 @@ class CeleryExecutor:
         try:
             check_timeouts([task.metadata], self.visibility)
         except DPError as exc:
-            loop.call_soon(sink.on_done, task, _refused(task, f"{type(exc).__name__}: {exc}"))
+            loop.call_soon(sink.on_done, task, refused(task, f"{type(exc).__name__}: {exc}"))
             return
         self._send(task, sink)
 
     def _send(self, task: ExecutableTask, sink: TaskSink) -> None:
         handle = self._next_handle
         self._next_handle += 1
-        self._flights[handle] = _Flight(task, sink, self.queue_of(task))
+        self._flights[handle] = Flight(task, sink, self.queue_of(task))
         self._outbox.put(TaskMessage.of(task, handle, self.reply_to, self.heartbeat))
 
     def queue_of(self, task: ExecutableTask) -> str:
@@ -242,10 +253,10 @@ class CeleryExecutor:
                 return
             batch: list[TaskMessage] = []
             marks: list[int] = []
-            item: TaskMessage | _LostMark | None = first
+            item: TaskMessage | LostMark | None = first
             with contextlib.suppress(queue.Empty):
                 while item is not None:
-                    if isinstance(item, _LostMark):
+                    if isinstance(item, LostMark):
                         marks.append(item.handle)
                     else:
                         batch.append(item)
@@ -283,13 +294,17 @@ class CeleryExecutor:
         while not self._stopping.is_set():
             try:
                 first = client.blpop([key], timeout=0.5)
+                self._read_at = time.monotonic()
+                self.broker_down = False
                 if first is None:
                     continue
                 rest = client.lpop(key, _BATCH) or []
             except Exception as exc:
                 if self._stopping.is_set():
                     return
-                _log.warning("celery.replies_unreadable", error=str(exc))
+                if not self.broker_down:
+                    self.broker_down = True
+                    _log.warning("celery.replies_unreadable", error=str(exc))
                 time.sleep(0.5)
                 continue
             answers: list[Any] = []
@@ -335,7 +350,7 @@ class CeleryExecutor:
             elif kind is StartedMessage:
                 self._on_started(answer, flight, now)
 
-    def _on_started(self, answer: StartedMessage, flight: _Flight, now: float) -> None:
+    def _on_started(self, answer: StartedMessage, flight: Flight, now: float) -> None:
         delivery = (answer.host, answer.pid, answer.started_at)
         if flight.started:
             if flight.delivery is None or delivery == flight.delivery:
@@ -371,7 +386,7 @@ class CeleryExecutor:
             if pid or flight.holder is None:
                 flight.holder = (beat.host, pid or beat.pid)
 
-    def _finished(self, handle: int, flight: _Flight) -> None:
+    def _finished(self, handle: int, flight: Flight) -> None:
         del self._flights[handle]
         if flight.timer is not None:
             flight.timer.cancel()
@@ -388,12 +403,34 @@ class CeleryExecutor:
 
     # --- lost workers, empty queues --------------------------------------------------------
 
+    def _restart_clocks(self, now: float) -> None:
+        """This process heard nothing for a while through no worker's fault (the broker was
+        unreachable, or this process was frozen or starved): every attempt gets a whole
+        heartbeat bound again, and every queue a whole queued timeout."""
+        for flight in self._flights.values():
+            if flight.seen is not None:
+                flight.seen = max(flight.seen, now)
+            if flight.pushed_at is not None:
+                flight.pushed_at = max(flight.pushed_at, now)
+            self._taken[flight.queue] = now
+
     async def _watch(self) -> None:
         """Every few seconds: take silent attempts for lost; fail tasks no worker can take."""
         period = min(beat_period(self.heartbeat), self.queued_timeout / 4)
+        last = time.monotonic()
+        deaf = False
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            stalled = now - last > period + min(self.heartbeat, self.queued_timeout) / 2
+            last = now
+            if now - self._read_at > _DEAF:  # the broker does not answer: silence proves nothing
+                deaf = True
+                continue
+            if stalled or deaf:  # back from a frozen loop or a silent broker: judge later
+                deaf = False
+                self._restart_clocks(now)
+                continue
             for handle, flight in list(self._flights.items()):
                 if flight.seen is not None and now - flight.seen > self.heartbeat:
                     self._lose(handle, flight, now)
@@ -407,7 +444,7 @@ class CeleryExecutor:
                 continue
             self._check_waiting(facts, time.monotonic())
 
-    def _queue_facts(self, queues: list[str]) -> _QueueFacts:
+    def _queue_facts(self, queues: list[str]) -> QueueFacts:
         client = self._redis
         pipe = client.pipeline(transaction=False)
         for name in queues:
@@ -415,14 +452,14 @@ class CeleryExecutor:
         waiting = dict(zip(queues, (int(n) for n in pipe.execute()), strict=True))
         return live_workers(client, queues), broken_reports(client, queues), waiting
 
-    def _check_waiting(self, facts: _QueueFacts, now: float) -> None:
+    def _check_waiting(self, facts: QueueFacts, now: float) -> None:
         """Tasks no worker said it holds: lost with a worker that died before saying so,
         hopeless (the only workers of their queue cannot import their file), or waiting."""
         live, broken, in_broker = facts
         for handle, flight in list(self._flights.items()):
             if flight.seen is not None:
                 continue
-            name, queue_name = flight.task.describe(), flight.queue
+            queue_name = flight.queue
             if flight.pushed_at is None and handle <= self._sent_upto:
                 flight.pushed_at = now  # in the broker since the last look, at the latest
             pushed = flight.pushed_at
@@ -437,59 +474,33 @@ class CeleryExecutor:
                 continue
             workers = live.get(queue_name, 0)
             if not workers:
-                report = next((r for r in broken.get(queue_name, ()) if _serves(r, flight)), None)
+                report = next((r for r in broken.get(queue_name, ()) if serves(r, flight)), None)
                 if report is not None:
-                    self._give_up(
-                        handle,
-                        flight,
-                        f"WorkerImportError: task {name!r} cannot run: {report.describe()}; "
-                        f"no other worker consumes queue {queue_name!r} (0 workers). Fix "
-                        f"{report.target} or its environment on {report.host} and start "
-                        "`dp worker` there again.",
-                    )
+                    self._give_up(handle, flight, import_error(flight, report))
                     continue
             waited = now - max(flight.sent_at, self._taken.get(queue_name, 0.0))
             if waited > self.queued_timeout:
-                self._give_up(
-                    handle,
-                    flight,
-                    f"QueuedTimeoutError: task {name!r} waited {waited:.0f}s in queue "
-                    f"{queue_name!r} and no worker took it, nor any other task from that queue "
-                    f"meanwhile; {workers} worker{'' if workers == 1 else 's'} consume "
-                    f"{queue_name!r}. Start `dp worker FILE --queues {queue_name}` where the "
-                    f"task's file imports, or raise DP_CELERY_QUEUED_TIMEOUT (now "
-                    f"{self.queued_timeout:g}s).",
-                )
+                error = queued_error(flight, waited, workers, self.queued_timeout)
+                self._give_up(handle, flight, error)
 
-    def _give_up(self, handle: int, flight: _Flight, error: str) -> None:
+    def _give_up(self, handle: int, flight: Flight, error: str) -> None:
         """Fail an attempt nobody runs; a worker that gets its message later runs nothing."""
         self._finished(handle, flight)
         self._lost_handles.add(handle)
-        self._outbox.put(_LostMark(handle))
-        flight.sink.on_done(flight.task, _refused(flight.task, error))
+        self._outbox.put(LostMark(handle))
+        flight.sink.on_done(flight.task, refused(flight.task, error))
 
-    def _lose(self, handle: int, flight: _Flight, now: float) -> None:
+    def _lose(self, handle: int, flight: Flight, now: float) -> None:
         """Nothing was heard of this attempt for the heartbeat bound: record it lost, mark it
         so its worker commits nothing if it wakes up, and send the task again."""
         self._finished(handle, flight)
         self._lost_handles.add(handle)
-        self._outbox.put(_LostMark(handle))
+        self._outbox.put(LostMark(handle))
         host, pid = flight.holder or ("?", 0)
-        if flight.seen is None:
-            error = (
-                f"WorkerLost: a worker took it from queue {flight.queue!r} and said nothing "
-                f"for {now - (flight.pushed_at or flight.sent_at):.0f}s, no heartbeat either"
-            )
-        else:
-            what = "running it" if flight.started else "holding it, unstarted"
-            error = (
-                f"WorkerLost: no heartbeat for {now - flight.seen:.0f}s from worker "
-                f"{host} pid {pid} ({what})"
-            )
-        if self._lost(flight, error, host, pid):
+        if self._lost(flight, silence_error(flight, now), host, pid):
             self._send(flight.task, flight.sink)
 
-    def _redelivered(self, answer: StartedMessage, flight: _Flight) -> bool:
+    def _redelivered(self, answer: StartedMessage, flight: Flight) -> bool:
         """The broker delivered a started attempt again: its first delivery's worker was
         lost. Whether the new delivery goes on (as the next attempt)."""
         host, pid, _ = flight.delivery or ("?", 0, 0.0)
@@ -502,10 +513,10 @@ class CeleryExecutor:
         handle = answer.handle
         self._finished(handle, flight)
         self._lost_handles.add(handle)
-        self._outbox.put(_LostMark(handle))
+        self._outbox.put(LostMark(handle))
         return False
 
-    def _lost(self, flight: _Flight, error: str, host: str, pid: int) -> bool:
+    def _lost(self, flight: Flight, error: str, host: str, pid: int) -> bool:
         """Record a lost attempt; False (and the task failed) once too many were lost."""
         task = flight.task
         self.lost += 1
@@ -540,65 +551,6 @@ class CeleryExecutor:
             return False
         flight.sink.on_lost(task, outcome)
         return not flight.sink.closed
-
-
-#: per queue: live workers, import-failure reports, messages still in the broker's list
-_QueueFacts = tuple[dict[str, int], dict[str, list[BrokenReport]], dict[str, int]]
-
-
-class _LostMark:
-    """For the send thread: mark `handle` lost in Redis before sending what follows."""
-
-    __slots__ = ("handle",)
-
-    def __init__(self, handle: int) -> None:
-        self.handle = handle
-
-
-def _serves(report: BrokenReport, flight: _Flight) -> bool:
-    """Whether the worker that reported `report` would have run `flight`'s task: its file is
-    the task's module (or it did not say which module it imports)."""
-    module = flight.task.metadata.import_path.partition(":")[0]
-    return not report.module or report.module.rsplit(".", 1)[-1] == module.rsplit(".", 1)[-1]
-
-
-class _Flight:
-    """One sent attempt, as the executor follows it."""
-
-    __slots__ = (
-        "delivery",
-        "holder",
-        "pushed_at",
-        "queue",
-        "seen",
-        "sent_at",
-        "sink",
-        "started",
-        "task",
-        "timer",
-    )
-
-    def __init__(self, task: ExecutableTask, sink: TaskSink, queue: str) -> None:
-        self.task = task
-        self.sink = sink
-        self.queue = queue
-        self.started = False
-        self.timer: asyncio.TimerHandle | None = None
-        self.sent_at = time.monotonic()
-        #: `time.monotonic()` by which the broker had it (None: not sent yet, as far as known)
-        self.pushed_at: float | None = None
-        #: `time.monotonic()` when a worker last said it holds it (None: still in the broker)
-        self.seen: float | None = None
-        #: (host, pid) of the worker holding it: the pool process once it runs
-        self.holder: tuple[str, int] | None = None
-        #: (host, pid, started_at) of the delivery running it
-        self.delivery: tuple[str, int, float] | None = None
-
-
-def _refused(task: ExecutableTask, error: str) -> TaskOutcome:
-    return TaskOutcome(
-        task.task_name, task.instance, False, [], time.time(), 0.0, error, retryable=False
-    )
 
 
 def _unsent(message: TaskMessage, exc: Exception) -> CompletionMessage:
