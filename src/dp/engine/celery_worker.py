@@ -288,8 +288,11 @@ class _LostGuard:
         now = time.monotonic()
         if not message.heartbeat or now < self.since:
             return False
-        if is_lost(self.backends.redis, message.reply_to, message.handle):
-            return True
+        try:
+            if is_lost(self.backends.redis, message.reply_to, message.handle):
+                return True
+        except Exception:  # the broker is unreachable: saving (atomically) beats failing
+            return False
         self.since = now + min(1.0, message.heartbeat / 8)
         return False
 
