@@ -173,6 +173,7 @@ class CeleryExecutor:
                 "start Redis there or point DP_CELERY_BROKER_URL at it.",
             ) from None
         self._stopping.clear()
+        self._read_at = time.monotonic()
         loops = ((self._send_loop, "dp-celery-send"), (self._read_loop, "dp-celery-read"))
         for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
