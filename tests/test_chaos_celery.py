@@ -247,6 +247,9 @@ def test_a_sigkilled_worker_s_tasks_run_on_the_other_within_the_heartbeat_bound(
     assert [(a.attempt, a.host is not None, a.pid) for a in killed] == [(1, True, victim_pid)]
     assert "WorkerLost: no heartbeat" in (killed[0].error or "")
     assert "lost" in project.show(record.run_id, "--attempts")
+    shown = project.show(record.run_id)
+    print(shown)
+    assert f"attempt 1 lost with worker {killed[0].host} pid {victim_pid}" in shown
 
 
 def test_a_sigstopped_worker_is_replaced_and_commits_nothing_when_woken(project: Project) -> None:
