@@ -83,6 +83,12 @@ TASKS = textwrap.dedent(
 
 
     @task
+    def fatal() -> None:
+        effect("start", "fatal")
+        os._exit(1)  # kills the pool process that runs it, every time
+
+
+    @task
     def frozen() -> int:
         # the first attempt is short, the next ones long: the test wakes the first one while
         # the second still runs
@@ -356,6 +362,28 @@ def test_a_frozen_broker_is_no_reason_to_take_workers_for_lost(project: Project)
     assert (code, record.status.value) == (0, "succeeded"), out + err
     assert [a.status for a in attempts] == [TaskStatus.SUCCEEDED]
     assert project.count("start", "long") == 1
+
+
+def test_a_task_that_kills_every_worker_process_it_runs_in_fails(project: Project) -> None:
+    """A task that exits its pool process is delivered again by Celery each time; the third
+    lost attempt fails it, instead of the redeliveries going on forever (on main they do)."""
+    workers = Workers.start(project.file, project.env, count=1)
+    try:
+        code, out, err = _finish(project.run("fatal"))
+    finally:
+        workers.stop()
+    record = project.last_run()
+    attempts = project.attempts(record.run_id, "fatal")
+    print(
+        f"\nexecutions {project.count('start', 'fatal')}, attempts "
+        f"{[(a.attempt, a.status.value) for a in attempts]}: {record.error}"
+    )
+    assert (code, record.status.value) == (1, "failed"), out + err
+    assert [a.status for a in attempts] == [TaskStatus.LOST, TaskStatus.LOST, TaskStatus.FAILED]
+    assert "3 attempts were lost in a row" in (record.error or "")
+    # the third loss shows when the broker's fourth delivery starts: that one runs too, and
+    # any later delivery finds the attempt marked and runs nothing
+    assert project.count("start", "fatal") == 4
 
 
 def test_a_worker_that_cannot_import_its_file_fails_the_waiting_run(project: Project) -> None:
