@@ -535,13 +535,6 @@ class CeleryExecutor:
             host=host,
             pid=pid or None,
         )
-        _log.warning(
-            "celery.attempt_lost",
-            run_id=task.run_id,
-            task_name=task.describe(),
-            attempt=task.attempt,
-            error=error,
-        )
         if losses >= _MAX_LOSSES:
             outcome.error = (
                 f"{error}; {losses} attempts were lost in a row, so dp stopped sending it: "
