@@ -148,7 +148,6 @@ class Project:
             "DP_CELERY_BROKER_URL": redis.url,
             "DP_RESULTS_URL": f"file://{self.results}",
             "DP_STORE_URL": f"sqlite:///{self.store_path}",
-            "DP_CELERY_VISIBILITY_TIMEOUT": "3",
         }
         self.broker = redis.url
         sys.path.insert(0, str(root))
@@ -166,7 +165,7 @@ class Project:
             orchestrator = Orchestrator(
                 io_manager=FilesystemIOManager(self.results),
                 store=store,
-                executor=executor or CeleryExecutor(self.broker, visibility=3),
+                executor=executor or CeleryExecutor(self.broker, heartbeat=3),
             )
             try:
                 return await orchestrator.start_pipeline(plan)
@@ -261,7 +260,7 @@ def test_a_task_the_worker_cannot_import_fails_the_run_with_why(
     async def go() -> object:
         orchestrator = Orchestrator(
             io_manager=FilesystemIOManager(project.results),
-            executor=CeleryExecutor(project.broker, visibility=3),
+            executor=CeleryExecutor(project.broker, heartbeat=3),
         )
         try:
             return await orchestrator.start_pipeline(plan)
@@ -298,7 +297,7 @@ def _submit_one(project: Project, run_id: str, epoch: int) -> TaskOutcome:
     meta = project.module.counted.__dp_task__
 
     async def go() -> TaskOutcome:
-        executor = CeleryExecutor(project.broker, visibility=3)
+        executor = CeleryExecutor(project.broker, heartbeat=3)
         await executor.start(FilesystemIOManager(project.results))
         try:
             sink = _Sink()
@@ -356,7 +355,7 @@ def test_a_task_for_a_queue_no_worker_serves_waits(project: Project, workers: Wo
     store = SQLRunStore(path=project.store_path)
 
     async def go() -> tuple[TaskRunRecord, list[tuple[str, str]], str, TaskStatus]:
-        executor = CeleryExecutor(project.broker, visibility=3)
+        executor = CeleryExecutor(project.broker, heartbeat=3)
         orchestrator = Orchestrator(
             io_manager=FilesystemIOManager(project.results), store=store, executor=executor
         )
@@ -406,7 +405,7 @@ def test_a_served_task_goes_queued_then_running_then_succeeded(
     async def go() -> RunResult:
         orchestrator = Orchestrator(
             io_manager=FilesystemIOManager(project.results),
-            executor=CeleryExecutor(project.broker, visibility=3),
+            executor=CeleryExecutor(project.broker, heartbeat=3),
             listeners=[Changes()],
         )
         try:
@@ -460,8 +459,9 @@ def test_the_executor_says_when_its_broker_is_unreachable(project: Project) -> N
 def test_a_sigkilled_worker_s_task_is_redelivered_and_the_run_completes(
     project: Project, workers: Workers
 ) -> None:
-    """SIGKILL the workers while one runs `slow`: a new worker gets the task once the
-    visibility timeout passed, the run succeeds, and slow ran to its end exactly once."""
+    """SIGKILL the workers while one runs `slow`: a new worker gets the task once its
+    heartbeats stopped for the bound (Celery's visibility timeout is its default hour), the
+    run succeeds, and slow ran to its end exactly once."""
     before, before_done = project.effects("slow"), project.effects("slow-done")
     spare: list[Workers] = []
 
@@ -469,7 +469,7 @@ def test_a_sigkilled_worker_s_task_is_redelivered_and_the_run_completes(
         orchestrator = Orchestrator(
             io_manager=FilesystemIOManager(project.results),
             store=SQLRunStore(path=project.store_path),
-            executor=CeleryExecutor(project.broker, visibility=3),
+            executor=CeleryExecutor(project.broker, heartbeat=3),
         )
         plan = Planner(DAGBuilder(project.module.REGISTRY)).create_execution_plan(
             task_names=["slow"]
@@ -544,7 +544,7 @@ def test_a_message_taken_by_a_worker_that_never_said_so_is_sent_again(
     client.delete("gpu")  # what earlier tests left waiting there
 
     async def go() -> tuple[TaskOutcome, int, bool]:
-        executor = CeleryExecutor(project.broker, visibility=3, heartbeat=1)
+        executor = CeleryExecutor(project.broker, heartbeat=1)
         await executor.start(FilesystemIOManager(project.results))
         try:
             sink = _LostSink()
