@@ -24,6 +24,7 @@ The keys (all on the Celery broker, a Redis database):
 | `dp:celery:workers:<queue>` | sorted set | worker name -> Redis time of its last heartbeat |
 | `dp:celery:broken:<queue>` | hash | worker name -> JSON report of its import failure (10 min) |
 | `dp:celery:lost:<reply list>` | set | handles of attempts the orchestrator took for lost (1 day) |
+| `dp:celery:replies:<id>` | list | workers' answers to one orchestrator (1 day after the last) |
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dp.store.records import HOST
 
 __all__ = [
     "ALIVE",
+    "REPLY_TTL",
     "BrokenReport",
     "Heartbeat",
     "beat_period",
@@ -63,6 +65,9 @@ _REGISTRY_EVERY: Final = 5.0
 _BROKEN_TTL: Final = 600
 #: how long a lost mark is kept at least (the executor keeps it past the visibility timeout)
 LOST_TTL: Final = 86_400
+#: a reply list expires this long after a worker's last answer: one whose orchestrator is
+#: gone (killed, or done before a late worker answered) does not stay in Redis forever
+REPLY_TTL: Final = 86_400
 #: seconds a heartbeat round may wait on Redis before it gives up (and tries again)
 _SOCKET_TIMEOUT: Final = 2.0
 #: how often the heartbeat thread looks at what its worker holds: an attempt the worker
@@ -157,6 +162,7 @@ class Heartbeat:
             news = (*handles, *pids) != known
             if news or now - last >= beat_period(bound or _REGISTRY_EVERY * 4):
                 pipe.rpush(reply_to, HeartbeatMessage(HOST, me, handles, pids).to_json())
+                pipe.expire(reply_to, REPLY_TTL)
                 state.beats[reply_to] = (now, (*handles, *pids))
                 sent += 1
         for reply_to in set(state.beats) - set(held):

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from dp.engine.celery_beat import is_lost, lost_key
+from dp.engine.celery_beat import REPLY_TTL, is_lost, lost_key
 from dp.engine.executors import timeout_outcome
 from dp.engine.messages import (
     ChunkMessage,
@@ -255,7 +255,10 @@ class _Backends:
         return _Backends(_config)
 
     def reply(self, key: str, message: WorkerMessage) -> None:
-        self.redis.rpush(key, message.to_json())
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, message.to_json())
+        pipe.expire(key, REPLY_TTL)  # an answer nobody reads any more does not stay forever
+        pipe.execute()
 
     def begin(self, message: TaskMessage) -> bool:
         """Say the attempt started and learn, in the same round trip, whether its
@@ -264,6 +267,7 @@ class _Backends:
         pipe = self.redis.pipeline(transaction=False)
         pipe.sismember(lost_key(message.reply_to), str(message.handle))
         pipe.rpush(message.reply_to, started.to_json())
+        pipe.expire(message.reply_to, REPLY_TTL)
         return bool(pipe.execute()[0])
 
 
@@ -307,9 +311,10 @@ def _run(payload: dict[str, Any]) -> None:
         import redis
 
         assert _config is not None
-        client = redis.Redis.from_url(_config.broker_url)
         error = f"WorkerSetupError: the worker could not open its backends: {format_error(exc)}"
-        client.rpush(message.reply_to, CompletionMessage.refused(message, error).to_json())
+        with redis.Redis.from_url(_config.broker_url) as client:
+            client.rpush(message.reply_to, CompletionMessage.refused(message, error).to_json())
+            client.expire(message.reply_to, REPLY_TTL)
         return
     started = time.monotonic()
     reply = functools.partial(backends.reply, message.reply_to)
