@@ -9,11 +9,11 @@ unacknowledged messages to another worker. dp does not wait for that:
   orchestrator onto that orchestrator's reply list, naming the attempts it holds (running, or
   prefetched and waiting), and it stamps itself in the worker registry of each queue it serves.
 - The orchestrator (`CeleryExecutor`) takes an attempt for lost once nothing was heard of it
-  for `DP_CELERY_HEARTBEAT_TIMEOUT` seconds: it marks the attempt's handle in `LOST_KEY` and
+  for `DP_CELERY_HEARTBEAT_TIMEOUT` seconds: it marks the attempt's handle lost (below) and
   sends the task again as the next attempt. A worker checks that mark before it starts an
   attempt and before it saves a result of one that ran longer than half that bound, so a
   lost attempt that wakes up (a SIGSTOPped worker, a partitioned machine) commits nothing.
-- A `dp worker` that cannot import its task file leaves a report under `BROKEN_KEY` for each
+- A `dp worker` that cannot import its task file leaves a report (below) for each
   of its queues before it exits; an orchestrator whose tasks wait on such a queue, with no
   live worker on it, fails them with that report instead of waiting.
 
@@ -33,7 +33,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -93,6 +93,10 @@ def beat_period(bound: float) -> float:
     return min(_REGISTRY_EVERY, max(0.2, bound / 4))
 
 
+#: what a worker holds: (task message payload, pool pid running it or 0), per attempt
+Held = Callable[[], list[tuple[dict[str, Any], int]]]
+
+
 def worker_name(pid: int | None = None) -> str:
     """The name `dp worker` gives its Celery worker, and the registry's member for it."""
     return f"dp-{pid or os.getpid()}@{HOST}"
@@ -105,7 +109,7 @@ class Heartbeat:
     default Celery's own record of the requests the worker reserved (`celery.worker.state`).
     """
 
-    def __init__(self, broker_url: str, queues: Sequence[str], *, held: Any = None) -> None:
+    def __init__(self, broker_url: str, queues: Sequence[str], *, held: Held | None = None) -> None:
         self.broker_url = broker_url
         self.queues = list(queues)
         self.name = worker_name()
