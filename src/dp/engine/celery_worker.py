@@ -273,9 +273,10 @@ class _Backends:
 
 class _LostGuard:
     """The `CommitGuard` of an attempt on a worker: closed once its orchestrator took it for
-    lost (a worker that was frozen or cut off past the heartbeat bound). Asked before each
-    save; only an attempt running for half that bound can be lost, so short attempts never
-    pay the round trip."""
+    lost (a worker that was frozen or cut off past the heartbeat bound), or once its run was
+    taken over (a resume after its orchestrator died: a newer epoch). Asked before each save;
+    only an attempt running for half that bound can be lost, and the start checked the epoch,
+    so short attempts never pay the round trips."""
 
     __slots__ = ("backends", "message", "since")
 
@@ -292,10 +293,15 @@ class _LostGuard:
         now = time.monotonic()
         if not message.heartbeat or now < self.since:
             return False
+        backends = self.backends
         try:
-            if is_lost(self.backends.redis, message.reply_to, message.handle):
+            if is_lost(backends.redis, message.reply_to, message.handle):
                 return True
-        except Exception:  # the broker is unreachable: saving (atomically) beats failing
+            store = backends.store
+            if store is not None and message.epoch:  # noqa: SIM102 (one round trip each)
+                if store.get_run(message.run_id).epoch != message.epoch:
+                    return True
+        except Exception:  # unreachable, or not recorded: saving (atomically) beats failing
             return False
         self.since = now + min(1.0, message.heartbeat / 8)
         return False
