@@ -20,23 +20,34 @@ from pathlib import Path
 from typing import Any
 
 from dp.events.kafka import KafkaBroker
+from dp.events.kafka_options import kafka_url
 from ports import free_port
 
-__all__ = ["KafkaServer", "kafka_broker"]
+__all__ = ["TANSU_OPTIONS", "KafkaServer", "kafka_broker", "tansu_url"]
 
 _namespaces = itertools.count(1)
 
 
+#: What a user of Tansu sets in the bus URL (see the README's "Kafka bus"): Tansu refuses the
+#: idempotent producer, forms groups after about half of session_timeout, and holds an empty
+#: fetch for all of fetch_wait. topic_refresh only makes pattern tests quicker.
+TANSU_OPTIONS: dict[str, Any] = {
+    "idempotence": False,
+    "session_timeout": 1.0,
+    "fetch_wait": 0.02,
+    "topic_refresh": 0.1,
+}
+
+
+def tansu_url(url: str, **options: Any) -> str:
+    """`url` with the options a Tansu user sets, plus `options`."""
+    return kafka_url(url, **{**TANSU_OPTIONS, **options})
+
+
 def kafka_broker(url: str, **options: Any) -> KafkaBroker:
-    """A KafkaBroker for tests: a namespace of its own, Tansu's limits, quick group joins."""
-    settings: dict[str, Any] = {
-        "namespace": f"t{next(_namespaces)}.",
-        "idempotence": False,  # Tansu's memory engine refuses InitProducerId
-        "topic_refresh": 0.1,
-        "session_timeout": 1.0,  # Tansu lets a group form after about half of it
-        "fetch_wait": 0.02,  # Tansu holds an empty fetch for all of it (see bench_kafka)
-    }
-    return KafkaBroker(url, **{**settings, **options})
+    """A KafkaBroker for tests, configured by its URL exactly as users configure one: a
+    namespace of its own, Tansu's options, plus `options` (URL options too)."""
+    return KafkaBroker(tansu_url(url, **{"namespace": f"t{next(_namespaces)}.", **options}))
 
 
 def tansu_binary() -> str:

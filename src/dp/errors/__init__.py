@@ -16,6 +16,7 @@ from dp.errors.base import (
 from dp.errors.config import CLIError, ConfigError, ConfigFileError
 from dp.errors.events import (
     BrokerClosedError,
+    BusRefusedError,
     BusUnavailableError,
     EventFormatError,
     GroupError,
@@ -102,6 +103,7 @@ __all__ = [
     "ArgumentTypeError",
     "AttemptNotFoundError",
     "BrokerClosedError",
+    "BusRefusedError",
     "BusUnavailableError",
     "CLIError",
     "CircuitOpenError",

@@ -10,6 +10,7 @@ interrupted and resumed by the next start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -20,6 +21,8 @@ from pathlib import Path
 from dp.config import Settings, build_orchestrator, mask, open_broker, resolve
 from dp.engine.lease import DEFAULT_LEASE_SECONDS
 from dp.errors import (
+    BusRefusedError,
+    BusUnavailableError,
     InvalidPipelineError,
     ListenError,
     NoPipelinesError,
@@ -27,6 +30,7 @@ from dp.errors import (
     ServeError,
     TokenRequiredError,
 )
+from dp.events.ports import BusHealth
 from dp.loader import load_tasks
 from dp.logs import configure_logging, get_logger
 from dp.pipelines import get_pipelines
@@ -105,6 +109,7 @@ def serve(
         max_queued_pipelines=max_queued_pipelines,
         lease=lease,
     )
+    probe_bus(settings)
     app = create_app(service, token=token, protect_reads=not is_loopback(host))
     with listen(host, port) as listener:  # before saying "serving": the port may be taken
         port = listener.getsockname()[1]  # the one the system chose, for port 0
@@ -136,6 +141,35 @@ def serve(
         # uvicorn re-raises the SIGINT it handled once it has shut down: our normal end
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(config).run(sockets=[listener])
+
+
+def probe_bus(settings: Settings) -> None:
+    """Publish one probe on the bus before serving (a Kafka broker that refuses the producer's
+    settings answers at once), so a bus that can never take an event stops `dp serve` at
+    start with the setting to change, not later in the log while events are lost.
+
+    An unreachable bus does not stop it: it serves, `/health` says the bus is failing, and
+    events wait (outbox) or are refused with 503 until the bus returns.
+
+    Raises:
+        BusRefusedError: the bus refuses these settings; the message names the option.
+    """
+    broker = open_broker(settings)
+    if not isinstance(broker, BusHealth):
+        return
+
+    async def probe() -> None:
+        try:
+            await broker.probe()
+        finally:
+            await broker.close()
+
+    try:
+        asyncio.run(probe())
+    except BusRefusedError:
+        raise
+    except BusUnavailableError as exc:
+        _log.warning("bus.unreachable_at_start", bus=mask(settings.bus), error=str(exc))
 
 
 def listen(host: str, port: int) -> socket.socket:
