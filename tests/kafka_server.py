@@ -13,6 +13,7 @@ Where it behaves unlike Kafka, see the README's "Kafka bus".
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import subprocess
 import time
@@ -61,12 +62,15 @@ def tansu_binary() -> str:
 
 
 class KafkaServer:
-    """One `tansu broker` process with memory storage, logging into `directory`."""
+    """One `tansu broker` process logging into `directory`, with memory storage (forgotten
+    when it stops), or with `s3` an S3 API server's URL (moto; bucket `tansu`), which
+    keeps topics, records and group offsets across a kill and a restart."""
 
-    def __init__(self, directory: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, directory: Path, port: int, s3: str | None = None) -> None:
         self.directory = directory
         self.port = port
-        self.process: subprocess.Popen[bytes] | None = process
+        self.s3 = s3
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -77,11 +81,26 @@ class KafkaServer:
         return f"kafka://{self.bootstrap}"
 
     @classmethod
-    def start(cls, directory: Path) -> KafkaServer:
+    def start(cls, directory: Path, *, s3: str | None = None) -> KafkaServer:
         directory.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        listener = f"tcp://127.0.0.1:{port}"
-        log_path = directory / "tansu.log"
+        server = cls(directory, free_port(), s3)
+        server._launch()
+        return server
+
+    def _launch(self) -> None:
+        listener = f"tcp://127.0.0.1:{self.port}"
+        log_path = self.directory / "tansu.log"
+        env = dict(os.environ)
+        storage = "memory://tansu/"
+        if self.s3 is not None:
+            storage = "s3://tansu/"
+            env.update(
+                AWS_ENDPOINT=self.s3,
+                AWS_ALLOW_HTTP="true",
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                AWS_DEFAULT_REGION="us-east-1",
+            )
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [
@@ -92,25 +111,39 @@ class KafkaServer:
                     "--advertised-listener-url",
                     listener,
                     "--storage-engine",
-                    "memory://tansu/",
+                    storage,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=directory,
+                cwd=self.directory,
+                env=env,
             )
-        server = cls(directory, port, process)
+        self.process = process
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if process.poll() is not None:
+                self.process = None
                 output = log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"tansu exited at start:\n{output}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return server
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
             except OSError:
                 time.sleep(0.02)
-        server.stop()
-        raise RuntimeError(f"tansu did not listen on port {port} within 15 s")
+        self.stop()
+        raise RuntimeError(f"tansu did not listen on port {self.port} within 15 s")
+
+    def kill(self) -> None:
+        """SIGKILL the broker (what memory storage held is gone)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        """Start it again on the same port (and the same S3 storage, if any)."""
+        self.kill()
+        self._launch()
 
     def stop(self) -> None:
         if self.process is None:

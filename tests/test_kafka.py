@@ -9,20 +9,25 @@ import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
 from dp.config import open_broker, resolve
-from dp.errors import ConfigError, InvalidBusURLError
+from dp.errors import BusRefusedError, BusUnavailableError, ConfigError, InvalidBusURLError
 from dp.events import EventBase
+from dp.events import kafka as kafka_module
 from dp.events.kafka import KafkaBroker, bootstrap_servers, partition_of
+from dp.events.kafka_options import kafka_url
 from dp.pipelines import PipelineRegistry, pipeline
 from dp.service import Service
 from dp.store import RunStatus
 from kafka_server import KafkaServer, kafka_broker, tansu_url
+from ports import free_port
 
 GUARD = 15.0  # seconds before a wait fails instead of hanging
 
@@ -211,6 +216,86 @@ async def test_the_original_designs_flow(kafka_server: KafkaServer, raw: AIOKafk
         await service.stop(grace=5)
         await completions.stop()
         await broker.close()
+
+
+class CountingAdmin(AIOKafkaAdminClient):
+    """aiokafka's admin client, counting how many were made and closed."""
+
+    made = 0
+    closed = 0
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        CountingAdmin.made += 1
+
+    async def close(self) -> None:
+        CountingAdmin.closed += 1
+        await super().close()
+
+
+@pytest.fixture
+def admins(monkeypatch: pytest.MonkeyPatch) -> type[CountingAdmin]:
+    monkeypatch.setattr(kafka_module, "AIOKafkaAdminClient", CountingAdmin)
+    monkeypatch.setattr(CountingAdmin, "made", 0)
+    monkeypatch.setattr(CountingAdmin, "closed", 0)
+    return CountingAdmin
+
+
+async def test_concurrent_first_publishes_start_one_admin_client(
+    kafka_server: KafkaServer, admins: type[CountingAdmin]
+) -> None:
+    """Twenty first publishes at once, each to a new topic, share one admin client, and
+    close() closes it (before, each could start its own and all but one leaked a socket)."""
+    broker = kafka_broker(kafka_server.url)
+    try:
+        events = [EventBase(topic=f"first.publish{n}") for n in range(20)]
+        await asyncio.gather(*(broker.publish(e.topic, e) for e in events))
+        assert broker.stats().published == 20
+    finally:
+        await broker.close()
+    assert (admins.made, admins.closed) == (1, 1)
+
+
+async def test_an_admin_client_that_cannot_start_is_closed(admins: type[CountingAdmin]) -> None:
+    """With no broker listening, publish fails as unreachable and the admin client it tried
+    to start is closed (no connection left behind); the failure is what health reports."""
+    broker = KafkaBroker(f"kafka://127.0.0.1:{free_port()}?request_timeout=0.5")
+    try:
+        with pytest.raises(BusUnavailableError, match="unreachable") as caught:
+            await broker.publish("a.b", EventBase(topic="a.b"))
+        assert not isinstance(caught.value, BusRefusedError)
+        assert broker.stats().error == str(caught.value)
+        assert await broker.health(wait=5.0) == broker.stats().error != ""
+    finally:
+        await broker.close()
+    assert admins.made >= 1
+    assert admins.closed == admins.made
+
+
+async def test_a_broker_that_refuses_idempotence_is_named_with_the_option(
+    kafka_server: KafkaServer,
+) -> None:
+    """Tansu refuses the idempotent producer (on by default, as in the original design):
+    the probe dp serve runs at start, and every publish, raise BusRefusedError naming
+    `?idempotence=false`; health says so until publishing works; the option fixes it."""
+    url = kafka_url(kafka_server.url, namespace="refused.")
+    broker = KafkaBroker(url)
+    try:
+        with pytest.raises(BusRefusedError, match=re.escape("add ?idempotence=false to the bus")):
+            await broker.probe()
+        with pytest.raises(BusRefusedError, match="refused idempotent producers"):
+            await broker.publish("a.b", EventBase(topic="a.b"))
+        assert "?idempotence=false" in await broker.health()
+        assert "?idempotence=false" in broker.stats().error
+    finally:
+        await broker.close()
+    fixed = KafkaBroker(kafka_url(url, idempotence=False))
+    try:
+        await fixed.probe()
+        await fixed.publish("a.b", EventBase(topic="a.b"))
+        assert (await fixed.health(), fixed.stats().error) == ("", "")
+    finally:
+        await fixed.close()
 
 
 @pytest.mark.parametrize(
