@@ -68,7 +68,8 @@ class BusUnavailableError(DependencyUnavailableError):
         self.reason = reason
         super().__init__(
             f"the event bus at {url} is unreachable ({reason}); gave up after {waited:.1f}s. "
-            "Check that the server runs, or raise the broker's publish_timeout."
+            "Check that the server runs, or allow it longer (Redis: publish_timeout; Kafka: "
+            "?request_timeout= in the bus URL)."
         )
 
 
