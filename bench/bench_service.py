@@ -191,8 +191,10 @@ async def _raw_redis_chain(url: str, count: int) -> list[float]:
             await client.xgroup_create(key, "g", "$", mkstream=True)
     arrived: asyncio.Queue[float] = asyncio.Queue()
 
+    stop = asyncio.Event()  # not cancel(): redis-py can hang cancelling a blocked read
+
     async def hop(source: str, forward: str | None) -> None:
-        while True:
+        while not stop.is_set():
             found = await client.xreadgroup("g", "c", {source: ">"}, count=64, block=100)
             for _, entries in found or ():
                 for entry_id, fields in entries:
@@ -213,9 +215,8 @@ async def _raw_redis_chain(url: str, count: int) -> list[float]:
         done = await arrived.get()
         if i >= 0:
             latencies.append(done - started)
-    for reader in hops:
-        reader.cancel()
-    await asyncio.gather(*hops, return_exceptions=True)
+    stop.set()
+    await asyncio.gather(*hops)
     await client.aclose()
     return latencies
 
