@@ -143,6 +143,9 @@ def serve(
             uvicorn.Server(config).run(sockets=[listener])
 
 
+_PROBE_SECONDS = 5.0  # how long dp serve's start waits for the bus's answer
+
+
 def probe_bus(settings: Settings) -> None:
     """Publish one probe on the bus before serving (a Kafka broker that refuses the producer's
     settings answers at once), so a bus that can never take an event stops `dp serve` at
@@ -160,7 +163,7 @@ def probe_bus(settings: Settings) -> None:
 
     async def probe() -> None:
         try:
-            await broker.probe()
+            await asyncio.wait_for(broker.probe(), _PROBE_SECONDS)
         finally:
             await broker.close()
 
@@ -168,8 +171,9 @@ def probe_bus(settings: Settings) -> None:
         asyncio.run(probe())
     except BusRefusedError:
         raise
-    except BusUnavailableError as exc:
-        _log.warning("bus.unreachable_at_start", bus=mask(settings.bus), error=str(exc))
+    except (BusUnavailableError, TimeoutError) as exc:
+        error = str(exc) or f"no answer within {_PROBE_SECONDS:g}s"
+        _log.warning("bus.unreachable_at_start", bus=mask(settings.bus), error=error)
 
 
 def listen(host: str, port: int) -> socket.socket:
