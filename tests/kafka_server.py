@@ -88,6 +88,7 @@ class KafkaServer:
         return server
 
     def _launch(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         listener = f"tcp://127.0.0.1:{self.port}"
         log_path = self.directory / "tansu.log"
         env = dict(os.environ)
