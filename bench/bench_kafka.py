@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tests.kafka_server import KafkaServer
+from tests.kafka_server import KafkaServer, tansu_url
 
 from bench._harness import Report
 from dp.events import EventBase
@@ -89,14 +89,7 @@ async def _all(report: Report, server: KafkaServer) -> None:
 
 
 async def _dp_ready(url: str) -> tuple[KafkaBroker, KafkaDurableSubscription]:
-    broker = KafkaBroker(
-        url,
-        namespace=f"b{next(_rounds)}.",
-        idempotence=False,  # Tansu's memory engine refuses it
-        session_timeout=1.0,
-        topic_refresh=0.1,
-        fetch_wait=0.02,
-    )
+    broker = KafkaBroker(tansu_url(url, namespace=f"b{next(_rounds)}."))
     group = broker.durable(TOPIC, group="bench")
     warm = EventBase(topic=TOPIC)
     await broker.publish(TOPIC, warm)

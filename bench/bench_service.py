@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import socket
@@ -40,6 +41,8 @@ from dp.store import RunRecord, SQLRunStore
 
 SECTION = "service"
 EVENTS = 300
+ROUNDS = 5  # alternating rounds of the bus/store variants
+REDIS_EVENTS = 1_000  # events per variant, over the rounds
 TOKEN = "bench-token"
 HTTP_SECONDS = 4
 CONNECTIONS = 32
@@ -100,33 +103,131 @@ async def _event_latency(report: Report) -> None:
 
 
 async def _event_latency_on_redis(report: Report, baseline: list[float]) -> None:
-    """The same on the Redis Streams bus: published with XADD, consumed by the service's
-    durable group, acknowledged once the run is recorded."""
+    """The same on the Redis Streams bus (published with XADD, consumed by the trigger's and
+    the start events' groups, acknowledged once the run is recorded), with the runs in
+    SQLite and in PostgreSQL, beside the in-memory bus on SQLite: the three services run
+    side by side and take turns, ROUNDS rounds of EVENTS // ROUNDS events each, so a noisy
+    moment of the machine hits them alike."""
     from tests.redis_server import RedisServer
 
+    from bench.bench_store_pg import _postgres_server_module
     from dp.events.redis import RedisBroker
 
-    with tempfile.TemporaryDirectory(prefix="dp-bench-") as root:
+    postgres_server = _postgres_server_module()
+    with (
+        tempfile.TemporaryDirectory(prefix="dp-bench-") as root,
+        postgres_server.PostgresServer() as postgres,
+    ):
         server = RedisServer.start(Path(root) / "redis")
-        try:
-            service = Service(
+        stores = {
+            "memory bus, SQLite": SQLRunStore(path=Path(root) / "memory.db"),
+            "Redis, SQLite checkpointing in the commit (before)": _inline_checkpoints(
+                SQLRunStore(path=Path(root) / "before.db")
+            ),
+            "Redis, SQLite": SQLRunStore(path=Path(root) / "redis.db"),
+            "Redis, PostgreSQL": SQLRunStore(postgres.create_database()),
+        }
+        services = {
+            name: Service(
                 PIPELINES,
-                orchestrator=Orchestrator.embedded(root),
-                broker=RedisBroker(server.url),
+                orchestrator=Orchestrator.embedded(Path(root) / f"r{n}", store=store),
+                broker=None if name.startswith("memory") else RedisBroker(server.url[:-1] + str(n)),
                 task_events=False,
             )
-            await service.start()
-            try:
-                latencies = await _event_to_task(service, "bench.sync.arrived", "i")
-                _report_latency(report, "on Redis", latencies, baseline, "p99 <= 10 ms")
-            finally:
-                await service.stop()
+            for n, (name, store) in enumerate(stores.items())
+        }
+        latencies: dict[str, list[float]] = {name: [] for name in services}
+        raw: list[float] = []
+        per_round = REDIS_EVENTS // ROUNDS
+        try:
+            for service in services.values():
+                await service.start()
+            for _ in range(ROUNDS):
+                raw += await _raw_redis_chain(server.url[:-1] + "9", per_round)
+                for name, service in services.items():
+                    latencies[name] += await _event_to_task(
+                        service, "bench.sync.arrived", "i", per_round
+                    )
+            for name, values in latencies.items():
+                if name.startswith("memory"):
+                    _report_latency(report, f"({name})", values, baseline, "")
+                else:
+                    _report_latency(report, f"({name})", values, raw, "p99 <= 10 ms", _RAW_CHAIN)
         finally:
+            for service in services.values():
+                await service.stop()
             server.stop()
 
 
+def _inline_checkpoints(store: SQLRunStore) -> SQLRunStore:
+    """`store` as dp had it before WalCheckpointer: SQLite's automatic checkpoint (every
+    1000 WAL pages) inside the commit that crosses it, no checkpoint thread."""
+    import sqlalchemy as sa
+
+    assert store._checkpointer is not None
+    store._checkpointer.close()
+    store._checkpointer = None
+
+    def inline(dbapi_connection: Any, _: object) -> None:
+        dbapi_connection.execute("PRAGMA wal_autocheckpoint = 1000")
+
+    sa.event.listen(store._engine, "connect", inline)
+    store._engine.dispose()  # connect again, through the listener
+    return store
+
+
+_RAW_CHAIN = "raw redis-py XADD -> XREADGROUP -> XADD -> XREADGROUP"
+
+
+async def _raw_redis_chain(url: str, count: int) -> list[float]:
+    """The Redis hops dp's path has, with nothing else: an event appended to a stream, read
+    by a consumer group that appends a start entry to a second stream, read by a second
+    group (each read acknowledged); the time from the first XADD to the second read."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    for key in ("raw:event", "raw:start"):
+        with contextlib.suppress(Exception):  # the group exists from an earlier round
+            await client.xgroup_create(key, "g", "$", mkstream=True)
+    arrived: asyncio.Queue[float] = asyncio.Queue()
+
+    stop = asyncio.Event()  # not cancel(): redis-py can hang cancelling a blocked read
+
+    async def hop(source: str, forward: str | None) -> None:
+        while not stop.is_set():
+            found = await client.xreadgroup("g", "c", {source: ">"}, count=64, block=100)
+            for _, entries in found or ():
+                for entry_id, fields in entries:
+                    if forward is not None:
+                        await client.xadd(forward, fields)
+                    else:
+                        arrived.put_nowait(time.perf_counter())
+                    await client.xack(source, "g", entry_id)
+
+    hops = [
+        asyncio.ensure_future(hop("raw:event", "raw:start")),
+        asyncio.ensure_future(hop("raw:start", None)),
+    ]
+    latencies = []
+    for i in range(-20, count):
+        started = time.perf_counter()
+        await client.xadd("raw:event", {"event": f'{{"i": {i}}}'})
+        done = await arrived.get()
+        if i >= 0:
+            latencies.append(done - started)
+    stop.set()
+    await asyncio.gather(*hops)
+    await client.aclose()
+    return latencies
+
+
 def _report_latency(
-    report: Report, what: str, latencies: list[float], baseline: list[float], target: str
+    report: Report,
+    what: str,
+    latencies: list[float],
+    baseline: list[float],
+    target: str,
+    baseline_name: str = "asyncio.Queue hand-off",
 ) -> None:
     for label, q in (("p50", 49), ("p99", 98)):
         report.add(
@@ -134,17 +235,19 @@ def _report_latency(
             f"event -> first task started {what}, {label}",
             _quantile(latencies, q) * 1000,
             "ms",
-            baseline_name=f"asyncio.Queue hand-off {label}",
+            baseline_name=f"{baseline_name} {label}",
             baseline=_quantile(baseline, q) * 1000,
             target=target if label == "p99" else "",
             higher_is_better=False,
         )
 
 
-async def _event_to_task(service: Service, topic: str, param: str) -> list[float]:
+async def _event_to_task(
+    service: Service, topic: str, param: str, events: int = EVENTS
+) -> list[float]:
     """Publish one event at a time; the time until its run's task starts, for each."""
     latencies = []
-    for i in range(-20, EVENTS):  # the first 20 warm up
+    for i in range(-20, events):  # the first 20 warm up
         started = time.perf_counter()
         await service.publish(topic, {param: i})
         while i not in STARTED or service.orchestrator.active_runs():

@@ -13,6 +13,7 @@ Where it behaves unlike Kafka, see the README's "Kafka bus".
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import subprocess
 import time
@@ -20,23 +21,34 @@ from pathlib import Path
 from typing import Any
 
 from dp.events.kafka import KafkaBroker
+from dp.events.kafka_options import kafka_url
 from ports import free_port
 
-__all__ = ["KafkaServer", "kafka_broker"]
+__all__ = ["TANSU_OPTIONS", "KafkaServer", "kafka_broker", "tansu_url"]
 
 _namespaces = itertools.count(1)
 
 
+#: What a user of Tansu sets in the bus URL (see the README's "Kafka bus"): Tansu refuses the
+#: idempotent producer, forms groups after about half of session_timeout, and holds an empty
+#: fetch for all of fetch_wait. topic_refresh only makes pattern tests quicker.
+TANSU_OPTIONS: dict[str, Any] = {
+    "idempotence": False,
+    "session_timeout": 1.0,
+    "fetch_wait": 0.02,
+    "topic_refresh": 0.1,
+}
+
+
+def tansu_url(url: str, **options: Any) -> str:
+    """`url` with the options a Tansu user sets, plus `options`."""
+    return kafka_url(url, **{**TANSU_OPTIONS, **options})
+
+
 def kafka_broker(url: str, **options: Any) -> KafkaBroker:
-    """A KafkaBroker for tests: a namespace of its own, Tansu's limits, quick group joins."""
-    settings: dict[str, Any] = {
-        "namespace": f"t{next(_namespaces)}.",
-        "idempotence": False,  # Tansu's memory engine refuses InitProducerId
-        "topic_refresh": 0.1,
-        "session_timeout": 1.0,  # Tansu lets a group form after about half of it
-        "fetch_wait": 0.02,  # Tansu holds an empty fetch for all of it (see bench_kafka)
-    }
-    return KafkaBroker(url, **{**settings, **options})
+    """A KafkaBroker for tests, configured by its URL exactly as users configure one: a
+    namespace of its own, Tansu's options, plus `options` (URL options too)."""
+    return KafkaBroker(tansu_url(url, **{"namespace": f"t{next(_namespaces)}.", **options}))
 
 
 def tansu_binary() -> str:
@@ -50,12 +62,15 @@ def tansu_binary() -> str:
 
 
 class KafkaServer:
-    """One `tansu broker` process with memory storage, logging into `directory`."""
+    """One `tansu broker` process logging into `directory`, with memory storage (forgotten
+    when it stops), or with `s3` an S3 API server's URL (moto; bucket `tansu`), which
+    keeps topics, records and group offsets across a kill and a restart."""
 
-    def __init__(self, directory: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, directory: Path, port: int, s3: str | None = None) -> None:
         self.directory = directory
         self.port = port
-        self.process: subprocess.Popen[bytes] | None = process
+        self.s3 = s3
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -66,11 +81,27 @@ class KafkaServer:
         return f"kafka://{self.bootstrap}"
 
     @classmethod
-    def start(cls, directory: Path) -> KafkaServer:
+    def start(cls, directory: Path, *, s3: str | None = None) -> KafkaServer:
         directory.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        listener = f"tcp://127.0.0.1:{port}"
-        log_path = directory / "tansu.log"
+        server = cls(directory, free_port(), s3)
+        server._launch()
+        return server
+
+    def _launch(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        listener = f"tcp://127.0.0.1:{self.port}"
+        log_path = self.directory / "tansu.log"
+        env = dict(os.environ)
+        storage = "memory://tansu/"
+        if self.s3 is not None:
+            storage = "s3://tansu/"
+            env.update(
+                AWS_ENDPOINT=self.s3,
+                AWS_ALLOW_HTTP="true",
+                AWS_ACCESS_KEY_ID="testing",
+                AWS_SECRET_ACCESS_KEY="testing",
+                AWS_DEFAULT_REGION="us-east-1",
+            )
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [
@@ -81,25 +112,39 @@ class KafkaServer:
                     "--advertised-listener-url",
                     listener,
                     "--storage-engine",
-                    "memory://tansu/",
+                    storage,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=directory,
+                cwd=self.directory,
+                env=env,
             )
-        server = cls(directory, port, process)
+        self.process = process
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if process.poll() is not None:
+                self.process = None
                 output = log_path.read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"tansu exited at start:\n{output}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return server
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
             except OSError:
                 time.sleep(0.02)
-        server.stop()
-        raise RuntimeError(f"tansu did not listen on port {port} within 15 s")
+        self.stop()
+        raise RuntimeError(f"tansu did not listen on port {self.port} within 15 s")
+
+    def kill(self) -> None:
+        """SIGKILL the broker (what memory storage held is gone)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        """Start it again on the same port (and the same S3 storage, if any)."""
+        self.kill()
+        self._launch()
 
     def stop(self) -> None:
         if self.process is None:

@@ -6,22 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
 from dp import InMemoryIOManager, MemoryRunStore, Orchestrator, TaskRegistry, task
 from dp.config import open_broker, resolve
-from dp.errors import ConfigError, InvalidBusURLError
+from dp.errors import BusRefusedError, BusUnavailableError, ConfigError, InvalidBusURLError
 from dp.events import EventBase
+from dp.events import kafka as kafka_module
 from dp.events.kafka import KafkaBroker, bootstrap_servers, partition_of
+from dp.events.kafka_options import kafka_url
 from dp.pipelines import PipelineRegistry, pipeline
 from dp.service import Service
 from dp.store import RunStatus
-from kafka_server import KafkaServer, kafka_broker
+from kafka_server import KafkaServer, kafka_broker, tansu_url
+from ports import free_port
 
 GUARD = 15.0  # seconds before a wait fails instead of hanging
 
@@ -173,8 +179,7 @@ async def test_the_original_designs_flow(kafka_server: KafkaServer, raw: AIOKafk
         registry=tasks,
         pipelines=pipelines,
     )
-    broker = KafkaBroker(kafka_server.url, idempotence=False, topic_refresh=0.1,
-                         session_timeout=1.0)  # fmt: skip
+    broker = KafkaBroker(tansu_url(kafka_server.url))
     store = MemoryRunStore()
     orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
     service = Service(pipelines, orchestrator=orchestrator, broker=broker)
@@ -213,11 +218,91 @@ async def test_the_original_designs_flow(kafka_server: KafkaServer, raw: AIOKafk
         await broker.close()
 
 
+class CountingAdmin(AIOKafkaAdminClient):
+    """aiokafka's admin client, counting how many were made and closed."""
+
+    made = 0
+    closed = 0
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        CountingAdmin.made += 1
+
+    async def close(self) -> None:
+        CountingAdmin.closed += 1
+        await super().close()
+
+
+@pytest.fixture
+def admins(monkeypatch: pytest.MonkeyPatch) -> type[CountingAdmin]:
+    monkeypatch.setattr(kafka_module, "AIOKafkaAdminClient", CountingAdmin)
+    monkeypatch.setattr(CountingAdmin, "made", 0)
+    monkeypatch.setattr(CountingAdmin, "closed", 0)
+    return CountingAdmin
+
+
+async def test_concurrent_first_publishes_start_one_admin_client(
+    kafka_server: KafkaServer, admins: type[CountingAdmin]
+) -> None:
+    """Twenty first publishes at once (to a topic not created yet) share one admin client,
+    and close() closes it (before, each started its own and all but one leaked a socket)."""
+    broker = kafka_broker(kafka_server.url)
+    try:
+        events = [EventBase(topic="first.publish", payload={"n": n}) for n in range(20)]
+        await asyncio.gather(*(broker.publish(e.topic, e) for e in events))
+        assert broker.stats().published == 20
+    finally:
+        await broker.close()
+    assert (admins.made, admins.closed) == (1, 1)
+
+
+async def test_an_admin_client_that_cannot_start_is_closed(admins: type[CountingAdmin]) -> None:
+    """With no broker listening, publish fails as unreachable and the admin client it tried
+    to start is closed (no connection left behind); the failure is what health reports."""
+    broker = KafkaBroker(f"kafka://127.0.0.1:{free_port()}?request_timeout=0.5")
+    try:
+        with pytest.raises(BusUnavailableError, match="unreachable") as caught:
+            await broker.publish("a.b", EventBase(topic="a.b"))
+        assert not isinstance(caught.value, BusRefusedError)
+        assert broker.stats().error == str(caught.value)
+        assert await broker.health(wait=5.0) == broker.stats().error != ""
+    finally:
+        await broker.close()
+    assert admins.made >= 1
+    assert admins.closed == admins.made
+
+
+async def test_a_broker_that_refuses_idempotence_is_named_with_the_option(
+    kafka_server: KafkaServer,
+) -> None:
+    """Tansu refuses the idempotent producer (on by default, as in the original design):
+    the probe dp serve runs at start, and every publish, raise BusRefusedError naming
+    `?idempotence=false`; health says so until publishing works; the option fixes it."""
+    url = kafka_url(kafka_server.url, namespace="refused.")
+    broker = KafkaBroker(url)
+    try:
+        with pytest.raises(BusRefusedError, match=re.escape("add ?idempotence=false to the bus")):
+            await broker.probe()
+        with pytest.raises(BusRefusedError, match="refused idempotent producers"):
+            await broker.publish("a.b", EventBase(topic="a.b"))
+        assert "?idempotence=false" in await broker.health()
+        assert "?idempotence=false" in broker.stats().error
+    finally:
+        await broker.close()
+    fixed = KafkaBroker(kafka_url(url, idempotence=False))
+    try:
+        await fixed.probe()
+        await fixed.publish("a.b", EventBase(topic="a.b"))
+        assert (await fixed.health(), fixed.stats().error) == ("", "")
+    finally:
+        await fixed.close()
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
         ("redis://localhost:6379", "scheme 'redis' is not kafka"),
-        ("kafka://:9092", "names no host"),
+        ("kafka://:9092", "names server ':9092'"),
         ("kafka://k1:9092,k2:port", "'k2:port'"),
     ],
 )
@@ -227,12 +312,50 @@ def test_bad_kafka_urls_are_refused(url: str, message: str) -> None:
         KafkaBroker(url)
 
 
-def test_bad_producer_settings_are_refused() -> None:
-    """An unknown compression, or idempotence without acks=all, is refused saying why."""
-    with pytest.raises(InvalidBusURLError, match="compression 'brotli'"):
-        KafkaBroker(compression="brotli")
-    with pytest.raises(InvalidBusURLError, match="idempotent producer needs acks='all'"):
-        KafkaBroker(acks=1)
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("compression=brotli", "option compression='brotli': must be none, gzip"),
+        ("acks=1", "option acks=1 needs idempotence=false"),
+        ("acks=2&idempotence=false", "option acks='2': must be one of all, 1, 0"),
+        ("idempotence=maybe", "option idempotence='maybe': must be true or false"),
+        ("linger=-1", "option linger='-1': must be a number of seconds >= 0"),
+        ("request_timeout=0", "option request_timeout='0': must be a number of seconds > 0"),
+        ("partitions=0", "option partitions='0': must be a whole number >= 1"),
+        ("namespace=a..b", "option namespace='a..b': must be a topic prefix"),
+        ("idempotency=false", "unknown option 'idempotency'; did you mean 'idempotence'"),
+        ("acks=all&acks=1", "option 'acks' is given twice"),
+    ],
+)
+def test_bad_producer_settings_are_refused(query: str, message: str, tmp_path: Path) -> None:
+    """A bad URL option is refused, naming the option and what it takes: by the broker and,
+    before anything connects, by the configuration (--bus, DP_BUS_URL, dp.toml)."""
+    url = f"kafka://k1:9092?{query}"
+    with pytest.raises(InvalidBusURLError, match=re.escape(message)):
+        KafkaBroker(url)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve({"bus": url}, env={}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve(env={"DP_BUS_URL": url}, cwd=tmp_path)
+
+
+def test_producer_settings_come_from_the_url_env_and_dp_toml(tmp_path: Path) -> None:
+    """`?idempotence=false&acks=1&compression=gzip` reaches the producer the same way from
+    --bus, DP_BUS_URL and dp.toml; without options the original design's defaults hold."""
+    defaults = KafkaBroker("kafka://k1:9092")
+    assert (defaults.acks, defaults.idempotence, defaults.compression) == ("all", True, None)
+    url = "kafka://k1:9092?idempotence=false&acks=1&compression=gzip&linger=0.005"
+    (tmp_path / "dp.toml").write_text(f'bus = "{url}"\n')
+    for settings in (
+        resolve({"bus": url}, env={}, cwd=tmp_path / ".."),
+        resolve(env={"DP_BUS_URL": url}, cwd=tmp_path / ".."),
+        resolve(env={}, cwd=tmp_path),
+    ):
+        broker = open_broker(settings)
+        assert isinstance(broker, KafkaBroker)
+        assert (broker.acks, broker.idempotence, broker.compression) == (1, False, "gzip")
+        assert broker.linger == 0.005
+        assert broker.bootstrap == "k1:9092"
 
 
 def test_several_bootstrap_servers_and_the_default_port() -> None:
@@ -257,8 +380,7 @@ def test_dp_events_dlq_lists_and_replays_kafka_dead_letters(kafka_server: KafkaS
     from dp.cli import app
 
     async def bury_one() -> str:
-        async with KafkaBroker(kafka_server.url, idempotence=False, session_timeout=1.0,
-                               fetch_wait=0.02) as broker:  # fmt: skip
+        async with KafkaBroker(tansu_url(kafka_server.url)) as broker:
             group = broker.durable("cli.jobs", group="cli.kafka", max_deliveries=1)
             reader = asyncio.ensure_future(anext(group))
             sent = EventBase(topic="cli.jobs")

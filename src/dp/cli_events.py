@@ -53,10 +53,12 @@ def _with_broker(url: str | None, prefix: str, work: Callable[..., Awaitable[T]]
             )
 
         async def run() -> T:
-            if url.startswith("kafka://"):  # no namespace; replays need no idempotent producer
+            if url.startswith("kafka://"):  # replays need no idempotent producer
                 from dp.events.kafka import KafkaBroker
+                from dp.events.kafka_options import kafka_url
 
-                async with KafkaBroker(url, request_timeout=3.0, idempotence=False) as kafka:
+                quick = kafka_url(url, request_timeout=3.0, idempotence=False)
+                async with KafkaBroker(quick) as kafka:
                     return await work(kafka)
             from dp.events.redis import RedisBroker
 

@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import SplitResult, urlsplit
 
-from dp.errors import ConfigError, ConfigFileError, InvalidResultsURLError, StoreNotFoundError
+from dp.errors import (
+    ConfigError,
+    ConfigFileError,
+    InvalidBusURLError,
+    InvalidResultsURLError,
+    StoreNotFoundError,
+)
 
 if TYPE_CHECKING:
     from dp.engine import Orchestrator
@@ -80,7 +86,7 @@ BUS_SCHEMES: Final = (
     "memory://",
     "redis://HOST:PORT/DB",
     "rediss://HOST:PORT/DB",
-    "kafka://HOST:PORT[,HOST:PORT]",
+    "kafka://HOST:PORT[,HOST:PORT][?idempotence=false&acks=all&compression=gzip...]",
 )
 RESULTS_SCHEMES: Final = ("file://PATH", "memory://", "s3://BUCKET/PREFIX?endpoint=URL")
 EXECUTORS: Final = ("inline", "inprocess", "process", "celery")
@@ -444,16 +450,12 @@ def _check_bus(value: str, source: str) -> str:
             )
         return value
     if scheme == "kafka":
-        for server in url.netloc.split(","):
-            host, _, port = server.rpartition(":") if ":" in server else (server, "", "9092")
-            if not host or not port.isdigit():
-                raise ConfigError(
-                    "bus",
-                    mask(value),
-                    source,
-                    f"names server {server!r}; list host:port pairs, "
-                    "e.g. kafka://10.0.0.1:9092,10.0.0.2:9092",
-                )
+        from dp.events.kafka_options import parse_kafka_url  # no aiokafka: only the URL
+
+        try:
+            parse_kafka_url(value)
+        except InvalidBusURLError as exc:
+            raise ConfigError("bus", mask(value), source, exc.problem, BUS_SCHEMES) from None
         return value
     raise _unknown_scheme("bus", value, source, scheme, BUS_SCHEMES)
 

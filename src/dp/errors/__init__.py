@@ -18,6 +18,7 @@ from dp.errors.base import (
 from dp.errors.config import CLIError, ConfigError, ConfigFileError
 from dp.errors.events import (
     BrokerClosedError,
+    BusRefusedError,
     BusUnavailableError,
     EventFormatError,
     GroupError,
@@ -105,6 +106,7 @@ __all__ = [
     "ArgumentTypeError",
     "AttemptNotFoundError",
     "BrokerClosedError",
+    "BusRefusedError",
     "BusUnavailableError",
     "CLIError",
     "CircuitOpenError",

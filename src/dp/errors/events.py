@@ -68,8 +68,25 @@ class BusUnavailableError(DependencyUnavailableError):
         self.reason = reason
         super().__init__(
             f"the event bus at {url} is unreachable ({reason}); gave up after {waited:.1f}s. "
-            "Check that the server runs, or raise the broker's publish_timeout."
+            "Check that the server runs, or allow it longer (Redis: publish_timeout; Kafka: "
+            "?request_timeout= in the bus URL)."
         )
+
+
+class BusRefusedError(BusUnavailableError):
+    """The bus's server answered but refused what dp asked with these settings (e.g. an
+    idempotent producer on a broker without it): publishing cannot work until the setting
+    the message names is changed. Still an outage to callers (an event is kept, the API
+    answers 503), but `dp serve` refuses to start on it."""
+
+    def __init__(self, url: str, reason: str, fix: str) -> None:
+        DependencyUnavailableError.__init__(
+            self, f"the event bus at {url} refuses to publish: {reason}; {fix}."
+        )
+        self.url = url
+        self.waited = 0.0
+        self.reason = reason
+        self.fix = fix
 
 
 class InvalidBusURLError(DPError, ValueError):
@@ -79,7 +96,8 @@ class InvalidBusURLError(DPError, ValueError):
         self.url = url
         self.problem = problem
         super().__init__(
-            f"invalid event bus URL {url!r}: {problem}. Use e.g. redis://127.0.0.1:6379/0."
+            f"invalid event bus URL {url!r}: {problem}. Use e.g. redis://127.0.0.1:6379/0 "
+            "or kafka://127.0.0.1:9092."
         )
 
 

@@ -11,6 +11,7 @@ Mapping (see the README's "Kafka bus" for producers in other languages):
 
 dp's own topics start with `_dp.` (patterns never match them):
 
+    _dp.probe             empty records: `probe()` (dp serve's start, /health while failing)
     _dp.groups            durable groups: key = group, value = {"pattern", "start"} (ms)
     _dp.dlq.<group>       the group's dead letters; headers dp-topic, dp-error,
                           dp-deliveries; a record with header dp-replayed=<offset> marks one
@@ -31,15 +32,16 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeAlias
-from urllib.parse import urlsplit
 
 from dp.errors import (
+    BrokerClosedError,
+    BusRefusedError,
     BusUnavailableError,
     EventFormatError,
     GroupError,
-    InvalidBusURLError,
 )
 from dp.events.event import EventBase
+from dp.events.kafka_options import bootstrap_servers, parse_kafka_url
 from dp.events.ports import Broker, DeadLetter, StartFrom
 from dp.events.remote import RemoteBroker
 from dp.events.topics import validate_pattern
@@ -48,7 +50,11 @@ from dp.logs import get_logger
 try:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import (
+        BrokerResponseError,
+        ClusterAuthorizationFailedError,
+        KafkaError,
+    )
     from aiokafka.partitioner import DefaultPartitioner, murmur2
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
@@ -63,31 +69,10 @@ __all__ = ["KafkaBroker", "bootstrap_servers", "pattern_regex"]
 _log = get_logger("dp.events.kafka")
 INTERNAL = "_dp."
 GROUPS_TOPIC = "_dp.groups"
+PROBE_TOPIC = "_dp.probe"
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 _TOPIC_EXISTS = 36  # Kafka error code TOPIC_ALREADY_EXISTS
-
-
-def bootstrap_servers(url: str) -> str:
-    """`host:port,host2:port2` from `kafka://host:port[,host2:port2]` (port 9092 by default).
-
-    Raises:
-        InvalidBusURLError: naming the URL and what is wrong.
-    """
-    scheme, sep, rest = url.partition("://")
-    if scheme != "kafka" or not sep:
-        raise InvalidBusURLError(url, f"scheme {scheme!r} is not kafka, e.g. kafka://host:9092")
-    hosts = rest.split("/", 1)[0]
-    servers = []
-    for item in hosts.split(","):
-        try:
-            parts = urlsplit(f"//{item}")
-            port = parts.port or 9092
-        except ValueError as exc:
-            raise InvalidBusURLError(url, f"{item!r}: {exc}") from None
-        if not parts.hostname:
-            raise InvalidBusURLError(url, f"{item!r} names no host, e.g. kafka://127.0.0.1:9092")
-        servers.append(f"{parts.hostname}:{port}")
-    return ",".join(servers)
+_UNSUPPORTED_COMPRESSION = 76  # UNSUPPORTED_COMPRESSION_TYPE (aiokafka has no class for it)
 
 
 def pattern_regex(pattern: str) -> str:
@@ -116,79 +101,41 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
     """Topic publish/subscribe on Kafka (or a Kafka-protocol broker), durable groups included.
 
     Args:
-        url: `kafka://host:port[,host2:port2]` (the bootstrap servers).
-        acks: the producer's `acks` ("all", 1 or 0); "all" waits for every in-sync replica.
-        idempotence: the idempotent producer (no duplicates from the producer's own
-            retries); needs acks="all".
-        compression: None, "gzip", "snappy", "lz4" or "zstd" (snappy and lz4 need their
-            Python packages, see aiokafka's docs).
-        linger: seconds the producer waits to fill a batch.
-        request_timeout: seconds a produce request (with aiokafka's retries inside it) may
-            take before publish raises `BusUnavailableError`.
-        partitions: partitions of the topics dp creates (on first publish to a topic).
-        replication: their replication factor.
-        topic_refresh: seconds between metadata refreshes: how soon pattern subscriptions
-            see topics created after they started (Kafka's `metadata.max.age.ms`).
-        session_timeout: seconds a group member may go without heartbeats before its
-            partitions go to the others (heartbeats every third of it, from a background
-            task, so a slow handler does not count; see `claim_idle` for that).
-        prefetch: records a subscription reads ahead of its iterator.
-        fetch_wait: seconds the broker may hold a fetch while no record is there (Kafka's
-            `fetch.max.wait.ms`); Kafka answers as soon as a record arrives, so this bounds
-            latency only on brokers that do not (Tansu: see the README).
-        outbox: how many `publish_nowait` events may wait to be sent.
-        namespace: prefixed to every Kafka topic and group name dp uses (e.g. "staging."),
-            so several dp installations can share one cluster; "" maps names one to one.
+        url: `kafka://host:port[,host2:port2][?option=value&...]`: the bootstrap servers and
+            the options of `dp.events.kafka_options` (acks, idempotence, compression,
+            linger, request_timeout, partitions, replication, topic_refresh,
+            session_timeout, fetch_wait, prefetch, outbox, namespace). The URL is the only
+            way to set them, so `--bus`, `DP_BUS_URL` and `dp.toml` reach every one.
+
+    Raises:
+        InvalidBusURLError: a malformed URL, or an option with a bad value (named).
     """
 
-    def __init__(
-        self,
-        url: str = "kafka://127.0.0.1:9092",
-        *,
-        acks: str | int = "all",
-        idempotence: bool = True,
-        compression: str | None = None,
-        linger: float = 0.0,
-        request_timeout: float = 10.0,
-        partitions: int = 1,
-        replication: int = 1,
-        topic_refresh: float = 0.5,
-        session_timeout: float = 10.0,
-        prefetch: int = 1_000,
-        fetch_wait: float = 0.5,
-        outbox: int = 10_000,
-        namespace: str = "",
-    ) -> None:
+    def __init__(self, url: str = "kafka://127.0.0.1:9092") -> None:
         super().__init__()
         self.url = url
-        self.bootstrap = bootstrap_servers(url)
-        if compression not in (None, "gzip", "snappy", "lz4", "zstd"):
-            raise InvalidBusURLError(
-                url, f"compression {compression!r} is not gzip, snappy, lz4 or zstd"
-            )
-        if idempotence and acks != "all":
-            raise InvalidBusURLError(url, "the idempotent producer needs acks='all'")
-        if namespace and not re.fullmatch(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?", namespace):
-            raise InvalidBusURLError(url, f"namespace {namespace!r} is not a topic prefix")
-        self.namespace = namespace
-        self.groups_topic = f"{namespace}{GROUPS_TOPIC}"
-        self.acks = acks
-        self.idempotence = idempotence
-        self.compression = compression
-        self.linger = linger
-        self.request_timeout = request_timeout
-        self.partitions = partitions
-        self.replication = replication
-        self.topic_refresh = topic_refresh
-        self.session_timeout = session_timeout
-        self.prefetch = prefetch
-        self.fetch_wait = fetch_wait
-        self.outbox = outbox
+        self.bootstrap, self.options = parse_kafka_url(url)
+        options = self.options
+        self.namespace = options.namespace
+        self.groups_topic = f"{self.namespace}{GROUPS_TOPIC}"
+        self.acks = options.producer_acks
+        self.idempotence = options.idempotence
+        self.compression = options.compression
+        self.linger = options.linger
+        self.request_timeout = options.request_timeout
+        self.partitions = options.partitions
+        self.replication = options.replication
+        self.topic_refresh = options.topic_refresh
+        self.session_timeout = options.session_timeout
+        self.prefetch = options.prefetch
+        self.fetch_wait = options.fetch_wait
+        self.outbox = options.outbox
         self.outbox_batch = 512
-        self.send_timeout = request_timeout
+        self.send_timeout = self.request_timeout
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._connecting = asyncio.Lock()
+        self._admin_lock = asyncio.Lock()  # its own: the producer's is held while it starts
 
     # --- names ----------------------------------------------------------------------------
 
@@ -220,7 +167,13 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
         }
 
     async def producer(self) -> AIOKafkaProducer:
-        """The broker's producer, started on first use."""
+        """The broker's producer, started on first use.
+
+        Raises:
+            BusRefusedError: the broker answered, but refused the producer's settings
+                (e.g. idempotence); the message names the URL option to change.
+            BusUnavailableError: the broker did not answer within `request_timeout`.
+        """
         if self._producer is None:
             async with self._connecting:
                 if self._producer is None:
@@ -245,8 +198,32 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
             raise
         except (KafkaError, OSError, TimeoutError) as exc:
             await client.stop()
-            reason = str(exc) or type(exc).__name__
-            raise BusUnavailableError(self.url, time.monotonic() - started, reason) from exc
+            raise self._unavailable(exc, started, starting=client) from exc
+
+    def _unavailable(
+        self, exc: BaseException, started: float, *, starting: object = None
+    ) -> BusUnavailableError:
+        """The error for `exc`: a refusal naming the option to change when the broker
+        answered with one, else unreachable."""
+        waited = time.monotonic() - started
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, BrokerResponseError):
+            if self.idempotence and (
+                isinstance(starting, AIOKafkaProducer)
+                or isinstance(exc, ClusterAuthorizationFailedError)
+            ):
+                return BusRefusedError(
+                    self.url,
+                    f"the broker refused idempotent producers (InitProducerId: {reason})",
+                    "add ?idempotence=false to the bus URL",
+                )
+            if exc.errno == _UNSUPPORTED_COMPRESSION and self.compression:
+                return BusRefusedError(
+                    self.url,
+                    f"the broker refused compression={self.compression} ({reason})",
+                    "use another ?compression= in the bus URL, or none",
+                )
+        return BusUnavailableError(self.url, waited, reason)
 
     async def consumer(self, **options: object) -> AIOKafkaConsumer:
         """A started consumer with this broker's options plus `options`."""
@@ -255,26 +232,40 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
         await self._start(consumer)
         return consumer
 
+    async def admin(self) -> AIOKafkaAdminClient:
+        """The broker's admin client, started on first use (one, under its own lock:
+        concurrent first publishes must not each start one and leak all but the last)."""
+        if self._admin is None:
+            async with self._admin_lock:
+                if self._admin is None:
+                    admin = AIOKafkaAdminClient(
+                        bootstrap_servers=self.bootstrap,
+                        request_timeout_ms=int(self.request_timeout * 1000),
+                    )
+                    started = time.monotonic()
+                    try:
+                        await asyncio.wait_for(admin.start(), self.request_timeout)
+                    except BaseException as exc:
+                        await admin.close()  # its half-open connections too
+                        if isinstance(exc, KafkaError | OSError | TimeoutError):
+                            raise self._unavailable(exc, started) from exc
+                        raise
+                    self._admin = admin
+        return self._admin
+
     async def ensure_topics(self, *topics: str) -> None:
         """Create the `topics` this broker has not seen yet (existing ones are fine)."""
         missing = [t for t in topics if t not in self._known_topics]
         if not missing:
             return
-        if self._admin is None:
-            admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap,
-                request_timeout_ms=int(self.request_timeout * 1000),
-            )
-            await admin.start()
-            self._admin = admin
+        admin = await self.admin()
         started = time.monotonic()
         try:
-            response = await self._admin.create_topics(
+            response = await admin.create_topics(
                 [NewTopic(t, self.partitions, self.replication) for t in missing]
             )
         except (KafkaError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise BusUnavailableError(self.url, time.monotonic() - started, reason) from exc
+            raise self._unavailable(exc, started) from exc
         for name, code, *rest in response.topic_errors:
             if code not in (0, _TOPIC_EXISTS):
                 message = rest[0] if rest else ""
@@ -287,7 +278,7 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
 
     # --- publishing ---------------------------------------------------------------------------
 
-    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
+    async def _publish_many(self, events: Sequence[EventBase], *, topic: str | None) -> None:
         """Produce the events in order (batched by the producer) and wait for the broker's
         acknowledgement of all of them (`acks`).
 
@@ -305,9 +296,27 @@ class KafkaBroker(RemoteBroker["KafkaSubscription", "KafkaDurableSubscription"])
             futures = [await producer.send(ns + e.topic, **wire(e)) for e in events]
             await asyncio.gather(*futures)
         except KafkaError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise BusUnavailableError(self.url, time.monotonic() - started, reason) from exc
+            raise self._unavailable(exc, started) from exc
         self._published += len(events)
+
+    async def probe(self) -> None:
+        """Produce one empty record to `_dp.probe` (which no pattern matches): the producer
+        starts (the idempotent one asks for a producer id) and the broker takes a write.
+
+        Raises:
+            BusRefusedError: the broker refuses these producer settings, naming the option.
+            BusUnavailableError: the broker did not answer within `request_timeout`.
+        """
+        if self._closed:
+            raise BrokerClosedError(PROBE_TOPIC)
+        topic = f"{self.namespace}{PROBE_TOPIC}"
+        await self.ensure_topics(topic)
+        producer = await self.producer()
+        started = time.monotonic()
+        try:
+            await producer.send_and_wait(topic, value=b"")
+        except KafkaError as exc:
+            raise self._unavailable(exc, started) from exc
 
     # --- subscribing --------------------------------------------------------------------------
 

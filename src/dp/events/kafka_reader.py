@@ -180,7 +180,11 @@ class KafkaSubscription(_Reader):
     ) -> set[TopicPartition]:
         # The fresh metadata itself: `consumer.partitions_for_topic` only knows the topics
         # the consumer already uses.
-        cluster = await consumer._client.fetch_all_metadata()
+        try:
+            cluster = await consumer._client.fetch_all_metadata()
+        except KafkaError as exc:  # the broker is down: keep reading what is assigned,
+            _log.warning("bus.metadata_failed", pattern=self._pattern, error=str(exc))
+            return set()  # and look again at the next refresh (aiokafka reconnects)
         new = set()
         for topic in cluster.topics():
             name = self._broker.dp_topic(topic)

@@ -19,6 +19,7 @@ __all__ = [
     "Broker",
     "BrokerConsumer",
     "BrokerStats",
+    "BusHealth",
     "Consumer",
     "DeadLetter",
     "DurableSubscription",
@@ -154,12 +155,15 @@ class BrokerStats:
         subscriptions: live subscriptions.
         dropped: events discarded by `drop_oldest` subscribers, over the broker's lifetime.
         retained: topics whose last event is retained now.
+        error: why publishing fails now (the last failure, until a publish succeeds);
+            "" while it works, and always on the in-memory bus.
     """
 
     published: int
     subscriptions: int
     dropped: int
     retained: int
+    error: str = ""
 
 
 @runtime_checkable
@@ -235,6 +239,20 @@ class Broker(Protocol):
 
     async def close(self) -> None:
         """Refuse new events and end every subscription's iteration."""
+        ...
+
+
+@runtime_checkable
+class BusHealth(Protocol):
+    """A bus over a network, whose publishing can fail while dp runs (Redis, Kafka):
+    `/health` asks it, `dp serve` probes it at start."""
+
+    async def health(self, wait: float = 1.0) -> str:
+        """Why publishing fails now; "" when it works."""
+        ...
+
+    async def probe(self) -> None:
+        """Raise `BusUnavailableError` (or `BusRefusedError`) unless publishing works now."""
         ...
 
 

@@ -251,7 +251,19 @@ class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"])
 
     # --- publishing ---------------------------------------------------------------------------
 
-    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
+    async def probe(self) -> None:
+        """PING Redis (retried like a publish, for up to `publish_timeout` seconds).
+
+        Raises:
+            BusUnavailableError: Redis stayed unreachable.
+        """
+
+        async def ping(client: aioredis.Redis) -> object:
+            return await client.ping()
+
+        await self.call(ping, wait=self.publish_timeout)
+
+    async def _publish_many(self, events: Sequence[EventBase], *, topic: str | None) -> None:
         """Append each event to its topic's stream in one round trip (order kept per topic).
 
         During a Redis outage the call retries with backoff for `publish_timeout` seconds.

@@ -7,6 +7,7 @@ kinds of subscription, and how to disconnect.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Generic, Protocol, Self, TypeVar
@@ -32,6 +33,8 @@ _log = get_logger("dp.events")
 PlainT = TypeVar("PlainT", bound=Subscription)
 DurableT = TypeVar("DurableT", bound=DurableSubscription)
 ItemT = TypeVar("ItemT")
+_RETRY_FIRST = 0.05  # seconds the outbox sender waits after a failed publish, doubling
+_RETRY_MAX = 2.0  # up to this
 
 
 def check_topic(topic: str, event: EventBase) -> None:
@@ -53,8 +56,12 @@ class RemoteBroker(Generic[PlainT, DurableT]):
     """The shared half of a networked broker; see `RedisBroker` and `KafkaBroker`.
 
     Subclasses set `url`, `outbox` (how many `publish_nowait` events may wait) and
-    `outbox_batch` (events the sender publishes per call) and implement `publish_many`,
-    `_plain`, `_group` and `_disconnect`.
+    `outbox_batch` (events the sender publishes per call) and implement `_publish_many`,
+    `probe`, `_plain`, `_group` and `_disconnect`.
+
+    Health: a publish that fails records why (`stats().error`, what `/health` shows) until
+    one succeeds; while it is failing, `health()` probes the bus in the background, so it
+    recovers even when nothing else publishes.
     """
 
     url: str
@@ -69,11 +76,22 @@ class RemoteBroker(Generic[PlainT, DurableT]):
         self._outbox: deque[EventBase] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._published = 0
-        self._dropped = 0  # publish_nowait events the sender could not publish
+        self._dropped = 0  # publish_nowait events still unsent when the broker closed
+        self._failure = ""  # why the last publish failed; "" once one succeeded
+        self._prober: asyncio.Task[None] | None = None
 
     # --- to implement -------------------------------------------------------------------------
 
-    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
+    async def _publish_many(self, events: Sequence[EventBase], *, topic: str | None) -> None:
+        raise NotImplementedError
+
+    async def probe(self) -> None:
+        """Check that publishing works now (a round trip to the bus), or raise why not.
+
+        Raises:
+            BusRefusedError: the bus refuses this broker's settings (names the one to change).
+            BusUnavailableError: the bus cannot be reached.
+        """
         raise NotImplementedError
 
     def _plain(self, pattern: str, replay_retained: bool) -> PlainT:
@@ -108,6 +126,32 @@ class RemoteBroker(Generic[PlainT, DurableT]):
         """
         await self.publish_many([event], topic=topic)
 
+    async def publish_many(self, events: Sequence[EventBase], *, topic: str | None = None) -> None:
+        """Publish the events in order and wait until the bus has all of them.
+
+        Raises:
+            InvalidTopicError: malformed topic, or not the event's topic.
+            BrokerClosedError: the broker is closed.
+            BusUnavailableError: the bus did not take them in time (see the adapter), or
+                refuses them (`BusRefusedError`, naming the setting to change).
+        """
+        try:
+            await self._publish_many(events, topic=topic)
+        except BusUnavailableError as exc:
+            self._failed(exc)
+            raise
+        self._recovered()
+
+    def _failed(self, exc: BusUnavailableError) -> None:
+        if not self._failure:
+            _log.warning("bus.publish_failing", url=self.url, error=str(exc))
+        self._failure = str(exc)
+
+    def _recovered(self) -> None:
+        if self._failure:
+            self._failure = ""
+            _log.info("bus.publish_recovered", url=self.url)
+
     def _check_open(self, topic: str | None, events: Sequence[EventBase]) -> None:
         """Raise `BrokerClosedError` when closed; check every event's topic."""
         if self._closed:
@@ -117,9 +161,10 @@ class RemoteBroker(Generic[PlainT, DurableT]):
 
     def publish_nowait(self, topic: str, event: EventBase) -> None:
         """Queue `event` for a background sender, which publishes queued events in order, in
-        batches. During an outage it waits like `publish`; events it still cannot send are
-        logged (`bus.publish_failed`, at error level) and counted in `stats().dropped`.
-        `close()` sends what is queued first.
+        batches. During an outage (or while the bus refuses them) the events stay queued and
+        the sender retries with backoff; `close()` sends what is queued first, for up to
+        `send_timeout` seconds, and only what is still unsent then is logged
+        (`bus.publish_failed`, at error level) and counted in `stats().dropped`.
 
         Raises:
             InvalidTopicError: malformed topic, or not the event's topic.
@@ -134,28 +179,78 @@ class RemoteBroker(Generic[PlainT, DurableT]):
             self._sender = asyncio.get_running_loop().create_task(self._send_outbox())
 
     async def _send_outbox(self) -> None:
+        """Publish the outbox's head batch; only a success removes it (order is kept)."""
         outbox = self._outbox
+        delay = _RETRY_FIRST
         while outbox:
-            batch = [outbox.popleft() for _ in range(min(len(outbox), self.outbox_batch))]
+            batch = list(itertools.islice(outbox, self.outbox_batch))
             try:
                 await self.publish_many(batch)
-            except (BusUnavailableError, BrokerClosedError) as exc:
-                self._dropped += len(batch)
-                _log.error("bus.publish_failed", events=len(batch), error=str(exc))
+            except BusUnavailableError:
+                if self._closed:
+                    return
+                await asyncio.sleep(delay)  # publish_many logged the failure once
+                delay = min(delay * 2, _RETRY_MAX)
+                continue
+            except BrokerClosedError:
+                return
             except EventFormatError:  # one event breaks dp.limits' rule: send the others
-                for event in batch:
-                    try:
-                        await self.publish_many([event])
-                    except (BusUnavailableError, BrokerClosedError, EventFormatError) as exc:
-                        self._dropped += 1
-                        _log.error("bus.publish_failed", events=1, error=str(exc))
+                handled = await self._send_apart(batch)
+                for _ in range(handled):
+                    outbox.popleft()
+                if handled < len(batch):  # the bus failed meanwhile: retry the rest later
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                continue
+            for _ in batch:
+                outbox.popleft()
+            delay = _RETRY_FIRST
+
+    async def _send_apart(self, batch: list[EventBase]) -> int:
+        """Publish `batch` one event at a time, dropping (and counting) each event that can
+        never be sent; return how many were handled before the bus failed, if it did."""
+        for handled, event in enumerate(batch):
+            try:
+                await self.publish_many([event])
+            except EventFormatError as exc:
+                self._dropped += 1
+                _log.error("bus.publish_failed", events=1, error=str(exc))
+            except (BusUnavailableError, BrokerClosedError):
+                return handled
+        return len(batch)
 
     def stats(self) -> BrokerStats:
         """Counters: events published, live subscriptions, `publish_nowait` events lost,
-        and topics this broker has published to."""
+        topics this broker has published to, and why publishing fails now ("" if it works)."""
         return BrokerStats(
-            self._published, len(self._subscriptions), self._dropped, len(self._known_topics)
+            self._published,
+            len(self._subscriptions),
+            self._dropped,
+            len(self._known_topics),
+            self._failure,
         )
+
+    async def health(self, wait: float = 1.0) -> str:
+        """Why publishing fails now, "" when it works. While it fails, one probe at a time
+        runs in the background (waited for up to `wait` seconds): its success clears the
+        failure, so health recovers when the bus does, even with nothing to publish."""
+        if self._closed:
+            return "the broker is closed"
+        if self._failure:
+            if self._prober is None or self._prober.done():
+                self._prober = asyncio.get_running_loop().create_task(self._probe_once())
+            await asyncio.wait([self._prober], timeout=wait)
+        return self._failure
+
+    async def _probe_once(self) -> None:
+        try:
+            await self.probe()
+        except BusUnavailableError as exc:
+            self._failed(exc)
+        except BrokerClosedError:
+            pass
+        else:
+            self._recovered()
 
     # --- subscribing --------------------------------------------------------------------------
 
@@ -227,6 +322,18 @@ class RemoteBroker(Generic[PlainT, DurableT]):
             return
         if self._sender is not None and not self._sender.done():
             await asyncio.wait([self._sender], timeout=self.send_timeout)
+        for task in (self._sender, self._prober):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._outbox:
+            self._dropped += len(self._outbox)
+            _log.error(
+                "bus.publish_failed",
+                events=len(self._outbox),
+                error=self._failure or "the broker closed before they were sent",
+            )
+            self._outbox.clear()
         self._closed = True
         for subscription in list(self._subscriptions):
             stop = getattr(subscription, "stop", None)

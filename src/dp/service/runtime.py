@@ -36,6 +36,7 @@ from dp.events import (
     InMemoryBroker,
     Publisher,
 )
+from dp.events.ports import BusHealth
 from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
@@ -409,7 +410,7 @@ class Service:
 
         `ok` when everything works; `degraded` when a trigger's or a source's circuit is open
         (it stopped firing, or backs off) but runs can start; `unavailable` when runs cannot
-        start (not accepting, bus closed, store unreachable).
+        start (not accepting, bus closed or failing to publish, store unreachable).
         """
         outage = await self.store_check.error()
         store_ok = outage is None
@@ -419,7 +420,10 @@ class Service:
             name: dataclasses.asdict(health)
             for name, health in (self.sources.health() if self.sources else {}).items()
         }
-        bus_ok = not self.broker.closed
+        bus_error = "the broker is closed" if self.broker.closed else ""
+        if isinstance(self.broker, BusHealth):  # a networked bus: is publishing failing?
+            bus_error = await self.broker.health()
+        bus_ok = not bus_error
         ready = self.accepting and bus_ok and store_ok
         degraded = scheduler["status"] != "ok" or not all(s["healthy"] for s in sources.values())
         return {
@@ -430,7 +434,7 @@ class Service:
             "uptime_seconds": None if self.started_at is None else time.time() - self.started_at,
             "active_pipelines": self.orchestrator.active_pipelines,
             "queued_pipelines": self.orchestrator.queued_pipelines,
-            "bus": {"ok": bus_ok, **_stats(self.broker)},
+            "bus": {**_stats(self.broker), "ok": bus_ok, "error": bus_error or None},
             "store": {"ok": store_ok, "error": store_error, "url": _store_url(self)},
             "unavailable": [name for name, ok in (("store", store_ok), ("bus", bus_ok)) if not ok],
             "scheduler": scheduler,

@@ -10,6 +10,7 @@ interrupted and resumed by the next start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -21,6 +22,8 @@ from pathlib import Path
 from dp.config import Settings, build_orchestrator, mask, open_broker, resolve
 from dp.engine.lease import DEFAULT_LEASE_SECONDS
 from dp.errors import (
+    BusRefusedError,
+    BusUnavailableError,
     InvalidPipelineError,
     ListenError,
     NoPipelinesError,
@@ -28,6 +31,7 @@ from dp.errors import (
     ServeError,
     TokenRequiredError,
 )
+from dp.events.ports import BusHealth
 from dp.loader import load_tasks
 from dp.logs import configure_logging, get_logger
 from dp.pipelines import get_pipelines
@@ -131,6 +135,7 @@ def serve(
         lease=lease,
         claim_idle=claim_idle,
     )
+    probe_bus(settings)
     hosts, any_ip = allowed_hosts(host, allowed_host)
     app = create_app(
         service,
@@ -169,6 +174,39 @@ def serve(
         # uvicorn re-raises the SIGINT it handled once it has shut down: our normal end
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(config).run(sockets=[listener])
+
+
+_PROBE_SECONDS = 5.0  # how long dp serve's start waits for the bus's answer
+
+
+def probe_bus(settings: Settings) -> None:
+    """Publish one probe on the bus before serving (a Kafka broker that refuses the producer's
+    settings answers at once), so a bus that can never take an event stops `dp serve` at
+    start with the setting to change, not later in the log while events are lost.
+
+    An unreachable bus does not stop it: it serves, `/health` says the bus is failing, and
+    events wait (outbox) or are refused with 503 until the bus returns.
+
+    Raises:
+        BusRefusedError: the bus refuses these settings; the message names the option.
+    """
+    broker = open_broker(settings)
+    if not isinstance(broker, BusHealth):
+        return
+
+    async def probe() -> None:
+        try:
+            await asyncio.wait_for(broker.probe(), _PROBE_SECONDS)
+        finally:
+            await broker.close()
+
+    try:
+        asyncio.run(probe())
+    except BusRefusedError:
+        raise
+    except (BusUnavailableError, TimeoutError) as exc:
+        error = str(exc) or f"no answer within {_PROBE_SECONDS:g}s"
+        _log.warning("bus.unreachable_at_start", bus=mask(settings.bus), error=error)
 
 
 def listen(host: str, port: int) -> socket.socket:

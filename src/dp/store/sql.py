@@ -37,6 +37,7 @@ from dp.errors import (
     RunNotFoundError,
     StoreError,
 )
+from dp.store.checkpoint import WalCheckpointer
 from dp.store.outage import (
     Watchdog,
     engine_options,
@@ -166,6 +167,7 @@ class SQLRunStore:
         self._write_lock: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if backend == "sqlite" else contextlib.nullcontext()
         )
+        self._checkpointer = WalCheckpointer.of(parsed, self._write_lock)  # off the commits
         self._upsert_task_runs = _upsert_statement(backend, _task_runs, _TASK_KEY)
         self._upsert_attempts = _upsert_statement(backend, _attempts, _ATTEMPT_KEY)
         self._upsert_fires = _upsert_statement(
@@ -465,7 +467,9 @@ class SQLRunStore:
             return [_source_record(row) for row in conn.execute(query)]
 
     def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the pooled connections (the last one closing checkpoints the WAL)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._engine.dispose()
 
     @contextmanager
@@ -473,6 +477,8 @@ class SQLRunStore:
         try:
             with self._write_lock, self._writer.begin() as conn:
                 yield conn
+            if self._checkpointer is not None:
+                self._checkpointer.wrote()
         except sa.exc.StatementError as exc:
             # SQLite's JSON columns encode while SQLAlchemy binds parameters, which wraps the
             # error; psycopg encodes later and lets it through as it is.
@@ -585,6 +591,7 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA wal_autocheckpoint = 0")  # WalCheckpointer's thread does it
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 
