@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from dp.errors import ArgumentTypeError
+
 __all__ = ["MAX_OUTPUT", "install", "joined"]
 
 #: Characters of output kept per task attempt (the end is kept: it usually holds the error).
@@ -36,7 +38,7 @@ class _Router:
             return self._stream.write(text)
         if type(text) is not str:  # refused as a real text stream refuses it, in the task
             if not isinstance(text, str):
-                raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+                raise ArgumentTypeError("write() argument", text, "a str")
             text = str.__str__(text)  # a str subclass: keep its characters, not its methods
         buffer.append(text)
         return len(text)

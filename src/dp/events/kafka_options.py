@@ -39,6 +39,10 @@ __all__ = ["KafkaOptions", "bootstrap_servers", "kafka_url", "parse_kafka_url"]
 COMPRESSIONS = ("gzip", "snappy", "lz4", "zstd")
 
 
+class _BadValue(Exception):
+    """An option's value a parser cannot take; `parse_kafka_url` names the option and URL."""
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaOptions:
     """The settings of one Kafka bus; see the module docstring for each option."""
@@ -115,7 +119,7 @@ def parse_kafka_url(url: str) -> tuple[str, KafkaOptions]:
     for key, text in given.items():
         try:
             values[key] = _PARSERS[key](text)
-        except ValueError as exc:
+        except _BadValue as exc:
             raise InvalidBusURLError(url, f"option {key}={text!r}: {exc}") from None
     options = KafkaOptions(**values)  # type: ignore[arg-type]
     if options.idempotence and options.acks != "all":
@@ -149,7 +153,7 @@ def kafka_url(url: str, **options: object) -> str:
 def _choice(*accepted: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.lower() not in accepted:
-            raise ValueError(f"must be one of {', '.join(accepted)}")
+            raise _BadValue(f"must be one of {', '.join(accepted)}")
         return text.lower()
 
     return parse
@@ -161,7 +165,7 @@ def _flag(text: str) -> bool:
         return True
     if lowered in ("false", "0", "no", "off"):
         return False
-    raise ValueError("must be true or false")
+    raise _BadValue("must be true or false")
 
 
 def _compression(text: str) -> str | None:
@@ -169,7 +173,7 @@ def _compression(text: str) -> str | None:
     if lowered in ("", "none"):
         return None
     if lowered not in COMPRESSIONS:
-        raise ValueError(f"must be none, {', '.join(COMPRESSIONS)}")
+        raise _BadValue(f"must be none, {', '.join(COMPRESSIONS)}")
     return lowered
 
 
@@ -180,7 +184,7 @@ def _seconds(low: float, *, above: bool = False) -> Callable[[str], float]:
         except ValueError:
             value = math.nan
         if not math.isfinite(value) or value < low or (above and value == low):
-            raise ValueError(f"must be a number of seconds {'>' if above else '>='} {low:g}")
+            raise _BadValue(f"must be a number of seconds {'>' if above else '>='} {low:g}")
         return value
 
     return parse
@@ -189,7 +193,7 @@ def _seconds(low: float, *, above: bool = False) -> Callable[[str], float]:
 def _count(low: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         if not text.isdigit() or int(text) < low:
-            raise ValueError(f"must be a whole number >= {low}")
+            raise _BadValue(f"must be a whole number >= {low}")
         return int(text)
 
     return parse
@@ -197,7 +201,7 @@ def _count(low: int) -> Callable[[str], int]:
 
 def _namespace(text: str) -> str:
     if text and not re.fullmatch(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?", text):
-        raise ValueError("must be a topic prefix of letters, digits, _, - and dots, e.g. staging.")
+        raise _BadValue("must be a topic prefix of letters, digits, _, - and dots, e.g. staging.")
     return text
 
 
