@@ -118,23 +118,13 @@ class GroupFiring:
                 await _keep(subscription)
                 failures += 1
                 await asyncio.sleep(_BACKOFF.delay(failures))
-        failures = 0
-        while True:  # settling meets outages too: the event stays pending meanwhile
-            try:
-                await settle()
-                return
-            except Exception as exc:
-                if not is_outage(exc):
-                    _log.error(
-                        "trigger_settle_failed",
-                        trigger=entry.name,
-                        event_id=source.event_id,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                    return  # it stays pending: delivered again after claim_idle
-                await _keep(subscription)
-                failures += 1
-                await asyncio.sleep(_BACKOFF.delay(failures))
+        await settle_pending(
+            subscription,
+            settle,
+            log_event="trigger_settle_failed",
+            trigger=entry.name,
+            event_id=source.event_id,
+        )
 
     async def _poison(
         self, subscription: DurableSubscription, source: EventBase, exc: Exception, stage: str
@@ -150,6 +140,33 @@ class GroupFiring:
             error=reason,
         )
         await subscription.dead_letter(source, reason)
+
+
+async def settle_pending(
+    subscription: DurableSubscription,
+    settle: Callable[[], Awaitable[None]],
+    *,
+    log_event: str,
+    still_wanted: Callable[[], bool] = lambda: True,
+    **fields: object,
+) -> None:
+    """Settle a delivered event (ack it, or dead-letter it) through outages: an outage is
+    waited out with backoff while the event is kept from being claimed; any other failure,
+    or an outage once `still_wanted()` is false (shutting down), is logged and leaves the
+    event pending, to be delivered again after `claim_idle`. The trigger's and the start
+    consumer's one way of settling."""
+    failures = 0
+    while True:
+        try:
+            await settle()
+            return
+        except Exception as exc:
+            if not is_outage(exc) or not still_wanted():
+                _log.error(log_event, error=f"{type(exc).__name__}: {exc}", **fields)
+                return
+            await _keep(subscription)
+            failures += 1
+            await asyncio.sleep(_BACKOFF.delay(failures))
 
 
 async def _keep(subscription: DurableSubscription) -> None:

@@ -32,6 +32,7 @@ from dp.errors import (
 from dp.events import Broker, DurableSubscription, EventBase
 from dp.logs import get_logger
 from dp.pipelines import Pipeline
+from dp.scheduler.durable import settle_pending
 from dp.service.lifecycle import Metrics
 
 __all__ = ["START_GROUP", "START_PATTERN", "RunStarter", "StartEvents"]
@@ -158,23 +159,13 @@ class StartEvents:
                 settle = partial(subscription.ack, event)
             else:
                 settle = partial(self._dead_letter, subscription, name, event, rejected)
-        failures = 0
-        while True:  # settling meets outages too: the event stays pending meanwhile
-            try:
-                await settle()
-                return
-            except Exception as exc:
-                if not is_outage(exc) or not self.service.accepting:
-                    _log.error(
-                        "service.start_event_unsettled",
-                        event_id=event.event_id,
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                    return  # it stays pending: delivered again after claim_idle
-                with contextlib.suppress(Exception):
-                    await subscription.keep()
-                failures += 1
-                await asyncio.sleep(_BACKOFF.delay(failures))
+        await settle_pending(
+            subscription,
+            settle,
+            log_event="service.start_event_unsettled",
+            still_wanted=lambda: self.service.accepting,
+            event_id=event.event_id,
+        )
 
     async def _dead_letter(
         self, subscription: DurableSubscription, name: str, event: EventBase, reason: str
