@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -499,3 +500,62 @@ def test_the_hard_time_limit_is_told_from_a_task_s_own_exit() -> None:
     assert not _hard_time_limit("SystemExit: 3", just_started, timeout=1.0)
     assert not _hard_time_limit("ValueError: bad input", just_started, timeout=1.0)
     assert _hard_time_limit("ValueError: bad input", monotonic() - 1.0, timeout=1.0)
+
+
+def test_hostile_objects_never_hang_a_run_on_celery_workers(
+    redis: RedisProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The hostile matrix on two `dp worker`s: whatever a task raises or returns (raising
+    __str__/__repr__/__reduce__/__del__/__hash__/__eq__, huge, cyclic, hostile causes), every
+    run ends and every attempt has a recorded outcome with its error as text."""
+    import json
+    import shutil
+
+    from hypothesis import HealthCheck, example, given, settings
+
+    import hostile_tasks
+
+    root = tmp_path_factory.mktemp("celery-hostile")
+    tasks_file = root / "hostile_tasks.py"  # the workers import the same module by name
+    shutil.copy(hostile_tasks.__file__, tasks_file)
+    env = {
+        "DP_CELERY_BROKER_URL": redis.url,
+        "DP_RESULTS_URL": f"file://{root / 'results'}",
+        "DP_STORE_URL": f"sqlite:///{root / 'runs.db'}",
+        "DP_CELERY_VISIBILITY_TIMEOUT": "3",
+    }
+    store = SQLRunStore(path=root / "runs.db")
+    hostile_workers = Workers.start(tasks_file, env)
+    loop = asyncio.new_event_loop()
+    orchestrator = Orchestrator(
+        io_manager=FilesystemIOManager(root / "results"),
+        store=store,
+        executor=CeleryExecutor(redis.url, visibility=3),
+    )
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(spec=hostile_tasks.specs())
+    @example(spec=hostile_tasks.TRAP)
+    def attempt_ends(spec: dict[str, Any]) -> None:
+        plan = Planner(DAGBuilder(hostile_tasks.REGISTRY)).create_execution_plan(
+            task_names=[spec["task"]]
+        )
+        run = orchestrator.start_pipeline(plan, {"spec": json.dumps(spec)})
+        result = loop.run_until_complete(asyncio.wait_for(run, 60))
+        hostile_tasks.check_ended(result, spec)
+        assert "WorkerSetupError" not in (result.task(spec["task"]).error or ""), spec
+
+    try:
+        attempt_ends()
+        alive = [p.poll() is None for p in hostile_workers.processes]
+        print(f"celery workers alive after the matrix: {alive}")
+        assert all(alive)
+    finally:
+        loop.run_until_complete(orchestrator.shutdown())
+        loop.close()
+        hostile_workers.stop()
+        store.close()

@@ -99,8 +99,8 @@ def test_flags_beat_the_environment(tmp_path: Path) -> None:
 
 
 def test_every_setting_has_its_variable(tmp_path: Path) -> None:
-    """DP_STORE_URL, DP_BUS_URL, DP_RESULTS_URL, DP_EXECUTOR, DP_WORKERS and
-    DP_CELERY_BROKER_URL are all read."""
+    """DP_STORE_URL, DP_BUS_URL, DP_RESULTS_URL, DP_EXECUTOR, DP_WORKERS,
+    DP_CELERY_BROKER_URL and DP_MAX_RESUME_ATTEMPTS are all read."""
     env = {
         "DP_STORE_URL": "memory://",
         "DP_BUS_URL": "redis://cache:6380/2",
@@ -108,6 +108,7 @@ def test_every_setting_has_its_variable(tmp_path: Path) -> None:
         "DP_EXECUTOR": "inline",
         "DP_WORKERS": "2",
         "DP_CELERY_BROKER_URL": "redis://broker:6379/1",
+        "DP_MAX_RESUME_ATTEMPTS": "5",
     }
     settings = resolve(env=env, cwd=tmp_path)
     assert (settings.store, settings.bus, settings.results, settings.executor) == (
@@ -117,7 +118,28 @@ def test_every_setting_has_its_variable(tmp_path: Path) -> None:
         "inline",
     )
     assert (settings.workers, settings.celery_broker) == (2, "redis://broker:6379/1")
+    assert settings.max_resume_attempts == 5
     assert dict(settings.sources) == dict(zip(settings.sources, env, strict=True))
+
+
+def test_dp_serve_defaults_to_worker_processes_unless_results_are_in_memory(
+    tmp_path: Path,
+) -> None:
+    """The service's default executor is `process`; `memory://` results keep `inprocess`."""
+    served = resolve(env=NO_ENV, cwd=tmp_path, default_executor="process")
+    assert (served.executor, served.source("executor")) == ("process", "default")
+    in_memory = resolve(
+        {"results": "memory://"}, env=NO_ENV, cwd=tmp_path, default_executor="process"
+    )
+    assert in_memory.executor == "inprocess"
+    assert resolve(env=NO_ENV, cwd=tmp_path).executor == "inprocess"  # dp run keeps threads
+
+
+def test_max_resume_attempts_must_be_a_whole_number(tmp_path: Path) -> None:
+    """DP_MAX_RESUME_ATTEMPTS=0 is refused, naming the setting and where it came from."""
+    with pytest.raises(ConfigError, match=r"max_resume_attempts.*DP_MAX_RESUME_ATTEMPTS"):
+        resolve(env={"DP_MAX_RESUME_ATTEMPTS": "0"}, cwd=tmp_path)
+    assert resolve(env=NO_ENV, cwd=tmp_path).max_resume_attempts == 3
 
 
 def test_an_empty_variable_counts_as_unset(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import pickle
 import sys
@@ -1272,3 +1273,181 @@ async def test_a_task_interrupted_in_its_queue_runs_again_on_resume(
         True,
         [TaskStatus.INTERRUPTED, TaskStatus.SUCCEEDED],
     )
+
+
+# --- hostile tasks: whatever a task raises or returns, its attempt ends, recorded ---------
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_hostile_objects_never_hang_a_run(executor: str, tmp_path: Path) -> None:
+    """Exceptions and results whose __str__, __repr__, __reduce__, __hash__, __eq__ raise,
+    huge or cyclic ones, hostile causes and contexts: every run ends, every attempt has a
+    recorded outcome with its error as text, on the inline and in-process executors (a
+    raising __del__ is tried in worker processes, test_process.py)."""
+    from hypothesis import HealthCheck, given, settings
+
+    import hostile_tasks
+    from dp.store import SQLRunStore
+
+    store = SQLRunStore(path=tmp_path / "runs.db")
+    orchestrator = Orchestrator(
+        io_manager=FilesystemIOManager(tmp_path / "results"), store=store, executor=executor
+    )
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(spec=hostile_tasks.specs(interrupts=executor != "inline", finalizers=False))
+    def attempt_ends(spec: dict[str, Any]) -> None:
+        plan = plan_for(hostile_tasks.REGISTRY, task_names=[spec["task"]])
+        result = orchestrator.run(plan, {"spec": json.dumps(spec)})
+        hostile_tasks.check_ended(result, spec)
+        recorded = {r.task_name: r for r in store.get_task_runs(result.run_id)}
+        assert recorded[spec["task"]].status == result.task(spec["task"]).status
+
+    try:
+        attempt_ends()
+    finally:
+        store.close()
+
+
+class _RefusingStore(MemoryRunStore):
+    """Refuses any record holding a NUL byte, as PostgreSQL does; fails the first
+    `outages` task writes whatever they hold, as a store that is down for a moment."""
+
+    def __init__(self, outages: int = 0) -> None:
+        super().__init__()
+        self.outages = outages
+
+    @staticmethod
+    def _check(records: Any) -> None:
+        for record in records:
+            if any("\x00" in (text or "") for text in (record.output, record.error)):
+                raise ValueError("text fields cannot contain NUL (0x00) bytes")
+
+    def save_task_runs(self, records: Any, **kwargs: Any) -> None:
+        if self.outages:
+            self.outages -= 1
+            raise ConnectionError("the store is down for a moment")
+        self._check([*records, *kwargs.get("attempts", ())])
+        super().save_task_runs(records, **kwargs)
+
+    def update_run(self, run_id: str, **kwargs: Any) -> None:
+        self._check([*kwargs.get("task_runs", ()), *kwargs.get("attempts", ())])
+        if "\x00" in (kwargs.get("error") or ""):
+            raise ValueError("text fields cannot contain NUL (0x00) bytes")
+        super().update_run(run_id, **kwargs)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_record_the_store_refuses_fails_the_run_once_saying_so(
+    registry: TaskRegistry, executor: str
+) -> None:
+    """A task prints a NUL byte and fails: the store refuses its record, the run ends failed
+    (not running) naming the task and the store's error, the record kept with a note."""
+
+    @task(registry=registry)
+    def nul() -> None:
+        print("a\x00b")
+        raise ValueError("bad\x00row")
+
+    store = _RefusingStore()
+    result = run(registry, executor, store=store)
+    assert result.status == RunStatus.FAILED
+    assert (result.error or "").startswith("the run store refused the record of task 'nul'")
+    recorded = store.get_run(result.run_id)
+    assert (recorded.status, recorded.error) == (RunStatus.FAILED, result.error)
+    (row,) = store.get_task_runs(result.run_id)
+    assert row.status == TaskStatus.FAILED
+    assert "the run store refused it: ValueError" in (row.error or "")
+
+
+def test_a_store_outage_is_not_a_refusal(registry: TaskRegistry) -> None:
+    """Task writes failing whatever they hold are kept and written later: the run succeeds."""
+
+    @task(registry=registry)
+    def slow() -> int:
+        time.sleep(0.5)  # long enough for periodic flushes to fail meanwhile
+        return 1
+
+    store = _RefusingStore(outages=2)
+    result = run(registry, "inprocess", store=store, flush_interval=0.05)
+    assert result.ok, result.error
+    assert [r.status for r in store.get_task_runs(result.run_id)] == [TaskStatus.SUCCEEDED]
+
+
+def _dead_owner_run(store: MemoryRunStore, registry: TaskRegistry, deaths: int) -> str:
+    """A run recorded running, with task `victim` running, whose owner process is gone."""
+    from dp.store import RunRecord, TaskRunRecord
+
+    plan = plan_for(registry)
+    record = RunRecord(
+        run_id="20260101-000000-deadbeef",
+        dag_id=plan.dag_id,
+        status=RunStatus.RUNNING,
+        epoch=1,
+        owner_host=HOST,
+        owner_pid=2**22 + 12345,  # no such process
+        metadata={"owner_deaths": deaths, "running_at_owner_deaths": [["victim"]] * deaths},
+    )
+    store.create_run(record)
+    store.save_task_runs(
+        [TaskRunRecord(record.run_id, "victim", status=TaskStatus.RUNNING, attempt=deaths + 1)]
+    )
+    return record.run_id
+
+
+async def test_a_run_whose_owner_died_n_times_is_failed_as_a_crash_loop(
+    registry: TaskRegistry,
+) -> None:
+    """Resuming a run whose owner died while it ran counts a death; at max_resume_attempts
+    deaths the run is failed, naming the task, and the task does not run again."""
+    calls: list[str] = []
+
+    @task(registry=registry)
+    def victim() -> None:
+        calls.append("victim")
+
+    store = MemoryRunStore()
+    run_id = _dead_owner_run(store, registry, deaths=1)
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, max_resume_attempts=3)
+    result = await orchestrator.resume_pipeline(run_id, registry=registry)  # death 2: resumed
+    assert (result.ok, calls) == (True, ["victim"])
+    assert store.get_run(run_id).metadata["owner_deaths"] == 2
+
+    await orchestrator.shutdown()
+
+    store = MemoryRunStore()
+    run_id = _dead_owner_run(store, registry, deaths=2)
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, max_resume_attempts=3)
+    with pytest.raises(ResumeError, match="crash loop: the owner died 3 times while running"):
+        await orchestrator.resume_pipeline(run_id, registry=registry)
+    recorded = store.get_run(run_id)
+    assert recorded.status == RunStatus.FAILED
+    assert "task 'victim'" in (recorded.error or "")
+    assert [r.status for r in store.get_task_runs(run_id)] == [TaskStatus.FAILED]
+    assert calls == ["victim"]  # not a second time
+    await orchestrator.shutdown()
+
+
+def test_a_run_no_process_owns_is_cancelled_in_the_store(registry: TaskRegistry) -> None:
+    """cancel_recorded ends a stale run cancelled under a new epoch; a finished run refuses."""
+    from dp.engine.takeover import cancel_recorded
+    from dp.errors import RunNotActiveError
+
+    @task(registry=registry)
+    def victim() -> None: ...
+
+    store = MemoryRunStore()
+    run_id = _dead_owner_run(store, registry, deaths=0)
+    record = cancel_recorded(store, run_id, by="a test")
+    assert (record.status, record.error, record.epoch) == (
+        RunStatus.CANCELLED,
+        "cancelled by a test",
+        2,
+    )
+    assert [r.status for r in store.get_task_runs(run_id)] == [TaskStatus.CANCELLED]
+    with pytest.raises(RunNotActiveError, match="it already cancelled"):
+        cancel_recorded(store, run_id, by="a test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,47 @@ def test_workers_dying_at_start_fail_the_run_instead_of_respawning_forever(
     assert "STATUS failed" in done.stdout
     assert "WorkerStartFailed" in done.stdout
     assert "if __name__ == '__main__':" in done.stdout
+
+
+def test_hostile_objects_never_hang_a_run_nor_kill_a_worker(
+    executor: ProcessExecutor, tmp_path: Path
+) -> None:
+    """Hostile exceptions and results in worker processes: every run ends, every attempt
+    has a recorded outcome with its error as text, and no worker dies of it (a task's
+    KeyboardInterrupt included: workers ignore Ctrl-C, so it is the task's)."""
+    import json
+
+    from hypothesis import HealthCheck, example, given, settings
+
+    import hostile_tasks
+    from dp.engine.process import ProcessExecutor as Executor
+
+    hostile_executor = Executor(workers=1, prefetch=1)
+    orchestrator = Orchestrator(
+        io_manager=FilesystemIOManager(tmp_path / "results"), executor=hostile_executor
+    )
+
+    async def one(spec: dict[str, Any]) -> RunResult:
+        plan = plan_for(hostile_tasks.REGISTRY, task_names=[spec["task"]])
+        return await orchestrator.start_pipeline(plan, {"spec": json.dumps(spec)})
+
+    loop = asyncio.new_event_loop()
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(spec=hostile_tasks.specs())
+    @example(spec=hostile_tasks.TRAP)
+    def attempt_ends(spec: dict[str, Any]) -> None:
+        result = loop.run_until_complete(one(spec))
+        hostile_tasks.check_ended(result, spec)
+        assert "WorkerDied" not in (result.task(spec["task"]).error or ""), spec
+
+    try:
+        attempt_ends()
+        assert hostile_executor.replacements == 0
+    finally:
+        loop.run_until_complete(orchestrator.shutdown())
+        loop.close()

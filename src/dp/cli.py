@@ -15,6 +15,7 @@ from dp import cli_run, cli_worker
 from dp.cli_common import (
     BusOpt,
     ExecutorOpt,
+    MaxResumeOpt,
     ResultsOpt,
     RootOpt,
     StoreOpt,
@@ -127,12 +128,24 @@ def serve(
             "leases ran out.",
         ),
     ] = 30.0,
+    max_resume_attempts: MaxResumeOpt = None,
 ) -> None:
-    """Serve the pipelines in TARGET: cron and event triggers, and the HTTP API (/docs)."""
+    """Serve the pipelines in TARGET: cron and event triggers, and the HTTP API (/docs).
+
+    Tasks run in worker processes by default (-e process), so no task can take the
+    service down; -e inprocess runs them on threads of the service itself.
+    """
     from dp.service.server import serve as serve_forever
 
     settings = settings_for(
-        root, store=store, bus=bus, results=results, executor=executor, workers=workers
+        root,
+        default_executor="process",
+        store=store,
+        bus=bus,
+        results=results,
+        executor=executor,
+        workers=workers,
+        max_resume_attempts=max_resume_attempts,
     )
     try:
         serve_forever(

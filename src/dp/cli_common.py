@@ -151,6 +151,17 @@ ResultsOpt = Annotated[
         show_default=False,
     ),
 ]
+MaxResumeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-resume-attempts",
+        min=1,
+        metavar="N",
+        help="Fail a run as a crash loop, instead of resuming it, once its owner died N times "
+        "while running it [env DP_MAX_RESUME_ATTEMPTS; default 3].",
+        show_default=False,
+    ),
+]
 RootOpt = Annotated[
     Path,
     typer.Option(
@@ -162,7 +173,9 @@ RootOpt = Annotated[
 ]
 
 
-def settings_for(root: Path, **flags: str | int | None) -> config.Settings:
+def settings_for(
+    root: Path, *, default_executor: str = "inprocess", **flags: str | int | None
+) -> config.Settings:
     """The backends: these flags, else DP_* variables, else dp.toml, else defaults."""
     executor, workers = flags.get("executor"), flags.get("workers")
     if executor == "inline" and workers is not None:
@@ -173,7 +186,7 @@ def settings_for(root: Path, **flags: str | int | None) -> config.Settings:
             )
         )
     try:
-        return config.resolve(flags, home=root)
+        return config.resolve(flags, home=root, default_executor=default_executor)
     except DPError as exc:
         raise fail(exc) from exc
 

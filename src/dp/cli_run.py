@@ -18,6 +18,7 @@ from rich.text import Text
 from dp import config
 from dp.cli_common import (
     ExecutorOpt,
+    MaxResumeOpt,
     ParamOpt,
     ResultsOpt,
     RootOpt,
@@ -163,10 +164,18 @@ def runs_resume(
         bool,
         typer.Option(help="Take over a run marked running on another host (that host is gone)."),
     ] = False,
+    max_resume_attempts: MaxResumeOpt = None,
 ) -> None:
     """Resume an interrupted run: tasks whose results are stored do not run again."""
     _cli_logging()
-    settings = settings_for(root, store=store, results=results, executor=executor, workers=workers)
+    settings = settings_for(
+        root,
+        store=store,
+        results=results,
+        executor=executor,
+        workers=workers,
+        max_resume_attempts=max_resume_attempts,
+    )
     record = get_run(open_store(ctx, settings), run_id)
     try:
         execution_plan = plan_for_record(record)
@@ -224,7 +233,8 @@ def _report(result: RunResult, settings: config.Settings) -> None:
         f"run [cyan]{result.run_id}[/] [bold {colour}]{result.status.value}[/]{duration}",
         highlight=False,
     )
-    if result.error and not any(error for *_, error in rows):  # else the table shows it
+    refused = (result.error or "").startswith(("the run store refused", "crash loop"))
+    if result.error and (refused or not any(error for *_, error in rows)):  # else the table
         console.print(f"[red]{escape(result.error)}[/]", highlight=False)
     dp = dp_command()
     last = next((r.task_name for r in reversed(result.tasks.values()) if r.result_ids), None)

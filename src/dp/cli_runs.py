@@ -1,4 +1,4 @@
-"""`dp runs list|show|logs|result`: the runs recorded in the run store, read back.
+"""`dp runs list|show|logs|result|cancel`: the runs recorded in the run store.
 
 `dp runs resume` runs a pipeline again, so it is written beside `dp run` in `dp.cli_run`."""
 
@@ -33,6 +33,7 @@ from dp.display import (
     print_task_table,
     status_text,
 )
+from dp.engine.takeover import cancel_recorded
 from dp.errors import CLIError, DPError
 from dp.store.records import RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
 
@@ -42,6 +43,33 @@ runs_app = typer.Typer(
     help="Inspect and resume recorded runs.", no_args_is_help=True, rich_markup_mode=None
 )
 runs_app.command("resume")(runs_resume)
+
+
+@runs_app.command("cancel")
+def runs_cancel(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The run to cancel.")],
+    store: StoreOpt = None,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Cancel a run that has not finished, whoever owns it: a stale or interrupted run (its
+    owner died or stopped) ends cancelled at once; a live owner (a `dp serve`, a `dp run`) is
+    fenced, starts nothing more and stops within a third of its lease."""
+    import os
+
+    from dp.store.records import HOST
+
+    settings = settings_for(root, store=store)
+    run_store = open_store(ctx, settings)
+    before = get_run(run_store, run_id)
+    try:
+        record = cancel_recorded(run_store, run_id, by=f"dp runs cancel ({HOST}:{os.getpid()})")
+    except DPError as exc:
+        raise fail(exc) from exc
+    host, pid = owner_of(before)
+    live = before.status in (RunStatus.RUNNING, RunStatus.QUEUED) and not is_stale(before)
+    owner = f" (its owner {host}:{pid} is fenced and stops)" if live else ""
+    print(f"run {run_id} {record.status.value}; it was {before.status.value}{owner}")
 
 
 @runs_app.command("list")

@@ -3,14 +3,16 @@ executor.
 
 Every setting is taken from the first of these that sets it:
 
-1. a command-line flag: `--store`, `--bus`, `--results`, `--executor`, `--workers`;
+1. a command-line flag: `--store`, `--bus`, `--results`, `--executor`, `--workers`,
+   `--max-resume-attempts`;
 2. an environment variable: `DP_STORE_URL`, `DP_BUS_URL`, `DP_RESULTS_URL`, `DP_EXECUTOR`,
-   `DP_WORKERS` (an empty one counts as unset);
+   `DP_WORKERS`, `DP_MAX_RESUME_ATTEMPTS` (an empty one counts as unset);
 3. the nearest `dp.toml`, or `pyproject.toml` with a `[tool.dp]` table, from the working
-   directory upward (keys `store`, `bus`, `results`, `executor`, `workers`; relative paths in
-   it are relative to the file's directory);
+   directory upward (keys `store`, `bus`, `results`, `executor`, `workers`,
+   `max_resume_attempts`; relative paths in it are relative to the file's directory);
 4. the defaults, under the home directory (`--root` / `DP_HOME`, `.dp` by default):
-   `sqlite:///.dp/runs.db`, `memory://`, `file://.dp/results`, `inprocess`.
+   `sqlite:///.dp/runs.db`, `memory://`, `file://.dp/results`, `inprocess` (`process` under
+   `dp serve`), 3.
 
 `resolve()` gives the `Settings` and where each came from (what `dp config` prints); the
 factories `open_store`, `open_broker`, `open_results` and `build_orchestrator` build the
@@ -61,7 +63,12 @@ SETTINGS: Final[Mapping[str, tuple[str, str]]] = {
     "executor": ("DP_EXECUTOR", "--executor"),
     "workers": ("DP_WORKERS", "--workers"),
     "celery_broker": ("DP_CELERY_BROKER_URL", "--celery-broker"),
+    "max_resume_attempts": ("DP_MAX_RESUME_ATTEMPTS", "--max-resume-attempts"),
 }
+#: the settings that are whole numbers (the rest are strings)
+_NUMBERS: Final = ("workers", "max_resume_attempts")
+#: the default of `max_resume_attempts`: a run whose owner died this often is a crash loop
+DEFAULT_MAX_RESUME_ATTEMPTS: Final = 3
 
 STORE_SCHEMES: Final = (
     "sqlite:///PATH",
@@ -93,6 +100,8 @@ class Settings:
         executor: `inline`, `inprocess`, `process` or `celery`.
         workers: threads or worker processes of the executor (None: its default).
         celery_broker: the Celery executor's broker (default: the bus, when it is Redis).
+        max_resume_attempts: a run whose owner died this many times while running it is
+            failed as a crash loop instead of being resumed again (default 3).
         sources: setting name -> `--store`, `DP_STORE_URL`, the config file, or `default`.
         file: the config file that was read, if any.
     """
@@ -103,6 +112,7 @@ class Settings:
     executor: str
     workers: int | None = None
     celery_broker: str | None = None
+    max_resume_attempts: int = DEFAULT_MAX_RESUME_ATTEMPTS
     sources: Mapping[str, str] = field(default_factory=dict)
     file: Path | None = None
 
@@ -119,6 +129,7 @@ class Settings:
             "executor": self.executor,
             "workers": self.workers,
             "celery_broker": None if self.celery_broker is None else mask(self.celery_broker),
+            "max_resume_attempts": self.max_resume_attempts,
         }
 
     @property
@@ -133,6 +144,7 @@ def resolve(
     home: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    default_executor: str = "inprocess",
 ) -> Settings:
     """The effective settings: flags over environment over the config file over defaults.
 
@@ -141,6 +153,9 @@ def resolve(
         home: where the default store and results live (`--root` / `DP_HOME`; `.dp`).
         env: the environment (default: `os.environ`).
         cwd: where the search for `dp.toml` starts (default: the working directory).
+        default_executor: the executor when nothing chooses one: `inprocess` for `dp run`,
+            `process` for `dp serve` (a task cannot take the service down from a worker
+            process); `inprocess` anyway with `memory://` results, which workers cannot reach.
 
     Raises:
         ConfigError: a setting has an unknown scheme, a malformed URL or a bad value; the
@@ -156,9 +171,10 @@ def resolve(
         "store": f"sqlite:///{(base / 'runs.db').as_posix()}",
         "bus": "memory://",
         "results": f"file://{(base / 'results').as_posix()}",
-        "executor": "inprocess",
+        "executor": default_executor,
         "workers": None,
         "celery_broker": None,
+        "max_resume_attempts": DEFAULT_MAX_RESUME_ATTEMPTS,
     }
     raw: dict[str, str | int | None] = {}
     sources: dict[str, str] = {}
@@ -172,6 +188,8 @@ def resolve(
             raw[name], sources[name] = file_values[name], file_label
         else:
             raw[name], sources[name] = defaults[name], "default"
+    if sources["executor"] == "default" and raw["results"] == "memory://":
+        raw["executor"] = "inprocess"  # worker processes could not reach the results
     if sources["executor"] == "default" and raw["workers"] is not None:
         raw["executor"] = "process"  # asking for N workers, and nothing else, means processes
         sources["executor"] = f"default with {sources['workers']}"
@@ -187,6 +205,9 @@ def resolve(
         executor=_check_executor(str(raw["executor"]), sources["executor"]),
         workers=_check_workers(raw["workers"], sources["workers"]),
         celery_broker=_check_celery_broker(raw["celery_broker"], sources["celery_broker"]),
+        max_resume_attempts=_check_whole(
+            "max_resume_attempts", raw["max_resume_attempts"], sources["max_resume_attempts"]
+        ),
         sources=sources,
         file=None if found is None else found[0],
     )
@@ -349,6 +370,7 @@ def build_orchestrator(settings: Settings, **options: Any) -> Orchestrator:
         from dp.engine.celery_executor import CeleryExecutor
 
         executor = CeleryExecutor(celery_broker(settings))
+    options.setdefault("max_resume_attempts", settings.max_resume_attempts)
     return Orchestrator(
         io_manager=open_results(settings),
         store=open_store(settings),
@@ -484,13 +506,17 @@ def _check_celery_broker(value: str | int | None, source: str) -> str | None:
 def _check_workers(value: str | int | None, source: str) -> int | None:
     if value is None:
         return None
+    return _check_whole("workers", value, source)
+
+
+def _check_whole(name: str, value: str | int | None, source: str) -> int:
     try:
-        workers = int(value)
-    except ValueError:
-        workers = 0
-    if isinstance(value, bool) or workers < 1:
-        raise ConfigError("workers", str(value), source, "must be a whole number >= 1")
-    return workers
+        number = int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1:
+        raise ConfigError(name, str(value), source, "must be a whole number >= 1")
+    return number
 
 
 def _split(
@@ -557,9 +583,9 @@ def _check_table(path: Path, table: Mapping[str, Any]) -> dict[str, Any]:
                 str(path),
                 f"{where}unknown setting {key!r}; {hint}dp reads {', '.join(SETTINGS)}.",
             )
-        wanted = int if key == "workers" else str
+        wanted = int if key in _NUMBERS else str
         if not isinstance(value, wanted) or isinstance(value, bool):
-            example = "4" if key == "workers" else '"memory://"'
+            example = "4" if key in _NUMBERS else '"memory://"'
             raise ConfigFileError(
                 str(path),
                 f"{where}{key} must be a {'number' if wanted is int else 'string'}, "

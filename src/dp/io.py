@@ -19,9 +19,15 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from dp.errors import ResultNotFoundError, SerializationError, UnreachableIOManagerError
+from dp.errors import (
+    ResultNotFoundError,
+    SaveError,
+    SerializationError,
+    UnreachableIOManagerError,
+)
 from dp.ids import check_id, is_id
 from dp.packs import PackIndex, pack_name, read_value, write_pack
+from dp.safetext import describe_exception
 
 __all__ = ["FilesystemIOManager", "IOManager", "InMemoryIOManager"]
 
@@ -138,7 +144,20 @@ class FilesystemIOManager:
         return (functools.partial(type(self), durable=self._durable), (self._base,))
 
     def save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
-        """Pickle `value` atomically and return the path of the result file."""
+        """Pickle `value` atomically and return the path of the result file.
+
+        Raises:
+            SerializationError: `value` cannot be pickled.
+            SaveError: the file cannot be written (a full disk, no permission, a read-only
+                file system); it names the result and the location.
+        """
+        try:
+            return self._save(run_id, task_name, task_result_id, value)
+        except OSError as exc:
+            location = f"{self._base}{_SEP}{run_id}"
+            raise SaveError(run_id, task_name, task_result_id, location, exc) from exc
+
+    def _save(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> str:
         _check_ids(run_id, task_name, task_result_id)
         run_dir = f"{self._base}{_SEP}{run_id}"
         path = _flat_path(run_dir, task_name, task_result_id)
@@ -190,6 +209,14 @@ class FilesystemIOManager:
         Raises:
             SerializationError: A value cannot be encoded; nothing of the batch was stored.
         """
+        try:
+            return self._save_many(run_id, items)
+        except OSError as exc:
+            task_name, task_result_id = items[0][0], items[0][1]
+            location = f"{self._base}{_SEP}{run_id}"
+            raise SaveError(run_id, task_name, task_result_id, location, exc) from exc
+
+    def _save_many(self, run_id: str, items: list[tuple[str, str, Any]]) -> list[int]:
         _check_id("run_id", run_id)
         for task_name, task_result_id, _ in items:
             _check_id("task_name", task_name)
@@ -550,7 +577,7 @@ def _unpickle(data: bytes, path: str, run_id: str, task_name: str, task_result_i
 
 def _pickle_failure(exc: Exception) -> str:
     return (
-        f"cannot pickle the value ({type(exc).__name__}: {exc}). Return plain data (dicts, "
+        f"cannot pickle the value ({describe_exception(exc)}). Return plain data (dicts, "
         "lists, DataFrames, dataclasses defined at module level), not functions, locks, open "
         "files or generators."
     )

@@ -167,16 +167,22 @@ class InlineExecutor:
                     continue
                 meta = task.metadata
                 chunk_cb = functools.partial(sink.on_chunk, task) if meta.stream_output else None
-                if not meta.is_async:
-                    outcome = worker.execute(task, chunk_cb, sink)
-                elif meta.timeout is None:
-                    outcome = await worker.execute_async(task, chunk_cb, sink)
-                else:
-                    try:
-                        async with asyncio.timeout(meta.timeout):
-                            outcome = await worker.execute_async(task, chunk_cb, sink)
-                    except TimeoutError:
-                        outcome = timeout_outcome(task, meta.timeout)
+                started_at = time.time()
+                try:
+                    if not meta.is_async:
+                        outcome = worker.execute(task, chunk_cb, sink)
+                    elif meta.timeout is None:
+                        outcome = await worker.execute_async(task, chunk_cb, sink)
+                    else:
+                        try:
+                            async with asyncio.timeout(meta.timeout):
+                                outcome = await worker.execute_async(task, chunk_cb, sink)
+                        except TimeoutError:
+                            outcome = timeout_outcome(task, meta.timeout)
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # the attempt ends, recorded, whatever happened
+                    outcome = worker.crashed(task, exc, started_at)
                 sink.on_done(task, outcome)
         finally:
             self._drainer = None
@@ -350,8 +356,13 @@ class InProcessExecutor:
         one in the same thread: a chain costs no round trip through the loop per link."""
         while True:
             task, sink = attempt.task, attempt.sink
-            outcome = worker.execute(task, on_chunk, sink)
-            following = sink.successor(task, outcome) if outcome.ok else None
+            started_at = time.time()
+            try:
+                outcome = worker.execute(task, on_chunk, sink)
+                following = sink.successor(task, outcome) if outcome.ok else None
+            except BaseException as exc:  # never lose a thread, nor leave its attempt unended
+                self._hand_back(attempt, worker.crashed(task, exc, started_at))
+                return
             if following is None:
                 self._hand_back(attempt, outcome)
                 return
@@ -449,11 +460,16 @@ class InProcessExecutor:
 
         chunk_cb = on_chunk if task.metadata.stream_output else None
         timeout = task.metadata.timeout
+        started_at = time.time()
         try:
             async with asyncio.timeout(timeout):
                 outcome = await worker.execute_async(task, chunk_cb, attempt.sink)
         except TimeoutError:
             outcome = timeout_outcome(task, timeout or 0.0)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # the attempt ends, recorded, whatever happened
+            outcome = worker.crashed(task, exc, started_at)
         self._done(attempt, outcome)
 
     def _chunk(self, attempt: _Attempt, result_id: str) -> None:

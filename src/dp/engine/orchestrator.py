@@ -19,6 +19,7 @@ from dp.engine.model import ExecutionContext, RunHandle, RunListener, RunResult
 from dp.engine.recorder import RunRecorder
 from dp.engine.resolver import PlanIndex
 from dp.engine.run import ActiveRun
+from dp.engine.takeover import count_death, crash_loop, fail_crash_loop, owner_died
 from dp.errors import (
     DuplicateRunError,
     FencedError,
@@ -105,6 +106,8 @@ class Orchestrator:
         listeners: `RunListener`s told about every run and task change.
         lease_seconds: how long a run's lease in the store lasts; a thread renews it every
             third of that. A run whose lease ran out counts as stale and may be taken over.
+        max_resume_attempts: a run whose owner died this many times while running it is
+            failed as a crash loop on the next resume, not resumed (see `dp.engine.takeover`).
     """
 
     def __init__(
@@ -120,8 +123,12 @@ class Orchestrator:
         listeners: Sequence[RunListener] = (),
         flush_interval: float = 0.2,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_resume_attempts: int = 3,
     ) -> None:
         _check_limits(max_parallel_tasks, max_concurrent_pipelines, max_queued_pipelines, workers)
+        if not isinstance(max_resume_attempts, int) or max_resume_attempts < 1:
+            raise InvalidArgumentError("max_resume_attempts", max_resume_attempts, "an int >= 1")
+        self.max_resume_attempts = max_resume_attempts
         self.io_manager = (
             io_manager if io_manager is not None else FilesystemIOManager(Path(".dp") / "results")
         )
@@ -378,9 +385,13 @@ class Orchestrator:
         process-wide registry (see `plan_for_record`). It must have the run's `dag_id` (the
         same tasks and edges).
 
+        A run whose owner died while running it (it still says running) counts one death;
+        at `max_resume_attempts` deaths it is failed as a crash loop instead of resumed.
+
         Raises:
             RunNotFoundError: no such run in the store.
-            ResumeError: the run finished, is still running, or its tasks changed.
+            ResumeError: the run finished, is still running, its tasks changed, or it is a
+                crash loop (then it is recorded failed, saying so).
         """
         if self.store is None:
             raise ResumeError(run_id, "this orchestrator has no run store to resume from")
@@ -411,12 +422,20 @@ class Orchestrator:
                 f"its tasks changed since it started (dag_id {record.dag_id} is now "
                 f"{plan.dag_id}); start a new run",
             )
+        metadata = record.metadata
         try:
+            if owner_died(record):
+                rows = await asyncio.to_thread(self.store.get_task_runs, run_id)
+                metadata = count_death(record, rows)
+                reason = crash_loop(metadata, self.max_resume_attempts)
+                if reason is not None:
+                    await asyncio.to_thread(fail_crash_loop, self.store, record, metadata, reason)
+                    raise ResumeError(run_id, reason)
             return await self.submit_pipeline(
                 plan,
                 record.params,
                 run_id=run_id,
-                metadata=record.metadata,
+                metadata=metadata,
                 trigger=record.trigger,
                 pipeline=record.pipeline,
                 resume=True,

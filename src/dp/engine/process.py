@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from dp.engine.children import become_subreaper, kill_attempt_children, kill_group
 from dp.engine.executors import TaskSink, timeout_outcome
 from dp.engine.messages import (
     ChunkMessage,
@@ -244,6 +245,7 @@ class ProcessExecutor:
         if code is None:
             slot.process.join(1)
             code = slot.process.exitcode
+        kill_group(slot.process.pid)  # what its task forked dies with it (it led the group)
         slot.close()
         if self._closing:
             return
@@ -429,6 +431,7 @@ def _worker_main(
     running: Any,
 ) -> None:
     """Entry point of a worker process: run task batches until told to stop."""
+    become_subreaper()  # what tasks fork stays findable (see `dp.engine.children`)
     _exit_with_the_orchestrator()
     for entry in reversed(sys_path):
         if entry not in sys.path:
@@ -480,10 +483,16 @@ def _worker_main(
 
             chunk_cb = on_chunk if meta.stream_output else None
             running.value = handle
-            if meta.is_async:
-                outcome = loop.run_until_complete(worker.execute_async(task, chunk_cb))
-            else:
-                outcome = worker.execute(task, chunk_cb)
+            started_at = time.time()
+            try:
+                if meta.is_async:
+                    outcome = loop.run_until_complete(worker.execute_async(task, chunk_cb))
+                else:
+                    outcome = worker.execute(task, chunk_cb)
+            except BaseException as exc:  # the attempt ends, reported, whatever happened
+                outcome = worker.crashed(task, exc, started_at)
+            finally:
+                kill_attempt_children(whole_process=True)  # what it forked ends with it
             running.value = -1
             send(CompletionMessage.of(handle, outcome), last)
         flush()
@@ -504,6 +513,9 @@ def _exit_with_the_orchestrator() -> None:
 
     def watch() -> None:
         multiprocessing.connection.wait([sentinel])  # readable only once the parent is gone
+        if os.getpgid(0) == os.getpid():  # with what its task forked (its own group)
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpid(), signal.SIGKILL)
         os._exit(_ORPHANED)  # at once: no cleanup, no result saved, no message sent
 
     threading.Thread(target=watch, name="dp-orphan-watch", daemon=True).start()

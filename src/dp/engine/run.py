@@ -88,6 +88,7 @@ class ActiveRun:
         self._handle: RunHandle | None = None
         self._leases = orchestrator.leases
         recorder.on_fenced = self._taken_over
+        recorder.on_refused = self._store_refused
         #: the executor's queues, when its tasks wait in a broker (recorded queued until started)
         self._queue_of = (
             self.executor.queue_of if isinstance(self.executor, QueueingExecutor) else None
@@ -263,10 +264,13 @@ class ActiveRun:
     def on_write_failed(self, number: int, task_name: str, result_id: str, error: str) -> None:
         if self.closed or self._write_error is not None:
             return
-        self._write_error = (
-            f"its result {result_id!r} could not be saved through "
-            f"{self.context.io_manager!r}: {error}"
-        )
+        if error.startswith("SaveError: "):  # it names the result and the location already
+            self._write_error = error.removeprefix("SaveError: ")
+        else:
+            self._write_error = (
+                f"its result {result_id!r} could not be saved through "
+                f"{self.context.io_manager!r}: {error}"
+            )
         self.log.error("result.save_failed", task_name=task_name, result_id=result_id, error=error)
         unsaved = self._unsaved
         for saved, result in list(unsaved):
@@ -455,6 +459,14 @@ class ActiveRun:
             handle.stop_status = RunStatus.INTERRUPTED
             handle.task.cancel()
 
+    def _store_refused(self, message: str) -> None:
+        """The run store refused a record of this run (see `RunRecorder`): start nothing
+        more; the run ends failed, saying so (the recorder logged it once)."""
+        if self.closed:
+            return
+        self.resolver.halt()
+        self._pump()
+
     def _changed(self, result: TaskRunResult) -> None:
         if self._record is not None:
             self._record(result)
@@ -520,6 +532,8 @@ class ActiveRun:
                 self._record(task_result)
         if not await self.recorder.run_finished(status, finished_at, error):
             status, error = RunStatus.INTERRUPTED, str(self.recorder.fenced)
+        elif self.recorder.refused is not None:
+            status, error = RunStatus.FAILED, self.recorder.refused
         result = RunResult(
             run_id=self.context.run_id,
             dag_id=self.context.dag_id,

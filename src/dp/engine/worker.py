@@ -7,16 +7,19 @@ import contextvars
 import importlib
 import inspect
 import os
+import signal
 import sys
+import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from dp.engine import capture
+from dp.engine.children import kill_attempt_children, thread_children
 from dp.engine.model import ExecutableTask, TaskOutcome, chunk_result_id, manifest_result_id
-from dp.errors import DPError, FencedError, SerializationError
+from dp.errors import FencedError, SerializationError
 from dp.io import IOManager
+from dp.safetext import describe_exception, safe_traceback
 from dp.store.records import HOST
 from dp.tasks import TaskMetadata
 
@@ -60,6 +63,7 @@ class Worker:
         started_at = time.time()
         chunks: list[str] = []
         token = None
+        forked_before = thread_children()
         if self.capture_output:
             if type(sys.stdout) is not _Router or type(sys.stderr) is not _Router:
                 capture.install()
@@ -78,11 +82,13 @@ class Worker:
                 result_id = task.task_result_id
                 self.io_manager.save(task.run_id, task.task_name, result_id, value)
                 result_ids = [result_id]
-        except (Exception, SystemExit) as exc:  # a task calling sys.exit() fails, nothing more
+        except BaseException as exc:  # sys.exit(), a raised BaseException: the task fails
+            _reraise_interrupt(exc)
             return self._failed(task, exc, started_at, chunks)
         finally:
             if token is not None:
                 _output.reset(token)
+            kill_attempt_children(forked_before)  # what the task forked ends with it
         return TaskOutcome(
             task.task_name,
             task.instance,
@@ -92,7 +98,7 @@ class Worker:
             time.time() - started_at,
             None,
             None,
-            capture.joined(chunks) if chunks else "",
+            _output_of(chunks) if chunks else "",
             True,
             HOST,
             self.pid,
@@ -125,7 +131,8 @@ class Worker:
                 result_ids = [self._save(task, task.task_result_id, value, guard)]
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except BaseException as exc:
+            _reraise_interrupt(exc)
             return self._failed(task, exc, started_at, chunks)
         finally:
             if token is not None:
@@ -202,8 +209,8 @@ class Worker:
             started_at,
             time.time() - started_at,
             error=format_error(exc),
-            traceback="".join(traceback.format_exception(exc)),
-            output=capture.joined(chunks),
+            traceback=safe_traceback(exc),
+            output=_output_of(chunks),
             # an unpicklable result fails the same way every time, and an abandoned attempt
             # must not run again here: retrying only wastes time
             retryable=not isinstance(exc, SerializationError | FencedError),
@@ -223,20 +230,61 @@ class Worker:
             time.time() - started_at,
             None,
             None,
-            capture.joined(chunks) if chunks else "",
+            _output_of(chunks) if chunks else "",
             True,
             HOST,
             self.pid,
         )
 
+    def crashed(self, task: ExecutableTask, exc: BaseException, started_at: float) -> TaskOutcome:
+        """The outcome of an attempt whose reporting itself failed (a bug of dp's, or an
+        object no guard foresaw): the attempt ends failed, recorded, instead of killing the
+        thread or process that runs it and leaving its run waiting forever."""
+        try:
+            outcome = self._failed(task, exc, started_at, [])
+        except BaseException as again:
+            _reraise_interrupt(again)
+            outcome = TaskOutcome(
+                task.task_name,
+                task.instance,
+                False,
+                [],
+                started_at,
+                time.time() - started_at,
+                error="WorkerError: the attempt's outcome could not be described",
+                retryable=False,
+                host=HOST,
+                pid=self.pid,
+            )
+        outcome.retryable = False  # it would fail the same way again
+        return outcome
+
+
+def _reraise_interrupt(exc: BaseException) -> None:
+    """Ctrl-C on the main thread of a process that takes it as `KeyboardInterrupt` (`dp run`
+    with the inline executor) stops the run; anywhere else (a pool thread, a worker process,
+    which ignores SIGINT) it, and any other `BaseException` a task raises, fails the task."""
+    if (
+        isinstance(exc, KeyboardInterrupt)
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        raise exc
+
+
+def _output_of(chunks: list[str]) -> str:
+    """What the task printed; never raises (a task may have written anything)."""
+    try:
+        return capture.joined(chunks)
+    except BaseException as exc:
+        _reraise_interrupt(exc)
+        return f"<output could not be joined: {describe_exception(exc)}>"
+
 
 def format_error(exc: BaseException) -> str:
-    """One line naming the exception: `ValueError: bad row 3`."""
-    if isinstance(exc, DPError):
-        return f"{type(exc).__name__}: {exc}"
-    text = str(exc)
-    name = type(exc).__qualname__
-    return f"{name}: {text}" if text else name
+    """One line naming the exception: `ValueError: bad row 3`; never raises, whatever the
+    exception's `__str__` does (`RuntimeError: <exception str() failed: ValueError>`)."""
+    return describe_exception(exc)
 
 
 def resolve_task(import_path: str) -> TaskMetadata | str:

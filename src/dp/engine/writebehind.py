@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from dp.io import IOManager
+from dp.safetext import describe_exception
 
 __all__ = ["WriteBehind", "WriteSink"]
 
@@ -319,7 +320,7 @@ class WriteBehind:
                     for entry, size in zip(entries, sizes, strict=True):
                         entry.size = size
                     continue
-                except Exception:
+                except BaseException:
                     pass  # nothing of it was stored: save one by one, to tell which failed
             failures += [failure for entry in entries if (failure := self._write(entry))]
         return failures
@@ -330,9 +331,9 @@ class WriteBehind:
             return None  # after a failed save, or for a run that ended: store nothing more
         try:
             self.io_manager.save(*entry.key, entry.value)
-        except Exception as exc:
+        except BaseException as exc:  # whatever a result's pickling raises: the writer lives on
             run.failed = True
-            return entry, f"{type(exc).__name__}: {exc}"
+            return entry, describe_exception(exc)
         return None
 
     def _report(self, loop: Any, failures: list[tuple[_Entry, str]], last: int) -> None:

@@ -50,6 +50,7 @@ from dp.errors.results import (
     InvalidResultsURLError,
     ResultNotFoundError,
     ResultsUnavailableError,
+    SaveError,
     SerializationError,
 )
 from dp.errors.runs import (
@@ -151,6 +152,7 @@ __all__ = [
     "RunNotActiveError",
     "RunNotFoundError",
     "RunParametersError",
+    "SaveError",
     "ScheduleStateError",
     "SchedulerError",
     "SchedulerNotRunningError",

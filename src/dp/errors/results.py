@@ -9,6 +9,7 @@ __all__ = [
     "InvalidResultsURLError",
     "ResultNotFoundError",
     "ResultsUnavailableError",
+    "SaveError",
     "SerializationError",
 ]
 
@@ -49,6 +50,26 @@ class SerializationError(DPError):
         self.reason = reason
         super().__init__(
             f"result {task_result_id!r} of task {task_name!r} in run {run_id!r}: {reason}"
+        )
+
+
+class SaveError(SerializationError):
+    """A result could not be written where results go: a full disk, no permission, a
+    read-only file system. It names the result and the location (`errno` says which)."""
+
+    def __init__(
+        self, run_id: str, task_name: str, task_result_id: str, location: str, cause: OSError
+    ) -> None:
+        self.location = location
+        self.errno = cause.errno
+        problem = cause.strerror or type(cause).__name__
+        super().__init__(
+            run_id,
+            task_name,
+            task_result_id,
+            f"could not be written to {location}: {problem} (errno {cause.errno}). Free space "
+            "there or make it writable, or choose another place with --results / "
+            "DP_RESULTS_URL; then resume the run",
         )
 
 

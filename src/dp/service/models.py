@@ -120,10 +120,11 @@ class TriggerFired(BaseModel):
 
 
 class Cancelling(BaseModel):
-    """The run was told to stop; it ends `cancelled` once its running tasks stop."""
+    """The run was told to stop; it ends `cancelled` once its running tasks stop
+    (`cancelled` at once for a run no process of this service was running)."""
 
     run_id: str
-    status: Literal["cancelling"] = "cancelling"
+    status: Literal["cancelling", "cancelled"] = "cancelling"
 
 
 class ErrorBody(BaseModel):

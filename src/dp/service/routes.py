@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dp.engine.takeover import cancel_recorded
 from dp.errors import (
     ApiDisabledError,
     AttemptNotFoundError,
     InvalidTopicError,
     NoRunStoreError,
-    RunNotActiveError,
     ServiceUnavailableError,
     TaskRunNotFoundError,
     TriggerNotFoundError,
@@ -48,7 +49,7 @@ from dp.service.models import (
     errors,
 )
 from dp.service.runtime import Service
-from dp.store.records import RunStatus, RunStore
+from dp.store.records import HOST, RunStatus, RunStore
 
 __all__ = ["routes"]
 
@@ -254,8 +255,12 @@ def routes() -> APIRouter:
     async def cancel_run(run_id: str, service: ServiceDep) -> Cancelling:
         if service.orchestrator.cancel(run_id):
             return Cancelling(run_id=run_id)
-        record = await asyncio.to_thread(_store(service).get_run, run_id)
-        raise RunNotActiveError(run_id, record.status)
+        # not running here: cancel it in the store, fencing whoever owned it (a dead or
+        # stopped process, or another instance, which then stops)
+        await asyncio.to_thread(
+            cancel_recorded, _store(service), run_id, by=f"the API of {HOST}:{os.getpid()}"
+        )
+        return Cancelling(run_id=run_id, status="cancelled")
 
     # --- polling sources --------------------------------------------------------------
 

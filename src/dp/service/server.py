@@ -73,8 +73,8 @@ def serve(
         port: the TCP port.
         token: the API token state-changing requests must carry (`Authorization: Bearer`).
         root: where the schedule state lives, and the default store and results.
-        settings: the backends (default: `dp.config.resolve(home=root)`, i.e. environment,
-            `dp.toml`, defaults).
+        settings: the backends (default: `dp.config.resolve(home=root)` with the process
+            executor as default, i.e. environment, `dp.toml`, defaults).
         grace: seconds running pipelines may take to finish on shutdown.
         max_concurrent_pipelines: runs executing at once; more wait in a queue.
         max_queued_pipelines: runs allowed to wait; beyond, starts are refused (HTTP 429).
@@ -95,7 +95,7 @@ def serve(
         raise TokenRequiredError(host)
     configure_logging(level=log_level)
     _route_uvicorn_logs()
-    settings = resolve(home=root) if settings is None else settings
+    settings = resolve(home=root, default_executor="process") if settings is None else settings
     service = build_service(
         target,
         root=root,
@@ -194,7 +194,7 @@ def build_service(
             problems.append(exc)
     if problems:
         raise PipelineProblemsError(problems)
-    settings = resolve(home=root) if settings is None else settings
+    settings = resolve(home=root, default_executor="process") if settings is None else settings
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     broker = open_broker(settings)
