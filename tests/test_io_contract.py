@@ -1,5 +1,6 @@
 """The IO manager port: one contract suite run against every adapter (filesystem, memory and
-S3 on a real S3 API server), so an adapter that passes it can hold any run's results."""
+S3 on a real S3 API server), each with both codecs for frames (pickle, Parquet), so an adapter
+that passes it can hold any run's results."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from dp.errors import InvalidIdError, ResultNotFoundError, SerializationError
 from dp.io import FilesystemIOManager, InMemoryIOManager, IOManager
-from dp.io_s3 import S3IOManager
+from dp.io.s3 import S3IOManager
 from s3_server import S3Server
 
 
@@ -26,20 +27,36 @@ class Point:
 
 _prefixes = itertools.count()
 
-ADAPTERS: dict[str, Callable[[Path, pytest.FixtureRequest], IOManager]] = {
-    "filesystem": lambda path, _: FilesystemIOManager(path / "results"),
-    "filesystem-durable": lambda path, _: FilesystemIOManager(path / "results", durable=True),
-    "memory": lambda path, _: InMemoryIOManager(),
-    "memory-copy": lambda path, _: InMemoryIOManager(copy=True),
+Factory = Callable[[Path, pytest.FixtureRequest, str], IOManager]
+ADAPTERS: dict[str, Factory] = {
+    "filesystem": lambda path, _, frames: FilesystemIOManager(path / "results", frames=frames),
+    "filesystem-durable": lambda path, _, frames: FilesystemIOManager(
+        path / "results", durable=True, frames=frames
+    ),
+    "memory": lambda path, _, frames: InMemoryIOManager(),
+    "memory-copy": lambda path, _, frames: InMemoryIOManager(copy=True, frames=frames),
     # each test under a prefix of its own in one session bucket
-    "s3": lambda path, request: S3IOManager(
+    "s3": lambda path, request, frames: S3IOManager(
         request.getfixturevalue("s3_bucket"),
         f"tests/t{next(_prefixes)}",
         endpoint_url=request.getfixturevalue("s3_server").url,
+        frames=frames,
     ),
 }
 # Adapters that refuse what pickle refuses (plain InMemoryIOManager stores objects as they are).
 PICKLING = ["filesystem", "filesystem-durable", "memory-copy", "s3"]
+#: every adapter with each codec for frames (plain memory keeps objects: no codec to vary)
+CASES = [f"{a}-{f}" for a in ADAPTERS for f in ("pickle", "parquet") if a != "memory"]
+CASES.insert(CASES.index("memory-copy-pickle"), "memory-objects")
+
+
+def _make(case: str, path: Path, request: pytest.FixtureRequest) -> IOManager:
+    if case == "memory-objects":
+        return InMemoryIOManager()
+    adapter, _, frames = case.rpartition("-")
+    if frames == "parquet":
+        pytest.importorskip("pyarrow")
+    return ADAPTERS[adapter](path, request, frames)
 
 
 @pytest.fixture(scope="session")
@@ -47,14 +64,14 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
     return s3_server.create_bucket("dp-contract")
 
 
-@pytest.fixture(params=list(ADAPTERS))
+@pytest.fixture(params=CASES)
 def io_manager(request: pytest.FixtureRequest, tmp_path: Path) -> IOManager:
-    return ADAPTERS[request.param](tmp_path, request)
+    return _make(request.param, tmp_path, request)
 
 
-@pytest.fixture(params=PICKLING)
+@pytest.fixture(params=[c for c in CASES if c.rpartition("-")[0] in PICKLING])
 def pickling_io(request: pytest.FixtureRequest, tmp_path: Path) -> IOManager:
-    return ADAPTERS[request.param](tmp_path, request)
+    return _make(request.param, tmp_path, request)
 
 
 def hidden_files(root: Path) -> list[Path]:
@@ -86,11 +103,42 @@ def test_load_returns_what_save_stored(io_manager: IOManager, value: Any) -> Non
 
 
 def test_dataframe_round_trips(io_manager: IOManager) -> None:
-    """A pandas DataFrame loads back equal."""
+    """A pandas DataFrame (a named index, dates, ints, floats, text) loads back equal, under
+    the codec its manager chose; Parquet keys end `.parquet`."""
     pd = pytest.importorskip("pandas")
-    frame = pd.DataFrame({"region": ["eu", "us"], "sales": [10.5, 20.25]})
-    io_manager.save("run_1", "transform", "result_001", frame)
+    frame = pd.DataFrame(
+        {
+            "region": ["eu", "us", "apac"],
+            "sales": [10.5, 20.25, None],
+            "orders": [1, 2, 3],
+            "day": pd.to_datetime(["2025-01-01", "2025-01-02", "2025-01-03"]),
+        },
+        index=pd.Index(["a", "b", "c"], name="key"),
+    )
+    location = io_manager.save("run_1", "transform", "result_001", frame)
     pd.testing.assert_frame_equal(io_manager.load("run_1", "transform", "result_001"), frame)
+    parquet = getattr(io_manager, "frames", "pickle") == "parquet"
+    assert location.endswith(".parquet" if parquet else "")
+    assert io_manager.list_results("run_1", "transform") == ["result_001"]
+
+
+def test_arrow_table_round_trips(io_manager: IOManager) -> None:
+    """An Arrow table loads back as an equal Arrow table, whichever the codec."""
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table({"region": ["eu", "us"], "sales": [10.5, 20.25]})
+    io_manager.save("run_1", "transform", "t", table)
+    loaded = io_manager.load("run_1", "transform", "t")
+    assert isinstance(loaded, pa.Table)
+    assert loaded.equals(table)
+
+
+def test_a_frame_parquet_cannot_hold_is_pickled(io_manager: IOManager) -> None:
+    """A DataFrame with a column of mixed objects (no Parquet type) is still stored, as a
+    pickle, and loads back equal."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"mixed": [1, "two", (3,)]})
+    io_manager.save("run_1", "transform", "m", frame)
+    pd.testing.assert_frame_equal(io_manager.load("run_1", "transform", "m"), frame)
 
 
 def test_save_returns_a_location_naming_the_ids(io_manager: IOManager) -> None:

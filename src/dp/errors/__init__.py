@@ -48,6 +48,7 @@ from dp.errors.planning import (
 from dp.errors.results import (
     InvalidIdError,
     InvalidResultsURLError,
+    ResultDamagedError,
     ResultNotFoundError,
     ResultsUnavailableError,
     SaveError,
@@ -146,6 +147,7 @@ __all__ = [
     "QueueClosedError",
     "QueueEmptyError",
     "QueueFullError",
+    "ResultDamagedError",
     "ResultNotFoundError",
     "ResultsUnavailableError",
     "ResumeError",

@@ -346,6 +346,11 @@ class TaskRunInfo(BaseModel):
 class RunDetail(RunSummary):
     """A run, its plan and its task runs."""
 
+    results: str = Field(
+        default="",
+        description="Where the run's results are: a results URL without credentials "
+        "(file://..., s3://BUCKET/PREFIX?endpoint=...); empty if not recorded.",
+    )
     plan: dict[str, Any] | None
     tasks: list[TaskRunInfo]
 
@@ -361,6 +366,7 @@ class RunDetail(RunSummary):
         tasks = sorted(latest.values(), key=_task_order)
         return cls(
             **_run_fields(record),
+            results=record.results,
             plan=record.plan,
             tasks=[TaskRunInfo.of(t, attempts[t.task_name, t.instance]) for t in tasks],
         )
