@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import sys
 import textwrap
 import time
@@ -148,7 +149,6 @@ class Project:
             "DP_CELERY_BROKER_URL": redis.url,
             "DP_RESULTS_URL": f"file://{self.results}",
             "DP_STORE_URL": f"sqlite:///{self.store_path}",
-            "DP_CELERY_VISIBILITY_TIMEOUT": "3",
         }
         self.broker = redis.url
         sys.path.insert(0, str(root))
@@ -166,7 +166,7 @@ class Project:
             orchestrator = Orchestrator(
                 io_manager=FilesystemIOManager(self.results),
                 store=store,
-                executor=executor or CeleryExecutor(self.broker, visibility=3),
+                executor=executor or CeleryExecutor(self.broker, heartbeat=3),
             )
             try:
                 return await orchestrator.start_pipeline(plan)
@@ -261,7 +261,7 @@ def test_a_task_the_worker_cannot_import_fails_the_run_with_why(
     async def go() -> object:
         orchestrator = Orchestrator(
             io_manager=FilesystemIOManager(project.results),
-            executor=CeleryExecutor(project.broker, visibility=3),
+            executor=CeleryExecutor(project.broker, heartbeat=3),
         )
         try:
             return await orchestrator.start_pipeline(plan)
@@ -278,7 +278,13 @@ class _Sink:
     def __init__(self) -> None:
         self.outcome: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
 
-    def on_started(self, task: ExecutableTask) -> None:
+    def on_started(self, task: ExecutableTask, **_: object) -> None:
+        pass
+
+    def on_reserved(self, task: ExecutableTask, **_: object) -> None:
+        pass
+
+    def on_lost(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
         pass
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
@@ -292,7 +298,7 @@ def _submit_one(project: Project, run_id: str, epoch: int) -> TaskOutcome:
     meta = project.module.counted.__dp_task__
 
     async def go() -> TaskOutcome:
-        executor = CeleryExecutor(project.broker, visibility=3)
+        executor = CeleryExecutor(project.broker, heartbeat=3)
         await executor.start(FilesystemIOManager(project.results))
         try:
             sink = _Sink()
@@ -350,7 +356,7 @@ def test_a_task_for_a_queue_no_worker_serves_waits(project: Project, workers: Wo
     store = SQLRunStore(path=project.store_path)
 
     async def go() -> tuple[TaskRunRecord, list[tuple[str, str]], str, TaskStatus]:
-        executor = CeleryExecutor(project.broker, visibility=3)
+        executor = CeleryExecutor(project.broker, heartbeat=3)
         orchestrator = Orchestrator(
             io_manager=FilesystemIOManager(project.results), store=store, executor=executor
         )
@@ -400,7 +406,7 @@ def test_a_served_task_goes_queued_then_running_then_succeeded(
     async def go() -> RunResult:
         orchestrator = Orchestrator(
             io_manager=FilesystemIOManager(project.results),
-            executor=CeleryExecutor(project.broker, visibility=3),
+            executor=CeleryExecutor(project.broker, heartbeat=3),
             listeners=[Changes()],
         )
         try:
@@ -454,8 +460,9 @@ def test_the_executor_says_when_its_broker_is_unreachable(project: Project) -> N
 def test_a_sigkilled_worker_s_task_is_redelivered_and_the_run_completes(
     project: Project, workers: Workers
 ) -> None:
-    """SIGKILL the workers while one runs `slow`: a new worker gets the task once the
-    visibility timeout passed, the run succeeds, and slow ran to its end exactly once."""
+    """SIGKILL the workers while one runs `slow`: a new worker gets the task once its
+    heartbeats stopped for the bound (Celery's visibility timeout is its default hour), the
+    run succeeds, and slow ran to its end exactly once."""
     before, before_done = project.effects("slow"), project.effects("slow-done")
     spare: list[Workers] = []
 
@@ -463,7 +470,7 @@ def test_a_sigkilled_worker_s_task_is_redelivered_and_the_run_completes(
         orchestrator = Orchestrator(
             io_manager=FilesystemIOManager(project.results),
             store=SQLRunStore(path=project.store_path),
-            executor=CeleryExecutor(project.broker, visibility=3),
+            executor=CeleryExecutor(project.broker, heartbeat=3),
         )
         plan = Planner(DAGBuilder(project.module.REGISTRY)).create_execution_plan(
             task_names=["slow"]
@@ -559,3 +566,136 @@ def test_hostile_objects_never_hang_a_run_on_celery_workers(
         loop.close()
         hostile_workers.stop()
         store.close()
+
+
+def test_the_heartbeat_and_queued_timeouts_are_checked() -> None:
+    """Both settings default (30 s, 600 s) and refuse nonsense, naming the variable."""
+    from dp.engine.celery_worker import heartbeat_timeout, queued_timeout
+    from dp.errors import ConfigError
+
+    assert (heartbeat_timeout({}), queued_timeout({})) == (30.0, 600.0)
+    assert heartbeat_timeout({"DP_CELERY_HEARTBEAT_TIMEOUT": "5"}) == 5.0
+    for bad in ("0.5", "soon", "-1", "inf"):
+        with pytest.raises(ConfigError, match="DP_CELERY_HEARTBEAT_TIMEOUT"):
+            heartbeat_timeout({"DP_CELERY_HEARTBEAT_TIMEOUT": bad})
+    with pytest.raises(ConfigError, match="DP_CELERY_QUEUED_TIMEOUT"):
+        queued_timeout({"DP_CELERY_QUEUED_TIMEOUT": "0"})
+
+
+class _LostSink(_Sink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: asyncio.Future[TaskOutcome] = asyncio.get_running_loop().create_future()
+
+    def on_lost(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
+        if not self.lost.done():
+            self.lost.set_result(outcome)
+
+
+def test_a_message_taken_by_a_worker_that_never_said_so_is_sent_again(
+    project: Project, redis: RedisProcess
+) -> None:
+    """A worker pops on_gpu's message and dies before its first heartbeat: once the queue is
+    empty for the heartbeat bound, the attempt is lost, marked so in Redis and sent again."""
+    import redis as redis_client
+
+    meta = project.module.on_gpu.__dp_task__
+    client = redis_client.Redis.from_url(redis.url)
+    client.delete("gpu")  # what earlier tests left waiting there
+
+    async def go() -> tuple[TaskOutcome, int, bool]:
+        executor = CeleryExecutor(project.broker, heartbeat=1)
+        await executor.start(FilesystemIOManager(project.results))
+        try:
+            sink = _LostSink()
+            executor.submit(ExecutableTask("taken-run", "on_gpu", "output", meta), sink)
+            deadline = time.monotonic() + 30
+            while (taken := client.rpop("gpu")) is None:  # the worker that will die
+                assert time.monotonic() < deadline, "on_gpu never reached the broker"
+                await asyncio.sleep(0.02)
+            first = _handle(taken)
+            outcome = await asyncio.wait_for(sink.lost, 30)
+            deadline = time.monotonic() + 30
+            while client.llen("gpu") == 0:  # sent again
+                assert time.monotonic() < deadline, "on_gpu was not sent again"
+                await asyncio.sleep(0.02)
+            marked = bool(client.sismember(f"dp:celery:lost:{executor.reply_to}", first))
+            return outcome, client.llen("gpu"), marked
+        finally:
+            await executor.shutdown()
+            client.delete("gpu")
+            client.close()
+
+    outcome, waiting, marked = asyncio.run(go())
+    assert "WorkerLost: a worker took it from queue 'gpu'" in (outcome.error or "")
+    assert (waiting, marked) == (1, True)
+
+
+def _handle(raw: bytes) -> int:
+    """The dp handle inside a Celery message as kombu's Redis transport stores it."""
+    import base64
+
+    envelope = json.loads(raw)
+    body = json.loads(base64.b64decode(envelope["body"]))
+    return int(body[0][0]["handle"])
+
+
+def test_runs_show_tells_queued_held_running_and_lost_apart(tmp_path: Path) -> None:
+    """dp runs show says which tasks wait in a queue, are held or run by a worker, and which
+    attempts were lost with their worker and dispatched again."""
+    from dp.store import RunRecord
+
+    store = SQLRunStore(path=tmp_path / "runs.db")
+    store.create_run(RunRecord("shown-run", "dag", status=RunStatus.RUNNING))
+    now = datetime.now(UTC)
+    store.save_task_runs(
+        [
+            TaskRunRecord("shown-run", "waits", status=TaskStatus.QUEUED, attempt=1, queue="gpu"),
+            TaskRunRecord(
+                "shown-run",
+                "held",
+                status=TaskStatus.QUEUED,
+                attempt=1,
+                queue="dp",
+                host="node-2",
+                pid=41,
+            ),
+            TaskRunRecord(
+                "shown-run",
+                "moved",
+                status=TaskStatus.RUNNING,
+                attempt=2,
+                queue="dp",
+                host="node-3",
+                pid=52,
+                started_at=now,
+            ),
+        ],
+        attempts=[
+            TaskRunRecord(
+                "shown-run",
+                "moved",
+                status=TaskStatus.LOST,
+                attempt=1,
+                queue="dp",
+                host="node-1",
+                pid=17,
+                started_at=now - timedelta(seconds=40),
+                error="WorkerLost: no heartbeat for 31s from worker node-1 pid 17 (running it)",
+            )
+        ],
+    )
+    store.close()
+    shown = (
+        CliRunner()
+        .invoke(
+            app,
+            ["runs", "show", "shown-run", "--store", f"sqlite:///{tmp_path / 'runs.db'}"],
+            env={"COLUMNS": "250"},
+        )
+        .output
+    )
+    assert "queued on gpu (no worker has taken it yet)" in shown
+    assert "queued on dp, held by worker node-2 pid 41 (not started yet)" in shown
+    assert "running on worker node-3 pid 52" in shown
+    assert "attempt 1 lost with worker node-1 pid 17, dispatched again" in shown

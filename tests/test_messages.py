@@ -11,6 +11,7 @@ from dp.engine.messages import (
     VERSION,
     ChunkMessage,
     CompletionMessage,
+    HeartbeatMessage,
     StartedMessage,
     TaskMessage,
     decode,
@@ -91,7 +92,9 @@ def test_an_unknown_version_is_refused_with_what_to_do() -> None:
 
 def test_an_unknown_kind_is_refused() -> None:
     """A message of a kind dp does not send names the kinds it does."""
-    with pytest.raises(MessageFormatError, match=r"unknown kind 'hello'; dp sends chunk, done"):
+    with pytest.raises(
+        MessageFormatError, match=r"unknown kind 'hello'; dp sends beat, chunk, done"
+    ):
         decode('{"kind": "hello", "v": 1}')
 
 
@@ -119,3 +122,22 @@ def test_messages_pickle_for_the_local_process_pipe() -> None:
     """The process executor's pickled messages come back equal."""
     for message in (TaskMessage.of(_task(), 2), StartedMessage(2), ChunkMessage(2, "c")):
         assert pickle.loads(pickle.dumps(message)) == message
+
+
+def test_a_heartbeat_names_the_worker_and_what_it_holds() -> None:
+    """A heartbeat's host, pid, held handles and their pool pids come back from JSON."""
+    beat = HeartbeatMessage("node-7", 321, [4, 9], [322, 0])
+    assert decode(beat.to_json()) == beat
+
+
+def test_a_start_says_where_and_when_and_an_older_one_still_reads() -> None:
+    """A start carries host, pid and time; one without them (older worker) reads with defaults."""
+    started = StartedMessage(5, "node-7", 322, 1700000000.5)
+    assert decode(started.to_json()) == started
+    assert decode('{"kind": "started", "v": 1, "handle": 5}') == StartedMessage(5)
+
+
+def test_a_task_message_carries_the_heartbeat_bound() -> None:
+    """The orchestrator's heartbeat bound travels with the attempt, so workers beat in time."""
+    message = TaskMessage.of(_task(), 1, "dp:celery:replies:x", 30.0)
+    assert TaskMessage.from_json(message.to_json()).heartbeat == 30.0

@@ -170,9 +170,20 @@ def runs_show(
     if attempts:
         print_attempts(console, run_store.get_attempts(run_id))
         return
+    task_runs = run_store.get_task_runs(run_id)
+    lost = _lost_attempts(run_store.get_attempts(run_id)) if _retried(task_runs) else {}
     rows = [
-        (r.task_name, r.instance, r.status.value, r.attempt, r.duration, r.error or _waiting(r))
-        for r in run_store.get_task_runs(run_id)
+        (
+            r.task_name,
+            r.instance,
+            r.status.value,
+            r.attempt,
+            r.duration,
+            "; ".join(
+                filter(None, (r.error or _where(r), *lost.get((r.task_name, r.instance), ())))
+            ),
+        )
+        for r in task_runs
     ]
     print_task_table(console, rows)
 
@@ -219,11 +230,35 @@ def runs_logs(
             console.print("[dim](no output)[/]")
 
 
-def _waiting(record: TaskRunRecord) -> str | None:
-    """Where a task sent to a broker waits, while no worker has taken it."""
-    if record.status != TaskStatus.QUEUED:
+def _where(record: TaskRunRecord) -> str | None:
+    """Where a task sent to a broker is: waiting in its queue, held by a worker that has not
+    started it, or running on a worker (the Celery executor records each)."""
+    if record.queue is None:
         return None
-    return f"queued on {record.queue or '?'} (no worker has taken it yet)"
+    worker = f"worker {record.host} pid {record.pid}" if record.host else None
+    if record.status == TaskStatus.QUEUED:
+        if worker is None:
+            return f"queued on {record.queue} (no worker has taken it yet)"
+        return f"queued on {record.queue}, held by {worker} (not started yet)"
+    if record.status == TaskStatus.RUNNING and worker is not None:
+        return f"running on {worker}"
+    return None
+
+
+def _retried(records: list[TaskRunRecord]) -> bool:
+    return any(r.attempt > 1 for r in records)
+
+
+def _lost_attempts(attempts: list[TaskRunRecord]) -> dict[tuple[str, str], list[str]]:
+    """Per task, a line for each attempt lost with its worker and dispatched again."""
+    lost: dict[tuple[str, str], list[str]] = {}
+    for a in attempts:
+        if a.status == TaskStatus.LOST:
+            where = f"worker {a.host} pid {a.pid}" if a.host else "its worker"
+            lost.setdefault((a.task_name, a.instance), []).append(
+                f"attempt {a.attempt} lost with {where}, dispatched again"
+            )
+    return lost
 
 
 def _no_such_task(run_id: str, task_name: str, store: Any) -> CLIError:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +13,8 @@ from rich.markup import escape
 
 from dp import config
 from dp.errors import ConfigError, DPError
-from dp.loader import load_tasks
+from dp.loader import LoadError, load_tasks, module_name_for
+from dp.store.records import HOST
 from dp.tasks import get_registry
 
 __all__ = ["worker"]
@@ -68,6 +69,7 @@ def worker(
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Celery's log level.")] = "INFO",
 ) -> None:
     """Run the tasks of TARGET for `--executor celery` orchestrators, on this machine."""
+    from dp.engine.celery_beat import Heartbeat
     from dp.engine.celery_worker import (
         DEFAULT_QUEUE,
         WorkerConfig,
@@ -77,6 +79,7 @@ def worker(
         visibility_timeout,
     )
 
+    names = [q.strip() for q in (queues or DEFAULT_QUEUE).split(",") if q.strip()]
     try:
         flags = {"celery_broker": celery_broker, "bus": bus, "store": store, "results": results}
         settings = config.resolve(flags, home=root)
@@ -89,7 +92,11 @@ def worker(
                 "lives in one process's memory; workers and the orchestrator need a shared "
                 "place: file://SHARED_PATH or s3://BUCKET/PREFIX",
             )
-        load_tasks(target)
+        try:
+            load_tasks(target)
+        except LoadError as exc:
+            _report_broken(broker, names, target, exc)
+            raise
         visibility = visibility_timeout()
         check_timeouts(get_registry(), visibility)
         app = make_app(broker, visibility=visibility)
@@ -97,14 +104,66 @@ def worker(
         _errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     configure(WorkerConfig(settings, broker))
-    names = [q.strip() for q in (queues or DEFAULT_QUEUE).split(",") if q.strip()]
+    heartbeat = Heartbeat(broker, names)
     celery_worker = app.Worker(
         concurrency=concurrency or os.cpu_count() or 2,
         queues=names,
         pool="prefork",
         task_events=True,
         loglevel=loglevel,
-        hostname=f"dp-{os.getpid()}@{socket.gethostname()}",
+        hostname=heartbeat.name,
     )
-    celery_worker.start()
+    _serve(broker, names)
+    heartbeat.start()
+    try:
+        celery_worker.start()
+    finally:
+        heartbeat.stop()
+        with contextlib.suppress(Exception):
+            heartbeat.leave()
     raise typer.Exit(code=celery_worker.exitcode or 0)
+
+
+def _report_broken(broker: str, queues: list[str], target: str, error: LoadError) -> None:
+    """Leave the import failure where orchestrators waiting on `queues` find it, so their
+    runs fail with it instead of waiting for a worker that is not coming."""
+    import redis
+
+    from dp.engine.celery_beat import BrokenReport, report_broken
+
+    path = Path(target)
+    is_file = target.endswith(".py") or path.is_file()
+    report = BrokenReport(
+        host=HOST,
+        pid=os.getpid(),
+        target=str(path.resolve()) if is_file else target,
+        module=module_name_for(path)[0] if is_file else target,
+        error=str(error),
+    )
+    try:
+        with redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=5) as client:
+            report_broken(client, queues, report)
+    except redis.RedisError as exc:
+        _errors.print(
+            f"(could not tell the orchestrators through {escape(broker)}: {escape(str(exc))})",
+            highlight=False,
+        )
+        return
+    _errors.print(
+        f"told the orchestrators waiting on queue {', '.join(queues)}: their tasks of "
+        f"{escape(report.target)} fail with this error while no other worker serves "
+        f"{'it' if len(queues) == 1 else 'them'}.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _serve(broker: str, queues: list[str]) -> None:
+    """This worker imports its file: import failures reported on its queues are moot."""
+    import redis
+
+    from dp.engine.celery_beat import clear_broken
+
+    client = redis.Redis.from_url(broker, socket_timeout=5, socket_connect_timeout=5)
+    with client, contextlib.suppress(redis.RedisError):  # Celery reports a missing broker
+        clear_broken(client, queues)

@@ -65,6 +65,7 @@ def status_text(status: str) -> str:
         "partial": "yellow",
         "skipped": "yellow",
         "interrupted": "magenta",
+        "lost": "magenta",
         "stale": "magenta",
     }.get(status, "red")
     return f"[{colour}]{status}[/]"

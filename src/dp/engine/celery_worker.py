@@ -8,8 +8,12 @@ chunk, done) onto the Redis list the message names (`reply_to`), which the orche
 
 Reliability comes from Celery's late acknowledgement: a message is acknowledged only when the
 attempt ended, so a worker that dies mid-task (`reject_on_worker_lost` for a lost pool
-process; the broker's visibility timeout for a lost machine) hands it to another worker. A
-delivered attempt first checks, in this order, that
+process; the broker's visibility timeout for a lost machine) hands it to another worker. The
+orchestrator does not wait for the visibility timeout: `dp worker`'s heartbeats
+(`dp.engine.celery_beat`) let it take a silent worker's attempts for lost within seconds and
+send them again. A delivered attempt first says it started and checks, in the same round
+trip, that its orchestrator has not taken it for lost (then it runs nothing, and a long
+attempt asks again before each save); then, in this order, that
 
 - its run still has the ownership epoch it was handed out with (`RunStore.get_run`): a fenced
   attempt is answered as such and never runs;
@@ -32,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from dp.engine.celery_beat import is_lost, lost_key
 from dp.engine.executors import timeout_outcome
 from dp.engine.messages import (
     ChunkMessage,
@@ -59,7 +64,9 @@ __all__ = [
     "VISIBILITY_TIMEOUT",
     "WorkerConfig",
     "check_timeouts",
+    "heartbeat_timeout",
     "make_app",
+    "queued_timeout",
     "visibility_timeout",
 ]
 
@@ -71,6 +78,12 @@ DEFAULT_QUEUE: Final = "dp"
 #: worker (Redis transport); must exceed every task's timeout
 VISIBILITY_TIMEOUT: Final = 3600.0
 VISIBILITY_VARIABLE: Final = "DP_CELERY_VISIBILITY_TIMEOUT"
+#: seconds without a heartbeat after which the orchestrator takes an attempt for lost
+HEARTBEAT_TIMEOUT: Final = 30.0
+HEARTBEAT_VARIABLE: Final = "DP_CELERY_HEARTBEAT_TIMEOUT"
+#: seconds a task may wait in a queue no worker takes anything from, then it fails
+QUEUED_TIMEOUT: Final = 600.0
+QUEUED_VARIABLE: Final = "DP_CELERY_QUEUED_TIMEOUT"
 
 
 def visibility_timeout(env: Mapping[str, str] | None = None) -> float:
@@ -79,17 +92,48 @@ def visibility_timeout(env: Mapping[str, str] | None = None) -> float:
     Raises:
         ConfigError: the variable is not a number of seconds > 0.
     """
-    text = (os.environ if env is None else env).get(VISIBILITY_VARIABLE, "")
+    return _seconds(VISIBILITY_VARIABLE, VISIBILITY_TIMEOUT, "celery visibility timeout", env)
+
+
+def heartbeat_timeout(env: Mapping[str, str] | None = None) -> float:
+    """Seconds without a heartbeat after which an attempt is taken for lost and sent again:
+    `DP_CELERY_HEARTBEAT_TIMEOUT`, or 30.
+
+    Raises:
+        ConfigError: the variable is not a number of seconds > 0.
+    """
+    seconds = _seconds(HEARTBEAT_VARIABLE, HEARTBEAT_TIMEOUT, "celery heartbeat timeout", env)
+    if seconds < 1:
+        raise ConfigError(
+            "celery heartbeat timeout",
+            str(seconds),
+            HEARTBEAT_VARIABLE,
+            "must be at least 1 second: workers beat several times a second at most, so a "
+            "shorter bound would take live workers for lost",
+        )
+    return seconds
+
+
+def queued_timeout(env: Mapping[str, str] | None = None) -> float:
+    """Seconds a task may wait in its queue while no worker takes anything from that queue,
+    before it fails: `DP_CELERY_QUEUED_TIMEOUT`, or 600 (Airflow's `task_queued_timeout`).
+
+    Raises:
+        ConfigError: the variable is not a number of seconds > 0.
+    """
+    return _seconds(QUEUED_VARIABLE, QUEUED_TIMEOUT, "celery queued timeout", env)
+
+
+def _seconds(variable: str, default: float, what: str, env: Mapping[str, str] | None) -> float:
+    text = (os.environ if env is None else env).get(variable, "")
     if not text:
-        return VISIBILITY_TIMEOUT
+        return default
     try:
         seconds = float(text)
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
-        raise ConfigError(
-            "celery visibility timeout", text, VISIBILITY_VARIABLE, "must be seconds > 0"
-        )
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(what, text, variable, "must be seconds > 0")
     return seconds
 
 
@@ -213,6 +257,45 @@ class _Backends:
     def reply(self, key: str, message: WorkerMessage) -> None:
         self.redis.rpush(key, message.to_json())
 
+    def begin(self, message: TaskMessage) -> bool:
+        """Say the attempt started and learn, in the same round trip, whether its
+        orchestrator took it for lost meanwhile (then it must not run)."""
+        started = StartedMessage(message.handle, HOST, os.getpid(), time.time())
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sismember(lost_key(message.reply_to), str(message.handle))
+        pipe.rpush(message.reply_to, started.to_json())
+        return bool(pipe.execute()[0])
+
+
+class _LostGuard:
+    """The `CommitGuard` of an attempt on a worker: closed once its orchestrator took it for
+    lost (a worker that was frozen or cut off past the heartbeat bound). Asked before each
+    save; only an attempt running for half that bound can be lost, so short attempts never
+    pay the round trip."""
+
+    __slots__ = ("backends", "message", "since")
+
+    def __init__(self, backends: _Backends, message: TaskMessage, since: float) -> None:
+        self.backends = backends
+        self.message = message
+        #: no need to ask before this `time.monotonic()` (a stream's many saves ask once a
+        #: second at most, unless the process was frozen in between)
+        self.since = since + message.heartbeat / 2
+
+    @property
+    def closed(self) -> bool:
+        message = self.message
+        now = time.monotonic()
+        if not message.heartbeat or now < self.since:
+            return False
+        try:
+            if is_lost(self.backends.redis, message.reply_to, message.handle):
+                return True
+        except Exception:  # the broker is unreachable: saving (atomically) beats failing
+            return False
+        self.since = now + min(1.0, message.heartbeat / 8)
+        return False
+
 
 def _run(payload: dict[str, Any]) -> None:
     """The Celery task: one dp attempt, answered on its reply list."""
@@ -230,6 +313,14 @@ def _run(payload: dict[str, Any]) -> None:
         return
     started = time.monotonic()
     reply = functools.partial(backends.reply, message.reply_to)
+    if backends.begin(message):  # queued -> running in the run record, unless it was lost
+        error = (
+            f"LostError: attempt {message.attempt} of task {message.task_name!r} was taken for "
+            "lost (its worker was silent past the heartbeat timeout) and sent again; this "
+            "late delivery runs nothing"
+        )
+        reply(CompletionMessage.refused(message, error))
+        return
     answer = _precheck(backends, message)
     if answer is not None:
         reply(answer)
@@ -240,8 +331,8 @@ def _run(payload: dict[str, Any]) -> None:
     if isinstance(meta, str):  # cannot import the task: say so, the run fails with it
         reply(CompletionMessage.refused(message, meta))
         return
-    reply(StartedMessage(message.handle))  # queued -> running in the run record
     task = message.task(meta)
+    guard = _LostGuard(backends, message, started)
     on_chunk = None
     if meta.stream_output:
 
@@ -251,9 +342,11 @@ def _run(payload: dict[str, Any]) -> None:
     if meta.is_async:
         if backends.loop is None:
             backends.loop = asyncio.new_event_loop()
-        outcome = backends.loop.run_until_complete(backends.worker.execute_async(task, on_chunk))
+        outcome = backends.loop.run_until_complete(
+            backends.worker.execute_async(task, on_chunk, guard)
+        )
     else:
-        outcome = backends.worker.execute(task, on_chunk)
+        outcome = backends.worker.execute(task, on_chunk, guard)
     timeout = message.timeout
     terminated = not outcome.ok and _terminated(outcome.error)
     if not outcome.ok and timeout is not None and _hard_time_limit(outcome.error, started, timeout):

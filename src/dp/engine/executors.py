@@ -37,8 +37,20 @@ class TaskSink(Protocol):
 
     closed: bool
 
-    def on_started(self, task: ExecutableTask) -> None:
-        """A worker took `task` off its queue (only a `QueueingExecutor` says so)."""
+    def on_started(
+        self, task: ExecutableTask, *, host: str | None = None, pid: int | None = None
+    ) -> None:
+        """A worker (process `pid` on `host`, when known) took `task` off its queue and
+        started it (only a `QueueingExecutor` says so)."""
+        ...
+
+    def on_reserved(self, task: ExecutableTask, *, host: str, pid: int) -> None:
+        """Worker `pid` on `host` holds `task`, not started yet (a `QueueingExecutor`)."""
+        ...
+
+    def on_lost(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
+        """The attempt of `task` was lost with its worker (`outcome` says where and how);
+        the executor runs the task again as its next attempt (a `QueueingExecutor`)."""
         ...
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None: ...

@@ -3,7 +3,9 @@
 A `TaskMessage` hands one attempt to a worker by reference (the task's import path, the run
 id, the input result ids, never a pickled function or value); a worker answers with
 `StartedMessage` (the clock of a timeout starts), a `ChunkMessage` per saved chunk of a stream,
-and one `CompletionMessage` carrying the `TaskOutcome`.
+and one `CompletionMessage` carrying the `TaskOutcome`. A Celery worker also sends a
+`HeartbeatMessage` every few seconds listing the attempts it holds, so the orchestrator tells
+a dead or frozen worker from a slow task in seconds (`dp.engine.celery_beat`).
 
 On the wire each is a JSON object with `"kind"` and `"v"` (the format version). Readers are
 lenient in the compatible direction: a field added later (always with a default) is ignored by
@@ -32,6 +34,7 @@ __all__ = [
     "VERSION",
     "ChunkMessage",
     "CompletionMessage",
+    "HeartbeatMessage",
     "StartedMessage",
     "TaskMessage",
     "WorkerMessage",
@@ -90,6 +93,8 @@ class TaskMessage(_Message):
         queue: the Celery queue the task is routed to (`@task(queue=...)`; None: the default).
         streams: the task yields chunks (a worker checks its stream's manifest on redelivery).
         reply_to: where the answers go (the Celery executor's Redis list); empty locally.
+        heartbeat: seconds without a heartbeat after which the sender takes the attempt for
+            lost and hands it out again (Celery executor; 0: it does not watch).
     """
 
     kind: ClassVar[str] = "task"
@@ -110,9 +115,12 @@ class TaskMessage(_Message):
     queue: str | None = None
     streams: bool = False
     reply_to: str = ""
+    heartbeat: float = 0.0
 
     @classmethod
-    def of(cls, task: ExecutableTask, handle: int, reply_to: str = "") -> TaskMessage:
+    def of(
+        cls, task: ExecutableTask, handle: int, reply_to: str = "", heartbeat: float = 0.0
+    ) -> TaskMessage:
         meta = task.metadata
         return cls(
             handle,
@@ -131,6 +139,7 @@ class TaskMessage(_Message):
             meta.queue,
             meta.stream_output,
             reply_to,
+            heartbeat,
         )
 
     @classmethod
@@ -166,11 +175,29 @@ class TaskMessage(_Message):
 
 @dataclass(frozen=True, slots=True)
 class StartedMessage(_Message):
-    """The worker started the attempt `handle` (a timeout counts from here)."""
+    """The worker started the attempt `handle` (a timeout counts from here), in process `pid`
+    on `host` at `started_at` (`time.time()`): a second start of the same attempt from
+    elsewhere is the broker delivering it again after its first worker was lost."""
 
     kind: ClassVar[str] = "started"
 
     handle: int
+    host: str = ""
+    pid: int = 0
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatMessage(_Message):
+    """Worker `pid` on `host` (the `dp worker` process) holds the attempts `handles`:
+    `pids[i]` is the pool process running `handles[i]`, or 0 while it waits there unstarted."""
+
+    kind: ClassVar[str] = "beat"
+
+    host: str
+    pid: int
+    handles: list[int] = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +286,7 @@ class CompletionMessage(_Message):
 
 
 #: What a worker sends back.
-WorkerMessage = StartedMessage | ChunkMessage | CompletionMessage
+WorkerMessage = StartedMessage | ChunkMessage | CompletionMessage | HeartbeatMessage
 
 
 def _values_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
@@ -270,7 +297,8 @@ def _values_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 _KINDS: dict[str, type[_Message]] = {
-    m.kind: m for m in (TaskMessage, StartedMessage, ChunkMessage, CompletionMessage)
+    m.kind: m
+    for m in (TaskMessage, StartedMessage, ChunkMessage, CompletionMessage, HeartbeatMessage)
 }
 _NAMES: dict[type[_Message], tuple[str, ...]] = {
     m: tuple(f.name for f in fields(m))  # type: ignore[arg-type]

@@ -189,6 +189,7 @@ _SEVERITY = {
     TaskStatus.SKIPPED: 4,
     TaskStatus.CANCELLED: 5,
     TaskStatus.INTERRUPTED: 6,
+    TaskStatus.LOST: 6,
     TaskStatus.FAILED: 7,
 }
 

@@ -151,15 +151,47 @@ class ActiveRun:
 
     # --- TaskSink -------------------------------------------------------------------------
 
-    def on_started(self, task: ExecutableTask) -> None:
+    def on_started(
+        self, task: ExecutableTask, *, host: str | None = None, pid: int | None = None
+    ) -> None:
         """A worker took `task` off its broker queue: it is running from now on."""
         result = self.results.get(task.key)
         if self.closed or result is None or result.status != TaskStatus.QUEUED:
             return
         result.status = TaskStatus.RUNNING
         result.start_time = time.time()
+        result.host, result.pid = host, pid
         if self._record is not None or self.listeners:
             self._changed(result)
+
+    def on_reserved(self, task: ExecutableTask, *, host: str, pid: int) -> None:
+        """A worker took `task` from the broker and holds it, not started yet."""
+        result = self.results.get(task.key)
+        if self.closed or result is None or result.status != TaskStatus.QUEUED:
+            return
+        result.host, result.pid = host, pid
+        self._changed(result)
+
+    def on_lost(self, task: ExecutableTask, outcome: TaskOutcome) -> None:
+        """The attempt's worker was lost: keep the attempt as `lost`, where it was and why,
+        and count the next one (queued again, with its own start time)."""
+        result = self.results.get(task.key)
+        if self.closed or result is None:
+            return
+        now = time.time()
+        result.error, result.host, result.pid = outcome.error, outcome.host, outcome.pid
+        result.end_time = now
+        result.duration = now - (result.start_time or now)
+        self.recorder.attempt_ended(task_run_record(self.context.run_id, result, TaskStatus.LOST))
+        self.log.warning(
+            "task.lost", task_name=task.task_name, attempt=task.attempt, error=outcome.error
+        )
+        task.attempt_offset += 1
+        result.attempts = task.attempt
+        result.status = TaskStatus.QUEUED
+        result.start_time, result.end_time, result.duration = now, None, None
+        result.error = result.host = result.pid = None
+        self._changed(result)
 
     def on_chunk(self, task: ExecutableTask, result_id: str) -> None:
         if self.closed:

@@ -322,8 +322,14 @@ class TaskRunInfo(BaseModel):
     queue: str | None = Field(
         None,
         description="The broker queue of its latest attempt (Celery executor); while the "
-        "status is 'queued', no worker has taken it from there yet.",
+        "status is 'queued' and `host` is None, no worker has taken it from there yet.",
     )
+    host: str | None = Field(
+        None,
+        description="The machine of the worker running it, or (while 'queued') holding it "
+        "unstarted; an attempt lost with its worker is kept in `attempts` as 'lost'.",
+    )
+    pid: int | None = Field(None, description="That worker's process id.")
     attempts: list[AttemptInfo]
 
     @classmethod
@@ -339,6 +345,8 @@ class TaskRunInfo(BaseModel):
             error=record.error,
             result_ids=list(record.result_ids),
             queue=record.queue,
+            host=record.host,
+            pid=record.pid,
             attempts=attempts,
         )
 

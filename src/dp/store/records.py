@@ -71,6 +71,9 @@ class TaskStatus(StrEnum):
     CANCELLED = "cancelled"
     #: its owner died (or was fenced) while this attempt ran; a resume runs it again
     INTERRUPTED = "interrupted"
+    #: (an earlier attempt) its worker stopped answering or died, and the attempt was handed
+    #: out again as the next one (Celery executor); never a task's final status
+    LOST = "lost"
 
     @property
     def finished(self) -> bool:
