@@ -325,3 +325,243 @@ def test_a_run_no_process_owns_can_be_cancelled(project: Path) -> None:
         store.close()
     print(f"stale runs=2 cancelled={statuses.count(RunStatus.CANCELLED)}")
     assert statuses == [RunStatus.CANCELLED, RunStatus.CANCELLED]
+
+
+def test_os_exit_in_the_service_s_own_process_is_a_crash_loop_not_a_restart_loop(
+    project: Path,
+) -> None:
+    """With -e inprocess a task calling os._exit(1) kills dp serve itself, and every restart
+    (as systemd would) resumes the run and dies again: the fourth start fails the run as a
+    crash loop instead, and stays up."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DP_TEST_LOG": str(project / "log.txt"), "DP_API_TOKEN": "t"}
+    command = [sys.executable, "-m", "dp.cli", "serve", "pipeline.py", "--port", str(port)]
+    command += ["-e", "inprocess"]
+    exits = []
+    for start_number in range(1, 4):
+        with (project / "serve.log").open("ab") as log:
+            server = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
+        try:
+            if start_number == 1:
+                wait_for(lambda: _up(url), "dp serve to be ready", server)
+                response = httpx.post(
+                    f"{url}/pipelines/exits/runs", json={}, headers={"Authorization": "Bearer t"}
+                )
+                run_id = response.json()["run_id"]
+            exits.append(server.wait(60))  # the task (resumed at start) kills it
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(30)
+    with (project / "serve.log").open("ab") as log:
+        server = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: _up(url) and ended(url, run_id), "the run to be failed", server)
+        record = httpx.get(f"{url}/runs/{run_id}").json()
+        alive = server.poll() is None
+    finally:
+        server.kill()
+        server.wait(30)
+    runs = executions(project).count("exits")
+    print(f"service exits={exits} executions={runs} status={record['status']} alive={alive}")
+    assert exits == [1, 1, 1]
+    assert record["status"] == "failed"
+    assert record["error"].startswith("crash loop: the owner died 3 times while running task")
+    assert runs == 3
+    assert alive
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+MATRIX = textwrap.dedent(
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from dp import task
+
+    LOG = Path(os.environ["DP_TEST_LOG"])
+
+
+    def mark(name: str) -> None:
+        with LOG.open("a") as log:
+            log.write(name + "\\n")
+
+
+    class Hostile(Exception):
+        def __str__(self): raise RuntimeError("str")
+        def __repr__(self): raise RuntimeError("repr")
+        def __reduce__(self): raise RuntimeError("reduce")
+        def __hash__(self): raise RuntimeError("hash")
+        def __eq__(self, other): raise RuntimeError("eq")
+        def __del__(self): raise RuntimeError("del")
+
+
+    class HostileValue:
+        def __reduce__(self): raise RuntimeError("reduce")
+        def __repr__(self): raise RuntimeError("repr")
+        def __del__(self): raise RuntimeError("del")
+
+
+    class Fatal(BaseException):
+        pass
+
+
+    @task(fail_safe=True)
+    def unprintable() -> None:
+        mark("unprintable")
+        raise Hostile()
+
+
+    @task(fail_safe=True)
+    def cause_cycle() -> None:
+        mark("cause_cycle")
+        outer, inner = ValueError("outer"), Hostile()
+        outer.__cause__, inner.__context__ = inner, outer
+        raise outer
+
+
+    @task(fail_safe=True)
+    def group() -> None:
+        mark("group")
+        raise ExceptionGroup("many", [Hostile(), ValueError(HostileValue())])
+
+
+    @task(fail_safe=True)
+    def base_exception() -> None:
+        mark("base_exception")
+        raise Fatal("not an Exception")
+
+
+    @task(fail_safe=True)
+    def exits() -> None:
+        mark("exits")
+        sys.exit(3)
+
+
+    @task(fail_safe=True)
+    def unpicklable() -> object:
+        mark("unpicklable")
+        return HostileValue()
+
+
+    @task(fail_safe=True)
+    def cyclic() -> list:
+        mark("cyclic")
+        loop: list = []
+        loop.append(loop)
+        return loop
+
+
+    @task(fail_safe=True)
+    def huge_output() -> int:
+        mark("huge_output")
+        print("x" * 5_000_000)
+        return 1
+
+
+    @task(fail_safe=True)
+    def writes_bytes() -> int:
+        mark("writes_bytes")
+        sys.stdout.write(b"bytes")  # type: ignore[arg-type]
+        return 1
+
+
+    @task(fail_safe=True)
+    def huge_error() -> None:
+        mark("huge_error")
+        raise ValueError("e" * 5_000_000)
+    """
+)
+
+
+@pytest.mark.parametrize("executor", ["inline", "inprocess", "process"])
+def test_the_hostile_matrix_ends_every_attempt_under_dp_run(project: Path, executor: str) -> None:
+    """Ten hostile tasks in one run (unprintable, cause cycles, groups, BaseException,
+    sys.exit, unpicklable and cyclic results, 5 MB of output or error, bytes on stdout):
+    `dp run` ends, each task ran once and has a recorded outcome; nothing is reported dead."""
+    (project / "matrix.py").write_text(MATRIX)
+    started = time.monotonic()
+    done = dp(project, "run", "matrix.py", "-e", executor)
+    seconds = time.monotonic() - started
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    try:
+        (record,) = store.list_runs()
+        rows = {row.task_name: row for row in store.get_task_runs(record.run_id)}
+    finally:
+        store.close()
+    statuses = {name: row.status.value for name, row in sorted(rows.items())}
+    print(f"executor={executor} exit={done.returncode} seconds={seconds:.1f} tasks={statuses}")
+    if executor == "inprocess":
+        # results are written behind the run: an unpicklable one fails the run, fail-safe or
+        # not, as its consumers may have used it from memory already (see the README)
+        assert done.returncode == 1
+        assert (record.error or "").startswith("task 'unpicklable' failed: SaveError:")
+    else:
+        assert done.returncode == 3  # partial: the fail-safe tasks failed, others succeeded
+        assert statuses["cyclic"] == statuses["huge_output"] == "succeeded"
+    assert sorted(executions(project)) == sorted(rows)  # each ran once
+    assert len(rows) == 10
+    assert all(row.status.finished for row in rows.values())
+    assert all(row.error for row in rows.values() if row.status.value == "failed")
+    assert "<exception str() failed: RuntimeError>" in (rows["unprintable"].error or "")
+    assert len(rows["huge_error"].error or "") < 10_000
+    assert "WorkerDied" not in done.stdout + done.stderr
+
+
+BIG = textwrap.dedent(
+    """
+    from dp import task
+
+    @task
+    def big() -> bytes:
+        return b"x" * 300_000
+    """
+)
+
+
+#: runs its arguments under a 200 kB file size limit (Python ignores SIGXFSZ, so a write past
+#: it fails with EFBIG, as a write to a full disk fails with ENOSPC)
+LIMITED = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
+@pytest.mark.parametrize("executor", ["inline", "inprocess", "process"])
+@pytest.mark.parametrize("fault", ["file too large", "not a directory"])
+def test_a_result_that_cannot_be_written_is_a_save_error_naming_it(
+    project: Path, executor: str, fault: str
+) -> None:
+    """A result larger than the file size limit (as a full disk: the write fails midway),
+    or a results location that is a file: the task fails with SaveError naming the run,
+    task, result id and the location; `dp run` ends failed."""
+    (project / "big.py").write_text(BIG)
+    results = project / "results"
+    if fault == "not a directory":
+        results.write_text("in the way")
+    command = ["-m", "dp.cli", "run", "big.py", "-e", executor, "--results", f"file://{results}"]
+    if fault == "file too large":
+        command = ["-c", LIMITED, *command]
+    done = subprocess.run(
+        [sys.executable, *command],
+        cwd=project,
+        env={**os.environ, "COLUMNS": "400"},
+        capture_output=True,
+        text=True,
+        timeout=HUNG,
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("big ")), "")
+    print(f"executor={executor} fault={fault!r} exit={done.returncode} row={line.strip()!r}")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "SaveError: result 'output' of task 'big' in run '" in line
+    assert f"could not be written to {results}/" in line
+    assert ("File too large" if fault == "file too large" else "Not a directory") in line

@@ -1317,13 +1317,13 @@ class _RefusingStore(MemoryRunStore):
     """Refuses any record holding a NUL byte, as PostgreSQL does; fails the first
     `outages` task writes whatever they hold, as a store that is down for a moment."""
 
-    def __init__(self, outages: int = 0) -> None:
+    def __init__(self, outages: int = 0, *, runs_only: bool = False) -> None:
         super().__init__()
         self.outages = outages
+        self.runs_only = runs_only  # refuse NUL in a run's error only, not in task records
 
-    @staticmethod
-    def _check(records: Any) -> None:
-        for record in records:
+    def _check(self, records: Any) -> None:
+        for record in [] if self.runs_only else records:
             if any("\x00" in (text or "") for text in (record.output, record.error)):
                 raise ValueError("text fields cannot contain NUL (0x00) bytes")
 
@@ -1362,6 +1362,22 @@ def test_a_record_the_store_refuses_fails_the_run_once_saying_so(
     (row,) = store.get_task_runs(result.run_id)
     assert row.status == TaskStatus.FAILED
     assert "the run store refused it: ValueError" in (row.error or "")
+
+
+def test_a_run_error_the_store_refuses_is_stored_escaped(registry: TaskRegistry) -> None:
+    """The run's own error (quoting the task's, with a NUL byte) is refused: the run still
+    ends failed, its error stored with the NUL escaped, and says the store refused it."""
+
+    @task(registry=registry)
+    def nul() -> None:
+        raise ValueError("bad\x00row")
+
+    store = _RefusingStore(runs_only=True)
+    result = run(registry, "inline", store=store)
+    recorded = store.get_run(result.run_id)
+    assert (result.status, recorded.status) == (RunStatus.FAILED, RunStatus.FAILED)
+    assert (recorded.error or "").startswith("the run store refused the run's error text")
+    assert "\x00" not in (recorded.error or "")
 
 
 def test_a_store_outage_is_not_a_refusal(registry: TaskRegistry) -> None:

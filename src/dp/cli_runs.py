@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +38,7 @@ from dp.display import (
 )
 from dp.engine.takeover import cancel_recorded
 from dp.errors import CLIError, DPError
-from dp.store.records import RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
+from dp.store.records import HOST, RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
 
 __all__ = ["runs_app"]
 
@@ -58,10 +59,6 @@ def runs_cancel(
     """Cancel a run that has not finished, whoever owns it: a stale or interrupted run (its
     owner died or stopped) ends cancelled at once; a live owner (a `dp serve`, a `dp run`) is
     fenced, starts nothing more and stops within a third of its lease."""
-    import os
-
-    from dp.store.records import HOST
-
     settings = settings_for(root, store=store)
     run_store = open_store(ctx, settings)
     before = get_run(run_store, run_id)

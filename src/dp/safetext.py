@@ -14,6 +14,7 @@ may use it.
 
 from __future__ import annotations
 
+import signal
 import threading
 import traceback
 
@@ -21,6 +22,7 @@ __all__ = [
     "ERROR_LIMIT",
     "TRACEBACK_LIMIT",
     "describe_exception",
+    "reraise_interrupt",
     "safe_repr",
     "safe_str",
     "safe_traceback",
@@ -33,9 +35,16 @@ ERROR_LIMIT = 4096
 TRACEBACK_LIMIT = 64 * 1024
 
 
-def _reraise_interrupt(exc: BaseException) -> None:
-    """A Ctrl-C that lands while we format is the user's, not the task's: let it through."""
-    if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+def reraise_interrupt(exc: BaseException) -> None:
+    """Re-raise `exc` if it is the user's Ctrl-C: a `KeyboardInterrupt` on the main thread of
+    a process that takes SIGINT as one (`dp run`). Anywhere else (a pool thread, a worker
+    process, which ignores SIGINT) a `KeyboardInterrupt` was raised by a task, like any
+    other exception, and is returned from."""
+    if (
+        isinstance(exc, KeyboardInterrupt)
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
         raise exc
 
 
@@ -45,7 +54,7 @@ def type_name(obj: object) -> str:
         name = type(obj).__qualname__
         return name if type(name) is str else "<unnamed type>"
     except BaseException as exc:
-        _reraise_interrupt(exc)
+        reraise_interrupt(exc)
         return "<unnamed type>"
 
 
@@ -59,11 +68,12 @@ def safe_str(obj: object, *, limit: int = ERROR_LIMIT, what: str = "object") -> 
     """`str(obj)`, or `<{what} str() failed: ErrorType>` if that raises; at most `limit`
     characters (plus a note of how many were dropped)."""
     try:
-        text = str(obj)
-        if type(text) is not str:  # a str subclass: its methods could be hostile too
+        # a str subclass: its characters, not its (maybe hostile) methods
+        text = str.__str__(obj) if isinstance(obj, str) else str(obj)
+        if type(text) is not str:
             text = str.__str__(text)
     except BaseException as exc:
-        _reraise_interrupt(exc)
+        reraise_interrupt(exc)
         return f"<{what} str() failed: {type_name(exc)}>"
     return _clip(text, limit)
 
@@ -75,7 +85,7 @@ def safe_repr(obj: object, *, limit: int = ERROR_LIMIT, what: str = "object") ->
         if type(text) is not str:
             text = str.__str__(text)
     except BaseException as exc:
-        _reraise_interrupt(exc)
+        reraise_interrupt(exc)
         return f"<{what} repr() failed: {type_name(exc)}>"
     return _clip(text, limit)
 
@@ -94,11 +104,11 @@ def safe_traceback(exc: BaseException, *, limit: int = TRACEBACK_LIMIT) -> str:
     try:
         text = "".join(traceback.format_exception(exc))
     except BaseException as error:
-        _reraise_interrupt(error)
+        reraise_interrupt(error)
         try:
             text = "".join(traceback.format_tb(exc.__traceback__)) + describe_exception(exc)
         except BaseException as again:
-            _reraise_interrupt(again)
+            reraise_interrupt(again)
             return f"<traceback could not be formatted: {type_name(error)}>\n"
     if len(text) > limit:
         text = f"[... {len(text) - limit} characters dropped ...]\n" + text[-limit:]

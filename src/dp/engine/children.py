@@ -17,8 +17,11 @@ What can be told apart, on Linux (elsewhere nothing is done):
 - Under the in-process and inline executors, a grandchild whose parent already exited is
   reparented to init and cannot be attributed to the attempt any more: it is not killed.
 
-The check costs one `waitid` system call per attempt (about a microsecond) when the process
-has no children, which is the common case.
+What is watched: forks made through Python (`subprocess`, `os.fork`, `os.posix_spawn`,
+`os.system`, `pty.spawn`: the audit events `sys.addaudithook` sees), on the attempt's thread
+(in a worker process: on any thread). An attempt that forked nothing costs a few attribute
+writes, nothing else; the first fork of an attempt takes a note of the thread's children
+that existed before it, so only what the attempt forked is killed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ import signal
 import sys
 import threading
 
-__all__ = ["become_subreaper", "kill_attempt_children", "kill_group", "thread_children"]
+__all__ = [
+    "attempt_ended",
+    "attempt_started",
+    "become_subreaper",
+    "forks",
+    "kill_attempt_children",
+    "kill_group",
+]
 
 _LINUX = sys.platform.startswith("linux")
 _PR_SET_CHILD_SUBREAPER = 36
@@ -84,6 +94,60 @@ def _tree(roots: list[int]) -> list[int]:
         seen.append(pid)
         pending += _children_of(pid)
     return seen
+
+
+#: the audit events of Python's ways to start a process
+_FORK_EVENTS = frozenset(
+    {"os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
+     "pty.spawn"}
+)  # fmt: skip
+
+
+class _Watch(threading.local):
+    """Per thread: whether an attempt runs on it, and its children from before the
+    attempt's first fork (None: it forked nothing yet)."""
+
+    active = False
+    before: frozenset[int] | None = None
+
+
+_watch = _Watch()
+#: forks made through Python in this process so far (a worker compares it across an attempt)
+_forks = [0]
+
+
+def forks() -> int:
+    """How many forks this process made through Python so far."""
+    return _forks[0]
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if event in _FORK_EVENTS:
+        _forks[0] += 1
+        watch = _watch
+        if watch.active and watch.before is None:
+            watch.before = thread_children()  # before the fork: what is not the attempt's
+
+
+if _LINUX:
+    sys.addaudithook(_audit)
+
+
+def attempt_started() -> None:
+    """An attempt starts on this thread: watch what it forks."""
+    watch = _watch
+    watch.active = True
+    watch.before = None
+
+
+def attempt_ended() -> None:
+    """The attempt on this thread ended: kill what it forked, if it forked anything."""
+    watch = _watch
+    watch.active = False
+    before = watch.before
+    if before is not None:
+        watch.before = None
+        kill_attempt_children(before)
 
 
 def thread_children() -> frozenset[int]:

@@ -436,7 +436,7 @@ class Orchestrator:
         try:
             if owner_died(record):
                 rows = await asyncio.to_thread(self.store.get_task_runs, run_id)
-                metadata = count_death(record, rows)
+                metadata = count_death(record, rows, plan)
                 reason = crash_loop(metadata, self.max_resume_attempts)
                 if reason is not None:
                     await asyncio.to_thread(fail_crash_loop, self.store, record, metadata, reason)

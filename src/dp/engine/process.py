@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from dp.engine.children import become_subreaper, kill_attempt_children, kill_group
+from dp.engine.children import become_subreaper, forks, kill_attempt_children, kill_group
 from dp.engine.executors import TaskSink, timeout_outcome
 from dp.engine.messages import (
     ChunkMessage,
@@ -484,6 +484,7 @@ def _worker_main(
             chunk_cb = on_chunk if meta.stream_output else None
             running.value = handle
             started_at = time.time()
+            forked = forks()
             try:
                 if meta.is_async:
                     outcome = loop.run_until_complete(worker.execute_async(task, chunk_cb))
@@ -492,7 +493,8 @@ def _worker_main(
             except BaseException as exc:  # the attempt ends, reported, whatever happened
                 outcome = worker.crashed(task, exc, started_at)
             finally:
-                kill_attempt_children(whole_process=True)  # what it forked ends with it
+                if forks() != forked:  # what it forked, on any thread, ends with it
+                    kill_attempt_children(whole_process=True)
             running.value = -1
             send(CompletionMessage.of(handle, outcome), last)
         flush()

@@ -163,8 +163,8 @@ class RunRecorder:
         store refused a record of it; re-raise `exc` if nothing can be written (an outage)."""
         assert self.store is not None
         if batch or attempts:
-            culprit = await asyncio.to_thread(self._write_apart, batch, attempts)
-            if culprit is None and self.fenced is None:
+            outage = await asyncio.to_thread(self._write_apart, batch, attempts)
+            if outage and self.fenced is None:
                 raise exc  # the store fails whatever we write: not ours to decide here
         if self.fenced is not None:
             return False
@@ -211,8 +211,8 @@ class RunRecorder:
                     self.store.save_task_runs, batch, attempts=attempts, epoch=self.epoch
                 )
             except Exception:
-                culprit = await asyncio.to_thread(self._write_apart, batch, attempts)
-                if culprit is None and self.fenced is None and self.refused is None:
+                outage = await asyncio.to_thread(self._write_apart, batch, attempts)
+                if outage and self.fenced is None:
                     # not a refused record: the store is down for a moment; write it later
                     _log.warning(
                         "store.flush_failed", run_id=self.run_id, records=len(batch), exc_info=True
@@ -229,23 +229,22 @@ class RunRecorder:
 
     def _write_apart(
         self, batch: Sequence[TaskRunRecord], attempts: Sequence[TaskRunRecord]
-    ) -> TaskRunRecord | None:
+    ) -> bool:
         """In a thread, after a batch failed: write its records one at a time. A record the
         store refuses as it is, takes with its text replaced, and refuses as it is once more,
-        was refused for what it holds: it stays stored with its text replaced. Returns the
-        first refused record, or None when nothing was refused for what it holds (an outage:
-        some writes fail whatever they hold, and are left to the caller)."""
+        was refused for what it holds: it stays stored with its text replaced, and the run is
+        told (`_refuse`). Returns True for an outage: a write failed whatever it held (the
+        rest of the batch is left to the caller)."""
         assert self.store is not None
-        culprit: TaskRunRecord | None = None
         for record, is_attempt in [*((a, True) for a in attempts), *((r, False) for r in batch)]:
             if self.fenced is not None:
-                return culprit
+                return False
             try:
                 self._save_one(record, is_attempt)
                 continue
             except FencedError as fenced:
                 self.fenced = fenced
-                return culprit
+                return False
             except Exception as exc:
                 store_error = _first_line(exc)
             note = storable(f"<not stored as it was: the run store refused it: {store_error}>")
@@ -258,23 +257,24 @@ class RunRecorder:
             )
             try:
                 self._save_one(stripped, is_attempt)
+            except FencedError as fenced:
+                self.fenced = fenced
+                return False
             except Exception:
-                return culprit  # refused even without its text: the store itself fails
+                return True  # refused even without its text: the store itself fails
             try:  # and as it was, once more: a store that just came back takes it now
                 self._save_one(record, is_attempt)
                 continue
             except FencedError as fenced:
                 self.fenced = fenced
-                return culprit
+                return False
             except Exception as exc:
                 store_error = _first_line(exc)
-            if culprit is None:
-                culprit = record
-                self._refuse(
-                    f"the run store refused the record of task {record.task_name!r}: {store_error}",
-                    record.task_name,
-                )
-        return culprit
+            self._refuse(
+                f"the run store refused the record of task {record.task_name!r}: {store_error}",
+                record.task_name,
+            )
+        return False
 
     def _save_one(self, record: TaskRunRecord, is_attempt: bool) -> None:
         assert self.store is not None

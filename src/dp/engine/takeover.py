@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from dp.errors import FencedError, RunNotActiveError
 from dp.logs import get_logger
+from dp.planner import ExecutionPlan
 from dp.store.records import (
     HOST,
     RunRecord,
@@ -33,7 +34,14 @@ from dp.store.records import (
     TaskStatus,
 )
 
-__all__ = ["DEATHS_KEY", "cancel_recorded", "count_death", "crash_loop"]
+__all__ = [
+    "DEATHS_KEY",
+    "cancel_recorded",
+    "count_death",
+    "crash_loop",
+    "fail_crash_loop",
+    "owner_died",
+]
 
 _log = get_logger("dp.engine")
 
@@ -49,11 +57,17 @@ def owner_died(record: RunRecord) -> bool:
     return record.status == RunStatus.RUNNING
 
 
-def count_death(record: RunRecord, tasks: list[TaskRunRecord]) -> dict[str, object]:
-    """The run's metadata with one more owner death, and the tasks running at it."""
+def count_death(
+    record: RunRecord, tasks: list[TaskRunRecord], plan: ExecutionPlan
+) -> dict[str, object]:
+    """The run's metadata with one more owner death, and the tasks running at it: those
+    recorded running, or else (task states are written in batches, so a task that killed its
+    owner at once was never recorded running) those that were ready to run then."""
     metadata = dict(record.metadata)
     deaths = _deaths(record) + 1
     running = sorted({t.task_name for t in tasks if t.status == TaskStatus.RUNNING})
+    if not running:
+        running = _ready(plan, tasks)
     suspects = list(metadata.get(SUSPECTS_KEY) or [])
     suspects.append(running)
     metadata[DEATHS_KEY] = deaths
@@ -148,6 +162,18 @@ def _end(
         metadata=metadata,
         task_runs=unfinished,
         epoch=epoch,
+    )
+
+
+def _ready(plan: ExecutionPlan, tasks: list[TaskRunRecord]) -> list[str]:
+    """The tasks of `plan` not finished whose upstream tasks all succeeded."""
+    succeeded = {t.task_name for t in tasks if t.status == TaskStatus.SUCCEEDED}
+    finished = {t.task_name for t in tasks if t.status.finished}
+    upstream: dict[str, set[str]] = {name: set() for name in plan.execution_order}
+    for edge in plan.edges:
+        upstream[edge.downstream].add(edge.upstream)
+    return sorted(
+        name for name, needs in upstream.items() if name not in finished and needs <= succeeded
     )
 
 

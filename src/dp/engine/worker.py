@@ -7,19 +7,17 @@ import contextvars
 import importlib
 import inspect
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from dp.engine import capture
-from dp.engine.children import kill_attempt_children, thread_children
+from dp.engine.children import attempt_ended, attempt_started
 from dp.engine.model import ExecutableTask, TaskOutcome, chunk_result_id, manifest_result_id
 from dp.errors import FencedError, SerializationError
 from dp.io import IOManager
-from dp.safetext import describe_exception, safe_traceback
+from dp.safetext import describe_exception, reraise_interrupt, safe_traceback
 from dp.store.records import HOST
 from dp.tasks import TaskMetadata
 
@@ -63,7 +61,7 @@ class Worker:
         started_at = time.time()
         chunks: list[str] = []
         token = None
-        forked_before = thread_children()
+        attempt_started()  # what it forks ends with it
         if self.capture_output:
             if type(sys.stdout) is not _Router or type(sys.stderr) is not _Router:
                 capture.install()
@@ -83,12 +81,12 @@ class Worker:
                 self.io_manager.save(task.run_id, task.task_name, result_id, value)
                 result_ids = [result_id]
         except BaseException as exc:  # sys.exit(), a raised BaseException: the task fails
-            _reraise_interrupt(exc)
+            reraise_interrupt(exc)
             return self._failed(task, exc, started_at, chunks)
         finally:
             if token is not None:
                 _output.reset(token)
-            kill_attempt_children(forked_before)  # what the task forked ends with it
+            attempt_ended()
         return TaskOutcome(
             task.task_name,
             task.instance,
@@ -132,7 +130,7 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            _reraise_interrupt(exc)
+            reraise_interrupt(exc)
             return self._failed(task, exc, started_at, chunks)
         finally:
             if token is not None:
@@ -243,7 +241,7 @@ class Worker:
         try:
             outcome = self._failed(task, exc, started_at, [])
         except BaseException as again:
-            _reraise_interrupt(again)
+            reraise_interrupt(again)
             outcome = TaskOutcome(
                 task.task_name,
                 task.instance,
@@ -260,24 +258,12 @@ class Worker:
         return outcome
 
 
-def _reraise_interrupt(exc: BaseException) -> None:
-    """Ctrl-C on the main thread of a process that takes it as `KeyboardInterrupt` (`dp run`
-    with the inline executor) stops the run; anywhere else (a pool thread, a worker process,
-    which ignores SIGINT) it, and any other `BaseException` a task raises, fails the task."""
-    if (
-        isinstance(exc, KeyboardInterrupt)
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    ):
-        raise exc
-
-
 def _output_of(chunks: list[str]) -> str:
     """What the task printed; never raises (a task may have written anything)."""
     try:
         return capture.joined(chunks)
     except BaseException as exc:
-        _reraise_interrupt(exc)
+        reraise_interrupt(exc)
         return f"<output could not be joined: {describe_exception(exc)}>"
 
 
