@@ -4,10 +4,14 @@ truncated by 8 bytes, then `dp runs result`, a downstream load, `dp runs verify`
 
 from __future__ import annotations
 
+import os
+import pickle
 import signal
 import subprocess
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,3 +121,122 @@ def test_a_downstream_load_of_a_damaged_result_fails_naming_it(tmp_path: Path) -
     for part in ("'run_1'", "'up'", "'output'", str(path)):
         assert part in (outcome.error or "")
     assert not outcome.retryable
+
+
+FENCED_TASKS = textwrap.dedent(
+    """
+    import os
+    import time
+    from pathlib import Path
+
+    from dp import task
+
+    HERE = Path(__file__).parent
+
+
+    def effect(*words: object) -> None:
+        with (HERE / "effects").open("a") as log:  # side effects, counted by the test
+            log.write(" ".join(map(str, words)) + "\\n")
+
+
+    @task
+    def k1() -> int:
+        first = not (HERE / "k1-started").exists()
+        (HERE / "k1-started").touch()
+        effect("start", "k1", os.getpid())
+        time.sleep(6 if first else 0.5)  # the first delivery is frozen in here
+        effect("done", "k1", os.getpid())
+        return os.getpid()
+
+
+    @task(dependencies=["k1"])
+    def k2(k1: int) -> int:
+        effect("read", "k2", k1)
+        return k1
+    """
+)
+
+
+def _effects(root: Path) -> list[list[str]]:
+    path = root / "effects"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.chaos
+def test_a_worker_frozen_past_the_visibility_timeout_never_replaces_a_read_result(
+    tmp_path: Path,
+) -> None:
+    """The issue's case on Celery: the worker running k1 is SIGSTOPped past the broker's
+    visibility timeout (heartbeats set far longer, so only the broker redelivers); another
+    worker runs k1 again, commits, and k2 reads that result. SIGCONT: the woken attempt ends
+    its function and saves, and its write is refused. k1's result stays the one k2 read."""
+    from celery_servers import DP, Workers, start_redis
+
+    (tmp_path / "pipeline.py").write_text(FENCED_TASKS)
+    redis = start_redis(tmp_path)
+    env = {
+        "DP_CELERY_BROKER_URL": redis.url,
+        "DP_RESULTS_URL": f"file://{tmp_path / 'results'}",
+        "DP_STORE_URL": f"sqlite:///{tmp_path / 'runs.db'}",
+        "DP_CELERY_VISIBILITY_TIMEOUT": "3",
+        "DP_CELERY_HEARTBEAT_TIMEOUT": "3600",
+    }
+    workers = Workers.start(tmp_path / "pipeline.py", env, count=2)
+    run = subprocess.Popen(
+        [DP, "run", "pipeline.py", "--executor", "celery"],
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stopped = None
+    try:
+        _until(lambda: any(e[:2] == ["start", "k1"] for e in _effects(tmp_path)), 60, "k1")
+        frozen_pid = int(_effects(tmp_path)[0][2])
+        stopped = next(p for p in workers.processes if p.pid == os.getpgid(frozen_pid))
+        os.killpg(stopped.pid, signal.SIGSTOP)
+        _until(lambda: any(e[0] == "read" for e in _effects(tmp_path)), 60, "k2 to read k1")
+        os.killpg(stopped.pid, signal.SIGCONT)
+        stopped = None
+        # the woken attempt finishes its function and then tries to save its result
+        _until(
+            lambda: sum(e[:2] == ["done", "k1"] for e in _effects(tmp_path)) == 2,
+            60,
+            "the woken attempt to end k1",
+        )
+        out, err = run.communicate(timeout=60)
+        time.sleep(1.0)  # time for the woken attempt's save, which is refused
+    finally:
+        if stopped is not None:
+            os.killpg(stopped.pid, signal.SIGCONT)
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+        workers.stop()
+        redis.stop()
+    effects = _effects(tmp_path)
+    read = int(next(e[2] for e in effects if e[0] == "read"))
+    runs = [int(e[2]) for e in effects if e[:2] == ["start", "k1"]]
+    (run_dir,) = (tmp_path / "results").iterdir()
+    stored = pickle.loads((run_dir / "k1" / "output.pkl").read_bytes())
+    leftovers = [p.name for p in (run_dir / "k1").iterdir() if p.name.startswith(".")]
+    logs = "".join(log.read_text(errors="replace") for log in workers.logs)
+    print(
+        f"\nk1 executions {len(runs)} (pids {runs}), k2 read k1 = {read}, k1 stored = "
+        f"{stored}, late writes refused {logs.count('result.commit_refused')}, "
+        f"staged files left {len(leftovers)}"
+    )
+    assert run.returncode == 0, out + err
+    assert runs[0] == frozen_pid != read
+    assert len(runs) == 2  # the woken worker did run its task a second time...
+    assert stored == read  # ...but its write never replaced the result k2 had read
+    assert "result.commit_refused" in logs
+    assert leftovers == []

@@ -371,3 +371,52 @@ def test_the_manager_pickles_for_worker_processes(pickling_io: IOManager) -> Non
     assert copy.load("run_1", "extract", "r") == {"a": 1}
     copy.save("run_1", "extract", "s", 2)
     assert pickling_io.load("run_1", "extract", "s") == 2
+
+
+def test_a_staged_result_is_invisible_until_committed(pickling_io: IOManager) -> None:
+    """An attempt's staged result is not listed, loaded or counted as existing; its commit
+    makes it the result, and leaves no staged copy behind."""
+    from dp.io import ResultStore
+
+    assert isinstance(pickling_io, ResultStore)
+    staged = pickling_io.stage("run_1", "extract", "r", {"v": 1}, "e1-a1-aaaa")
+    assert not pickling_io.exists("run_1", "extract", "r")
+    assert pickling_io.list_results("run_1", "extract") == []
+    assert pickling_io.commit(staged)
+    assert pickling_io.load("run_1", "extract", "r") == {"v": 1}
+    assert pickling_io.list_results("run_1", "extract") == ["r"]
+    assert pickling_io.clear_run("run_1") == 1
+
+
+def test_a_late_commit_never_replaces_a_committed_result(pickling_io: IOManager) -> None:
+    """Two attempts stage the same result; the first commit wins, the late one is refused
+    and its copy discarded, so a result a consumer read is never replaced (filesystem: a hard
+    link; S3: a conditional PUT)."""
+    from dp.io import ResultStore
+
+    assert isinstance(pickling_io, ResultStore)
+    late = pickling_io.stage("run_1", "extract", "r", "stale", "e1-a1-late")
+    first = pickling_io.stage("run_1", "extract", "r", "committed", "e1-a1-first")
+    assert pickling_io.commit(first)
+    assert pickling_io.load("run_1", "extract", "r") == "committed"  # a consumer reads it
+    assert not pickling_io.commit(late)
+    assert pickling_io.load("run_1", "extract", "r") == "committed"
+    assert pickling_io.list_results("run_1", "extract") == ["r"]
+    assert pickling_io.clear_run("run_1") == 1
+
+
+def test_a_fenced_attempt_commits_nothing(pickling_io: IOManager) -> None:
+    """Through `FencedResults`, an attempt that may no longer commit (fenced, or taken for
+    lost) raises FencedError and leaves no result and no staged copy."""
+    from dp.engine.fenced_results import fenced
+    from dp.errors import FencedError
+
+    allowed = [True]
+    attempt = fenced(pickling_io, "run_1", 3, 1, lambda: allowed[0])
+    attempt.save("run_1", "extract", "r", 1)
+    allowed[0] = False
+    with pytest.raises(FencedError):
+        attempt.save("run_1", "extract", "s", 2)
+    assert pickling_io.list_results("run_1", "extract") == ["r"]
+    assert not pickling_io.exists("run_1", "extract", "s")
+    assert pickling_io.clear_run("run_1") == 1
