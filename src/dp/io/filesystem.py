@@ -26,6 +26,8 @@ _SEP = os.sep
 _CREATE = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 )
+#: directories a store remembers having made before it starts over
+_DIRS_MAX = 1 << 14
 _READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
@@ -48,6 +50,9 @@ class FilesystemByteStore:
         # spawned processes, and threads.
         self._token = os.urandom(4).hex()
         self._counter = itertools.count()
+        #: directories this store made or found (a put into one needs no mkdir); forgotten
+        #: past `_DIRS_MAX`, so a long-lived service does not grow it without bound
+        self._dirs: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -65,21 +70,26 @@ class FilesystemByteStore:
         return f"{self.base}{_SEP}{key}" if _SEP == "/" else os.path.join(self.base, key)
 
     def put(self, key: str, data: bytes | memoryview, *, replace: bool = True) -> bool:
-        path = self.location(key)
-        directory = os.path.dirname(path)
+        path = f"{self.base}{_SEP}{key}" if _SEP == "/" else self.location(key)
+        directory = path[: path.rfind(_SEP)]
+        if directory not in self._dirs:
+            # A task's first result: one mkdir, as a plain script would do; its later results
+            # (a stream's chunks) go straight to the open.
+            self._make_dirs(directory)
         tmp = f"{directory}{_SEP}{self._temp_name()}.tmp"
         try:
             fd = os.open(tmp, _CREATE, 0o666)
-        except FileNotFoundError:
-            # First result of this task: create the directories only now, so the common case
-            # costs no mkdir or stat. makedirs(exist_ok=True) tolerates concurrent creators.
+        except FileNotFoundError:  # removed meanwhile (the run was cleared): make it again
+            self._dirs.discard(directory)
             self._make_dirs(directory)
             fd = os.open(tmp, _CREATE, 0o666)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                written = os.write(fd, data)
+                if written < len(data):  # a short write: go on from where it stopped
+                    view = memoryview(data)[written:]
+                    while view:
+                        view = view[os.write(fd, view) :]
                 if self.durable:
                     os.fsync(fd)
             finally:
@@ -149,6 +159,8 @@ class FilesystemByteStore:
             if not os.path.isdir(path):
                 raise
         trash = f"{os.path.dirname(path)}{_SEP}{self._temp_name()}.deleting"
+        below = f"{path}{_SEP}"
+        self._dirs = {d for d in self._dirs if not d.startswith(below) and d != path}
         try:
             os.rename(path, trash)
         except FileNotFoundError:  # deleted by someone else in the meantime
@@ -170,6 +182,9 @@ class FilesystemByteStore:
             pass
         except FileNotFoundError:
             os.makedirs(directory, exist_ok=True)
+        if len(self._dirs) >= _DIRS_MAX:
+            self._dirs.clear()
+        self._dirs.add(directory)
         if self.durable:
             parent = directory
             while parent != os.path.dirname(self.base):
