@@ -107,3 +107,31 @@ def test_results_that_cannot_be_written_are_refused_before_any_task_runs(
     assert f"{project}/a-file/results" in done.stderr
     assert "Not a directory" in done.stderr
     assert executions(project) == []
+
+
+def test_the_api_reads_a_result_where_the_run_put_it(tmp_path: Path) -> None:
+    """GET /runs/{id} names the run's results URL; GET /runs/{id}/tasks/{task}/result reads
+    the value there; a damaged result is a 409 naming the file, not a 500."""
+    from test_api import serving
+
+    with serving(tmp_path) as api:
+        started = api.client.post("/pipelines/hello/runs", json={"params": {"name": "ada"}})
+        run_id = started.json()["run_id"]
+        run = api.wait_for_status(run_id, "succeeded")
+        read = api.client.get(f"/runs/{run_id}/tasks/greet/result")
+        path = tmp_path / "results" / run_id / "greet" / "output.pkl"
+        path.write_bytes(path.read_bytes()[:-8])
+        damaged = api.client.get(f"/runs/{run_id}/tasks/greet/result")
+        missing = api.client.get(f"/runs/{run_id}/tasks/nope/result")
+    assert run["results"] == f"file://{tmp_path / 'results'}"
+    assert read.status_code == 200, read.text
+    assert read.json() == {
+        "run_id": run_id,
+        "task": "greet",
+        "results": f"file://{tmp_path / 'results'}",
+        "result_ids": ["output"],
+        "value": "hello ada",
+    }
+    assert damaged.status_code == 409
+    assert str(path) in damaged.json()["detail"]
+    assert missing.status_code == 404

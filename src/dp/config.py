@@ -49,6 +49,7 @@ __all__ = [
     "mask",
     "open_broker",
     "open_results",
+    "open_results_url",
     "open_store",
     "resolve",
 ]
@@ -354,6 +355,16 @@ def open_results(settings: Settings) -> IOManager:
     if path is None:
         return InMemoryIOManager()
     return FilesystemIOManager(path, frames=settings.results_frames)
+
+
+def open_results_url(url: str, source: str = "a run's record") -> IOManager:
+    """The IO manager a results URL names, e.g. the one a run recorded (`RunRecord.results`).
+
+    Raises:
+        ConfigError: the URL is not a results URL dp can open.
+    """
+    checked = _check_results(url, source, None)
+    return open_results(Settings("memory://", "memory://", checked, "inline"))
 
 
 def build_orchestrator(settings: Settings, **options: Any) -> Orchestrator:

@@ -391,6 +391,16 @@ def _task_order(record: TaskRunRecord) -> tuple[bool, datetime, str, str]:
     )
 
 
+class TaskResult(BaseModel):
+    """The value a task stored, read from where its run's results are."""
+
+    run_id: str
+    task: str
+    results: str = Field(description="Where the run's results are (a results URL).")
+    result_ids: list[str] = Field(description="The stored results read: one, or each chunk.")
+    value: Any = Field(description="The value as JSON (a list of chunks for a stream).")
+
+
 class TaskLogs(BaseModel):
     """What a task printed, and its traceback, for one attempt."""
 
