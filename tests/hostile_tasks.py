@@ -7,6 +7,7 @@ level in a module of their own, registered into `REGISTRY`, not the default regi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ _BUILTINS: dict[str, type] = {
     "BaseException": BaseException,
     "SystemExit": SystemExit,
     "KeyboardInterrupt": KeyboardInterrupt,
+    "CancelledError": asyncio.CancelledError,
     "object": object,
     "list": list,
     "dict": dict,
@@ -119,6 +121,12 @@ def raises(spec: str) -> None:
 
 
 @task(registry=REGISTRY)
+async def raises_async(spec: str) -> None:
+    await asyncio.sleep(0)
+    raise _exception(json.loads(spec))
+
+
+@task(registry=REGISTRY)
 def returns(spec: str) -> object:
     return _value(json.loads(spec))
 
@@ -143,6 +151,7 @@ def streams(spec: str) -> Iterator[object]:
 #: each task, and the bases its spec may use
 TASKS = {
     "raises": EXCEPTION_BASES,
+    "raises_async": (*EXCEPTION_BASES, "CancelledError"),  # raised by the task, not a cancel
     "returns": VALUE_BASES,
     "prints": VALUE_BASES,
     "streams": EXCEPTION_BASES,

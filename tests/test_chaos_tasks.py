@@ -478,15 +478,24 @@ MATRIX = textwrap.dedent(
     def huge_error() -> None:
         mark("huge_error")
         raise ValueError("e" * 5_000_000)
+
+
+    @task(fail_safe=True)
+    def closes_streams() -> int:
+        mark("closes_streams")
+        sys.stdout.close()
+        sys.stderr.close()
+        return 1
     """
 )
 
 
 @pytest.mark.parametrize("executor", ["inline", "inprocess", "process"])
 def test_the_hostile_matrix_ends_every_attempt_under_dp_run(project: Path, executor: str) -> None:
-    """Ten hostile tasks in one run (unprintable, cause cycles, groups, BaseException,
-    sys.exit, unpicklable and cyclic results, 5 MB of output or error, bytes on stdout):
-    `dp run` ends, each task ran once and has a recorded outcome; nothing is reported dead."""
+    """Eleven hostile tasks in one run (unprintable, cause cycles, groups, BaseException,
+    sys.exit, unpicklable and cyclic results, 5 MB of output or error, bytes on stdout,
+    closing stdout and stderr): `dp run` ends and still prints its report, each task ran once
+    and has a recorded outcome; nothing is reported dead."""
     (project / "matrix.py").write_text(MATRIX)
     started = time.monotonic()
     done = dp(project, "run", "matrix.py", "-e", executor)
@@ -507,8 +516,10 @@ def test_the_hostile_matrix_ends_every_attempt_under_dp_run(project: Path, execu
     else:
         assert done.returncode == 3  # partial: the fail-safe tasks failed, others succeeded
         assert statuses["cyclic"] == statuses["huge_output"] == "succeeded"
+        assert statuses["closes_streams"] == "succeeded"
     assert sorted(executions(project)) == sorted(rows)  # each ran once
-    assert len(rows) == 10
+    assert len(rows) == 11
+    assert f"run {record.run_id} " in done.stdout  # the report, on the stdout a task closed
     assert all(row.status.finished for row in rows.values())
     assert all(row.error for row in rows.values() if row.status.value == "failed")
     assert "<exception str() failed: RuntimeError>" in (rows["unprintable"].error or "")

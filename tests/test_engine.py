@@ -1467,3 +1467,24 @@ def test_a_run_no_process_owns_is_cancelled_in_the_store(registry: TaskRegistry)
     assert [r.status for r in store.get_task_runs(run_id)] == [TaskStatus.CANCELLED]
     with pytest.raises(RunNotActiveError, match="it already cancelled"):
         cancel_recorded(store, run_id, by="a test")
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_cancelled_error_the_task_raises_itself_fails_it(
+    registry: TaskRegistry, executor: str
+) -> None:
+    """An async task raising CancelledError (nobody cancelled it) fails, instead of leaving
+    its attempt without an outcome and the run waiting forever; timeouts still cancel."""
+
+    @task(registry=registry)
+    async def cancels() -> None:
+        raise asyncio.CancelledError("mine")
+
+    @task(registry=registry, timeout=0.05, fail_safe=True)
+    async def sleeps() -> None:
+        await asyncio.sleep(PATIENCE)
+
+    result = run(registry, executor)
+    assert result.status == RunStatus.FAILED
+    assert result.task("cancels").error == "CancelledError: mine"
+    assert "TimeoutError" in (result.task("sleeps").error or "")

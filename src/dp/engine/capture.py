@@ -45,6 +45,16 @@ class _Router:
         if _buffer.get() is None:
             self._stream.flush()
 
+    def close(self) -> None:
+        """A task closing "its" stdout closes its capture, not the process's stream (which
+        dp itself, and every other task, still writes to)."""
+        if _buffer.get() is None:
+            self._stream.close()
+
+    @property
+    def closed(self) -> bool:
+        return False if _buffer.get() is not None else bool(self._stream.closed)
+
     @property
     def uncaptured(self) -> TextIO:
         """The stream behind the capture (`dp.logs` writes log lines there)."""

@@ -109,7 +109,8 @@ class Worker:
         guard: CommitGuard | None = None,
     ) -> TaskOutcome:
         """Run an async task (coroutine or async generator) to its outcome; never raises
-        except `asyncio.CancelledError`, so timeouts and cancellation reach the caller."""
+        except `asyncio.CancelledError` when it is cancelled from outside, so timeouts and
+        cancellation reach the caller (a `CancelledError` the task raises itself fails it)."""
         started_at = time.time()
         chunks: list[str] = []
         token = self._start_capture(chunks)
@@ -127,8 +128,11 @@ class Worker:
             else:
                 value = await meta.func(**kwargs)
                 result_ids = [self._save(task, task.task_result_id, value, guard)]
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():
+                raise  # cancelled from outside: a timeout, a stopped run
+            return self._failed(task, exc, started_at, chunks)  # the task raised it itself
         except BaseException as exc:
             reraise_interrupt(exc)
             return self._failed(task, exc, started_at, chunks)
