@@ -198,6 +198,22 @@ def test_a_fan_out_and_join_runs_on_the_workers(project: Project, workers: Worke
     assert {t.pid for t in result.tasks.values()} - {None} != set()  # type: ignore[attr-defined]
 
 
+def test_the_worker_registry_counts_the_live_workers_of_each_queue(
+    project: Project, workers: Workers, redis: RedisProcess
+) -> None:
+    """Both `dp worker`s stamp queue dp with their heartbeats; nobody serves gpu."""
+    import redis as redis_client
+
+    from dp.engine.celery_beat import live_workers
+
+    with redis_client.Redis.from_url(redis.url) as client:
+        deadline = time.monotonic() + 30
+        while (counts := live_workers(client, ["dp", "gpu"]))["dp"] < 2:
+            assert time.monotonic() < deadline, counts
+            time.sleep(0.2)
+    assert counts == {"dp": 2, "gpu": 0}
+
+
 def test_the_join_reads_its_inputs_from_the_shared_results(
     project: Project, workers: Workers
 ) -> None:

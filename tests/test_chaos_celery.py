@@ -83,6 +83,15 @@ TASKS = textwrap.dedent(
 
 
     @task
+    def handover() -> str:
+        # the first attempt outlives its orchestrator and the resumed run's short attempt
+        first = not (HERE / "handover-started").exists()
+        (HERE / "handover-started").touch()
+        work("handover", 12 if first else 1)
+        return "first" if first else "resumed"
+
+
+    @task
     def fatal() -> None:
         effect("start", "fatal")
         os._exit(1)  # kills the pool process that runs it, every time
@@ -362,6 +371,39 @@ def test_a_frozen_broker_is_no_reason_to_take_workers_for_lost(project: Project)
     assert (code, record.status.value) == (0, "succeeded"), out + err
     assert [a.status for a in attempts] == [TaskStatus.SUCCEEDED]
     assert project.count("start", "long") == 1
+
+
+def test_an_attempt_of_a_run_taken_over_by_a_resume_saves_nothing(project: Project) -> None:
+    """SIGKILL `dp run` while a worker runs `handover`, `dp runs resume` the run (a new
+    epoch): the resumed attempt's result stays, the old attempt, ending later, saves none."""
+    workers = Workers.start(project.file, project.env, count=2)
+    try:
+        run = project.run("handover")
+        _wait(lambda: project.count("start", "handover") == 1, 60, "handover to start")
+        run.kill()
+        run.communicate()
+        record = project.last_run()
+        resumed = subprocess.run(
+            [DP, "runs", "resume", record.run_id, "--executor", "celery"],
+            cwd=project.root,
+            env={**os.environ, **project.env},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        _wait(lambda: project.count("done", "handover") == 2, 60, "the old attempt to end")
+        time.sleep(1)
+    finally:
+        workers.stop()
+    result = FilesystemIOManager(project.results).load(record.run_id, "handover", "output")
+    record = project.last_run()
+    print(
+        f"\nexecutions {project.count('start', 'handover')}, function ends "
+        f"{project.count('done', 'handover')}, resumed run {record.status.value} at epoch "
+        f"{record.epoch}; the stored result is the {result} attempt's"
+    )
+    assert (resumed.returncode, record.status.value) == (0, "succeeded"), resumed.stderr
+    assert (result, project.count("start", "handover")) == ("resumed", 2)
 
 
 def test_a_task_that_kills_every_worker_process_it_runs_in_fails(project: Project) -> None:

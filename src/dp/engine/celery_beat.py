@@ -9,11 +9,11 @@ unacknowledged messages to another worker. dp does not wait for that:
   orchestrator onto that orchestrator's reply list, naming the attempts it holds (running, or
   prefetched and waiting), and it stamps itself in the worker registry of each queue it serves.
 - The orchestrator (`CeleryExecutor`) takes an attempt for lost once nothing was heard of it
-  for `DP_CELERY_HEARTBEAT_TIMEOUT` seconds: it marks the attempt's handle in `LOST_KEY` and
+  for `DP_CELERY_HEARTBEAT_TIMEOUT` seconds: it marks the attempt's handle lost (below) and
   sends the task again as the next attempt. A worker checks that mark before it starts an
   attempt and before it saves a result of one that ran longer than half that bound, so a
   lost attempt that wakes up (a SIGSTOPped worker, a partitioned machine) commits nothing.
-- A `dp worker` that cannot import its task file leaves a report under `BROKEN_KEY` for each
+- A `dp worker` that cannot import its task file leaves a report (below) for each
   of its queues before it exits; an orchestrator whose tasks wait on such a queue, with no
   live worker on it, fails them with that report instead of waiting.
 
@@ -24,6 +24,7 @@ The keys (all on the Celery broker, a Redis database):
 | `dp:celery:workers:<queue>` | sorted set | worker name -> Redis time of its last heartbeat |
 | `dp:celery:broken:<queue>` | hash | worker name -> JSON report of its import failure (10 min) |
 | `dp:celery:lost:<reply list>` | set | handles of attempts the orchestrator took for lost (1 day) |
+| `dp:celery:replies:<id>` | list | workers' answers to one orchestrator (1 day after the last) |
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -42,6 +43,7 @@ from dp.store.records import HOST
 
 __all__ = [
     "ALIVE",
+    "REPLY_TTL",
     "BrokenReport",
     "Heartbeat",
     "beat_period",
@@ -63,6 +65,9 @@ _REGISTRY_EVERY: Final = 5.0
 _BROKEN_TTL: Final = 600
 #: how long a lost mark is kept at least (the executor keeps it past the visibility timeout)
 LOST_TTL: Final = 86_400
+#: a reply list expires this long after a worker's last answer: one whose orchestrator is
+#: gone (killed, or done before a late worker answered) does not stay in Redis forever
+REPLY_TTL: Final = 86_400
 #: seconds a heartbeat round may wait on Redis before it gives up (and tries again)
 _SOCKET_TIMEOUT: Final = 2.0
 #: how often the heartbeat thread looks at what its worker holds: an attempt the worker
@@ -88,6 +93,10 @@ def beat_period(bound: float) -> float:
     return min(_REGISTRY_EVERY, max(0.2, bound / 4))
 
 
+#: what a worker holds: (task message payload, pool pid running it or 0), per attempt
+Held = Callable[[], list[tuple[dict[str, Any], int]]]
+
+
 def worker_name(pid: int | None = None) -> str:
     """The name `dp worker` gives its Celery worker, and the registry's member for it."""
     return f"dp-{pid or os.getpid()}@{HOST}"
@@ -100,7 +109,7 @@ class Heartbeat:
     default Celery's own record of the requests the worker reserved (`celery.worker.state`).
     """
 
-    def __init__(self, broker_url: str, queues: Sequence[str], *, held: Any = None) -> None:
+    def __init__(self, broker_url: str, queues: Sequence[str], *, held: Held | None = None) -> None:
         self.broker_url = broker_url
         self.queues = list(queues)
         self.name = worker_name()
@@ -157,6 +166,7 @@ class Heartbeat:
             news = (*handles, *pids) != known
             if news or now - last >= beat_period(bound or _REGISTRY_EVERY * 4):
                 pipe.rpush(reply_to, HeartbeatMessage(HOST, me, handles, pids).to_json())
+                pipe.expire(reply_to, REPLY_TTL)
                 state.beats[reply_to] = (now, (*handles, *pids))
                 sent += 1
         for reply_to in set(state.beats) - set(held):

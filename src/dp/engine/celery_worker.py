@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from dp.engine.celery_beat import is_lost, lost_key
+from dp.engine.celery_beat import REPLY_TTL, is_lost, lost_key
 from dp.engine.executors import timeout_outcome
 from dp.engine.fenced_results import fenced
 from dp.engine.messages import (
@@ -256,7 +256,10 @@ class _Backends:
         return _Backends(_config)
 
     def reply(self, key: str, message: WorkerMessage) -> None:
-        self.redis.rpush(key, message.to_json())
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(key, message.to_json())
+        pipe.expire(key, REPLY_TTL)  # an answer nobody reads any more does not stay forever
+        pipe.execute()
 
     def begin(self, message: TaskMessage) -> bool:
         """Say the attempt started and learn, in the same round trip, whether its
@@ -265,14 +268,16 @@ class _Backends:
         pipe = self.redis.pipeline(transaction=False)
         pipe.sismember(lost_key(message.reply_to), str(message.handle))
         pipe.rpush(message.reply_to, started.to_json())
+        pipe.expire(message.reply_to, REPLY_TTL)
         return bool(pipe.execute()[0])
 
 
 class _LostGuard:
     """The `CommitGuard` of an attempt on a worker: closed once its orchestrator took it for
-    lost (a worker that was frozen or cut off past the heartbeat bound). Asked before each
-    save; only an attempt running for half that bound can be lost, so short attempts never
-    pay the round trip."""
+    lost (a worker that was frozen or cut off past the heartbeat bound), or once its run was
+    taken over (a resume after its orchestrator died: a newer epoch). Asked before each save;
+    only an attempt running for half that bound can be lost, and the start checked the epoch,
+    so short attempts never pay the round trips."""
 
     __slots__ = ("backends", "message", "since")
 
@@ -289,10 +294,15 @@ class _LostGuard:
         now = time.monotonic()
         if not message.heartbeat or now < self.since:
             return False
+        backends = self.backends
         try:
-            if is_lost(self.backends.redis, message.reply_to, message.handle):
+            if is_lost(backends.redis, message.reply_to, message.handle):
                 return True
-        except Exception:  # the broker is unreachable: saving (atomically) beats failing
+            store = backends.store
+            if store is not None and message.epoch:  # noqa: SIM102 (one round trip each)
+                if store.get_run(message.run_id).epoch != message.epoch:
+                    return True
+        except Exception:  # unreachable, or not recorded: saving (atomically) beats failing
             return False
         self.since = now + min(1.0, message.heartbeat / 8)
         return False
@@ -308,9 +318,10 @@ def _run(payload: dict[str, Any]) -> None:
         import redis
 
         assert _config is not None
-        client = redis.Redis.from_url(_config.broker_url)
         error = f"WorkerSetupError: the worker could not open its backends: {format_error(exc)}"
-        client.rpush(message.reply_to, CompletionMessage.refused(message, error).to_json())
+        with redis.Redis.from_url(_config.broker_url) as client:
+            client.rpush(message.reply_to, CompletionMessage.refused(message, error).to_json())
+            client.expire(message.reply_to, REPLY_TTL)
         return
     started = time.monotonic()
     reply = functools.partial(backends.reply, message.reply_to)
