@@ -240,3 +240,94 @@ def test_a_worker_frozen_past_the_visibility_timeout_never_replaces_a_read_resul
     assert stored == read  # ...but its write never replaced the result k2 had read
     assert "result.commit_refused" in logs
     assert leftovers == []
+
+
+STALE_OWNER = textwrap.dedent(
+    """
+    import os
+    import time
+    from pathlib import Path
+
+    from dp import Orchestrator, get_planner, task
+
+    HERE = Path(__file__).parent
+
+
+    def effect(*words: object) -> None:
+        with (HERE / "effects").open("a") as log:
+            log.write(" ".join(map(str, words)) + "\\n")
+
+
+    @task
+    def slow() -> int:
+        effect("start", "slow", os.getpid())
+        while not (HERE / "release").exists():
+            time.sleep(0.01)
+        effect("done", "slow", os.getpid())
+        return os.getpid()
+
+
+    @task(dependencies=["slow"])
+    def after(slow: int) -> int:
+        effect("read", "after", slow)
+        return slow
+
+
+    if __name__ == "__main__":
+        plan = get_planner().create_execution_plan()
+        orchestrator = Orchestrator.embedded(HERE / ".dp", lease_seconds=1.0)
+        result = orchestrator.run(plan, run_id="frozen", target=__file__)
+        print(result.status.value, result.error)
+    """
+)
+
+
+@pytest.mark.chaos
+def test_an_owner_frozen_past_its_lease_never_replaces_a_result_the_new_owner_committed(
+    tmp_path: Path,
+) -> None:
+    """In-process: the `dp run` owner is SIGSTOPped while `slow` runs, its lease runs out, the
+    run is resumed elsewhere (slow runs there, `after` reads its result); SIGCONT: the old
+    owner's `slow` returns, and its result must not replace the one `after` read."""
+    script = tmp_path / "owner.py"
+    script.write_text(STALE_OWNER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    owner = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _until(lambda: any(e[:2] == ["start", "slow"] for e in _effects(tmp_path)), 30, "slow")
+        owner.send_signal(signal.SIGSTOP)
+        time.sleep(1.5)  # its 1 s lease runs out while it is frozen
+        (tmp_path / "release").touch()
+        resumed = subprocess.run(
+            [sys.executable, "-m", "dp.cli", "runs", "resume", "frozen"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        owner.send_signal(signal.SIGCONT)
+    out, err = owner.communicate(timeout=30)
+    time.sleep(0.5)
+    effects = _effects(tmp_path)
+    read = int(next(e[2] for e in effects if e[0] == "read"))
+    stored = pickle.loads(
+        (tmp_path / ".dp" / "results" / "frozen" / "slow" / "output.pkl").read_bytes()
+    )
+    ran = [int(e[2]) for e in effects if e[:2] == ["done", "slow"]]
+    print(
+        f"\nslow ended in pids {ran} (old owner {owner.pid}), after read {read}, stored "
+        f"{stored}, late writes refused {err.count('result.commit_refused')}; old owner: "
+        f"{out.strip()[:60]}"
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert read != owner.pid
+    assert stored == read

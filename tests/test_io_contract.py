@@ -420,3 +420,21 @@ def test_a_fenced_attempt_commits_nothing(pickling_io: IOManager) -> None:
     assert pickling_io.list_results("run_1", "extract") == ["r"]
     assert not pickling_io.exists("run_1", "extract", "s")
     assert pickling_io.clear_run("run_1") == 1
+
+
+def test_saves_while_keeping_never_replace_a_stored_result(pickling_io: IOManager) -> None:
+    """What the write-behind writer does: within `keeping()` a result already stored stays
+    (a frozen owner's late write); outside it, `save` replaces as the port says."""
+    from dp.io import ResultStore
+
+    assert isinstance(pickling_io, ResultStore)
+    pickling_io.save("run_1", "extract", "r", "committed")
+    with pickling_io.keeping():
+        pickling_io.save("run_1", "extract", "r", "late")
+        pickling_io.save("run_1", "extract", "new", "first")
+    assert pickling_io.load("run_1", "extract", "r") == "committed"
+    assert pickling_io.load("run_1", "extract", "new") == "first"
+    pickling_io.save("run_1", "extract", "r", "replaced")
+    assert pickling_io.load("run_1", "extract", "r") == "replaced"
+    assert pickling_io.delete("run_1", "extract", "r")
+    assert not pickling_io.exists("run_1", "extract", "r")

@@ -467,6 +467,9 @@ class ActiveRun:
                 location=exc.location,
                 problem=exc.problem,
             )
+            delete = getattr(io, "delete", None)
+            if delete is not None:  # results are written once: the new one must find room
+                delete(run_id, name, exc.task_result_id)
             return False
         # its result is stored, so it ran at least once, even if that was never recorded
         result = self.results.get(task.key) or TaskRunResult(

@@ -304,8 +304,12 @@ class WriteBehind:
 
     def _write_batch(self, batch: list[_Entry]) -> list[tuple[_Entry, str]]:
         """Store a batch, in order, one result after another (each its own file or object,
-        in the design's layout)."""
-        return [failure for entry in batch if (failure := self._write(entry))]
+        in the design's layout), never over a result already stored (`ResultStore.keeping`):
+        a run's results are written once, so one there was committed by a newer owner of the
+        run, which took it over while this process was frozen, and may have been read."""
+        keeping = getattr(self.io_manager, "keeping", None)
+        with keeping() if keeping is not None else contextlib.nullcontext():
+            return [failure for entry in batch if (failure := self._write(entry))]
 
     def _write(self, entry: _Entry) -> tuple[_Entry, str] | None:
         run = entry.run

@@ -12,9 +12,11 @@ over a result already there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from dp.errors import (
@@ -27,10 +29,12 @@ from dp.errors import (
 from dp.ids import check_id, is_id
 from dp.io.codecs import CODECS, PICKLE, ParquetCodec, PickleCodec, codecs_for
 from dp.io.ports import ByteStore
+from dp.logs import get_logger
 from dp.safetext import describe_exception
 
 __all__ = ["ResultStore", "check_ids", "check_results", "natural", "results_url"]
 
+_log = get_logger("dp.io")
 _NUMBER = re.compile(r"([0-9]+)")
 _SUFFIXES = tuple(CODECS)
 #: the codecs tried when loading, the default first (a parquet result costs one miss)
@@ -117,16 +121,55 @@ class ResultStore:
         codec, data = self._encode(run_id, task_name, task_result_id, value)
         key = f"{run_id}/{task_name}/{task_result_id}{codec.suffix}"
         store = self.store
+        keep = getattr(self._sizes, "keep", False)
+        others: tuple[str, ...] = ()
+        if self._only is None:
+            others = tuple(
+                f"{run_id}/{task_name}/{task_result_id}{c.suffix}"
+                for c in self._codecs
+                if c is not codec
+            )
         try:
-            store.put(key, data)
+            if keep and others and any(store.exists(k) for k in others):
+                stored = False
+            else:
+                stored = store.put(key, data, replace=not keep)
         except OSError as exc:
             raise SaveError(run_id, task_name, task_result_id, store.location(key), exc) from exc
-        if self._only is None:  # a result saved before under another codec is replaced
-            for other in self._codecs:
-                if other is not codec:
-                    store.delete(f"{run_id}/{task_name}/{task_result_id}{other.suffix}")
+        if not stored:
+            _log.warning(
+                "result.commit_refused",
+                run_id=run_id,
+                task_name=task_name,
+                result_id=task_result_id,
+                reason="a result is stored there already (committed by another owner or "
+                "attempt, maybe read downstream); it stays",
+            )
+        elif others:  # a result saved before under another codec is replaced
+            for other in others:
+                store.delete(other)
         size = self._sizes.value = len(data)
         return store.location(key), size
+
+    @contextlib.contextmanager
+    def keeping(self) -> Iterator[None]:
+        """Within this block, this thread's saves never replace a stored result: one already
+        there stays (and `result.commit_refused` is logged). The write-behind writer saves so:
+        an owner that was frozen past its lease and woke after the run was taken over cannot
+        replace a result the new owner committed, and a consumer may have read."""
+        before = getattr(self._sizes, "keep", False)
+        self._sizes.keep = True
+        try:
+            yield
+        finally:
+            self._sizes.keep = before
+
+    def delete(self, run_id: str, task_name: str, task_result_id: str) -> bool:
+        """Delete one stored result (under any codec); whether there was one. What resume
+        does with a damaged result before it runs its task again."""
+        check_ids(run_id, task_name, task_result_id)
+        stem = f"{run_id}/{task_name}/{task_result_id}"
+        return sum(self.store.delete(f"{stem}{suffix}") for suffix in _SUFFIXES) > 0
 
     def _encode(
         self, run_id: str, task_name: str, task_result_id: str, value: Any
