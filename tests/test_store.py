@@ -609,7 +609,7 @@ def test_a_store_written_by_a_newer_dp_is_refused(tmp_path: Path) -> None:
     SQLRunStore(path=path).close()
     _set_schema_version(path, 7)
 
-    with pytest.raises(StoreError, match=r"schema version 7.*up to 3; upgrade dp"):
+    with pytest.raises(StoreError, match=r"schema version 7.*up to 4; upgrade dp"):
         SQLRunStore(path=path)
     assert _schema_version(path) == 7
 
@@ -623,17 +623,17 @@ def test_a_store_written_by_an_older_dp_is_migrated(
     applied: list[int] = []
 
     def add_notes_column(conn: Any) -> None:
-        applied.append(3)
+        applied.append(4)
         conn.exec_driver_sql("ALTER TABLE dp_runs ADD COLUMN notes TEXT")
 
-    # Pretend this dp is one release ahead of the file: version 4, with a migration from 3.
-    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 4)
-    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 3, add_notes_column)
+    # Pretend this dp is one release ahead of the file: version 5, with a migration from 4.
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 5)
+    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 4, add_notes_column)
     SQLRunStore(path=path).close()
     SQLRunStore(path=path).close()  # already current: nothing runs twice
 
-    assert applied == [3]
-    assert _schema_version(path) == 4
+    assert applied == [4]
+    assert _schema_version(path) == 5
     with sqlite3.connect(path) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(dp_runs)")]
     conn.close()
@@ -645,7 +645,7 @@ def test_a_store_written_by_the_schema_1_release_opens_with_its_runs(tmp_path: P
     path = tmp_path / "runs.db"
     path.write_bytes((Path(__file__).parent / "data" / "runs-v1.db").read_bytes())
     store = SQLRunStore(path=path)
-    assert _schema_version(path) == 3
+    assert _schema_version(path) == 4
     done, killed = store.get_run("run-v1-done"), store.get_run("run-v1-killed")
     assert (done.status, done.params, done.epoch) == (RunStatus.SUCCEEDED, {"currency": "EUR"}, 0)
     # the owner moved from the metadata to its own fields
@@ -669,11 +669,11 @@ def test_an_older_store_without_a_migration_path_is_refused(
     """A missing migration raises StoreError instead of opening a schema dp would misread."""
     path = tmp_path / "runs.db"
     SQLRunStore(path=path).close()
-    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 5)
 
-    with pytest.raises(StoreError, match="no migration from version 3"):
+    with pytest.raises(StoreError, match="no migration from version 4"):
         SQLRunStore(path=path)
-    assert _schema_version(path) == 3
+    assert _schema_version(path) == 4
 
 
 def test_importing_dp_store_leaves_sqlalchemy_unloaded() -> None:
@@ -794,8 +794,9 @@ def test_a_store_written_by_the_schema_2_release_opens_with_its_runs(tmp_path: P
     path = tmp_path / "runs.db"
     path.write_bytes((Path(__file__).parent / "data" / "runs-v2.db").read_bytes())
     store = SQLRunStore(path=path)
-    assert _schema_version(path) == 3
+    assert _schema_version(path) == 4
     done = store.get_run("run-v2-done")
+    assert done.results == ""  # recorded before runs knew where their results went
     assert (done.status, done.params, done.pipeline) == (
         RunStatus.SUCCEEDED,
         {"currency": "EUR"},

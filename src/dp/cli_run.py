@@ -34,9 +34,18 @@ from dp.cli_common import (
     get_run,
     open_store,
     plan_tasks,
+    run_results,
     settings_for,
 )
-from dp.display import LiveProgress, duration_text, pipeline_label, print_task_table, task_row
+from dp.cli_results import rerun_list
+from dp.display import (
+    LiveProgress,
+    duration_text,
+    pipeline_label,
+    plural,
+    print_task_table,
+    task_row,
+)
 from dp.engine import Orchestrator, RunResult
 from dp.engine.orchestrator import plan_for_record
 from dp.engine.recorder import OUTAGE_WAIT_VARIABLE
@@ -179,11 +188,24 @@ def runs_resume(
         workers=workers,
         max_resume_attempts=max_resume_attempts,
     )
-    record = get_run(open_store(ctx, settings), run_id)
+    run_store = open_store(ctx, settings)
+    record = get_run(run_store, run_id)
+    settings = run_results(settings, record, results)
     try:
         execution_plan = plan_for_record(record)
+        again = (
+            []
+            if record.status.finished
+            else rerun_list(settings, run_store, record, execution_plan.execution_order)
+        )
     except DPError as exc:
         raise fail(exc) from exc
+    if again:  # named before anything runs: damage is never redone silently
+        err_console.print(
+            f"resume runs {plural(len(again), 'task')} again:", highlight=False, soft_wrap=True
+        )
+        for line in again:
+            err_console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     orchestrator = _orchestrator(ctx, settings)
 
     async def go() -> RunResult:

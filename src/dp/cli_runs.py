@@ -1,4 +1,4 @@
-"""`dp runs list|show|logs|result|cancel`: the runs recorded in the run store.
+"""`dp runs list|show|logs|result|verify|cancel`: the runs recorded in the run store.
 
 `dp runs resume` runs a pipeline again, so it is written beside `dp run` in `dp.cli_run`."""
 
@@ -23,8 +23,10 @@ from dp.cli_common import (
     fail,
     get_run,
     open_store,
+    run_results,
     settings_for,
 )
+from dp.cli_results import runs_verify
 from dp.cli_run import runs_resume
 from dp.display import (
     pipeline_label,
@@ -44,6 +46,7 @@ runs_app = typer.Typer(
     help="Inspect and resume recorded runs.", no_args_is_help=True, rich_markup_mode=None
 )
 runs_app.command("resume")(runs_resume)
+runs_app.command("verify")(runs_verify)
 
 
 @runs_app.command("cancel")
@@ -147,6 +150,8 @@ def runs_show(
         highlight=False,
     )
     console.print(f"pipeline: {escape(record.pipeline)}", highlight=False)
+    if record.results:
+        console.print(f"results: {escape(record.results)}", highlight=False, soft_wrap=True)
     host, pid = owner_of(record)
     if host is not None:
         console.print(f"owner: {escape(host)} pid {pid}, epoch {record.epoch}", highlight=False)
@@ -281,7 +286,7 @@ def runs_result(
 
     settings = settings_for(root, store=store, results=results)
     run_store = open_store(ctx, settings)
-    get_run(run_store, run_id)
+    settings = run_results(settings, get_run(run_store, run_id), results)
     rows = [r for r in run_store.get_task_runs(run_id) if r.task_name == task_name]
     if not rows:
         raise fail(_no_such_task(run_id, task_name, run_store))

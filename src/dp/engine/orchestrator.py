@@ -27,7 +27,7 @@ from dp.errors import (
     ResumeError,
     TooManyPipelinesError,
 )
-from dp.io import FilesystemIOManager, IOManager
+from dp.io import FilesystemIOManager, IOManager, check_results, results_url
 from dp.jsonable import jsonable
 from dp.logs import get_logger
 from dp.planner import ExecutionPlan
@@ -150,6 +150,8 @@ class Orchestrator:
         self._waiters: list[asyncio.Future[None]] = []
         self._active: dict[str, RunHandle] = {}
         self._started = False
+        #: the results backend was checked writable (once per orchestrator)
+        self._results_checked = False
         #: what the engine derives once from each plan it runs
         self.plans = PlanFacts()
 
@@ -313,6 +315,7 @@ class Orchestrator:
                 owner_host=HOST,
                 owner_pid=os.getpid(),
                 lease_until=lease_until,
+                results=results_url(self.io_manager),
             )
         )
         recorder.started_recorded = starts_now
@@ -421,6 +424,13 @@ class Orchestrator:
                 f"it is marked running on host {host!r}{until}, which this process cannot "
                 "check; if that machine is gone, resume with force",
             )
+        here = results_url(self.io_manager)
+        if record.results and here and record.results != here:
+            raise ResumeError(
+                run_id,
+                f"its results are at {record.results}, and this process would read and write "
+                f"them at {here}; resume with --results {record.results!r}",
+            )
         if plan is None:
             plan = plan_for_record(record, registry)
         if plan.dag_id != record.dag_id:
@@ -474,6 +484,9 @@ class Orchestrator:
 
     async def _start_executor(self) -> None:
         if not self._started:
+            if not self._results_checked:  # once: a bad results backend starts no task
+                await asyncio.to_thread(check_results, self.io_manager)
+                self._results_checked = True
             await self.executor.start(self.io_manager)
             self._started = True
 

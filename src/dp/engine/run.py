@@ -23,7 +23,12 @@ from dp.engine.recorder import RunRecorder, task_run_record
 from dp.engine.resolver import TaskDependencyResolver
 from dp.engine.worker import format_error
 from dp.engine.writebehind import WriteBehind
-from dp.errors import DPError, FencedError, StoreUnavailableError
+from dp.errors import (
+    FencedError,
+    ResultDamagedError,
+    ResultNotFoundError,
+    StoreUnavailableError,
+)
 from dp.logs import get_logger
 from dp.store.records import RunStatus, TaskRunRecord, TaskStatus
 
@@ -439,24 +444,38 @@ class ActiveRun:
             self._changed(result)
 
     def _restore(self, task: ExecutableTask) -> bool:
-        """On resume: if this task's results were saved before the interruption, reuse them."""
+        """On resume: if this task's results were saved before the interruption and still
+        decode, reuse them. A missing or damaged result runs the task again, and damage is
+        logged with where it is (`dp runs resume` lists both before it starts); an outage of
+        the results store fails the run rather than re-running everything."""
         io = self.context.io_manager
         run_id = self.context.run_id
         name = task.task_name
         try:
             if task.metadata.stream_output:
                 manifest = manifest_result_id(task.task_result_id)
-                if not io.exists(run_id, name, manifest):
-                    return False
                 result_ids = list(io.load(run_id, name, manifest))
                 for rid in result_ids:
+                    io.load(run_id, name, rid)
+                for rid in result_ids:
                     self.resolver.chunk(name, rid, task.instance)
-            elif io.exists(run_id, name, task.task_result_id):
-                result_ids = [task.task_result_id]
             else:
-                return False
-        except DPError:
-            return False  # unreadable: run it again
+                io.load(run_id, name, task.task_result_id)
+                result_ids = [task.task_result_id]
+        except ResultNotFoundError:
+            return False
+        except ResultDamagedError as exc:
+            self.log.warning(
+                "resume.damaged",
+                task_name=name,
+                result_id=exc.task_result_id,
+                location=exc.location,
+                problem=exc.problem,
+            )
+            delete = getattr(io, "delete", None)
+            if delete is not None:  # results are written once: the new one must find room
+                delete(run_id, name, exc.task_result_id)
+            return False
         # its result is stored, so it ran at least once, even if that was never recorded
         result = self.results.get(task.key) or TaskRunResult(
             name, TaskStatus.SUCCEEDED, task.instance, attempts=1

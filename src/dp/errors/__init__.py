@@ -50,6 +50,7 @@ from dp.errors.planning import (
 from dp.errors.results import (
     InvalidIdError,
     InvalidResultsURLError,
+    ResultDamagedError,
     ResultNotFoundError,
     ResultsUnavailableError,
     SaveError,
@@ -148,6 +149,7 @@ __all__ = [
     "QueueClosedError",
     "QueueEmptyError",
     "QueueFullError",
+    "ResultDamagedError",
     "ResultNotFoundError",
     "ResultsUnavailableError",
     "ResumeError",

@@ -33,6 +33,8 @@ from dp.errors import (
     PipelineError,
     PlanError,
     QueueFullError,
+    ResultDamagedError,
+    ResultNotFoundError,
     ResumeError,
     RunNotActiveError,
     RunNotFoundError,
@@ -59,6 +61,8 @@ _STATUS: dict[type[DPError], int] = {
     RunNotFoundError: 404,
     TaskRunNotFoundError: 404,
     AttemptNotFoundError: 404,
+    ResultNotFoundError: 404,
+    ResultDamagedError: 409,  # stored, but unreadable: the body names run, task and file
     TriggerNotFoundError: 404,
     ApiDisabledError: 403,
     DuplicateRunError: 409,

@@ -389,6 +389,11 @@ class TaskRunInfo(BaseModel):
 class RunDetail(RunSummary):
     """A run, its plan and its task runs."""
 
+    results: str = Field(
+        default="",
+        description="Where the run's results are: a results URL without credentials "
+        "(file://..., s3://BUCKET/PREFIX?endpoint=...); empty if not recorded.",
+    )
     plan: dict[str, Any] | None
     tasks: list[TaskRunInfo]
 
@@ -404,6 +409,7 @@ class RunDetail(RunSummary):
         tasks = sorted(latest.values(), key=_task_order)
         return cls(
             **_run_fields(record),
+            results=record.results,
             plan=record.plan,
             tasks=[TaskRunInfo.of(t, attempts[t.task_name, t.instance]) for t in tasks],
         )
@@ -418,6 +424,16 @@ def _task_order(record: TaskRunRecord) -> tuple[bool, datetime, str, str]:
         record.task_name,
         record.instance,
     )
+
+
+class TaskResult(BaseModel):
+    """The value a task stored, read from where its run's results are."""
+
+    run_id: str
+    task: str
+    results: str = Field(description="Where the run's results are (a results URL).")
+    result_ids: list[str] = Field(description="The stored results read: one, or each chunk.")
+    value: Any = Field(description="The value as JSON (a list of chunks for a stream).")
 
 
 class TaskLogs(BaseModel):

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dp.config import open_results_url
 from dp.engine.takeover import cancel_recorded
 from dp.errors import (
     ApiDisabledError,
@@ -22,6 +23,7 @@ from dp.errors import (
     TriggerNotFoundError,
 )
 from dp.events import TopicMatcher
+from dp.io import results_url
 from dp.jsonable import jsonable
 from dp.pipelines import Pipeline
 from dp.service.models import (
@@ -44,6 +46,7 @@ from dp.service.models import (
     SourceItem,
     SourceList,
     TaskLogs,
+    TaskResult,
     TriggerFired,
     TriggerItem,
     TriggerList,
@@ -251,6 +254,34 @@ def routes() -> APIRouter:
             error=row.error,
             output=row.output,
             traceback=row.traceback,
+        )
+
+    @router.get(
+        "/runs/{run_id}/tasks/{task}/result",
+        tags=["runs"],
+        summary="The value a task stored, read where the run's results are",
+        responses=errors(404, 409, 422, 503),
+    )
+    async def get_result(run_id: str, task: str, service: ServiceDep) -> TaskResult:
+        store = _store(service)
+        record = await asyncio.to_thread(store.get_run, run_id)
+        rows = [
+            r for r in await asyncio.to_thread(store.get_task_runs, run_id) if r.task_name == task
+        ]
+        if not rows:
+            raise TaskRunNotFoundError(run_id, task, "", [])
+        result_ids = [rid for row in rows for rid in row.result_ids]
+        io = service.orchestrator.io_manager
+        if record.results and record.results != results_url(io):
+            io = open_results_url(record.results)
+        values = await asyncio.to_thread(lambda: [io.load(run_id, task, r) for r in result_ids])
+        streamed = len(result_ids) != 1 or any(r.instance for r in rows)
+        return TaskResult(
+            run_id=run_id,
+            task=task,
+            results=record.results or results_url(io),
+            result_ids=result_ids,
+            value=jsonable(values if streamed else values[0]),
         )
 
     @router.post(

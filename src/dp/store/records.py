@@ -111,6 +111,8 @@ class RunRecord:
         owner_pid: That process's id.
         lease_until: Until when the owner's lease holds; a live owner renews it. A running run
             whose lease ran out, or whose owner process is gone, is stale (`is_stale`).
+        results: Where the run's results are, as a results URL without credentials
+            (`file:///srv/dp/results`, `s3://bucket/prefix?endpoint=...`); "" if not known.
 
     The dicts must be JSON-serialisable and are stored as JSON, so tuples come back as lists
     and keys as strings. Datetimes come back in UTC; a naive datetime is taken to be UTC.
@@ -135,6 +137,7 @@ class RunRecord:
     owner_host: str | None = None
     owner_pid: int | None = None
     lease_until: datetime | None = None
+    results: str = ""
 
 
 @dataclass(slots=True)

@@ -35,7 +35,7 @@ from dp.store.records import (
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration"]
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 Migration = Callable[[sa.Connection], None]
 
 
@@ -113,6 +113,7 @@ _runs = sa.Table(
     sa.Column("owner_host", sa.String),
     sa.Column("owner_pid", sa.Integer),
     sa.Column("lease_until", _UTCDateTime),
+    sa.Column("results", sa.Text, nullable=False, server_default=""),
     sa.Index("ix_dp_runs_status", "status"),
     sa.Index("ix_dp_runs_pipeline", "pipeline"),
     sa.Index("ix_dp_runs_created_at", "created_at"),
@@ -245,9 +246,18 @@ def _add_attempt_queues(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN queue {spec}"))
 
 
+def _add_results_url(conn: sa.Connection) -> None:
+    """Version 3 -> 4: where each run's results are (runs recorded before: "", not known)."""
+    conn.execute(sa.text("ALTER TABLE dp_runs ADD COLUMN results TEXT NOT NULL DEFAULT ''"))
+
+
 #: `MIGRATIONS[n]` upgrades a version-`n` schema to `n + 1`, inside the transaction that
 #: opens the store. A new store gets the current tables directly.
-MIGRATIONS: dict[int, Migration] = {1: _add_ownership_and_attempts, 2: _add_sources}
+MIGRATIONS: dict[int, Migration] = {
+    1: _add_ownership_and_attempts,
+    2: _add_sources,
+    3: _add_results_url,
+}
 
 
 def _upsert_statement(
@@ -294,6 +304,7 @@ def _run_row(record: RunRecord) -> dict[str, Any]:
         "owner_host": record.owner_host,
         "owner_pid": record.owner_pid,
         "lease_until": record.lease_until,
+        "results": record.results,
     }
 
 

@@ -86,6 +86,7 @@ export function runPage(main, runId) {
         fact("started", time(run.started_at)),
         fact("finished", time(run.finished_at)),
         fact("duration", duration(run.duration)),
+        run.results ? fact("results", h("span", { class: "mono", text: run.results })) : null,
       ),
       run.error ? h("p", { class: "run-error", text: run.error }) : null,
       h("details", { open: Object.keys(run.params || {}).length > 0 }, h("summary", { text: "Parameters" }), h("pre", { class: "params", text: JSON.stringify(run.params, null, 2) })),
