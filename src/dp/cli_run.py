@@ -218,6 +218,54 @@ def runs_resume(
     _report(result, settings, orchestrator)
 
 
+def runs_retry(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The failed, partial or cancelled run.")],
+    from_task: Annotated[
+        str | None,
+        typer.Option(
+            "--from", metavar="TASK", help="Re-run this task and everything downstream of it too."
+        ),
+    ] = None,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    store: StoreOpt = None,
+    results: ResultsOpt = None,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Re-run a run from its failure: a new run, linked to it, that reuses its results of the
+    tasks that succeeded and runs the others and everything downstream of them."""
+    _cli_logging()
+    settings = settings_for(root, store=store, results=results, executor=executor, workers=workers)
+    run_store = open_store(ctx, settings)
+    record = get_run(run_store, run_id)
+    settings = run_results(settings, record, results)
+    try:
+        execution_plan = plan_for_record(record)
+    except DPError as exc:
+        raise fail(exc) from exc
+    orchestrator = _orchestrator(ctx, settings)
+
+    async def go() -> RunResult:
+        try:
+            handle = await orchestrator.submit_retry(
+                run_id, from_task=from_task, plan=execution_plan
+            )
+            reused = handle.context.reuse
+            err_console.print(
+                f"retry of {run_id}: run {handle.run_id} reuses "
+                f"{plural(len(reused), 'task')}{': ' if reused else ''}{', '.join(reused)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return await handle.result()
+        finally:
+            await orchestrator.shutdown()
+
+    result = _with_progress(orchestrator, execution_plan, go)
+    _report(result, settings, orchestrator)
+
+
 def _orchestrator(ctx: typer.Context, settings: config.Settings) -> Orchestrator:
     try:
         orchestrator = config.build_orchestrator(settings)

@@ -27,15 +27,18 @@ from dp.cli_common import (
     settings_for,
 )
 from dp.cli_results import runs_verify
-from dp.cli_run import runs_resume
+from dp.cli_run import runs_resume, runs_retry
 from dp.display import (
+    lineage_lines,
     pipeline_label,
     plural,
     print_attempts,
     print_runs,
     print_task_table,
+    reused_by_run,
     status_text,
 )
+from dp.engine.retry import stored_in
 from dp.engine.takeover import cancel_recorded
 from dp.errors import CLIError, DPError
 from dp.store.records import HOST, RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
@@ -43,9 +46,10 @@ from dp.store.records import HOST, RunStatus, TaskRunRecord, TaskStatus, is_stal
 __all__ = ["runs_app"]
 
 runs_app = typer.Typer(
-    help="Inspect and resume recorded runs.", no_args_is_help=True, rich_markup_mode=None
+    help="Inspect, resume and retry recorded runs.", no_args_is_help=True, rich_markup_mode=None
 )
 runs_app.command("resume")(runs_resume)
+runs_app.command("retry")(runs_retry)
 runs_app.command("verify")(runs_verify)
 
 
@@ -150,6 +154,8 @@ def runs_show(
         highlight=False,
     )
     console.print(f"pipeline: {escape(record.pipeline)}", highlight=False)
+    for line in lineage_lines(record):
+        console.print(escape(line), highlight=False, soft_wrap=True)
     if record.results:
         console.print(f"results: {escape(record.results)}", highlight=False, soft_wrap=True)
     host, pid = owner_of(record)
@@ -169,6 +175,9 @@ def runs_show(
         return
     task_runs = run_store.get_task_runs(run_id)
     lost = _lost_attempts(run_store.get_attempts(run_id)) if _retried(task_runs) else {}
+    for source_run, task_names in reused_by_run(record).items():
+        for name in task_names:
+            lost.setdefault((name, ""), []).insert(0, f"reused from {source_run}")
     rows = [
         (
             r.task_name,
@@ -286,7 +295,8 @@ def runs_result(
 
     settings = settings_for(root, store=store, results=results)
     run_store = open_store(ctx, settings)
-    settings = run_results(settings, get_run(run_store, run_id), results)
+    record = get_run(run_store, run_id)
+    settings = run_results(settings, record, results)
     rows = [r for r in run_store.get_task_runs(run_id) if r.task_name == task_name]
     if not rows:
         raise fail(_no_such_task(run_id, task_name, run_store))
@@ -312,7 +322,8 @@ def runs_result(
         streamed = False
     try:
         io_manager = config.open_results(settings)
-        values = [io_manager.load(run_id, task_name, rid) for rid in result_ids]
+        source = stored_in(record, task_name)  # a retry reads reused results where they are
+        values = [io_manager.load(source, task_name, rid) for rid in result_ids]
     except DPError as exc:
         raise fail(exc) from exc
     value: Any = values if streamed else values[0]

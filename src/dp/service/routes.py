@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dp.config import open_results_url
+from dp.engine.retry import stored_in
 from dp.engine.takeover import cancel_recorded
 from dp.errors import (
     ApiDisabledError,
@@ -274,7 +275,8 @@ def routes() -> APIRouter:
         io = service.orchestrator.io_manager
         if record.results and record.results != results_url(io):
             io = open_results_url(record.results)
-        values = await asyncio.to_thread(lambda: [io.load(run_id, task, r) for r in result_ids])
+        source = stored_in(record, task)  # a retry's reused task: where its parent stored it
+        values = await asyncio.to_thread(lambda: [io.load(source, task, r) for r in result_ids])
         streamed = len(result_ids) != 1 or any(r.instance for r in rows)
         return TaskResult(
             run_id=run_id,

@@ -337,6 +337,7 @@ def _copy_run(record: RunRecord) -> RunRecord:
         metadata=_json_copy(record.metadata),
         plan=_json_copy(record.plan),
         lease_until=_as_utc(record.lease_until),
+        scheduled_for=_as_utc(record.scheduled_for),
         error=storable_text(record.error),
     )
 

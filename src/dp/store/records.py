@@ -113,6 +113,11 @@ class RunRecord:
             whose lease ran out, or whose owner process is gone, is stale (`is_stale`).
         results: Where the run's results are, as a results URL without credentials
             (`file:///srv/dp/results`, `s3://bucket/prefix?endpoint=...`); "" if not known.
+        scheduled_for: The time a cron run was due (UTC); None for runs not started by a
+            schedule. A retry keeps its parent's: it is a run for the same time.
+        schedule_tz: The schedule's time zone (`Europe/Berlin`), the zone tasks see
+            `scheduled_for` in; None with `scheduled_for`.
+        parent_run_id: The run this one retries (`dp runs retry`); None for a first run.
 
     The dicts must be JSON-serialisable and are stored as JSON, so tuples come back as lists
     and keys as strings. Datetimes come back in UTC; a naive datetime is taken to be UTC.
@@ -138,6 +143,9 @@ class RunRecord:
     owner_pid: int | None = None
     lease_until: datetime | None = None
     results: str = ""
+    scheduled_for: datetime | None = None
+    schedule_tz: str | None = None
+    parent_run_id: str | None = None
 
 
 @dataclass(slots=True)

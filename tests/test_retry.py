@@ -1,0 +1,176 @@
+"""`dp runs retry` as a user drives it: a failed run re-run from its failure, side effects
+counted through a file each task appends to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dp.store import RunStatus, SQLRunStore
+
+PIPELINE = textwrap.dedent(
+    """
+    import os
+    from datetime import datetime
+    from pathlib import Path
+
+    from dp import task
+
+    LOG = Path(os.environ["DP_TEST_LOG"])
+
+
+    def mark(name: str) -> None:
+        with LOG.open("a") as log:
+            log.write(name + "\\n")
+
+
+    @task
+    def a() -> int:
+        mark("a")
+        return 1
+
+
+    @task(dependencies=["a"])
+    def b(a: int) -> int:
+        mark("b")
+        if Path(os.environ["DP_TEST_FAIL"]).exists():
+            raise RuntimeError("b fails while the FAIL file exists")
+        return a + 1
+
+
+    @task(dependencies=["b"])
+    def c(b: int) -> int:
+        mark("c")
+        return b + 1
+
+
+    @task(dependencies=["c"])
+    def d(c: int, scheduled_for: datetime) -> int:
+        mark("d@" + scheduled_for.isoformat())
+        return c * 10
+    """
+)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "pipeline.py").write_text(PIPELINE)
+    return tmp_path
+
+
+def dp(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "DP_TEST_LOG": str(project / "log.txt"),
+        "DP_TEST_FAIL": str(project / "FAIL"),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "dp.cli", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def executions(project: Path) -> list[str]:
+    log = project / "log.txt"
+    return [line.split("@")[0] for line in log.read_text().split()] if log.exists() else []
+
+
+def runs(project: Path) -> list[str]:
+    """Run ids, oldest first."""
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    try:
+        return [r.run_id for r in reversed(store.list_runs())]
+    finally:
+        store.close()
+
+
+def test_retry_reuses_what_succeeded_and_runs_the_failure_and_its_downstream(
+    project: Path,
+) -> None:
+    """b fails; `dp runs retry` runs b, c, d (not a), succeeds, and `dp runs show` names the
+    parent and the reused task; `--from c` then re-runs exactly c and d; values are right."""
+    (project / "FAIL").touch()
+    failed = dp(project, "run", "pipeline.py")
+    assert failed.returncode == 1
+    assert executions(project) == ["a", "b"]
+    (first,) = runs(project)
+
+    (project / "FAIL").unlink()
+    retried = dp(project, "runs", "retry", first)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    second = runs(project)[-1]
+    assert f"retry of {first}: run {second} reuses 1 task: a" in retried.stderr
+    assert executions(project) == ["a", "b", "b", "c", "d"]
+    shown = dp(project, "runs", "show", second)
+    assert f"retry of: {first}" in shown.stdout
+    assert f"reused from {first}: a" in shown.stdout
+    (row,) = [line for line in shown.stdout.splitlines() if line.startswith("a ")]
+    assert "reused from" in row
+    assert dp(project, "runs", "result", second, "d").stdout.strip() == "30"
+    assert dp(project, "runs", "result", second, "a").stdout.strip() == "1"  # read in the parent
+
+    again = dp(project, "runs", "retry", second, "--from", "c")
+    assert again.returncode == 0, again.stdout + again.stderr
+    third = runs(project)[-1]
+    assert executions(project) == ["a", "b", "b", "c", "d", "c", "d"]
+    shown = dp(project, "runs", "show", third)
+    assert f"retry of: {second}, from task c" in shown.stdout
+    assert f"reused from {first}: a" in shown.stdout  # where a's result really is
+    assert f"reused from {second}: b" in shown.stdout
+    assert dp(project, "runs", "result", third, "d").stdout.strip() == "30"
+    # not copied: the retries stored only what they computed
+    results = project / ".dp" / "results"
+    assert sorted(p.name for p in (results / second).iterdir()) == ["b", "c", "d"]
+    assert sorted(p.name for p in (results / third).iterdir()) == ["c", "d"]
+    # the task's scheduled time of a run not started by cron: when the first run was created,
+    # for the retries too (they are runs for the same time)
+    lines = (project / "log.txt").read_text().split()
+    times = {line.split("@")[1] for line in lines if "@" in line}
+    assert len(times) == 1
+
+
+def test_retry_is_refused_with_a_reason(project: Path) -> None:
+    """Unknown --from task, a succeeded run without --from, a running run, changed tasks:
+    each exits 2 saying why and what to do; nothing runs."""
+    (project / "FAIL").touch()
+    dp(project, "run", "pipeline.py")
+    (first,) = runs(project)
+    (project / "FAIL").unlink()
+
+    unknown = dp(project, "runs", "retry", first, "--from", "cc")
+    assert unknown.returncode == 2
+    assert f"run '{first}' cannot be retried: it has no task 'cc'; did you mean c" in unknown.stderr
+
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    store.update_run(first, status=RunStatus.RUNNING)
+    store.close()
+    running = dp(project, "runs", "retry", first)
+    assert running.returncode == 2
+    assert "it is still running; wait for it to end, or cancel it first" in running.stderr
+
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    store.update_run(first, status=RunStatus.SUCCEEDED)
+    store.close()
+    succeeded = dp(project, "runs", "retry", first)
+    assert succeeded.returncode == 2
+    assert "it succeeded, so nothing failed; name a task to re-run with --from TASK" in (
+        succeeded.stderr
+    )
+
+    with (project / "pipeline.py").open("a") as source:
+        source.write("\n\n@task(dependencies=['d'])\ndef e(d: int) -> int:\n    return d\n")
+    changed = dp(project, "runs", "retry", first, "--from", "b")
+    assert changed.returncode == 2
+    assert "its tasks changed since it ran" in changed.stderr
+    assert executions(project) == ["a", "b"]
+    assert len(runs(project)) == 1
