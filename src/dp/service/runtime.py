@@ -15,9 +15,11 @@ import dataclasses
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
+from dp.engine.retry import Lineage
 from dp.errors import (
     DependencyUnavailableError,
     DPError,
@@ -228,8 +230,11 @@ class Service:
         event_id: str | None = None,
         run_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        scheduled_for: datetime | None = None,
+        schedule_tz: str | None = None,
     ) -> RunHandle:
         """Start a run of pipeline `name` now (or queue it); returns once it is recorded.
+        A cron tick's run gives `scheduled_for` (aware) and the schedule's zone.
 
         Raises:
             PipelineError: unknown pipeline.
@@ -258,6 +263,7 @@ class Service:
                 trigger=trigger,
                 event_id=event_id,
                 metadata=metadata,
+                lineage=Lineage(scheduled_for, schedule_tz) if scheduled_for else None,
             )
         except BaseException as exc:
             self._running[name] -= 1
