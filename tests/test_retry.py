@@ -9,9 +9,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 
 from dp.store import RunStatus, SQLRunStore
+from ports import free_port
+from test_serve import AUTH, dp_serve, wait_for
 
 PIPELINE = textwrap.dedent(
     """
@@ -19,7 +22,7 @@ PIPELINE = textwrap.dedent(
     from datetime import datetime
     from pathlib import Path
 
-    from dp import task
+    from dp import pipeline, task
 
     LOG = Path(os.environ["DP_TEST_LOG"])
 
@@ -53,6 +56,9 @@ PIPELINE = textwrap.dedent(
     def d(c: int, scheduled_for: datetime) -> int:
         mark("d@" + scheduled_for.isoformat())
         return c * 10
+
+
+    pipeline("job", tasks=["d"])
     """
 )
 
@@ -174,3 +180,55 @@ def test_retry_is_refused_with_a_reason(project: Path) -> None:
     assert "its tasks changed since it ran" in changed.stderr
     assert executions(project) == ["a", "b"]
     assert len(runs(project)) == 1
+
+
+def test_retry_over_http(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /runs/{id}/retry on `dp serve`: 202 with the new run, its parent and the reused
+    task; the retry succeeds without running a again; GET /runs/{id} shows the lineage;
+    retrying a run of no served pipeline or with an unknown task is a 409 saying why."""
+    monkeypatch.setenv("DP_TEST_FAIL", str(project / "FAIL"))
+    (project / "FAIL").touch()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with dp_serve(project, port) as process, httpx.Client(base_url=base, headers=AUTH) as http:
+        started = http.post("/pipelines/job/runs", json={})
+        assert started.status_code == 202, started.text
+        first = started.json()["run_id"]
+
+        def status(run_id: str) -> str:
+            return str(http.get(f"/runs/{run_id}").json()["status"])
+
+        wait_for(lambda: status(first) == "failed", "the first run to fail", process)
+        (project / "FAIL").unlink()
+        unknown = http.post(f"/runs/{first}/retry", json={"from": "zz"})
+        assert unknown.status_code == 409
+        assert "has no task 'zz'" in unknown.json()["detail"]
+
+        retried = http.post(f"/runs/{first}/retry")
+        assert retried.status_code == 202, retried.text
+        body = retried.json()
+        assert (body["parent_run_id"], body["reused"]) == (first, {"a": first})
+        second = body["run_id"]
+        assert retried.headers["Location"] == f"/runs/{second}"
+        wait_for(lambda: status(second) == "succeeded", "the retry to succeed", process)
+        detail = http.get(f"/runs/{second}").json()
+        assert (detail["parent_run_id"], detail["reused"]) == (first, {"a": first})
+        assert detail["trigger"] == "retry"
+        (listed,) = [r for r in http.get("/runs").json()["items"] if r["run_id"] == second]
+        assert listed["parent_run_id"] == first
+        assert http.get(f"/runs/{second}/tasks/a/result").json()["value"] == 1
+
+        from_c = http.post(f"/runs/{second}/retry", json={"from": "c"})
+        assert from_c.status_code == 202, from_c.text
+        assert from_c.json()["reused"] == {"a": first, "b": second}
+        third = from_c.json()["run_id"]
+        wait_for(lambda: status(third) == "succeeded", "the retry from c to succeed", process)
+    assert executions(project) == ["a", "b", "b", "c", "d", "c", "d"]
+
+    other = dp(project, "run", "pipeline.py")  # a run of the task file, not of pipeline job
+    assert other.returncode == 0
+    with dp_serve(project, port) as process, httpx.Client(base_url=base, headers=AUTH) as http:
+        ad_hoc = runs(project)[-1]
+        refused = http.post(f"/runs/{ad_hoc}/retry", json={"from": "a"})
+        assert refused.status_code == 409
+        assert "its pipeline 'pipeline.py' is not served here" in refused.json()["detail"]

@@ -21,7 +21,7 @@ from dp.errors import RetryError
 from dp.planner import ExecutionPlan
 from dp.store.records import RunRecord, RunStatus, TaskRunRecord, TaskStatus
 
-__all__ = ["RETRYABLE", "Lineage", "check_retryable", "reused_tasks", "stored_in"]
+__all__ = ["RETRYABLE", "Lineage", "check_retryable", "reused_map", "reused_tasks", "stored_in"]
 
 #: the statuses a run can be retried from without `from_task`
 RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.CANCELLED})
@@ -118,6 +118,11 @@ def reused_tasks(
                 pending.append(child)
     earlier = _reuse_map(record.metadata.get("reused"))
     return {name: earlier.get(name, record.run_id) for name in order if name not in again}
+
+
+def reused_map(record: RunRecord) -> dict[str, str]:
+    """A retry's reused tasks -> the run that stored each one's results ({} for others)."""
+    return _reuse_map(record.metadata.get("reused"))
 
 
 def stored_in(record: RunRecord, task_name: str) -> str:

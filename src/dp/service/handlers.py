@@ -36,6 +36,7 @@ from dp.errors import (
     ResultDamagedError,
     ResultNotFoundError,
     ResumeError,
+    RetryError,
     RunNotActiveError,
     RunNotFoundError,
     SchedulerError,
@@ -68,6 +69,7 @@ _STATUS: dict[type[DPError], int] = {
     DuplicateRunError: 409,
     RunNotActiveError: 409,
     ResumeError: 409,
+    RetryError: 409,  # still running, interrupted, tasks changed, no such --from task
     PlanError: 422,  # includes missing and invalid run parameters
     InvalidTopicError: 422,
     InvalidIdError: 422,

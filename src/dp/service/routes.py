@@ -39,6 +39,8 @@ from dp.service.models import (
     PipelineList,
     PlainText,
     Readiness,
+    RetryAccepted,
+    RetryRequest,
     RunAccepted,
     RunDetail,
     RunPage,
@@ -284,6 +286,31 @@ def routes() -> APIRouter:
             results=record.results or results_url(io),
             result_ids=result_ids,
             value=jsonable(values if streamed else values[0]),
+        )
+
+    @router.post(
+        "/runs/{run_id}/retry",
+        tags=["runs"],
+        summary="Re-run a run from its failure",
+        description="Starts a new run of the same pipeline, linked to this one "
+        "(`parent_run_id`), that reuses the stored results of the tasks that succeeded and "
+        "runs the others and everything downstream of them; with `from`, that task and its "
+        "downstream run again too. 409 for a run still running, interrupted (resume it), "
+        "whose tasks changed, or without such a task.",
+        status_code=202,
+        responses=errors(401, 403, 404, 409, 422, *_REFUSED),
+    )
+    async def retry_run(
+        run_id: str, service: ServiceDep, response: Response, body: RetryRequest | None = None
+    ) -> RetryAccepted:
+        handle = await service.retry_run(run_id, None if body is None else body.from_task)
+        response.headers["Location"] = f"/runs/{handle.run_id}"
+        context = handle.context
+        return RetryAccepted(
+            run_id=handle.run_id,
+            pipeline=context.pipeline,
+            parent_run_id=run_id,
+            reused=dict(context.reuse),
         )
 
     @router.post(

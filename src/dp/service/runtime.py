@@ -28,6 +28,7 @@ from dp.errors import (
     PipelineBusyError,
     PipelineNotFoundError,
     PipelineProblemsError,
+    RetryError,
     ServiceUnavailableError,
 )
 from dp.events import (
@@ -269,6 +270,40 @@ class Service:
             self._running[name] -= 1
             if isinstance(exc, TooManyPipelinesError):
                 self.metrics.rejections.labels(name, "too_many_pipelines").inc()
+            raise
+        self._track(name, handle)
+        return handle
+
+    async def retry_run(self, run_id: str, from_task: str | None = None) -> RunHandle:
+        """Re-run a recorded run of a served pipeline from its failure (`submit_retry`).
+
+        Raises:
+            RunNotFoundError: no such run.
+            RetryError: its pipeline is not served here, or it cannot be retried.
+            ServiceUnavailableError, PipelineBusyError, TooManyPipelinesError: as `start_run`.
+        """
+        store = self.orchestrator.store
+        if store is None:
+            raise RetryError(run_id, "this service records no runs")
+        record = await asyncio.to_thread(store.get_run, run_id)
+        name = record.pipeline
+        if name not in self._plans:
+            raise RetryError(
+                run_id, f"its pipeline {name!r} is not served here (serving {sorted(self._plans)})"
+            )
+        if not self.accepting:
+            raise ServiceUnavailableError("the service is not accepting runs (shutting down)")
+        limit = self.pipeline(name).max_concurrent_runs
+        if limit is not None and self._running[name] >= limit:
+            self.metrics.rejections.labels(name, "pipeline_busy").inc()
+            raise PipelineBusyError(name, limit)
+        self._running[name] += 1
+        try:
+            handle = await self.orchestrator.submit_retry(
+                run_id, from_task=from_task, plan=self._plans[name]
+            )
+        except BaseException:
+            self._running[name] -= 1
             raise
         self._track(name, handle)
         return handle
