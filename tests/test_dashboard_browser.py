@@ -153,6 +153,26 @@ def test_resume_an_interrupted_run(page: Any, server: tuple[str, Path]) -> None:
     page.wait_for_selector(".run-header .badge.s-succeeded")
 
 
+def test_retry_a_failed_run_from_its_page(page: Any, server: tuple[str, Path]) -> None:
+    """A failed run's page offers "Retry from failure"; clicking it opens the new run, which
+    succeeds reusing fetch (it ran once) and shows its parent and what it reused."""
+    project = server[1]
+    failed = start_from_pipelines_page(page, "flaky")
+    page.wait_for_selector(".run-header .badge.s-failed")
+    (project / "flaky-fixed").touch()
+    page.click("button.retry")
+    page.wait_for_url(lambda url: "#/run/" in url and not url.endswith(failed))
+    page.wait_for_selector(".run-header .badge.s-succeeded")
+    header = page.inner_text(".run-header")
+    assert "retry of" in header
+    assert f"fetch from {failed}" in page.inner_text(".run-header .reused")
+    page.click(f".run-header a[href='#/run/{failed}'] >> nth=0")
+    page.wait_for_selector(".run-header .badge.s-failed")
+    assert (project / "fetched.log").read_text().split() == ["fetch"]
+    page.goto("/#/runs?pipeline=flaky")
+    page.wait_for_selector("tr[title], td.mono span[title^='retry of']")
+
+
 def test_the_runs_filters(page: Any, server: tuple[str, Path]) -> None:
     """Filtering by pipeline and status lists only matching runs, with their count."""
     url = server[0]
