@@ -182,6 +182,9 @@ def test_the_runs_filters(page: Any, server: tuple[str, Path]) -> None:
     page.goto("/#/runs")
     page.select_option("select[name=pipeline]", "broken")
     page.wait_for_url("**pipeline=broken**")
+    # the re-rendered page fills its pipeline list asynchronously: pick the status after
+    # it shows broken again, or the new URL would drop the pipeline
+    playwright_api.expect(page.locator("select[name=pipeline]")).to_have_value("broken")
     page.select_option("select[name=status]", "failed")
     page.wait_for_url("**status=failed**")
     page.wait_for_selector(".runs tbody tr")

@@ -219,7 +219,7 @@ def print_runs(console: Console, records: Sequence[RunRecord]) -> None:
         "started",
         "duration",
         "trigger",
-        "for",
+        *(["for"] if (timed := any(r.scheduled_for for r in records)) else []),
         "pipeline",
         wrap=("trigger", "for", "pipeline"),
     )
@@ -231,7 +231,8 @@ def print_runs(console: Console, records: Sequence[RunRecord]) -> None:
             f"{record.started_at:%m-%d %H:%M}" if record.started_at else "",
             _between(record.started_at, record.finished_at),
             escape(record.trigger),
-            escape(scheduled_text(record, "%m-%d %H:%M %Z")),
+            # the time a cron run is for, in its zone: a column only when a listed run has one
+            *([escape(scheduled_text(record, "%m-%d %H:%M %Z"))] if timed else []),
             escape(pipeline_label(record.pipeline)),
         )
     _print_table(console, table)
