@@ -14,6 +14,7 @@ import pytest
 
 from dp.store import RunStatus, SQLRunStore
 from ports import free_port
+from s3_server import S3Server
 from test_serve import AUTH, dp_serve, wait_for
 
 PIPELINE = textwrap.dedent(
@@ -232,3 +233,26 @@ def test_retry_over_http(project: Path, monkeypatch: pytest.MonkeyPatch) -> None
         refused = http.post(f"/runs/{ad_hoc}/retry", json={"from": "a"})
         assert refused.status_code == 409
         assert "its pipeline 'pipeline.py' is not served here" in refused.json()["detail"]
+
+
+def test_retry_reads_the_reused_results_on_s3_where_the_parent_stored_them(
+    project: Path, s3_server: S3Server
+) -> None:
+    """A run whose results went to S3 fails; `dp runs retry` (no --results: the recorded URL)
+    reads a's result under the parent's run id on S3, runs b, c, d, and stores only those."""
+    bucket = s3_server.create_bucket("dp-retry-results")
+    url = f"s3://{bucket}/runs?endpoint={s3_server.url}"
+    (project / "FAIL").touch()
+    assert dp(project, "run", "pipeline.py", "--results", url).returncode == 1
+    (first,) = runs(project)
+    (project / "FAIL").unlink()
+
+    retried = dp(project, "runs", "retry", first)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    second = runs(project)[-1]
+    assert executions(project) == ["a", "b", "b", "c", "d"]
+    assert not (project / ".dp" / "results").exists()
+    assert dp(project, "runs", "result", second, "d").stdout.strip() == "30"
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]  # type: ignore[attr-defined]
+    assert sorted({k.split("/")[2] for k in keys if k.split("/")[1] == second}) == ["b", "c", "d"]
+    assert f"reused from {first}: a" in dp(project, "runs", "show", second).stdout
