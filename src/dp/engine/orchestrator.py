@@ -18,7 +18,7 @@ from dp.engine.lease import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from dp.engine.model import ExecutionContext, RunHandle, RunListener, RunResult
 from dp.engine.recorder import RunRecorder, outage_wait
 from dp.engine.resolver import PlanIndex
-from dp.engine.retry import Lineage, check_retryable, reused_tasks
+from dp.engine.retry import Lineage, check_plan, check_retryable, reused_tasks
 from dp.engine.run import ActiveRun
 from dp.engine.takeover import count_death, crash_loop, fail_crash_loop, owner_died
 from dp.errors import (
@@ -494,22 +494,10 @@ class Orchestrator:
         if self.store is None:
             raise RetryError(run_id, "this orchestrator has no run store to retry from")
         record = await asyncio.to_thread(self.store.get_run, run_id)
-        check_retryable(record, from_task)
-        here = results_url(self.io_manager)
-        if record.results and here and record.results != here:
-            raise RetryError(
-                run_id,
-                f"its results are at {record.results}, and this process would read them at "
-                f"{here}; retry with --results {record.results!r}",
-            )
+        check_retryable(record, from_task, results_url(self.io_manager))
         if plan is None:
             plan = plan_for_record(record, registry)
-        if plan.dag_id != record.dag_id:
-            raise RetryError(
-                run_id,
-                f"its tasks changed since it ran (dag_id {record.dag_id} is now "
-                f"{plan.dag_id}), so its results cannot be reused; start a new run",
-            )
+        check_plan(record, plan)
         rows = await asyncio.to_thread(self.store.get_task_runs, run_id)
         reuse = reused_tasks(record, rows, plan, from_task)
         retry = {"parent": run_id, "from": from_task}

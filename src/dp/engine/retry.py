@@ -21,7 +21,15 @@ from dp.errors import RetryError
 from dp.planner import ExecutionPlan
 from dp.store.records import RunRecord, RunStatus, TaskRunRecord, TaskStatus
 
-__all__ = ["RETRYABLE", "Lineage", "check_retryable", "reused_map", "reused_tasks", "stored_in"]
+__all__ = [
+    "RETRYABLE",
+    "Lineage",
+    "check_plan",
+    "check_retryable",
+    "reused_map",
+    "reused_tasks",
+    "stored_in",
+]
 
 #: the statuses a run can be retried from without `from_task`
 RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.CANCELLED})
@@ -64,8 +72,9 @@ class Lineage:
             context.created_at = self.created_at
 
 
-def check_retryable(record: RunRecord, from_task: str | None) -> None:
-    """Refuse a run that is not over, or that succeeded with nothing named to re-run."""
+def check_retryable(record: RunRecord, from_task: str | None, here: str = "") -> None:
+    """Refuse a run that is not over, that succeeded with nothing named to re-run, or whose
+    results are elsewhere than `here` (this process's results URL) says."""
     status = record.status
     if status in (RunStatus.RUNNING, RunStatus.QUEUED):
         raise RetryError(
@@ -79,6 +88,22 @@ def check_retryable(record: RunRecord, from_task: str | None) -> None:
         raise RetryError(
             record.run_id,
             f"it {status.value}, so nothing failed; name a task to re-run with --from TASK",
+        )
+    if record.results and here and record.results != here:
+        raise RetryError(
+            record.run_id,
+            f"its results are at {record.results}, and this process would read them at "
+            f"{here}; retry with --results {record.results!r}",
+        )
+
+
+def check_plan(record: RunRecord, plan: ExecutionPlan) -> None:
+    """Refuse a plan whose tasks changed: the parent's results may not fit them."""
+    if plan.dag_id != record.dag_id:
+        raise RetryError(
+            record.run_id,
+            f"its tasks changed since it ran (dag_id {record.dag_id} is now "
+            f"{plan.dag_id}), so its results cannot be reused; start a new run",
         )
 
 
