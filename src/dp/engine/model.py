@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dp.errors import StoreUnavailableError
+from dp.errors import InvalidArgumentError, StoreUnavailableError
 from dp.store.records import RunStatus, TaskStatus
 from dp.tasks import TaskMetadata
 
@@ -238,7 +238,7 @@ def scheduled_time(value: object) -> datetime:
     if isinstance(value, datetime):
         return value
     if not (isinstance(value, list | tuple) and len(value) == 2):
-        raise TypeError(f"scheduled_for travelled as {value!r}, not [UTC ISO time, zone]")
+        raise InvalidArgumentError("scheduled_for", value, "[UTC ISO time, zone] (dp sends it)")
     from zoneinfo import ZoneInfo
 
     when, zone = value

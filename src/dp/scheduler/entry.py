@@ -14,7 +14,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dp.errors import ArgumentTypeError
+from dp.errors import ArgumentTypeError, InvalidArgumentError
 from dp.events import EventBase
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock
@@ -175,7 +175,7 @@ def parse_tick(text: object) -> tuple[datetime, str]:
     """The tick (UTC) and zone in a `tick_text`.
 
     Raises:
-        ValueError: `text` is not one, saying what it should look like.
+        InvalidArgumentError: `text` is not one, saying what it should look like.
     """
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -189,8 +189,10 @@ def parse_tick(text: object) -> tuple[datetime, str]:
         else:
             if moment.utcoffset() is not None:
                 return moment.astimezone(UTC), zone
-    raise ValueError(
-        f"scheduled_for {text!r} is not a tick like '2026-03-29T03:30:00+02:00[Europe/Berlin]'"
+    raise InvalidArgumentError(
+        "scheduled_for",
+        text,
+        "a tick like '2026-03-29T03:30:00+02:00[Europe/Berlin]' (time, offset, [IANA zone])",
     )
 
 
