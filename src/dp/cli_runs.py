@@ -35,10 +35,9 @@ from dp.display import (
     print_attempts,
     print_runs,
     print_task_table,
-    reused_by_run,
     status_text,
 )
-from dp.engine.retry import stored_in
+from dp.engine.retry import reused_map, stored_in
 from dp.engine.takeover import cancel_recorded
 from dp.errors import CLIError, DPError
 from dp.store.records import HOST, RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
@@ -175,9 +174,7 @@ def runs_show(
         return
     task_runs = run_store.get_task_runs(run_id)
     lost = _lost_attempts(run_store.get_attempts(run_id)) if _retried(task_runs) else {}
-    for source_run, task_names in reused_by_run(record).items():
-        for name in task_names:
-            lost.setdefault((name, ""), []).insert(0, f"reused from {source_run}")
+    reused = reused_map(record)
     rows = [
         (
             r.task_name,
@@ -186,7 +183,14 @@ def runs_show(
             r.attempt,
             r.duration,
             "; ".join(
-                filter(None, (r.error or _where(r), *lost.get((r.task_name, r.instance), ())))
+                filter(
+                    None,
+                    (
+                        f"reused from {reused[r.task_name]}" if r.task_name in reused else None,
+                        r.error or _where(r),
+                        *lost.get((r.task_name, r.instance), ()),
+                    ),
+                )
             ),
         )
         for r in task_runs
