@@ -9,11 +9,14 @@ and then remembered, and the disk sees as few system calls as can be.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import itertools
 import os
 import shutil
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +119,25 @@ class FilesystemByteStore:
             return False
 
     def _link(self, tmp: str, path: str) -> bool:
+        """Move `tmp` to `path` unless `path` exists (then drop `tmp`): one atomic
+        `renameat2(RENAME_NOREPLACE)` where the kernel and file system have it, else a hard
+        link that fails if `path` exists, then an unlink of `tmp`."""
+        global _noreplace
+        if _noreplace is not None:
+            try:
+                moved = _noreplace(tmp, path)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                _noreplace = None  # not supported by this kernel or file system: link
+            else:
+                if not moved:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    return False
+                if self.durable:
+                    _fsync_dir(os.path.dirname(path))
+                return True
         try:
             os.link(tmp, path)  # fails if `path` exists: never replaces
         except FileExistsError:
@@ -237,6 +259,44 @@ class FilesystemIOManager(ResultStore):
             functools.partial(type(self), durable=self.durable, frames=self.frames),
             (self.store.base,),
         )
+
+
+def _find_noreplace() -> Callable[[str, str], bool] | None:
+    """glibc's `renameat2(..., RENAME_NOREPLACE)` (Linux 3.15+, glibc 2.28+) as a function
+    `(src, dst) -> moved`, False when `dst` exists; None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, noreplace = -100, 1
+
+    def rename(src: str, dst: str) -> bool:
+        if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), noreplace) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            return False
+        raise OSError(err, os.strerror(err), src, None, dst)
+
+    return rename
+
+
+#: the no-replace rename, or None (then a hard link and an unlink)
+_noreplace: Callable[[str, str], bool] | None = _find_noreplace()
 
 
 def _fsync_dir(path: str) -> None:
