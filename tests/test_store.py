@@ -561,6 +561,24 @@ def test_a_run_keeps_its_tick_its_zone_and_its_parent(store: RunStore) -> None:
     assert [r.run_id for r in store.list_runs()] == ["manual-1", "retry-1", "cron-1"]
 
 
+def test_one_run_per_tick_of_a_pipeline(store: RunStore) -> None:
+    """A second run of a pipeline for the same scheduled_for (another trigger's event, say)
+    is a DuplicateRunError naming the first; a retry of it, another pipeline's run for the
+    same tick, and runs without a tick are not held to it; deleting frees the tick."""
+    tick = T0 + timedelta(hours=1)
+    store.create_run(run("daily-1", pipeline="daily", scheduled_for=tick, event_id="daily/e1"))
+    with pytest.raises(DuplicateRunError, match="already started run 'daily-1'"):
+        store.create_run(run("daily-2", pipeline="daily", scheduled_for=tick, event_id="daily/e2"))
+    store.create_run(run("daily-1r", pipeline="daily", scheduled_for=tick, parent_run_id="daily-1"))
+    store.create_run(run("hourly-1", pipeline="hourly", scheduled_for=tick))
+    store.create_run(run("daily-m1", pipeline="daily"))
+    store.create_run(run("daily-m2", pipeline="daily"))
+    with pytest.raises(RunNotFoundError):
+        store.get_run("daily-2")
+    store.delete_run("daily-1")
+    store.create_run(run("daily-3", pipeline="daily", scheduled_for=tick))
+
+
 # --- SQL only -----------------------------------------------------------------------------
 
 
@@ -698,6 +716,7 @@ def test_a_schema_4_store_gains_ticks_and_lineage(
     engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:  # back to schema 4
         conn.exec_driver_sql("DROP INDEX ix_dp_runs_parent_run_id")
+        conn.exec_driver_sql("DROP INDEX ux_dp_runs_schedule")
         for column in ("scheduled_for", "schedule_tz", "parent_run_id"):
             conn.exec_driver_sql(f"ALTER TABLE dp_runs DROP COLUMN {column}")
         conn.exec_driver_sql("UPDATE dp_meta SET value = '4' WHERE key = 'schema_version'")
@@ -713,7 +732,10 @@ def test_a_schema_4_store_gains_ticks_and_lineage(
         run("run-v5", minutes=1, scheduled_for=T0, schedule_tz="UTC", parent_run_id="run-v4")
     )
     assert store.get_run("run-v5").scheduled_for == T0
-    assert [r.run_id for r in store.list_runs()] == ["run-v5", "run-v4"]
+    store.create_run(run("tick-a", scheduled_for=T0))
+    with pytest.raises(DuplicateRunError, match="'tick-a'"):  # the migration made the key
+        store.create_run(run("tick-b", scheduled_for=T0))
+    assert sorted(r.run_id for r in store.list_runs()) == ["run-v4", "run-v5", "tick-a"]
     store.close()
     with engine.connect() as conn:
         version = conn.exec_driver_sql("SELECT value FROM dp_meta").scalar_one()

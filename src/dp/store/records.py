@@ -30,6 +30,7 @@ __all__ = [
     "is_stale",
     "owner_of",
     "pid_alive",
+    "tick_key",
 ]
 
 #: this machine's name, recorded as the owner of the runs (and attempts) it executes
@@ -234,7 +235,9 @@ class RunStore(Protocol):
 
         Raises:
             DuplicateRunError: The event id already started a run (the error names that run),
-                or the run id is taken. Concurrent creators of one event id: exactly one wins.
+                a run of the same pipeline is recorded for the same `scheduled_for` (not
+                counting retries: `tick_key`), or the run id is taken. Concurrent creators of
+                one event id or tick: exactly one wins.
             StoreError: A dict field is not JSON-serialisable.
         """
         ...
@@ -462,6 +465,14 @@ def is_stale(record: RunRecord, *, now: datetime | None = None) -> bool:
         return True
     lease = record.lease_until
     return lease is not None and _as_utc(lease) < (now or datetime.now(UTC))
+
+
+def tick_key(record: RunRecord) -> tuple[str, datetime] | None:
+    """What makes a scheduled run unique: `(pipeline, scheduled_for)`, for a run a schedule
+    started (a retry shares its parent's tick and is not held to it); None for others."""
+    if record.scheduled_for is None or record.parent_run_id is not None:
+        return None
+    return (record.pipeline, _as_utc(record.scheduled_for))
 
 
 def _check_run_id(run_id: object) -> str:

@@ -95,6 +95,7 @@ class _StorableText(sa.types.TypeDecorator[str]):
 
 
 _metadata = sa.MetaData()
+_ONE_PER_TICK = "scheduled_for IS NOT NULL AND parent_run_id IS NULL"
 
 _runs = sa.Table(
     "dp_runs",
@@ -130,6 +131,15 @@ _runs = sa.Table(
     sa.Index("ix_dp_runs_parent_run_id", "parent_run_id"),
     # NULLs never collide, so only runs started by an event are held to one per event.
     sa.Index("ux_dp_runs_event_id", "event_id", unique=True),
+    # One run per tick of a pipeline (a retry shares its parent's tick): `tick_key`.
+    sa.Index(
+        "ux_dp_runs_schedule",
+        "pipeline",
+        "scheduled_for",
+        unique=True,
+        sqlite_where=sa.text(_ONE_PER_TICK),
+        postgresql_where=sa.text(_ONE_PER_TICK),
+    ),
 )
 
 
@@ -268,6 +278,12 @@ def _add_schedule_and_lineage(conn: sa.Connection) -> None:
         spec = column.type.compile(dialect=conn.dialect)
         conn.execute(sa.text(f"ALTER TABLE dp_runs ADD COLUMN {column.name} {spec}"))
     conn.execute(sa.text("CREATE INDEX ix_dp_runs_parent_run_id ON dp_runs (parent_run_id)"))
+    conn.execute(
+        sa.text(
+            "CREATE UNIQUE INDEX ux_dp_runs_schedule ON dp_runs (pipeline, scheduled_for) "
+            f"WHERE {_ONE_PER_TICK}"
+        )
+    )
 
 
 #: `MIGRATIONS[n]` upgrades a version-`n` schema to `n + 1`, inside the transaction that
