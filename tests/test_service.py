@@ -371,3 +371,31 @@ async def test_a_service_on_redis_acknowledges_a_raw_start_event_once_its_run_is
     finally:
         await service.stop(grace=5)
         await raw.aclose()
+
+
+async def test_two_schedules_due_at_one_instant_start_one_run() -> None:
+    """A pipeline with two cron schedules that coincide at midnight (one daily, one hourly)
+    starts one run for that tick: (pipeline, scheduled_for) is one run."""
+    tasks, pipelines = TaskRegistry(), PipelineRegistry()
+
+    @task(registry=tasks)
+    def job(scheduled_for: datetime) -> str:
+        return scheduled_for.isoformat()
+
+    pipeline("twice", tasks=["job"], cron=["0 0 * * *", "0 * * * *"], registry=tasks,
+             pipelines=pipelines)  # fmt: skip
+    clock = ManualClock(datetime(2026, 3, 28, 22, 30, tzinfo=UTC))
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
+    service = Service(pipelines, orchestrator=orchestrator)
+    service.scheduler = Scheduler(service.publisher, clock=clock)
+    await service.start()
+    try:
+        await clock.advance(timedelta(hours=2))  # 23:00 (hourly), 00:00 (both)
+        await until(lambda: len(runs_of(service, "twice")) >= 2, "the runs of both ticks")
+        await asyncio.sleep(0.1)  # room for a duplicate to appear
+        ticks = sorted(r.scheduled_for for r in runs_of(service, "twice"))
+    finally:
+        await service.stop(grace=5)
+    print(f"ticks: 3 fires (23:00 hourly, 00:00 hourly + daily), runs: {len(ticks)}")
+    assert ticks == [datetime(2026, 3, 28, 23, tzinfo=UTC), datetime(2026, 3, 29, tzinfo=UTC)]
