@@ -173,6 +173,40 @@ def test_retry_a_failed_run_from_its_page(page: Any, server: tuple[str, Path]) -
     page.wait_for_selector("tr[title], td.mono span[title^='retry of']")
 
 
+def test_a_cron_runs_scheduled_time_shows_in_its_zone(page: Any, server: tuple[str, Path]) -> None:
+    """A run recorded for the Berlin midnight of 29 March shows that time and zone in the
+    runs list and on its page."""
+    from datetime import UTC, datetime
+
+    url, project = server
+    plan = httpx.get(f"{url}/pipelines/greet").json()["plan"]
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    try:
+        store.create_run(
+            RunRecord(
+                run_id="berlin-midnight",
+                dag_id=plan["dag_id"],
+                pipeline="greet",
+                status=RunStatus.SUCCEEDED,
+                trigger="cron:greet.cron",
+                plan=plan,
+                scheduled_for=datetime(2026, 3, 28, 23, tzinfo=UTC),
+                schedule_tz="Europe/Berlin",
+            )
+        )
+    finally:
+        store.close()
+    page.goto("/#/runs?pipeline=greet")
+    cell = page.inner_text("tr[data-run=berlin-midnight] td.scheduled")
+    assert "00:00:00" in cell
+    assert "29" in cell
+    assert "Europe/Berlin" in cell
+    page.goto("/#/run/berlin-midnight")
+    fact = page.inner_text(".run-header .scheduled")
+    assert "00:00:00" in fact
+    assert "Europe/Berlin" in fact
+
+
 def test_the_runs_filters(page: Any, server: tuple[str, Path]) -> None:
     """Filtering by pipeline and status lists only matching runs, with their count."""
     url = server[0]
