@@ -62,7 +62,7 @@ NOT_INSTALLED = "not installed: pip install -e '.[bench]'"
 
 #: alternating rounds per figure (after one warm-up round each)
 THREAD_ROUNDS = 9
-DISK_ROUNDS = 9  # results are packed: a disk round is as short as a tmpfs one now
+DISK_ROUNDS = 9
 PROCESS_ROUNDS = 7
 INLINE_ROUNDS = 11
 LATENCY_RUNS = 50

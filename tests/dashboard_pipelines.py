@@ -67,7 +67,27 @@ def load(extract: int) -> int:
     return extract + 1
 
 
+#: `publish` fails until this file exists; `fetch` appends a line to FETCHED each run
+FIXED = RELEASE.with_name("flaky-fixed")
+FETCHED = RELEASE.with_name("fetched.log")
+
+
+@task(tags=["flaky"])
+def fetch() -> int:
+    with FETCHED.open("a") as log:
+        log.write("fetch\n")
+    return 7
+
+
+@task(tags=["flaky"], dependencies=["fetch"])
+def publish(fetch: int) -> int:
+    if not FIXED.exists():
+        raise ConnectionError("the warehouse is down")
+    return fetch * 6
+
+
 pipeline("greet", tags=["greet"], description="Greets someone, loudly.")
+pipeline("flaky", tags=["flaky"])
 pipeline("broken", tags=["broken"])
 pipeline("slow", tags=["slow"])
 pipeline("html", tags=["html"])

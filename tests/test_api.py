@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,33 @@ def test_a_task_waiting_in_a_broker_queue_shows_the_queue(api: Api) -> None:
         ("failed", "gpu"),
         ("queued", "gpu"),
     ]
+
+
+def test_a_runs_tick_zone_and_lineage_read_back(api: Api) -> None:
+    """GET /runs and /runs/{id} give scheduled_for (UTC), schedule_tz, parent_run_id and the
+    reused tasks; a run without them gives null and {}."""
+    store = api.service.orchestrator.store
+    assert store is not None
+    tick = datetime(2026, 3, 28, 23, tzinfo=UTC)
+    store.create_run(RunRecord("tick-1", "dag", scheduled_for=tick, schedule_tz="Europe/Berlin"))
+    store.create_run(
+        RunRecord(
+            "tick-1-retry", "dag", parent_run_id="tick-1", metadata={"reused": {"a": "tick-1"}}
+        )
+    )
+    run = api.run("tick-1")
+    assert (run["scheduled_for"], run["schedule_tz"], run["parent_run_id"], run["reused"]) == (
+        "2026-03-28T23:00:00+00:00",
+        "Europe/Berlin",
+        None,
+        {},
+    )
+    listed = {r["run_id"]: r for r in api.client.get("/runs").json()["items"]}
+    assert listed["tick-1"]["scheduled_for"] == "2026-03-28T23:00:00+00:00"
+    assert (listed["tick-1-retry"]["parent_run_id"], listed["tick-1-retry"]["reused"]) == (
+        "tick-1",
+        {"a": "tick-1"},
+    )
 
 
 def test_logs_of_an_attempt_that_does_not_exist_are_404(tmp_path: Path) -> None:

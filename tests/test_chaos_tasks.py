@@ -552,9 +552,10 @@ LIMITED = (
 def test_a_result_that_cannot_be_written_is_a_save_error_naming_it(
     project: Path, executor: str, fault: str
 ) -> None:
-    """A result larger than the file size limit (as a full disk: the write fails midway),
-    or a results location that is a file: the task fails with SaveError naming the run,
-    task, result id and the location; `dp run` ends failed."""
+    """A result larger than the file size limit (as a full disk: the write fails midway):
+    the task fails with SaveError naming the run, task, result id and the location; `dp run`
+    ends failed. A results location that is a file is refused by the check of the results
+    backend before the run starts (issue 18): exit 2, naming it, nothing ran."""
     (project / "big.py").write_text(BIG)
     results = project / "results"
     if fault == "not a directory":
@@ -572,6 +573,11 @@ def test_a_result_that_cannot_be_written_is_a_save_error_naming_it(
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith("big ")), "")
     print(f"executor={executor} fault={fault!r} exit={done.returncode} row={line.strip()!r}")
+    if fault == "not a directory":
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"cannot write results at file://{results}: Not a directory" in done.stderr
+        assert line == ""  # no task ran
+        return
     assert done.returncode == 1, done.stdout + done.stderr
     assert "SaveError: result 'output' of task 'big' in run '" in line
     assert f"could not be written to {results}/" in line

@@ -248,7 +248,7 @@ def test_tool_dp_must_be_a_table(tmp_path: Path) -> None:
         ("store", "mysql://dp@db/dp", "sqlite:///PATH, postgresql://"),
         ("store", "postgresql+psycopg2://dp@db/dp", "postgresql+psycopg://"),
         ("bus", "nats://broker:4222", "memory://, redis://HOST:PORT/DB"),
-        ("results", "gs://bucket/results", "file://PATH, memory://, s3://BUCKET"),
+        ("results", "gs://bucket/results", "file://PATH?frames=parquet, memory://, s3://BUCKET"),
     ],
 )
 def test_an_unknown_scheme_names_the_setting_its_source_and_the_schemes(
@@ -363,7 +363,7 @@ def test_results_urls_open_their_io_manager(tmp_path: Path) -> None:
     files = open_results(resolve({"results": f"file://{tmp_path}/r"}, env=NO_ENV, cwd=tmp_path))
     assert isinstance(files, FilesystemIOManager)
     files.save("run1", "t", "0", 42)
-    assert (tmp_path / "r" / "run1" / "t@0.pkl").is_file()
+    assert (tmp_path / "r" / "run1" / "t" / "0.pkl").is_file()
     memory = open_results(resolve({"results": "memory://"}, env=NO_ENV, cwd=tmp_path))
     assert isinstance(memory, InMemoryIOManager)
 

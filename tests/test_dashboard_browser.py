@@ -153,6 +153,60 @@ def test_resume_an_interrupted_run(page: Any, server: tuple[str, Path]) -> None:
     page.wait_for_selector(".run-header .badge.s-succeeded")
 
 
+def test_retry_a_failed_run_from_its_page(page: Any, server: tuple[str, Path]) -> None:
+    """A failed run's page offers "Retry from failure"; clicking it opens the new run, which
+    succeeds reusing fetch (it ran once) and shows its parent and what it reused."""
+    project = server[1]
+    failed = start_from_pipelines_page(page, "flaky")
+    page.wait_for_selector(".run-header .badge.s-failed")
+    (project / "flaky-fixed").touch()
+    page.click("button.retry")
+    page.wait_for_url(lambda url: "#/run/" in url and not url.endswith(failed))
+    page.wait_for_selector(".run-header .badge.s-succeeded")
+    header = page.inner_text(".run-header")
+    assert "retry of" in header
+    assert f"fetch from {failed}" in page.inner_text(".run-header .reused")
+    page.click(f".run-header a[href='#/run/{failed}'] >> nth=0")
+    page.wait_for_selector(".run-header .badge.s-failed")
+    assert (project / "fetched.log").read_text().split() == ["fetch"]
+    page.goto("/#/runs?pipeline=flaky")
+    page.wait_for_selector("tr[title], td.mono span[title^='retry of']")
+
+
+def test_a_cron_runs_scheduled_time_shows_in_its_zone(page: Any, server: tuple[str, Path]) -> None:
+    """A run recorded for the Berlin midnight of 29 March shows that time and zone in the
+    runs list and on its page."""
+    from datetime import UTC, datetime
+
+    url, project = server
+    plan = httpx.get(f"{url}/pipelines/greet").json()["plan"]
+    store = SQLRunStore(path=project / ".dp" / "runs.db")
+    try:
+        store.create_run(
+            RunRecord(
+                run_id="berlin-midnight",
+                dag_id=plan["dag_id"],
+                pipeline="greet",
+                status=RunStatus.SUCCEEDED,
+                trigger="cron:greet.cron",
+                plan=plan,
+                scheduled_for=datetime(2026, 3, 28, 23, tzinfo=UTC),
+                schedule_tz="Europe/Berlin",
+            )
+        )
+    finally:
+        store.close()
+    page.goto("/#/runs?pipeline=greet")
+    cell = page.inner_text("tr[data-run=berlin-midnight] td.scheduled")
+    assert "00:00:00" in cell
+    assert "29" in cell
+    assert "Europe/Berlin" in cell
+    page.goto("/#/run/berlin-midnight")
+    fact = page.inner_text(".run-header .scheduled")
+    assert "00:00:00" in fact
+    assert "Europe/Berlin" in fact
+
+
 def test_the_runs_filters(page: Any, server: tuple[str, Path]) -> None:
     """Filtering by pipeline and status lists only matching runs, with their count."""
     url = server[0]
@@ -162,6 +216,9 @@ def test_the_runs_filters(page: Any, server: tuple[str, Path]) -> None:
     page.goto("/#/runs")
     page.select_option("select[name=pipeline]", "broken")
     page.wait_for_url("**pipeline=broken**")
+    # the re-rendered page fills its pipeline list asynchronously: pick the status after
+    # it shows broken again, or the new URL would drop the pipeline
+    playwright_api.expect(page.locator("select[name=pipeline]")).to_have_value("broken")
     page.select_option("select[name=status]", "failed")
     page.wait_for_url("**status=failed**")
     page.wait_for_selector(".runs tbody tr")

@@ -21,7 +21,7 @@ from dp.engine.celery_executor import CeleryExecutor
 from dp.engine.executors import Executor
 from dp.engine.model import RunResult
 from dp.io import FilesystemIOManager, IOManager
-from dp.io_s3 import S3IOManager
+from dp.io.s3 import S3IOManager
 from dp.store import RunStatus, SQLRunStore, TaskStatus
 from s3_server import S3Server
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dp.errors import InvalidIdError, SerializationError
+from dp.errors import InvalidIdError, ResultDamagedError, SerializationError
 from dp.io import FilesystemIOManager, InMemoryIOManager
 
 
@@ -28,57 +28,38 @@ def hidden_files(root: Path) -> list[Path]:
 # --- filesystem specifics -----------------------------------------------------------------
 
 
-def test_filesystem_layout_is_run_then_task_at_result(
-    fs: FilesystemIOManager, tmp_path: Path
-) -> None:
-    """Results are pickle files at {base}/{run}/{task}@{result}.pkl, the path save returns."""
-    location = fs.save("run_1", "extract", "result_001", {"a": 1})
-    expected = tmp_path / "results" / "run_1" / "extract@result_001.pkl"
+def test_the_designs_io_example_returns_the_designs_path(tmp_path: Path) -> None:
+    """The design's own example: save returns {base}/{run}/{task}/{result}.pkl, and the file
+    there is a plain pickle."""
+    io_manager = FilesystemIOManager(tmp_path / "data")
+    location = io_manager.save("run_1", "extract_data", "result_001", {"a": 1})
+    expected = tmp_path / "data" / "run_1" / "extract_data" / "result_001.pkl"
     assert location == str(expected)
     assert pickle.loads(expected.read_bytes()) == {"a": 1}
 
 
-def test_filesystem_saves_create_one_directory_per_run(
-    fs: FilesystemIOManager, tmp_path: Path
-) -> None:
-    """Tasks add files, never directories: the run's folder is the only one created."""
+def test_filesystem_saves_make_one_folder_per_task(fs: FilesystemIOManager, tmp_path: Path) -> None:
+    """Each task of a run has its folder; nothing else (no packs, no flat files) is written."""
     for task_name in ("extract", "transform", "load"):
         fs.save("run_1", task_name, "output", task_name)
     run_dir = tmp_path / "results" / "run_1"
-    assert [p for p in run_dir.iterdir() if p.is_dir()] == []
-    assert len(list(run_dir.iterdir())) == 3
+    assert sorted(p.name for p in run_dir.iterdir()) == ["extract", "load", "transform"]
+    assert [p.name for p in (run_dir / "load").iterdir()] == ["output.pkl"]
 
 
-def _old_layout(base: Path, run_id: str, task_name: str, result_id: str, value: object) -> None:
-    """Write a result where dp 0.1 put it: {run}/{task}/{result}.pkl."""
-    task_dir = base / run_id / task_name
-    task_dir.mkdir(parents=True, exist_ok=True)
-    (task_dir / f"{result_id}.pkl").write_bytes(pickle.dumps(value))
-
-
-def test_filesystem_reads_results_of_the_old_layout(
-    fs: FilesystemIOManager, tmp_path: Path
-) -> None:
-    """Results written in the per-task folders of dp 0.1 load, list and clear."""
-    base = tmp_path / "results"
-    _old_layout(base, "run_old", "extract", "output", {"rows": 3})
-    _old_layout(base, "run_old", "stream", "chunk-000000", [1])
-    fs.save("run_old", "stream", "chunk-000001", [2])
-    assert fs.load("run_old", "extract", "output") == {"rows": 3}
-    assert fs.exists("run_old", "stream", "chunk-000000")
-    assert fs.list_results("run_old", "stream") == ["chunk-000000", "chunk-000001"]
-    assert fs.list_runs() == ["run_old"]
-    assert fs.clear_run("run_old") == 3
-
-
-def test_filesystem_new_save_wins_over_an_old_layout_result(
-    fs: FilesystemIOManager, tmp_path: Path
-) -> None:
-    """Saving over a result of the old layout makes the new value the one loaded."""
-    _old_layout(tmp_path / "results", "run_old", "extract", "output", "old")
-    fs.save("run_old", "extract", "output", "new")
-    assert fs.load("run_old", "extract", "output") == "new"
-    assert fs.list_results("run_old", "extract") == ["output"]
+def test_a_frame_is_a_parquet_file_others_read_without_dp(tmp_path: Path) -> None:
+    """With frames="parquet" a DataFrame is {result}.parquet, which pandas reads directly; a
+    frame saved again as pickle replaces it (one result, one codec)."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    io_manager = FilesystemIOManager(tmp_path, frames="parquet")
+    frame = pd.DataFrame({"region": ["eu", "us"], "sales": [10.5, 20.25]})
+    location = io_manager.save("run_1", "sales", "output", frame)
+    assert location == str(tmp_path / "run_1" / "sales" / "output.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(location), frame)
+    io_manager.save("run_1", "sales", "output", {"not": "a frame"})
+    assert sorted(p.name for p in (tmp_path / "run_1" / "sales").iterdir()) == ["output.pkl"]
+    assert io_manager.load("run_1", "sales", "output") == {"not": "a frame"}
 
 
 def test_filesystem_relative_base_path_is_made_absolute(
@@ -88,7 +69,8 @@ def test_filesystem_relative_base_path_is_made_absolute(
     monkeypatch.chdir(tmp_path)
     io_manager = FilesystemIOManager("results")
     monkeypatch.chdir("/")
-    assert io_manager.save("run_1", "t", "r", 1) == str(tmp_path / "results" / "run_1" / "t@r.pkl")
+    expected = tmp_path / "results" / "run_1" / "t" / "r.pkl"
+    assert io_manager.save("run_1", "t", "r", 1) == str(expected)
     assert io_manager.base_path == tmp_path / "results"
 
 
@@ -98,16 +80,23 @@ def test_filesystem_save_leaves_no_temporary_files(fs: FilesystemIOManager, tmp_
         fs.save("run_1", "extract", "r", i)
         fs.save("run_1", "extract", f"r{i}", i)
     assert hidden_files(tmp_path) == []
-    assert len(list((tmp_path / "results" / "run_1").iterdir())) == 6
+    assert len(list((tmp_path / "results" / "run_1" / "extract").iterdir())) == 6
 
 
-def test_filesystem_corrupt_file_raises_serialization_error(fs: FilesystemIOManager) -> None:
-    """A truncated or garbage result file raises SerializationError, not a raw pickle error."""
+def test_filesystem_corrupt_file_raises_an_error_naming_it(fs: FilesystemIOManager) -> None:
+    """A truncated or garbage result file raises ResultDamagedError naming run, task, result
+    id and the file, not a raw pickle error."""
     path = Path(fs.save("run_1", "extract", "r", list(range(1000))))
     path.write_bytes(path.read_bytes()[:50])
-    with pytest.raises(SerializationError, match="truncated or corrupt") as info:
+    with pytest.raises(ResultDamagedError, match="truncated or corrupt") as info:
         fs.load("run_1", "extract", "r")
-    assert info.value.task_result_id == "r"
+    assert (info.value.run_id, info.value.task_name, info.value.task_result_id) == (
+        "run_1",
+        "extract",
+        "r",
+    )
+    assert info.value.location == str(path)
+    assert str(path) in str(info.value)
     path.write_bytes(b"not a pickle at all")
     with pytest.raises(SerializationError):
         fs.load("run_1", "extract", "r")
@@ -122,11 +111,12 @@ def test_filesystem_listings_skip_stray_and_temporary_files(
     (base / "notes.txt").write_text("stray file")
     (base / ".abc-1-2-3.deleting").mkdir()
     (base / "lost+found").mkdir()
-    run_dir = base / "run_1"
-    (run_dir / ".abc-1-2-3.tmp").write_bytes(b"half")
-    (run_dir / "readme.txt").write_text("stray")
-    (run_dir / "extract@bad name.pkl").write_bytes(b"")
-    (run_dir / "extract@.pkl").write_bytes(b"")
+    task_dir = base / "run_1" / "extract"
+    (task_dir / ".abc-1-2-3.tmp").write_bytes(b"half")
+    (task_dir / ".r.pkl.e1-a1-abc").write_bytes(b"staged by an attempt")
+    (task_dir / "readme.txt").write_text("stray")
+    (task_dir / "bad name.pkl").write_bytes(b"")
+    (task_dir / ".pkl").write_bytes(b"")
     assert fs.list_runs() == ["run_1"]
     assert fs.list_results("run_1", "extract") == ["r"]
     assert fs.clear_run("run_1") == 1
@@ -137,7 +127,7 @@ def test_filesystem_clear_run_removes_the_directory(
 ) -> None:
     """clear_run deletes the run directory, stale temporary files included."""
     fs.save("run_1", "extract", "r", 1)
-    (tmp_path / "results" / "run_1" / ".stale.tmp").write_bytes(b"")
+    (tmp_path / "results" / "run_1" / "extract" / ".stale.tmp").write_bytes(b"")
     fs.clear_run("run_1")
     assert sorted(os.listdir(tmp_path / "results")) == []
 

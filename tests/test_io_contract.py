@@ -1,5 +1,6 @@
 """The IO manager port: one contract suite run against every adapter (filesystem, memory and
-S3 on a real S3 API server), so an adapter that passes it can hold any run's results."""
+S3 on a real S3 API server), each with both codecs for frames (pickle, Parquet), so an adapter
+that passes it can hold any run's results."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from dp.errors import InvalidIdError, ResultNotFoundError, SerializationError
 from dp.io import FilesystemIOManager, InMemoryIOManager, IOManager
-from dp.io_s3 import S3IOManager
+from dp.io.s3 import S3IOManager
 from s3_server import S3Server
 
 
@@ -26,20 +27,36 @@ class Point:
 
 _prefixes = itertools.count()
 
-ADAPTERS: dict[str, Callable[[Path, pytest.FixtureRequest], IOManager]] = {
-    "filesystem": lambda path, _: FilesystemIOManager(path / "results"),
-    "filesystem-durable": lambda path, _: FilesystemIOManager(path / "results", durable=True),
-    "memory": lambda path, _: InMemoryIOManager(),
-    "memory-copy": lambda path, _: InMemoryIOManager(copy=True),
+Factory = Callable[[Path, pytest.FixtureRequest, str], IOManager]
+ADAPTERS: dict[str, Factory] = {
+    "filesystem": lambda path, _, frames: FilesystemIOManager(path / "results", frames=frames),
+    "filesystem-durable": lambda path, _, frames: FilesystemIOManager(
+        path / "results", durable=True, frames=frames
+    ),
+    "memory": lambda path, _, frames: InMemoryIOManager(),
+    "memory-copy": lambda path, _, frames: InMemoryIOManager(copy=True, frames=frames),
     # each test under a prefix of its own in one session bucket
-    "s3": lambda path, request: S3IOManager(
+    "s3": lambda path, request, frames: S3IOManager(
         request.getfixturevalue("s3_bucket"),
         f"tests/t{next(_prefixes)}",
         endpoint_url=request.getfixturevalue("s3_server").url,
+        frames=frames,
     ),
 }
 # Adapters that refuse what pickle refuses (plain InMemoryIOManager stores objects as they are).
 PICKLING = ["filesystem", "filesystem-durable", "memory-copy", "s3"]
+#: every adapter with each codec for frames (plain memory keeps objects: no codec to vary)
+CASES = [f"{a}-{f}" for a in ADAPTERS for f in ("pickle", "parquet") if a != "memory"]
+CASES.insert(CASES.index("memory-copy-pickle"), "memory-objects")
+
+
+def _make(case: str, path: Path, request: pytest.FixtureRequest) -> IOManager:
+    if case == "memory-objects":
+        return InMemoryIOManager()
+    adapter, _, frames = case.rpartition("-")
+    if frames == "parquet":
+        pytest.importorskip("pyarrow")
+    return ADAPTERS[adapter](path, request, frames)
 
 
 @pytest.fixture(scope="session")
@@ -47,14 +64,14 @@ def s3_bucket(s3_server: S3Server) -> Iterator[str]:
     return s3_server.create_bucket("dp-contract")
 
 
-@pytest.fixture(params=list(ADAPTERS))
+@pytest.fixture(params=CASES)
 def io_manager(request: pytest.FixtureRequest, tmp_path: Path) -> IOManager:
-    return ADAPTERS[request.param](tmp_path, request)
+    return _make(request.param, tmp_path, request)
 
 
-@pytest.fixture(params=PICKLING)
+@pytest.fixture(params=[c for c in CASES if c.rpartition("-")[0] in PICKLING])
 def pickling_io(request: pytest.FixtureRequest, tmp_path: Path) -> IOManager:
-    return ADAPTERS[request.param](tmp_path, request)
+    return _make(request.param, tmp_path, request)
 
 
 def hidden_files(root: Path) -> list[Path]:
@@ -86,11 +103,42 @@ def test_load_returns_what_save_stored(io_manager: IOManager, value: Any) -> Non
 
 
 def test_dataframe_round_trips(io_manager: IOManager) -> None:
-    """A pandas DataFrame loads back equal."""
+    """A pandas DataFrame (a named index, dates, ints, floats, text) loads back equal, under
+    the codec its manager chose; Parquet keys end `.parquet`."""
     pd = pytest.importorskip("pandas")
-    frame = pd.DataFrame({"region": ["eu", "us"], "sales": [10.5, 20.25]})
-    io_manager.save("run_1", "transform", "result_001", frame)
+    frame = pd.DataFrame(
+        {
+            "region": ["eu", "us", "apac"],
+            "sales": [10.5, 20.25, None],
+            "orders": [1, 2, 3],
+            "day": pd.to_datetime(["2025-01-01", "2025-01-02", "2025-01-03"]),
+        },
+        index=pd.Index(["a", "b", "c"], name="key"),
+    )
+    location = io_manager.save("run_1", "transform", "result_001", frame)
     pd.testing.assert_frame_equal(io_manager.load("run_1", "transform", "result_001"), frame)
+    parquet = getattr(io_manager, "frames", "pickle") == "parquet"
+    assert location.endswith(".parquet" if parquet else "")
+    assert io_manager.list_results("run_1", "transform") == ["result_001"]
+
+
+def test_arrow_table_round_trips(io_manager: IOManager) -> None:
+    """An Arrow table loads back as an equal Arrow table, whichever the codec."""
+    pa = pytest.importorskip("pyarrow")
+    table = pa.table({"region": ["eu", "us"], "sales": [10.5, 20.25]})
+    io_manager.save("run_1", "transform", "t", table)
+    loaded = io_manager.load("run_1", "transform", "t")
+    assert isinstance(loaded, pa.Table)
+    assert loaded.equals(table)
+
+
+def test_a_frame_parquet_cannot_hold_is_pickled(io_manager: IOManager) -> None:
+    """A DataFrame with a column of mixed objects (no Parquet type) is still stored, as a
+    pickle, and loads back equal."""
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"mixed": [1, "two", (3,)]})
+    io_manager.save("run_1", "transform", "m", frame)
+    pd.testing.assert_frame_equal(io_manager.load("run_1", "transform", "m"), frame)
 
 
 def test_save_returns_a_location_naming_the_ids(io_manager: IOManager) -> None:
@@ -323,3 +371,70 @@ def test_the_manager_pickles_for_worker_processes(pickling_io: IOManager) -> Non
     assert copy.load("run_1", "extract", "r") == {"a": 1}
     copy.save("run_1", "extract", "s", 2)
     assert pickling_io.load("run_1", "extract", "s") == 2
+
+
+def test_a_staged_result_is_invisible_until_committed(pickling_io: IOManager) -> None:
+    """An attempt's staged result is not listed, loaded or counted as existing; its commit
+    makes it the result, and leaves no staged copy behind."""
+    from dp.io import ResultStore
+
+    assert isinstance(pickling_io, ResultStore)
+    staged = pickling_io.stage("run_1", "extract", "r", {"v": 1}, "e1-a1-aaaa")
+    assert not pickling_io.exists("run_1", "extract", "r")
+    assert pickling_io.list_results("run_1", "extract") == []
+    assert pickling_io.commit(staged)
+    assert pickling_io.load("run_1", "extract", "r") == {"v": 1}
+    assert pickling_io.list_results("run_1", "extract") == ["r"]
+    assert pickling_io.clear_run("run_1") == 1
+
+
+def test_a_late_commit_never_replaces_a_committed_result(pickling_io: IOManager) -> None:
+    """Two attempts stage the same result; the first commit wins, the late one is refused
+    and its copy discarded, so a result a consumer read is never replaced (filesystem: a hard
+    link; S3: a conditional PUT)."""
+    from dp.io import ResultStore
+
+    assert isinstance(pickling_io, ResultStore)
+    late = pickling_io.stage("run_1", "extract", "r", "stale", "e1-a1-late")
+    first = pickling_io.stage("run_1", "extract", "r", "committed", "e1-a1-first")
+    assert pickling_io.commit(first)
+    assert pickling_io.load("run_1", "extract", "r") == "committed"  # a consumer reads it
+    assert not pickling_io.commit(late)
+    assert pickling_io.load("run_1", "extract", "r") == "committed"
+    assert pickling_io.list_results("run_1", "extract") == ["r"]
+    assert pickling_io.clear_run("run_1") == 1
+
+
+def test_a_fenced_attempt_commits_nothing(pickling_io: IOManager) -> None:
+    """Through `FencedResults`, an attempt that may no longer commit (fenced, or taken for
+    lost) raises FencedError and leaves no result and no staged copy."""
+    from dp.engine.fenced_results import fenced
+    from dp.errors import FencedError
+
+    allowed = [True]
+    attempt = fenced(pickling_io, "run_1", 3, 1, lambda: allowed[0])
+    attempt.save("run_1", "extract", "r", 1)
+    allowed[0] = False
+    with pytest.raises(FencedError):
+        attempt.save("run_1", "extract", "s", 2)
+    assert pickling_io.list_results("run_1", "extract") == ["r"]
+    assert not pickling_io.exists("run_1", "extract", "s")
+    assert pickling_io.clear_run("run_1") == 1
+
+
+def test_saves_while_keeping_never_replace_a_stored_result(pickling_io: IOManager) -> None:
+    """What the write-behind writer does: within `keeping()` a result already stored stays
+    (a frozen owner's late write); outside it, `save` replaces as the port says."""
+    from dp.io import ResultStore
+
+    assert isinstance(pickling_io, ResultStore)
+    pickling_io.save("run_1", "extract", "r", "committed")
+    with pickling_io.keeping():
+        pickling_io.save("run_1", "extract", "r", "late")
+        pickling_io.save("run_1", "extract", "new", "first")
+    assert pickling_io.load("run_1", "extract", "r") == "committed"
+    assert pickling_io.load("run_1", "extract", "new") == "first"
+    pickling_io.save("run_1", "extract", "r", "replaced")
+    assert pickling_io.load("run_1", "extract", "r") == "replaced"
+    assert pickling_io.delete("run_1", "extract", "r")
+    assert not pickling_io.exists("run_1", "extract", "r")

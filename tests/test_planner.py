@@ -242,6 +242,34 @@ def test_run_parameters_are_listed_and_checked(registry: TaskRegistry) -> None:
         plan.bind_params({"batch_date": "x", "batch": 1})
 
 
+def test_scheduled_for_is_given_by_dp_not_a_run_parameter(registry: TaskRegistry) -> None:
+    """`scheduled_for: datetime` (or `datetime | None`, or unannotated) is no run parameter;
+    any other annotation is a plan error naming the task."""
+    from datetime import datetime
+
+    from dp.errors import ScheduledForTypeError
+
+    @task(registry=registry)
+    def daily(scheduled_for: datetime, day: str = "") -> int:
+        return 1
+
+    @task(registry=registry)
+    def maybe(scheduled_for: datetime | None) -> None: ...
+
+    @task(registry=registry)
+    def loose(scheduled_for) -> None: ...  # type: ignore[no-untyped-def]
+
+    plan = plan_of(registry)
+    assert [p.name for p in plan.run_parameters] == ["day"]
+    assert plan.bind_params({}) == {}
+
+    @task(registry=registry)
+    def wrong(scheduled_for: str) -> None: ...
+
+    with pytest.raises(ScheduledForTypeError, match="task 'wrong' declares scheduled_for: str"):
+        plan_of(registry)
+
+
 def test_run_parameter_with_conflicting_types_is_an_error(registry: TaskRegistry) -> None:
     """One run parameter cannot be an int in one task and a str in another."""
 

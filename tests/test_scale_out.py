@@ -198,6 +198,13 @@ def test_two_instances_lose_nothing_and_run_nothing_twice(
 
     due = Counter(run.event_id.rsplit("-", 1)[1] for run in ticks if run.event_id)
     assert [second for second, runs in due.items() if runs > 1] == []  # one run per second
+    # the field and the key agree: each tick's run records the second its event id names
+    assert [r.run_id for r in ticks if r.event_id and r.scheduled_for is None] == []
+    assert [
+        r.run_id
+        for r in ticks
+        if r.event_id and f"{r.scheduled_for:%Y%m%dT%H%M%SZ}" != r.event_id.rsplit("-", 1)[1]
+    ] == []
     seconds = [
         (started + timedelta(seconds=s)).strftime("%Y%m%dT%H%M%SZ")
         for s in range(2, int((stopped - started).total_seconds()) - 1)

@@ -51,11 +51,17 @@ async def service() -> AsyncIterator[Service]:
     async def slow() -> None:
         await gate.wait()
 
+    @task(registry=tasks)
+    def daily(scheduled_for: datetime) -> str:
+        return scheduled_for.isoformat()
+
     pipeline("nightly", tasks=["nightly"], cron="30 2 * * *", timezone="Europe/Berlin",
              registry=tasks, pipelines=pipelines)  # fmt: skip
     pipeline("score", tasks=["score"], on="sales.orders.created", registry=tasks,
              pipelines=pipelines)  # fmt: skip
     pipeline("slow", tasks=["slow"], max_concurrent_runs=1, registry=tasks, pipelines=pipelines)
+    pipeline("daily", tasks=["daily"], cron="0 0 * * *", timezone="Europe/Berlin",
+             registry=tasks, pipelines=pipelines)  # fmt: skip
 
     broker_clock = ManualClock(datetime(2026, 3, 28, 12, tzinfo=UTC))
     store = MemoryRunStore()
@@ -86,6 +92,38 @@ async def test_cron_starts_the_pipeline_once_a_day_across_dst(service: Service) 
         "the runs to succeed",
     )
     assert {r.trigger for r in runs_of(service, "nightly")} == {"cron:nightly.cron"}
+
+
+async def test_a_cron_run_records_its_tick_and_the_task_sees_its_wall_clock_day(
+    service: Service,
+) -> None:
+    """A midnight Berlin schedule across the spring-forward night: each run records the tick
+    (UTC) and the zone, and the task's scheduled_for is that midnight in Berlin, so its
+    date is the day the run is for (in UTC it is the day before)."""
+    clock: ManualClock = service.clock  # type: ignore[attr-defined]
+    await clock.advance(timedelta(days=3))  # 28 Mar 12:00 -> 31 Mar 12:00 UTC
+    await until(
+        lambda: [r.status for r in runs_of(service, "daily")] == [RunStatus.SUCCEEDED] * 3,
+        "three daily runs to succeed",
+    )
+    runs = sorted(runs_of(service, "daily"), key=lambda r: r.scheduled_for)
+    assert [r.scheduled_for for r in runs] == [
+        datetime(2026, 3, 28, 23, tzinfo=UTC),  # CET, +01:00
+        datetime(2026, 3, 29, 22, tzinfo=UTC),  # CEST, +02:00
+        datetime(2026, 3, 30, 22, tzinfo=UTC),
+    ]
+    assert {r.schedule_tz for r in runs} == {"Europe/Berlin"}
+    io = service.orchestrator.io_manager
+    seen = [io.load(r.run_id, "daily", "output") for r in runs]
+    assert seen == [
+        "2026-03-29T00:00:00+01:00",
+        "2026-03-30T00:00:00+02:00",
+        "2026-03-31T00:00:00+02:00",
+    ]
+    # the key agrees with the field: the event id names the same tick, in UTC
+    assert [r.event_id for r in runs] == [
+        f"daily/cron-daily.cron-{r.scheduled_for:%Y%m%dT%H%M%SZ}" for r in runs
+    ]
 
 
 async def test_event_payload_becomes_run_parameters(service: Service) -> None:
@@ -333,3 +371,31 @@ async def test_a_service_on_redis_acknowledges_a_raw_start_event_once_its_run_is
     finally:
         await service.stop(grace=5)
         await raw.aclose()
+
+
+async def test_two_schedules_due_at_one_instant_start_one_run() -> None:
+    """A pipeline with two cron schedules that coincide at midnight (one daily, one hourly)
+    starts one run for that tick: (pipeline, scheduled_for) is one run."""
+    tasks, pipelines = TaskRegistry(), PipelineRegistry()
+
+    @task(registry=tasks)
+    def job(scheduled_for: datetime) -> str:
+        return scheduled_for.isoformat()
+
+    pipeline("twice", tasks=["job"], cron=["0 0 * * *", "0 * * * *"], registry=tasks,
+             pipelines=pipelines)  # fmt: skip
+    clock = ManualClock(datetime(2026, 3, 28, 22, 30, tzinfo=UTC))
+    store = MemoryRunStore()
+    orchestrator = Orchestrator(io_manager=InMemoryIOManager(), store=store, executor="inline")
+    service = Service(pipelines, orchestrator=orchestrator)
+    service.scheduler = Scheduler(service.publisher, clock=clock)
+    await service.start()
+    try:
+        await clock.advance(timedelta(hours=2))  # 23:00 (hourly), 00:00 (both)
+        await until(lambda: len(runs_of(service, "twice")) >= 2, "the runs of both ticks")
+        await asyncio.sleep(0.1)  # room for a duplicate to appear
+        ticks = sorted(r.scheduled_for for r in runs_of(service, "twice"))
+    finally:
+        await service.stop(grace=5)
+    print(f"ticks: 3 fires (23:00 hourly, 00:00 hourly + daily), runs: {len(ticks)}")
+    assert ticks == [datetime(2026, 3, 28, 23, tzinfo=UTC), datetime(2026, 3, 29, tzinfo=UTC)]

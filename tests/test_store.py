@@ -544,6 +544,41 @@ def test_a_run_is_stale_when_its_owner_is_gone_or_its_lease_ran_out(store: RunSt
     assert stale == {"gone": True, "expired": True, "alive": False, "done": False}
 
 
+def test_a_run_keeps_its_tick_its_zone_and_its_parent(store: RunStore) -> None:
+    """scheduled_for comes back in UTC (the zone beside it), parent_run_id as given; a run
+    without them reads None for each (schema 5)."""
+    tick = datetime(2026, 3, 29, 0, 0, tzinfo=timezone(timedelta(hours=1)))  # Berlin, CET
+    store.create_run(run("cron-1", scheduled_for=tick, schedule_tz="Europe/Berlin"))
+    store.create_run(run("retry-1", minutes=1, parent_run_id="cron-1", scheduled_for=tick))
+    store.create_run(run("manual-1", minutes=2))
+
+    first, retry, manual = (store.get_run(r) for r in ("cron-1", "retry-1", "manual-1"))
+    assert first.scheduled_for == datetime(2026, 3, 28, 23, 0, tzinfo=UTC)
+    assert first.scheduled_for.tzinfo == UTC
+    assert (first.schedule_tz, first.parent_run_id) == ("Europe/Berlin", None)
+    assert (retry.parent_run_id, retry.scheduled_for) == ("cron-1", tick)
+    assert (manual.scheduled_for, manual.schedule_tz, manual.parent_run_id) == (None, None, None)
+    assert [r.run_id for r in store.list_runs()] == ["manual-1", "retry-1", "cron-1"]
+
+
+def test_one_run_per_tick_of_a_pipeline(store: RunStore) -> None:
+    """A second run of a pipeline for the same scheduled_for (another trigger's event, say)
+    is a DuplicateRunError naming the first; a retry of it, another pipeline's run for the
+    same tick, and runs without a tick are not held to it; deleting frees the tick."""
+    tick = T0 + timedelta(hours=1)
+    store.create_run(run("daily-1", pipeline="daily", scheduled_for=tick, event_id="daily/e1"))
+    with pytest.raises(DuplicateRunError, match="already started run 'daily-1'"):
+        store.create_run(run("daily-2", pipeline="daily", scheduled_for=tick, event_id="daily/e2"))
+    store.create_run(run("daily-1r", pipeline="daily", scheduled_for=tick, parent_run_id="daily-1"))
+    store.create_run(run("hourly-1", pipeline="hourly", scheduled_for=tick))
+    store.create_run(run("daily-m1", pipeline="daily"))
+    store.create_run(run("daily-m2", pipeline="daily"))
+    with pytest.raises(RunNotFoundError):
+        store.get_run("daily-2")
+    store.delete_run("daily-1")
+    store.create_run(run("daily-3", pipeline="daily", scheduled_for=tick))
+
+
 # --- SQL only -----------------------------------------------------------------------------
 
 
@@ -609,7 +644,7 @@ def test_a_store_written_by_a_newer_dp_is_refused(tmp_path: Path) -> None:
     SQLRunStore(path=path).close()
     _set_schema_version(path, 7)
 
-    with pytest.raises(StoreError, match=r"schema version 7.*up to 3; upgrade dp"):
+    with pytest.raises(StoreError, match=r"schema version 7.*up to 5; upgrade dp"):
         SQLRunStore(path=path)
     assert _schema_version(path) == 7
 
@@ -623,17 +658,17 @@ def test_a_store_written_by_an_older_dp_is_migrated(
     applied: list[int] = []
 
     def add_notes_column(conn: Any) -> None:
-        applied.append(3)
+        applied.append(5)
         conn.exec_driver_sql("ALTER TABLE dp_runs ADD COLUMN notes TEXT")
 
-    # Pretend this dp is one release ahead of the file: version 4, with a migration from 3.
-    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 4)
-    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 3, add_notes_column)
+    # Pretend this dp is one release ahead of the file: version 6, with a migration from 5.
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 6)
+    monkeypatch.setitem(dp.store.sql.MIGRATIONS, 5, add_notes_column)
     SQLRunStore(path=path).close()
     SQLRunStore(path=path).close()  # already current: nothing runs twice
 
-    assert applied == [3]
-    assert _schema_version(path) == 4
+    assert applied == [5]
+    assert _schema_version(path) == 6
     with sqlite3.connect(path) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(dp_runs)")]
     conn.close()
@@ -645,7 +680,7 @@ def test_a_store_written_by_the_schema_1_release_opens_with_its_runs(tmp_path: P
     path = tmp_path / "runs.db"
     path.write_bytes((Path(__file__).parent / "data" / "runs-v1.db").read_bytes())
     store = SQLRunStore(path=path)
-    assert _schema_version(path) == 3
+    assert _schema_version(path) == 5
     done, killed = store.get_run("run-v1-done"), store.get_run("run-v1-killed")
     assert (done.status, done.params, done.epoch) == (RunStatus.SUCCEEDED, {"currency": "EUR"}, 0)
     # the owner moved from the metadata to its own fields
@@ -663,17 +698,62 @@ def test_a_store_written_by_the_schema_1_release_opens_with_its_runs(tmp_path: P
     store.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_schema_4_store_gains_ticks_and_lineage(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Version 4 -> 5 on SQLite and PostgreSQL: a store as the schema-4 release left it (no
+    scheduled_for, schedule_tz, parent_run_id) keeps its runs and records the new fields."""
+    import sqlalchemy as sa
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'runs.db'}"
+    else:
+        url = request.getfixturevalue("postgres").create_database()
+    old = SQLRunStore(url)
+    old.create_run(run("run-v4", params={"currency": "EUR"}))
+    old.close()
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:  # back to schema 4
+        conn.exec_driver_sql("DROP INDEX ix_dp_runs_parent_run_id")
+        conn.exec_driver_sql("DROP INDEX ux_dp_runs_schedule")
+        for column in ("scheduled_for", "schedule_tz", "parent_run_id"):
+            conn.exec_driver_sql(f"ALTER TABLE dp_runs DROP COLUMN {column}")
+        conn.exec_driver_sql("UPDATE dp_meta SET value = '4' WHERE key = 'schema_version'")
+
+    store = SQLRunStore(url)
+    kept = store.get_run("run-v4")
+    assert (kept.params, kept.scheduled_for, kept.parent_run_id) == (
+        {"currency": "EUR"},
+        None,
+        None,
+    )
+    store.create_run(
+        run("run-v5", minutes=1, scheduled_for=T0, schedule_tz="UTC", parent_run_id="run-v4")
+    )
+    assert store.get_run("run-v5").scheduled_for == T0
+    store.create_run(run("tick-a", scheduled_for=T0))
+    with pytest.raises(DuplicateRunError, match="'tick-a'"):  # the migration made the key
+        store.create_run(run("tick-b", scheduled_for=T0))
+    assert sorted(r.run_id for r in store.list_runs()) == ["run-v4", "run-v5", "tick-a"]
+    store.close()
+    with engine.connect() as conn:
+        version = conn.exec_driver_sql("SELECT value FROM dp_meta").scalar_one()
+    engine.dispose()
+    assert version == "5"
+
+
 def test_an_older_store_without_a_migration_path_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A missing migration raises StoreError instead of opening a schema dp would misread."""
     path = tmp_path / "runs.db"
     SQLRunStore(path=path).close()
-    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(dp.store.sql, "SCHEMA_VERSION", 6)
 
-    with pytest.raises(StoreError, match="no migration from version 3"):
+    with pytest.raises(StoreError, match="no migration from version 5"):
         SQLRunStore(path=path)
-    assert _schema_version(path) == 3
+    assert _schema_version(path) == 5
 
 
 def test_importing_dp_store_leaves_sqlalchemy_unloaded() -> None:
@@ -794,8 +874,11 @@ def test_a_store_written_by_the_schema_2_release_opens_with_its_runs(tmp_path: P
     path = tmp_path / "runs.db"
     path.write_bytes((Path(__file__).parent / "data" / "runs-v2.db").read_bytes())
     store = SQLRunStore(path=path)
-    assert _schema_version(path) == 3
+    assert _schema_version(path) == 5
     done = store.get_run("run-v2-done")
+    assert done.results == ""  # recorded before runs knew where their results went
+    # recorded before runs knew their tick and lineage (schema 5)
+    assert (done.scheduled_for, done.schedule_tz, done.parent_run_id) == (None, None, None)
     assert (done.status, done.params, done.pipeline) == (
         RunStatus.SUCCEEDED,
         {"currency": "EUR"},

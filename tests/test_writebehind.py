@@ -356,10 +356,10 @@ def test_resume_after_write_behind_reuses_exactly_what_was_stored(
                 gate.wait(PATIENCE)
             return super().save(run_id, task_name, task_result_id, value)
 
-        def save_many(self, run_id: str, items: list[tuple[str, str, Any]]) -> str:
-            if any(task_name == "step_3" for task_name, _, _ in items):
+        def save_sized(self, run_id: str, task_name: str, task_result_id: str, value: Any) -> int:
+            if task_name == "step_3":
                 gate.wait(PATIENCE)
-            return super().save_many(run_id, items)
+            return super().save_sized(run_id, task_name, task_result_id, value)
 
     gate = threading.Event()
 

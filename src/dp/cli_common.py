@@ -3,6 +3,7 @@ the backends and the runs recorded there."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -155,8 +156,9 @@ BusOpt = Annotated[
 ResultsOpt = Annotated[
     str | None,
     typer.Option(
-        help="Where results go: file://PATH, s3://BUCKET/PREFIX or memory:// "
-        "[env DP_RESULTS_URL; default file://ROOT/results].",
+        help="Where results go: file://PATH, s3://BUCKET/PREFIX or memory://, "
+        "?frames=parquet to keep DataFrames as Parquet "
+        "[env DP_RESULTS_URL; default file://ROOT/results; a recorded run: where it went].",
         show_default=False,
     ),
 ]
@@ -198,6 +200,15 @@ def settings_for(
         return config.resolve(flags, home=root, default_executor=default_executor)
     except DPError as exc:
         raise fail(exc) from exc
+
+
+def run_results(settings: config.Settings, record: RunRecord, flag: str | None) -> config.Settings:
+    """The settings with the results URL the run recorded, unless `--results` was given: a
+    run's results are read (and resumed) where they went, without repeating the flag."""
+    if flag is not None or not record.results or record.results == settings.results:
+        return settings
+    sources = {**settings.sources, "results": f"the record of run {record.run_id}"}
+    return dataclasses.replace(settings, results=record.results, sources=sources)
 
 
 def open_store(ctx: typer.Context, settings: config.Settings) -> RunStore:

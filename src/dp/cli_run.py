@@ -34,9 +34,18 @@ from dp.cli_common import (
     get_run,
     open_store,
     plan_tasks,
+    run_results,
     settings_for,
 )
-from dp.display import LiveProgress, duration_text, pipeline_label, print_task_table, task_row
+from dp.cli_results import rerun_list
+from dp.display import (
+    LiveProgress,
+    duration_text,
+    pipeline_label,
+    plural,
+    print_task_table,
+    task_row,
+)
 from dp.engine import Orchestrator, RunResult
 from dp.engine.orchestrator import plan_for_record
 from dp.engine.recorder import OUTAGE_WAIT_VARIABLE
@@ -179,7 +188,58 @@ def runs_resume(
         workers=workers,
         max_resume_attempts=max_resume_attempts,
     )
-    record = get_run(open_store(ctx, settings), run_id)
+    run_store = open_store(ctx, settings)
+    record = get_run(run_store, run_id)
+    settings = run_results(settings, record, results)
+    try:
+        execution_plan = plan_for_record(record)
+        again = (
+            []
+            if record.status.finished
+            else rerun_list(settings, run_store, record, execution_plan.execution_order)
+        )
+    except DPError as exc:
+        raise fail(exc) from exc
+    if again:  # named before anything runs: damage is never redone silently
+        err_console.print(
+            f"resume runs {plural(len(again), 'task')} again:", highlight=False, soft_wrap=True
+        )
+        for line in again:
+            err_console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+    orchestrator = _orchestrator(ctx, settings)
+
+    async def go() -> RunResult:
+        try:
+            return await orchestrator.resume_pipeline(run_id, plan=execution_plan, force=force)
+        finally:
+            await orchestrator.shutdown()
+
+    result = _with_progress(orchestrator, execution_plan, go)
+    _report(result, settings, orchestrator)
+
+
+def runs_retry(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The failed, partial or cancelled run.")],
+    from_task: Annotated[
+        str | None,
+        typer.Option(
+            "--from", metavar="TASK", help="Re-run this task and everything downstream of it too."
+        ),
+    ] = None,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    store: StoreOpt = None,
+    results: ResultsOpt = None,
+    root: RootOpt = Path(".dp"),
+) -> None:
+    """Re-run a run from its failure: a new run, linked to it, that reuses its results of the
+    tasks that succeeded and runs the others and everything downstream of them."""
+    _cli_logging()
+    settings = settings_for(root, store=store, results=results, executor=executor, workers=workers)
+    run_store = open_store(ctx, settings)
+    record = get_run(run_store, run_id)
+    settings = run_results(settings, record, results)
     try:
         execution_plan = plan_for_record(record)
     except DPError as exc:
@@ -188,7 +248,17 @@ def runs_resume(
 
     async def go() -> RunResult:
         try:
-            return await orchestrator.resume_pipeline(run_id, plan=execution_plan, force=force)
+            handle = await orchestrator.submit_retry(
+                run_id, from_task=from_task, plan=execution_plan
+            )
+            reused = handle.context.reuse
+            err_console.print(
+                f"retry of {run_id}: run {handle.run_id} reuses "
+                f"{plural(len(reused), 'task')}{': ' if reused else ''}{', '.join(reused)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return await handle.result()
         finally:
             await orchestrator.shutdown()
 

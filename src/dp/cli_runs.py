@@ -1,4 +1,4 @@
-"""`dp runs list|show|logs|result|cancel`: the runs recorded in the run store.
+"""`dp runs list|show|logs|result|verify|cancel`: the runs recorded in the run store.
 
 `dp runs resume` runs a pipeline again, so it is written beside `dp run` in `dp.cli_run`."""
 
@@ -23,10 +23,13 @@ from dp.cli_common import (
     fail,
     get_run,
     open_store,
+    run_results,
     settings_for,
 )
-from dp.cli_run import runs_resume
+from dp.cli_results import runs_verify
+from dp.cli_run import runs_resume, runs_retry
 from dp.display import (
+    lineage_lines,
     pipeline_label,
     plural,
     print_attempts,
@@ -34,6 +37,7 @@ from dp.display import (
     print_task_table,
     status_text,
 )
+from dp.engine.retry import reused_map, stored_in
 from dp.engine.takeover import cancel_recorded
 from dp.errors import CLIError, DPError
 from dp.store.records import HOST, RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
@@ -41,9 +45,11 @@ from dp.store.records import HOST, RunStatus, TaskRunRecord, TaskStatus, is_stal
 __all__ = ["runs_app"]
 
 runs_app = typer.Typer(
-    help="Inspect and resume recorded runs.", no_args_is_help=True, rich_markup_mode=None
+    help="Inspect, resume and retry recorded runs.", no_args_is_help=True, rich_markup_mode=None
 )
 runs_app.command("resume")(runs_resume)
+runs_app.command("retry")(runs_retry)
+runs_app.command("verify")(runs_verify)
 
 
 @runs_app.command("cancel")
@@ -147,6 +153,10 @@ def runs_show(
         highlight=False,
     )
     console.print(f"pipeline: {escape(record.pipeline)}", highlight=False)
+    for line in lineage_lines(record):
+        console.print(escape(line), highlight=False, soft_wrap=True)
+    if record.results:
+        console.print(f"results: {escape(record.results)}", highlight=False, soft_wrap=True)
     host, pid = owner_of(record)
     if host is not None:
         console.print(f"owner: {escape(host)} pid {pid}, epoch {record.epoch}", highlight=False)
@@ -164,6 +174,7 @@ def runs_show(
         return
     task_runs = run_store.get_task_runs(run_id)
     lost = _lost_attempts(run_store.get_attempts(run_id)) if _retried(task_runs) else {}
+    reused = reused_map(record)
     rows = [
         (
             r.task_name,
@@ -172,7 +183,14 @@ def runs_show(
             r.attempt,
             r.duration,
             "; ".join(
-                filter(None, (r.error or _where(r), *lost.get((r.task_name, r.instance), ())))
+                filter(
+                    None,
+                    (
+                        f"reused from {reused[r.task_name]}" if r.task_name in reused else None,
+                        r.error or _where(r),
+                        *lost.get((r.task_name, r.instance), ()),
+                    ),
+                )
             ),
         )
         for r in task_runs
@@ -281,7 +299,8 @@ def runs_result(
 
     settings = settings_for(root, store=store, results=results)
     run_store = open_store(ctx, settings)
-    get_run(run_store, run_id)
+    record = get_run(run_store, run_id)
+    settings = run_results(settings, record, results)
     rows = [r for r in run_store.get_task_runs(run_id) if r.task_name == task_name]
     if not rows:
         raise fail(_no_such_task(run_id, task_name, run_store))
@@ -307,7 +326,8 @@ def runs_result(
         streamed = False
     try:
         io_manager = config.open_results(settings)
-        values = [io_manager.load(run_id, task_name, rid) for rid in result_ids]
+        source = stored_in(record, task_name)  # a retry reads reused results where they are
+        values = [io_manager.load(source, task_name, rid) for rid in result_ids]
     except DPError as exc:
         raise fail(exc) from exc
     value: Any = values if streamed else values[0]

@@ -55,6 +55,7 @@ __all__ = [
     "mask",
     "open_broker",
     "open_results",
+    "open_results_url",
     "open_store",
     "resolve",
 ]
@@ -88,7 +89,11 @@ BUS_SCHEMES: Final = (
     "rediss://HOST:PORT/DB",
     "kafka://HOST:PORT[,HOST:PORT][?idempotence=false&acks=all&compression=gzip...]",
 )
-RESULTS_SCHEMES: Final = ("file://PATH", "memory://", "s3://BUCKET/PREFIX?endpoint=URL")
+RESULTS_SCHEMES: Final = (
+    "file://PATH?frames=parquet",
+    "memory://",
+    "s3://BUCKET/PREFIX?endpoint=URL&frames=parquet",
+)
 EXECUTORS: Final = ("inline", "inprocess", "process", "celery")
 CELERY_BROKER_SCHEMES: Final = ("redis://HOST:PORT/DB", "rediss://HOST:PORT/DB")
 
@@ -142,6 +147,12 @@ class Settings:
     def results_path(self) -> Path | None:
         """The results directory of a `file://` URL; None for `memory://`."""
         return _file_path(self.results) if self.results.startswith("file://") else None
+
+    @property
+    def results_frames(self) -> str:
+        """How DataFrames and Arrow tables are kept: "pickle", or "parquet" (`?frames=`)."""
+        _, _, query = self.results.partition("?")
+        return query.removeprefix("frames=") if query.startswith("frames=") else "pickle"
 
 
 def resolve(
@@ -337,7 +348,7 @@ def open_results(settings: Settings) -> IOManager:
 
     if settings.results.startswith("s3://"):
         try:
-            from dp.io_s3 import S3IOManager
+            from dp.io.s3 import S3IOManager
         except ModuleNotFoundError as exc:  # pragma: no cover - boto3 is in the s3 extra
             raise ConfigError(
                 "results",
@@ -349,7 +360,17 @@ def open_results(settings: Settings) -> IOManager:
     path = settings.results_path
     if path is None:
         return InMemoryIOManager()
-    return FilesystemIOManager(path)
+    return FilesystemIOManager(path, frames=settings.results_frames)
+
+
+def open_results_url(url: str, source: str = "a run's record") -> IOManager:
+    """The IO manager a results URL names, e.g. the one a run recorded (`RunRecord.results`).
+
+    Raises:
+        ConfigError: the URL is not a results URL dp can open.
+    """
+    checked = _check_results(url, source, None)
+    return open_results(Settings("memory://", "memory://", checked, "inline"))
 
 
 def build_orchestrator(settings: Settings, **options: Any) -> Orchestrator:
@@ -465,8 +486,15 @@ def _check_results(value: str, source: str, base: Path | None) -> str:
     if scheme == "memory":
         return _memory("results", value, source, url, RESULTS_SCHEMES)
     if scheme == "file":
-        path = value[len("file://") :]
-        if not path or "?" in path or "#" in path:
+        path, _, query = value[len("file://") :].partition("?")
+        if query and query not in ("frames=pickle", "frames=parquet"):
+            raise ConfigError(
+                "results",
+                value,
+                source,
+                f"has ?{query}; a file:// URL takes only ?frames=parquet (or ?frames=pickle)",
+            )
+        if not path or "#" in path:
             raise ConfigError(
                 "results",
                 value,
@@ -475,10 +503,10 @@ def _check_results(value: str, source: str, base: Path | None) -> str:
                 "file:///srv/dp/results (absolute)",
             )
         if base is not None and not path.startswith("/"):
-            return f"file://{(base / path).as_posix()}"
+            return f"file://{(base / path).as_posix()}" + (f"?{query}" if query else "")
         return value
     if scheme == "s3":
-        from dp.io_s3 import parse_s3_url  # no boto3 here: only the URL is read
+        from dp.io.s3 import parse_s3_url  # no boto3 here: only the URL is read
 
         try:
             parse_s3_url(value)
@@ -559,7 +587,7 @@ def _unknown_scheme(
 
 
 def _file_path(url: str) -> Path:
-    return Path(url[len("file://") :])
+    return Path(url[len("file://") :].partition("?")[0])
 
 
 # --- the file ----------------------------------------------------------------------------------

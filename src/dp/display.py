@@ -219,8 +219,9 @@ def print_runs(console: Console, records: Sequence[RunRecord]) -> None:
         "started",
         "duration",
         "trigger",
+        *(["for"] if (timed := any(r.scheduled_for for r in records)) else []),
         "pipeline",
-        wrap=("trigger", "pipeline"),
+        wrap=("trigger", "for", "pipeline"),
     )
     for record in records:
         # a run whose owner is gone says "running" in the store: show what it really is
@@ -230,9 +231,51 @@ def print_runs(console: Console, records: Sequence[RunRecord]) -> None:
             f"{record.started_at:%m-%d %H:%M}" if record.started_at else "",
             _between(record.started_at, record.finished_at),
             escape(record.trigger),
+            # the time a cron run is for, in its zone: a column only when a listed run has one
+            *([escape(scheduled_text(record, "%m-%d %H:%M %Z"))] if timed else []),
             escape(pipeline_label(record.pipeline)),
         )
     _print_table(console, table)
+
+
+def scheduled_text(record: RunRecord, form: str = "%Y-%m-%d %H:%M:%S %Z") -> str:
+    """A run's scheduled time in its schedule's zone (`2026-03-29 00:00:00 CET`); "" if none."""
+    when = record.scheduled_for
+    if when is None:
+        return ""
+    try:
+        from zoneinfo import ZoneInfo
+
+        when = when.astimezone(ZoneInfo(record.schedule_tz or "UTC"))
+    except (ValueError, KeyError):  # a zone this machine does not know: show UTC
+        pass
+    return when.strftime(form)
+
+
+def reused_by_run(record: RunRecord) -> dict[str, list[str]]:
+    """A retry's reused tasks, by the run whose results they read."""
+    reused = record.metadata.get("reused")
+    found: dict[str, list[str]] = {}
+    if isinstance(reused, dict):
+        for name, source in reused.items():
+            found.setdefault(str(source), []).append(str(name))
+    return found
+
+
+def lineage_lines(record: RunRecord) -> list[str]:
+    """What `dp runs show` says about a run's time and lineage."""
+    lines = []
+    if record.scheduled_for is not None:
+        zone = record.schedule_tz or "UTC"
+        lines.append(f"scheduled for: {scheduled_text(record)} ({zone})")
+    if record.parent_run_id is not None:
+        retry = record.metadata.get("retry")
+        start = retry.get("from") if isinstance(retry, dict) else None
+        suffix = f", from task {start}" if start else ""
+        lines.append(f"retry of: {record.parent_run_id}{suffix}")
+        for source, names in reused_by_run(record).items():
+            lines.append(f"reused from {source}: {', '.join(names)}")
+    return lines
 
 
 def pipeline_label(pipeline: str) -> str:

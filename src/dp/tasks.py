@@ -38,6 +38,11 @@ _GENERATOR_ORIGINS = (
 )
 
 
+#: The parameter name through which a task receives its run's scheduled time, an aware
+#: `datetime` in the schedule's zone: a cron run's tick, else the time the run was created.
+SCHEDULED_FOR = "scheduled_for"
+
+
 @dataclass(frozen=True, slots=True)
 class Parameter:
     """One input of a task: its name, type hint (`Any` when absent) and default, if any."""
@@ -159,9 +164,16 @@ class TaskMetadata:
 
     @property
     def run_parameters(self) -> tuple[Parameter, ...]:
-        """Parameters fed by the run (not by a dependency), required or with a default."""
+        """Parameters fed by the run (not by a dependency, nor `scheduled_for`), required or
+        with a default."""
         deps = set(self.dependencies)
+        deps.add(SCHEDULED_FOR)
         return tuple(p for p in self.input_schema.values() if p.name not in deps)
+
+    @property
+    def wants_scheduled_for(self) -> bool:
+        """Whether dp injects the run's scheduled time (a `scheduled_for` parameter)."""
+        return SCHEDULED_FOR in self.input_schema and SCHEDULED_FOR not in self.dependencies
 
 
 def _unique_strings(task_name: str, option: str, values: Iterable[str]) -> tuple[str, ...]:

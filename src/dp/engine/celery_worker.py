@@ -32,12 +32,13 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from dp.engine.celery_beat import REPLY_TTL, is_lost, lost_key
 from dp.engine.executors import timeout_outcome
+from dp.engine.fenced_results import fenced
 from dp.engine.messages import (
     ChunkMessage,
     CompletionMessage,
@@ -344,6 +345,15 @@ def _run(payload: dict[str, Any]) -> None:
         return
     task = message.task(meta)
     guard = _LostGuard(backends, message, started)
+    # results are staged per attempt and committed only while it may (dp.engine.fenced_results)
+    results = fenced(
+        backends.io,
+        message.run_id,
+        message.epoch,
+        message.attempt,
+        _may_commit(backends, message, guard),
+    )
+    worker = Worker(results, capture_output=backends.worker.capture_output)
     on_chunk = None
     if meta.stream_output:
 
@@ -353,11 +363,9 @@ def _run(payload: dict[str, Any]) -> None:
     if meta.is_async:
         if backends.loop is None:
             backends.loop = asyncio.new_event_loop()
-        outcome = backends.loop.run_until_complete(
-            backends.worker.execute_async(task, on_chunk, guard)
-        )
+        outcome = backends.loop.run_until_complete(worker.execute_async(task, on_chunk, guard))
     else:
-        outcome = backends.worker.execute(task, on_chunk, guard)
+        outcome = worker.execute(task, on_chunk, guard)
     timeout = message.timeout
     terminated = not outcome.ok and _terminated(outcome.error)
     if not outcome.ok and timeout is not None and _hard_time_limit(outcome.error, started, timeout):
@@ -388,6 +396,23 @@ def _hard_time_limit(error: str | None, started: float, timeout: float) -> bool:
     The limit's clock starts when the pool accepts the message, a little before this attempt
     measures anything, so the elapsed time alone can fall just short of the timeout."""
     return _terminated(error) or time.monotonic() - started >= timeout * 0.99
+
+
+def _may_commit(backends: _Backends, message: TaskMessage, guard: _LostGuard) -> Callable[[], bool]:
+    """Whether the attempt may still commit a result: not taken for lost, and its run still
+    at the epoch it was handed out with (one read of the run store per save)."""
+
+    def may_commit() -> bool:
+        if guard.closed:
+            return False
+        if backends.store is None or not message.epoch:
+            return True
+        try:
+            return backends.store.get_run(message.run_id).epoch == message.epoch
+        except DPError:
+            return True  # not recorded there: nothing to fence against
+
+    return may_commit
 
 
 def _precheck(backends: _Backends, message: TaskMessage) -> CompletionMessage | None:

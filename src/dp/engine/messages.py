@@ -95,6 +95,8 @@ class TaskMessage(_Message):
         reply_to: where the answers go (the Celery executor's Redis list); empty locally.
         heartbeat: seconds without a heartbeat after which the sender takes the attempt for
             lost and hands it out again (Celery executor; 0: it does not watch).
+        sources: upstream task -> the run whose results its inputs are (a retry's reused
+            results, read where its parent stored them); absent: `run_id`.
     """
 
     kind: ClassVar[str] = "task"
@@ -116,6 +118,7 @@ class TaskMessage(_Message):
     streams: bool = False
     reply_to: str = ""
     heartbeat: float = 0.0
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(
@@ -140,6 +143,7 @@ class TaskMessage(_Message):
             meta.stream_output,
             reply_to,
             heartbeat,
+            task.sources,
         )
 
     @classmethod
@@ -170,6 +174,7 @@ class TaskMessage(_Message):
             self.instance,
             self.epoch,
             self.attempt - self.retry_count - 1,
+            dict(self.sources),
         )
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dp.errors import StoreUnavailableError
+from dp.errors import InvalidArgumentError, StoreUnavailableError
 from dp.store.records import RunStatus, TaskStatus
 from dp.tasks import TaskMetadata
 
@@ -70,6 +70,9 @@ class ExecutableTask:
     epoch: int = 0
     #: attempts an earlier owner already made (a resumed task goes on counting from there)
     attempt_offset: int = 0
+    #: upstream task -> the run whose stored results its inputs are (a retry reads the
+    #: results it reuses where its parent stored them); absent: this run
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def attempt(self) -> int:
@@ -213,6 +216,33 @@ class ExecutionContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     trigger: str = "manual"
     pipeline: str = ""
+    #: a cron run's tick (and its zone); None for other runs, whose tasks get `created_at`
+    scheduled_for: datetime | None = None
+    schedule_tz: str | None = None
+    #: when the run was recorded (on resume: first recorded)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    #: the run this one retries, and the tasks whose results it reuses: task -> the run
+    #: that stored them (the parent, or the run the parent reused them from)
+    parent_run_id: str | None = None
+    reuse: dict[str, str] = field(default_factory=dict)
+
+    def task_time(self) -> list[str]:
+        """What a task's `scheduled_for` is made of, as JSON travels: `[UTC ISO, zone]`."""
+        when = self.scheduled_for or self.created_at
+        return [when.astimezone(UTC).isoformat(), self.schedule_tz or "UTC"]
+
+
+def scheduled_time(value: object) -> datetime:
+    """The aware datetime a task's `scheduled_for` receives, in its schedule's zone, from
+    `ExecutionContext.task_time` (already a datetime when nothing serialised it)."""
+    if isinstance(value, datetime):
+        return value
+    if not (isinstance(value, list | tuple) and len(value) == 2):
+        raise InvalidArgumentError("scheduled_for", value, "[UTC ISO time, zone] (dp sends it)")
+    from zoneinfo import ZoneInfo
+
+    when, zone = value
+    return datetime.fromisoformat(str(when)).astimezone(ZoneInfo(str(zone)))
 
 
 class RunHandle:

@@ -18,6 +18,7 @@ from dp.engine.lease import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from dp.engine.model import ExecutionContext, RunHandle, RunListener, RunResult
 from dp.engine.recorder import RunRecorder, outage_wait
 from dp.engine.resolver import PlanIndex
+from dp.engine.retry import Lineage, check_plan, check_retryable, reused_tasks
 from dp.engine.run import ActiveRun
 from dp.engine.takeover import count_death, crash_loop, fail_crash_loop, owner_died
 from dp.errors import (
@@ -25,9 +26,10 @@ from dp.errors import (
     FencedError,
     InvalidArgumentError,
     ResumeError,
+    RetryError,
     TooManyPipelinesError,
 )
-from dp.io import FilesystemIOManager, IOManager
+from dp.io import FilesystemIOManager, IOManager, check_results, results_url
 from dp.jsonable import jsonable
 from dp.logs import get_logger
 from dp.planner import ExecutionPlan
@@ -150,6 +152,8 @@ class Orchestrator:
         self._waiters: list[asyncio.Future[None]] = []
         self._active: dict[str, RunHandle] = {}
         self._started = False
+        #: the results backend was checked writable (once per orchestrator)
+        self._results_checked = False
         #: what the engine derives once from each plan it runs
         self.plans = PlanFacts()
 
@@ -208,6 +212,7 @@ class Orchestrator:
         event_id: str | None = None,
         resume: bool = False,
         resume_epoch: int = 0,
+        lineage: Lineage | None = None,
     ) -> RunHandle:
         """Record a run of `plan` and start it in the background; returns at once.
 
@@ -232,6 +237,8 @@ class Orchestrator:
             trigger=trigger,
             pipeline=pipeline or target,
         )
+        if lineage is not None:
+            lineage.apply(context)
         if context.run_id in self._active:
             raise DuplicateRunError(context.run_id)
         await self._start_executor()  # an executor that cannot start refuses the run here
@@ -313,6 +320,11 @@ class Orchestrator:
                 owner_host=HOST,
                 owner_pid=os.getpid(),
                 lease_until=lease_until,
+                results=results_url(self.io_manager),
+                created_at=context.created_at,
+                scheduled_for=context.scheduled_for,
+                schedule_tz=context.schedule_tz,
+                parent_run_id=context.parent_run_id,
             )
         )
         recorder.started_recorded = starts_now
@@ -421,6 +433,13 @@ class Orchestrator:
                 f"it is marked running on host {host!r}{until}, which this process cannot "
                 "check; if that machine is gone, resume with force",
             )
+        here = results_url(self.io_manager)
+        if record.results and here and record.results != here:
+            raise ResumeError(
+                run_id,
+                f"its results are at {record.results}, and this process would read and write "
+                f"them at {here}; resume with --results {record.results!r}",
+            )
         if plan is None:
             plan = plan_for_record(record, registry)
         if plan.dag_id != record.dag_id:
@@ -447,11 +466,51 @@ class Orchestrator:
                 pipeline=record.pipeline,
                 resume=True,
                 resume_epoch=record.epoch,
+                lineage=Lineage.of(record),
             )
         except FencedError:
             raise ResumeError(
                 run_id, "another process took it over a moment ago (it resumes it)"
             ) from None
+
+    async def submit_retry(
+        self,
+        run_id: str,
+        *,
+        from_task: str | None = None,
+        plan: ExecutionPlan | None = None,
+        registry: TaskRegistry | None = None,
+    ) -> RunHandle:
+        """Start a new run that re-runs `run_id` from its failure (see `dp.engine.retry`):
+        linked to it as its parent, reusing its committed results of the tasks that need not
+        run again, for the same scheduled time and with the same parameters.
+
+        Raises:
+            RunNotFoundError: no such run in the store.
+            RetryError: the run is still running or was interrupted (resume it), succeeded
+                and no `from_task` was named, `from_task` is not one of its tasks, its tasks
+                changed, or its results are elsewhere than this process's.
+        """
+        if self.store is None:
+            raise RetryError(run_id, "this orchestrator has no run store to retry from")
+        record = await asyncio.to_thread(self.store.get_run, run_id)
+        check_retryable(record, from_task, results_url(self.io_manager))
+        if plan is None:
+            plan = plan_for_record(record, registry)
+        check_plan(record, plan)
+        rows = await asyncio.to_thread(self.store.get_task_runs, run_id)
+        reuse = reused_tasks(record, rows, plan, from_task)
+        retry = {"parent": run_id, "from": from_task}
+        return await self.submit_pipeline(
+            plan,
+            record.params,
+            metadata={"retry": retry, "reused": reuse},
+            trigger="retry",
+            pipeline=record.pipeline,
+            target=record.target,
+            selection=record.selection,
+            lineage=Lineage.retry_of(record, reuse),
+        )
 
     def run(
         self, plan: ExecutionPlan, params: Mapping[str, Any] | None = None, **options: Any
@@ -474,6 +533,9 @@ class Orchestrator:
 
     async def _start_executor(self) -> None:
         if not self._started:
+            if not self._results_checked:  # once: a bad results backend starts no task
+                await asyncio.to_thread(check_results, self.io_manager)
+                self._results_checked = True
             await self.executor.start(self.io_manager)
             self._started = True
 

@@ -16,7 +16,7 @@ from typing import Any
 from dp.engine.model import OUTPUT, ExecutableTask, Input, mapped_result_id
 from dp.planner import ExecutionPlan
 from dp.store.records import TaskStatus
-from dp.tasks import TaskMetadata
+from dp.tasks import SCHEDULED_FOR, TaskMetadata
 
 __all__ = ["PlanIndex", "TaskDependencyResolver"]
 
@@ -321,9 +321,16 @@ class PlanIndex:
         #: each task's place in the plan's execution order (the order of a run's results)
         self.rank: dict[str, int] = {name: i for i, name in enumerate(plan.execution_order)}
         self.param_names = {
-            name: tuple(p.name for p in meta.run_parameters) if meta.input_schema else ()
+            name: (
+                tuple(p.name for p in meta.run_parameters)
+                + ((SCHEDULED_FOR,) if meta.wants_scheduled_for else ())
+            )
+            if meta.input_schema
+            else ()
             for name, meta in tasks.items()
         }
+        #: whether a task takes `scheduled_for` (then the run's params carry it)
+        self.wants_scheduled_for = any(SCHEDULED_FOR in n for n in self.param_names.values())
 
 
 def _special(meta: TaskMetadata) -> bool:

@@ -23,9 +23,15 @@ from dp.engine.recorder import RunRecorder, task_run_record
 from dp.engine.resolver import TaskDependencyResolver
 from dp.engine.worker import format_error
 from dp.engine.writebehind import WriteBehind
-from dp.errors import DPError, FencedError, StoreUnavailableError
+from dp.errors import (
+    FencedError,
+    ResultDamagedError,
+    ResultNotFoundError,
+    StoreUnavailableError,
+)
 from dp.logs import get_logger
 from dp.store.records import RunStatus, TaskRunRecord, TaskStatus
+from dp.tasks import SCHEDULED_FOR
 
 if TYPE_CHECKING:
     from dp.engine.orchestrator import Orchestrator
@@ -60,9 +66,12 @@ class ActiveRun:
         self.executor = orchestrator.executor
         self.listeners = orchestrator.listeners
         index = orchestrator.plans.index(context.plan)
-        self.resolver = TaskDependencyResolver(
-            context.plan, context.run_id, context.params, index=index
-        )
+        params = context.params
+        if index.wants_scheduled_for:
+            params = {**params, SCHEDULED_FOR: context.task_time()}
+        self.resolver = TaskDependencyResolver(context.plan, context.run_id, params, index=index)
+        #: a retry's reused tasks: task -> the run that stored its results
+        self.reuse = dict(context.reuse)
         self._keys = index.keys
         self._rank = index.rank
         #: tasks of this run in flight at once; None: as many as the executor wants now
@@ -396,8 +405,11 @@ class ActiveRun:
         limit = self.limit or self.executor.capacity
         while ready and self.in_flight < limit:
             task = ready.popleft()
-            if self.resume and self._restore(task):
+            if (self.resume or task.task_name in self.reuse) and self._restore(task):
                 continue
+            if self.reuse:
+                reuse = self.reuse
+                task.sources = {u: reuse[u] for u, _ in task.inputs.values() if u in reuse}
             task.epoch = self.epoch
             self._register(task)
             self.executor.submit(task, self)
@@ -439,27 +451,44 @@ class ActiveRun:
             self._changed(result)
 
     def _restore(self, task: ExecutableTask) -> bool:
-        """On resume: if this task's results were saved before the interruption, reuse them."""
+        """On resume: if this task's results were saved before the interruption and still
+        decode, reuse them. A missing or damaged result runs the task again, and damage is
+        logged with where it is (`dp runs resume` lists both before it starts); an outage of
+        the results store fails the run rather than re-running everything."""
         io = self.context.io_manager
-        run_id = self.context.run_id
         name = task.task_name
+        # a retry reads a reused task's results where they are, never copying them
+        run_id = self.reuse.get(name, self.context.run_id)
         try:
             if task.metadata.stream_output:
                 manifest = manifest_result_id(task.task_result_id)
-                if not io.exists(run_id, name, manifest):
-                    return False
                 result_ids = list(io.load(run_id, name, manifest))
                 for rid in result_ids:
+                    io.load(run_id, name, rid)
+                for rid in result_ids:
                     self.resolver.chunk(name, rid, task.instance)
-            elif io.exists(run_id, name, task.task_result_id):
-                result_ids = [task.task_result_id]
             else:
-                return False
-        except DPError:
-            return False  # unreadable: run it again
+                io.load(run_id, name, task.task_result_id)
+                result_ids = [task.task_result_id]
+        except ResultNotFoundError:
+            self.reuse.pop(name, None)  # runs here after all: its downstream reads this run
+            return False
+        except ResultDamagedError as exc:
+            reused = self.reuse.pop(name, None) is not None
+            self.log.warning(
+                "resume.damaged",
+                task_name=name,
+                result_id=exc.task_result_id,
+                location=exc.location,
+                problem=exc.problem,
+            )
+            delete = None if reused else getattr(io, "delete", None)
+            if delete is not None:  # results are written once: the new one must find room
+                delete(run_id, name, exc.task_result_id)
+            return False
         # its result is stored, so it ran at least once, even if that was never recorded
         result = self.results.get(task.key) or TaskRunResult(
-            name, TaskStatus.SUCCEEDED, task.instance, attempts=1
+            name, TaskStatus.SUCCEEDED, task.instance, attempts=0 if name in self.reuse else 1
         )
         result.status = TaskStatus.SUCCEEDED
         result.result_ids = result_ids

@@ -14,12 +14,18 @@ from typing import Any, Protocol
 
 from dp.engine import capture
 from dp.engine.children import attempt_ended, attempt_started
-from dp.engine.model import ExecutableTask, TaskOutcome, chunk_result_id, manifest_result_id
+from dp.engine.model import (
+    ExecutableTask,
+    TaskOutcome,
+    chunk_result_id,
+    manifest_result_id,
+    scheduled_time,
+)
 from dp.errors import FencedError, SerializationError
 from dp.io import IOManager
 from dp.safetext import describe_exception, reraise_interrupt, safe_traceback
 from dp.store.records import HOST
-from dp.tasks import TaskMetadata
+from dp.tasks import SCHEDULED_FOR, TaskMetadata
 
 __all__ = ["ChunkCallback", "CommitGuard", "Worker", "format_error", "resolve_task"]
 
@@ -150,14 +156,18 @@ class Worker:
 
     def _load_inputs(self, task: ExecutableTask) -> dict[str, Any]:
         kwargs = dict(task.params) if task.params else {}
+        if SCHEDULED_FOR in kwargs:
+            kwargs[SCHEDULED_FOR] = scheduled_time(kwargs[SCHEDULED_FOR])
         if task.inputs:
             load = self.io_manager.load
             run_id = task.run_id
+            sources = task.sources
             for parameter, (upstream, result_id) in task.inputs.items():
+                source = sources.get(upstream, run_id) if sources else run_id
                 if isinstance(result_id, tuple):
-                    kwargs[parameter] = [load(run_id, upstream, rid) for rid in result_id]
+                    kwargs[parameter] = [load(source, upstream, rid) for rid in result_id]
                 else:
-                    kwargs[parameter] = load(run_id, upstream, result_id)
+                    kwargs[parameter] = load(source, upstream, result_id)
         return kwargs
 
     def _save(

@@ -13,7 +13,7 @@ What stays true:
 - The run records a task succeeded only once its results are stored (`durable` tells it).
 - Memory is bounded: past `max_pending` results waiting for the writer, `save` blocks until
   the writer catches up; a stored result stays in memory until each of its consumers loaded
-  it, but at most `max_held_bytes` of them (by the size of their pickles, which `save_many`
+  it, but at most `max_held_bytes` of them (by the size of their pickles, which `save_sized`
   tells) and `max_held` of those whose size is not known are kept (the oldest then load
   from the IO manager).
 - A save that fails is reported to its run (`WriteSink.on_write_failed`), and nothing the
@@ -78,7 +78,7 @@ class _Entry:
         self.run = run
         self.consumers = consumers
         self.done = False
-        #: bytes its pickle took, when the IO manager said (`save_many`); None: not known
+        #: bytes it took, when the IO manager said (`save_sized`); None: not known
         self.size: int | None = None
         #: it counts against what `_kept` may hold
         self.counted = False
@@ -275,7 +275,9 @@ class WriteBehind:
             with self._lock:
                 for entry in batch:
                     entry.done = True
-                    if entry.consumers <= 0 or entry.run.failed or entry.run.sink.closed:
+                    # a run whose save failed keeps its values for consumers already
+                    # running (they fail on the save error, not on a missing input)
+                    if entry.consumers <= 0 or entry.run.sink.closed:
                         self._forget(entry)
                     else:
                         self._keep(entry)
@@ -301,36 +303,24 @@ class WriteBehind:
             del failures
 
     def _write_batch(self, batch: list[_Entry]) -> list[tuple[_Entry, str]]:
-        """Store a batch, in order: each run's share of it as one pack when the IO manager
-        can (`save_many`: all of it stored, or none), else one save after another."""
-        save_many = getattr(self.io_manager, "save_many", None)
-        if save_many is None:
+        """Store a batch, in order, one result after another (each its own file or object,
+        in the design's layout), never over a result already stored (`ResultStore.keeping`):
+        a run's results are written once, so one there was committed by a newer owner of the
+        run, which took it over while this process was frozen, and may have been read."""
+        keeping = getattr(self.io_manager, "keeping", None)
+        with keeping() if keeping is not None else contextlib.nullcontext():
             return [failure for entry in batch if (failure := self._write(entry))]
-        by_run: dict[str, list[_Entry]] = {}
-        for entry in batch:
-            by_run.setdefault(entry.key[0], []).append(entry)
-        failures = []
-        for run_id, entries in by_run.items():
-            run = entries[0].run
-            if run.failed or run.sink.closed:
-                continue
-            if len(entries) > 1:
-                try:
-                    sizes = save_many(run_id, [(e.key[1], e.key[2], e.value) for e in entries])
-                    for entry, size in zip(entries, sizes, strict=True):
-                        entry.size = size
-                    continue
-                except BaseException:
-                    pass  # nothing of it was stored: save one by one, to tell which failed
-            failures += [failure for entry in entries if (failure := self._write(entry))]
-        return failures
 
     def _write(self, entry: _Entry) -> tuple[_Entry, str] | None:
         run = entry.run
         if run.failed or run.sink.closed:
             return None  # after a failed save, or for a run that ended: store nothing more
         try:
-            self.io_manager.save(*entry.key, entry.value)
+            save_sized = getattr(self.io_manager, "save_sized", None)
+            if save_sized is not None:
+                entry.size = save_sized(*entry.key, entry.value)
+            else:
+                self.io_manager.save(*entry.key, entry.value)
         except BaseException as exc:  # whatever a result's pickling raises: the writer lives on
             run.failed = True
             return entry, describe_exception(exc)

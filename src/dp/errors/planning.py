@@ -212,6 +212,18 @@ class SeveralStreamsError(PlanError):
         )
 
 
+class ScheduledForTypeError(PlanError):
+    """A task's `scheduled_for` parameter is annotated with a type dp cannot give it."""
+
+    def __init__(self, task_name: str, annotation: str) -> None:
+        self.task_name = task_name
+        super().__init__(
+            f"task {task_name!r} declares scheduled_for: {annotation}, but dp gives that "
+            "parameter the run's scheduled time as a datetime; annotate it `datetime` "
+            "(or leave it unannotated)."
+        )
+
+
 class ConflictingRunParameterError(PlanError):
     """Two tasks declare the same run parameter with types one value cannot satisfy both."""
 

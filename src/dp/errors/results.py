@@ -7,6 +7,7 @@ from dp.errors.base import DependencyUnavailableError, DPError
 __all__ = [
     "InvalidIdError",
     "InvalidResultsURLError",
+    "ResultDamagedError",
     "ResultNotFoundError",
     "ResultsUnavailableError",
     "SaveError",
@@ -50,6 +51,24 @@ class SerializationError(DPError):
         self.reason = reason
         super().__init__(
             f"result {task_result_id!r} of task {task_name!r} in run {run_id!r}: {reason}"
+        )
+
+
+class ResultDamagedError(SerializationError):
+    """A stored result cannot be read back: truncated, corrupt, or its class is gone. It names
+    the run, the task, the result id and where the bytes are, so nobody re-runs blindly."""
+
+    def __init__(
+        self, run_id: str, task_name: str, task_result_id: str, location: str, problem: str
+    ) -> None:
+        self.location = location
+        self.problem = problem
+        super().__init__(
+            run_id,
+            task_name,
+            task_result_id,
+            f"is damaged at {location}: {problem}. `dp runs verify {run_id}` lists every "
+            f"damaged result of the run; `dp runs resume {run_id}` runs their tasks again",
         )
 
 

@@ -95,6 +95,15 @@ class ResumeError(DPError):
         super().__init__(f"run {run_id!r} cannot be resumed: {reason}.")
 
 
+class RetryError(DPError):
+    """A run cannot be retried (`dp runs retry`); the message says why and what to do."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        super().__init__(f"run {run_id!r} cannot be retried: {reason}.")
+
+
 class UnreachableIOManagerError(DPError, TypeError):
     """The process executor was given an IO manager its worker processes cannot reach."""
 

@@ -10,6 +10,7 @@ import typing
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 from dp.errors import (
@@ -18,6 +19,7 @@ from dp.errors import (
     MissingRunParameterError,
     PlanError,
     RunParametersError,
+    ScheduledForTypeError,
     SchemaMismatch,
     SchemaMismatchError,
     SeveralStreamsError,
@@ -27,7 +29,7 @@ from dp.jsonable import jsonable
 from dp.planner.dag import DAG, DAGBuilder
 from dp.planner.params import check_storable, validate_param
 from dp.planner.schema import is_compatible, type_name
-from dp.tasks import TaskMetadata, TaskRegistry
+from dp.tasks import SCHEDULED_FOR, TaskMetadata, TaskRegistry
 
 __all__ = ["Edge", "EdgeMode", "ExecutionPlan", "Planner", "RunParameter", "get_planner"]
 
@@ -313,7 +315,20 @@ def _stream_mode(item: Any, expected: Any) -> EdgeMode | None:
     return None
 
 
+def _check_scheduled_for(dag: DAG, order: list[str]) -> None:
+    """A `scheduled_for` parameter must take a `datetime` (dp injects one)."""
+    for name in order:
+        meta = dag.nodes[name].metadata
+        if not meta.wants_scheduled_for:
+            continue
+        annotation = meta.input_schema[SCHEDULED_FOR].annotation
+        if annotation is Any or is_compatible(datetime, annotation):
+            continue
+        raise ScheduledForTypeError(name, type_name(annotation))
+
+
 def _run_parameters(dag: DAG, order: list[str]) -> tuple[RunParameter, ...]:
+    _check_scheduled_for(dag, order)
     found: dict[str, RunParameter] = {}
     for name in order:
         meta = dag.nodes[name].metadata

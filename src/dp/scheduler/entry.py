@@ -14,7 +14,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dp.errors import ArgumentTypeError
+from dp.errors import ArgumentTypeError, InvalidArgumentError
 from dp.events import EventBase
 from dp.logs import get_logger
 from dp.scheduler.clock import Clock
@@ -163,6 +163,39 @@ def cron_event_id(trigger: str, scheduled_for: datetime) -> str:
     return f"cron-{trigger}-{scheduled_for.astimezone(UTC):%Y%m%dT%H%M%SZ}"
 
 
+def tick_text(scheduled_for: datetime, zone: str) -> str:
+    """A tick as its event's payload carries it (`scheduled_for`), in RFC 9557 form:
+    `2026-03-29T03:30:00+02:00[Europe/Berlin]`, the wall-clock time, offset and zone."""
+    from zoneinfo import ZoneInfo
+
+    return f"{scheduled_for.astimezone(ZoneInfo(zone)).isoformat()}[{zone}]"
+
+
+def parse_tick(text: object) -> tuple[datetime, str]:
+    """The tick (UTC) and zone in a `tick_text`.
+
+    Raises:
+        InvalidArgumentError: `text` is not one, saying what it should look like.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if isinstance(text, str) and text.endswith("]") and "[" in text:
+        when, _, zone = text[:-1].partition("[")
+        try:
+            moment = datetime.fromisoformat(when)
+            ZoneInfo(zone)
+        except (ValueError, ZoneInfoNotFoundError):
+            pass
+        else:
+            if moment.utcoffset() is not None:
+                return moment.astimezone(UTC), zone
+    raise InvalidArgumentError(
+        "scheduled_for",
+        text,
+        "a tick like '2026-03-29T03:30:00+02:00[Europe/Berlin]' (time, offset, [IANA zone])",
+    )
+
+
 def built(event: object) -> EventBase:
     """What an event factory returned, if it is an event."""
     if not isinstance(event, EventBase):
@@ -178,10 +211,14 @@ def address(
 ) -> EventBase:
     """The event with the trigger's topic, source and correlation id filled in; a cron
     tick's id names the trigger and the time it was due, so every scheduler instance
-    firing the same tick publishes the same event id (consumers dedupe by it: one run)."""
+    firing the same tick publishes the same event id (consumers dedupe by it: one run), and
+    its payload's `scheduled_for` says the tick and the schedule's zone (`tick_text`)."""
     changes: dict[str, Any] = {}
     if scheduled_for is not None:
         changes["event_id"] = cron_event_id(entry.name, scheduled_for)
+        schedule = getattr(entry.trigger, "schedule", None)
+        zone = getattr(schedule, "timezone", "UTC")
+        changes["payload"] = {**event.payload, "scheduled_for": tick_text(scheduled_for, zone)}
     if event.topic != entry.target_topic:
         changes["topic"] = entry.target_topic
         if type(event) is EventBase and event.event_type == event.topic:

@@ -33,7 +33,10 @@ from dp.errors import (
     PipelineError,
     PlanError,
     QueueFullError,
+    ResultDamagedError,
+    ResultNotFoundError,
     ResumeError,
+    RetryError,
     RunNotActiveError,
     RunNotFoundError,
     SchedulerError,
@@ -59,11 +62,14 @@ _STATUS: dict[type[DPError], int] = {
     RunNotFoundError: 404,
     TaskRunNotFoundError: 404,
     AttemptNotFoundError: 404,
+    ResultNotFoundError: 404,
+    ResultDamagedError: 409,  # stored, but unreadable: the body names run, task and file
     TriggerNotFoundError: 404,
     ApiDisabledError: 403,
     DuplicateRunError: 409,
     RunNotActiveError: 409,
     ResumeError: 409,
+    RetryError: 409,  # still running, interrupted, tasks changed, no such --from task
     PlanError: 422,  # includes missing and invalid run parameters
     InvalidTopicError: 422,
     InvalidIdError: 422,

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from dp.engine.retry import reused_map
 from dp.errors import UnstorableValueError
 from dp.events import MAX_TOPIC_LENGTH
 from dp.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
@@ -109,6 +110,18 @@ class RunRequest(_Body):
     )
 
 
+class RetryRequest(_Body):
+    """Re-run a run from its failure (as `dp runs retry`)."""
+
+    from_task: str | None = Field(
+        default=None,
+        alias="from",
+        max_length=MAX_ID_LENGTH,
+        description="Re-run this task and everything downstream of it too (default: only "
+        "what did not succeed and its downstream).",
+    )
+
+
 class FireRequest(_Body):
     """Fire a trigger with a payload (an API trigger's payload is the run parameters)."""
 
@@ -139,6 +152,13 @@ class RunAccepted(BaseModel):
     run_id: str
     pipeline: str
     status: str = RunStatus.QUEUED.value
+
+
+class RetryAccepted(RunAccepted):
+    """A retry was recorded: a new run, linked to its parent, reusing these tasks' results."""
+
+    parent_run_id: str
+    reused: dict[str, str] = Field(description="Reused task -> the run whose results it reads.")
 
 
 class EventAccepted(BaseModel):
@@ -272,6 +292,17 @@ class RunSummary(BaseModel):
     owner: Owner | None
     lease_until: Time
     stale: bool = Field(description="Marked running, but its owner is gone.")
+    scheduled_for: Time = Field(
+        default=None,
+        description="The tick a cron run is for (UTC; a retry keeps its parent's); null for "
+        "other runs, whose tasks get created_at as their scheduled_for.",
+    )
+    schedule_tz: str | None = Field(default=None, description="The schedule's time zone.")
+    parent_run_id: str | None = Field(default=None, description="The run this one retries.")
+    reused: dict[str, str] = Field(
+        default_factory=dict,
+        description="A retry's reused tasks -> the run whose stored results they read.",
+    )
 
     @classmethod
     def of(cls, record: RunRecord) -> RunSummary:
@@ -302,6 +333,10 @@ def _run_fields(record: RunRecord) -> dict[str, Any]:
         "owner": Owner(host=host, pid=pid) if host is not None else None,
         "lease_until": _iso(record.lease_until),
         "stale": is_stale(record),
+        "scheduled_for": _iso(record.scheduled_for),
+        "schedule_tz": record.schedule_tz,
+        "parent_run_id": record.parent_run_id,
+        "reused": reused_map(record),
     }
 
 
@@ -389,6 +424,11 @@ class TaskRunInfo(BaseModel):
 class RunDetail(RunSummary):
     """A run, its plan and its task runs."""
 
+    results: str = Field(
+        default="",
+        description="Where the run's results are: a results URL without credentials "
+        "(file://..., s3://BUCKET/PREFIX?endpoint=...); empty if not recorded.",
+    )
     plan: dict[str, Any] | None
     tasks: list[TaskRunInfo]
 
@@ -404,6 +444,7 @@ class RunDetail(RunSummary):
         tasks = sorted(latest.values(), key=_task_order)
         return cls(
             **_run_fields(record),
+            results=record.results,
             plan=record.plan,
             tasks=[TaskRunInfo.of(t, attempts[t.task_name, t.instance]) for t in tasks],
         )
@@ -418,6 +459,16 @@ def _task_order(record: TaskRunRecord) -> tuple[bool, datetime, str, str]:
         record.task_name,
         record.instance,
     )
+
+
+class TaskResult(BaseModel):
+    """The value a task stored, read from where its run's results are."""
+
+    run_id: str
+    task: str
+    results: str = Field(description="Where the run's results are (a results URL).")
+    result_ids: list[str] = Field(description="The stored results read: one, or each chunk.")
+    value: Any = Field(description="The value as JSON (a list of chunks for a stream).")
 
 
 class TaskLogs(BaseModel):

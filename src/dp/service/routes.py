@@ -11,6 +11,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dp.config import open_results_url
+from dp.engine.retry import stored_in
 from dp.engine.takeover import cancel_recorded
 from dp.errors import (
     ApiDisabledError,
@@ -22,6 +24,7 @@ from dp.errors import (
     TriggerNotFoundError,
 )
 from dp.events import TopicMatcher
+from dp.io import results_url
 from dp.jsonable import jsonable
 from dp.pipelines import Pipeline
 from dp.service.models import (
@@ -36,6 +39,8 @@ from dp.service.models import (
     PipelineList,
     PlainText,
     Readiness,
+    RetryAccepted,
+    RetryRequest,
     RunAccepted,
     RunDetail,
     RunPage,
@@ -44,6 +49,7 @@ from dp.service.models import (
     SourceItem,
     SourceList,
     TaskLogs,
+    TaskResult,
     TriggerFired,
     TriggerItem,
     TriggerList,
@@ -251,6 +257,60 @@ def routes() -> APIRouter:
             error=row.error,
             output=row.output,
             traceback=row.traceback,
+        )
+
+    @router.get(
+        "/runs/{run_id}/tasks/{task}/result",
+        tags=["runs"],
+        summary="The value a task stored, read where the run's results are",
+        responses=errors(404, 409, 422, 503),
+    )
+    async def get_result(run_id: str, task: str, service: ServiceDep) -> TaskResult:
+        store = _store(service)
+        record = await asyncio.to_thread(store.get_run, run_id)
+        rows = [
+            r for r in await asyncio.to_thread(store.get_task_runs, run_id) if r.task_name == task
+        ]
+        if not rows:
+            raise TaskRunNotFoundError(run_id, task, "", [])
+        result_ids = [rid for row in rows for rid in row.result_ids]
+        io = service.orchestrator.io_manager
+        if record.results and record.results != results_url(io):
+            io = open_results_url(record.results)
+        source = stored_in(record, task)  # a retry's reused task: where its parent stored it
+        values = await asyncio.to_thread(lambda: [io.load(source, task, r) for r in result_ids])
+        streamed = len(result_ids) != 1 or any(r.instance for r in rows)
+        return TaskResult(
+            run_id=run_id,
+            task=task,
+            results=record.results or results_url(io),
+            result_ids=result_ids,
+            value=jsonable(values if streamed else values[0]),
+        )
+
+    @router.post(
+        "/runs/{run_id}/retry",
+        tags=["runs"],
+        summary="Re-run a run from its failure",
+        description="Starts a new run of the same pipeline, linked to this one "
+        "(`parent_run_id`), that reuses the stored results of the tasks that succeeded and "
+        "runs the others and everything downstream of them; with `from`, that task and its "
+        "downstream run again too. 409 for a run still running, interrupted (resume it), "
+        "whose tasks changed, or without such a task.",
+        status_code=202,
+        responses=errors(401, 403, 404, 409, 422, *_REFUSED),
+    )
+    async def retry_run(
+        run_id: str, service: ServiceDep, response: Response, body: RetryRequest | None = None
+    ) -> RetryAccepted:
+        handle = await service.retry_run(run_id, None if body is None else body.from_task)
+        response.headers["Location"] = f"/runs/{handle.run_id}"
+        context = handle.context
+        return RetryAccepted(
+            run_id=handle.run_id,
+            pipeline=context.pipeline,
+            parent_run_id=run_id,
+            reused=dict(context.reuse),
         )
 
     @router.post(

@@ -15,9 +15,11 @@ import dataclasses
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
+from dp.engine.retry import Lineage
 from dp.errors import (
     DependencyUnavailableError,
     DPError,
@@ -26,6 +28,7 @@ from dp.errors import (
     PipelineBusyError,
     PipelineNotFoundError,
     PipelineProblemsError,
+    RetryError,
     ServiceUnavailableError,
 )
 from dp.events import (
@@ -229,8 +232,11 @@ class Service:
         event_id: str | None = None,
         run_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        scheduled_for: datetime | None = None,
+        schedule_tz: str | None = None,
     ) -> RunHandle:
         """Start a run of pipeline `name` now (or queue it); returns once it is recorded.
+        A cron tick's run gives `scheduled_for` (aware) and the schedule's zone.
 
         Raises:
             PipelineError: unknown pipeline.
@@ -259,11 +265,46 @@ class Service:
                 trigger=trigger,
                 event_id=event_id,
                 metadata=metadata,
+                lineage=Lineage(scheduled_for, schedule_tz) if scheduled_for else None,
             )
         except BaseException as exc:
             self._running[name] -= 1
             if isinstance(exc, TooManyPipelinesError):
                 self.metrics.rejections.labels(name, "too_many_pipelines").inc()
+            raise
+        self._track(name, handle)
+        return handle
+
+    async def retry_run(self, run_id: str, from_task: str | None = None) -> RunHandle:
+        """Re-run a recorded run of a served pipeline from its failure (`submit_retry`).
+
+        Raises:
+            RunNotFoundError: no such run.
+            RetryError: its pipeline is not served here, or it cannot be retried.
+            ServiceUnavailableError, PipelineBusyError, TooManyPipelinesError: as `start_run`.
+        """
+        store = self.orchestrator.store
+        if store is None:
+            raise RetryError(run_id, "this service records no runs")
+        record = await asyncio.to_thread(store.get_run, run_id)
+        name = record.pipeline
+        if name not in self._plans:
+            raise RetryError(
+                run_id, f"its pipeline {name!r} is not served here (serving {sorted(self._plans)})"
+            )
+        if not self.accepting:
+            raise ServiceUnavailableError("the service is not accepting runs (shutting down)")
+        limit = self.pipeline(name).max_concurrent_runs
+        if limit is not None and self._running[name] >= limit:
+            self.metrics.rejections.labels(name, "pipeline_busy").inc()
+            raise PipelineBusyError(name, limit)
+        self._running[name] += 1
+        try:
+            handle = await self.orchestrator.submit_retry(
+                run_id, from_task=from_task, plan=self._plans[name]
+            )
+        except BaseException:
+            self._running[name] -= 1
             raise
         self._track(name, handle)
         return handle

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from functools import partial
 from typing import Any, Literal, Protocol
 
@@ -33,6 +34,7 @@ from dp.events import Broker, DurableSubscription, EventBase
 from dp.logs import get_logger
 from dp.pipelines import Pipeline
 from dp.scheduler.durable import settle_pending
+from dp.scheduler.entry import parse_tick
 from dp.service.lifecycle import Metrics
 
 __all__ = ["START_GROUP", "START_PATTERN", "RunStarter", "StartEvents"]
@@ -68,6 +70,8 @@ class RunStarter(Protocol):
         event_id: str | None = None,
         run_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        scheduled_for: datetime | None = None,
+        schedule_tz: str | None = None,
     ) -> RunHandle: ...
 
     async def publish(
@@ -195,6 +199,12 @@ class StartEvents:
         trigger = (
             event.source if event.source.startswith(("cron:", "event:")) else f"event:{event.topic}"
         )
+        tick: tuple[datetime, str] | tuple[None, None] = (None, None)
+        if trigger.startswith("cron:") and "scheduled_for" in event.payload:
+            try:  # a cron tick: the run records the time it is for, and its zone
+                tick = parse_tick(event.payload["scheduled_for"])
+            except ValueError as exc:
+                return str(exc)
         delay = 0.01
         while True:
             try:
@@ -204,6 +214,8 @@ class StartEvents:
                     trigger=trigger,
                     event_id=key,
                     metadata={"event": {"id": event.event_id, "topic": event.topic}},
+                    scheduled_for=tick[0],
+                    schedule_tz=tick[1],
                 )
             except DuplicateRunError:
                 _log.info("service.duplicate_event", pipeline=name, event_id=event.event_id)

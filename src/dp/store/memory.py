@@ -25,6 +25,7 @@ from dp.store.records import (
     _not_json_error,
     _status_filter,
     _trigger_matches,
+    tick_key,
 )
 
 __all__ = ["MemoryRunStore"]
@@ -46,6 +47,7 @@ class MemoryRunStore:
         self._lock = threading.Lock()
         self._runs: dict[str, RunRecord] = {}
         self._events: dict[str, str] = {}  # event id -> run id
+        self._ticks: dict[tuple[str, datetime], str] = {}  # (pipeline, tick) -> run id
         self._tasks: dict[str, dict[_TaskKey, TaskRunRecord]] = {}
         self._attempts: dict[str, dict[_AttemptKey, TaskRunRecord]] = {}
         self._fires: dict[str, datetime] = {}
@@ -58,9 +60,14 @@ class MemoryRunStore:
         with self._lock:
             if record.event_id is not None and record.event_id in self._events:
                 raise DuplicateRunError(self._events[record.event_id], record.event_id)
+            tick = tick_key(record)
+            if tick is not None and tick in self._ticks:
+                raise DuplicateRunError(self._ticks[tick], record.event_id)
             if record.run_id in self._runs:
                 raise DuplicateRunError(record.run_id)
             self._runs[record.run_id] = stored
+            if tick is not None:
+                self._ticks[tick] = record.run_id
             self._tasks[record.run_id] = {}
             self._attempts[record.run_id] = {}
             if record.event_id is not None:
@@ -224,6 +231,9 @@ class MemoryRunStore:
             del self._runs[run_id], self._tasks[run_id], self._attempts[run_id]
             if run.event_id is not None:
                 del self._events[run.event_id]
+            tick = tick_key(run)
+            if tick is not None:
+                self._ticks.pop(tick, None)
 
     def last_fire(self, name: str) -> datetime | None:
         """When the cron trigger `name` last fired; see `RunStore.last_fire`."""
@@ -337,6 +347,7 @@ def _copy_run(record: RunRecord) -> RunRecord:
         metadata=_json_copy(record.metadata),
         plan=_json_copy(record.plan),
         lease_until=_as_utc(record.lease_until),
+        scheduled_for=_as_utc(record.scheduled_for),
         error=storable_text(record.error),
     )
 

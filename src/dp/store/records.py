@@ -30,6 +30,7 @@ __all__ = [
     "is_stale",
     "owner_of",
     "pid_alive",
+    "tick_key",
 ]
 
 #: this machine's name, recorded as the owner of the runs (and attempts) it executes
@@ -111,6 +112,13 @@ class RunRecord:
         owner_pid: That process's id.
         lease_until: Until when the owner's lease holds; a live owner renews it. A running run
             whose lease ran out, or whose owner process is gone, is stale (`is_stale`).
+        results: Where the run's results are, as a results URL without credentials
+            (`file:///srv/dp/results`, `s3://bucket/prefix?endpoint=...`); "" if not known.
+        scheduled_for: The time a cron run was due (UTC); None for runs not started by a
+            schedule. A retry keeps its parent's: it is a run for the same time.
+        schedule_tz: The schedule's time zone (`Europe/Berlin`), the zone tasks see
+            `scheduled_for` in; None with `scheduled_for`.
+        parent_run_id: The run this one retries (`dp runs retry`); None for a first run.
 
     The dicts must be JSON-serialisable and are stored as JSON, so tuples come back as lists
     and keys as strings. Datetimes come back in UTC; a naive datetime is taken to be UTC.
@@ -135,6 +143,10 @@ class RunRecord:
     owner_host: str | None = None
     owner_pid: int | None = None
     lease_until: datetime | None = None
+    results: str = ""
+    scheduled_for: datetime | None = None
+    schedule_tz: str | None = None
+    parent_run_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -223,7 +235,9 @@ class RunStore(Protocol):
 
         Raises:
             DuplicateRunError: The event id already started a run (the error names that run),
-                or the run id is taken. Concurrent creators of one event id: exactly one wins.
+                a run of the same pipeline is recorded for the same `scheduled_for` (not
+                counting retries: `tick_key`), or the run id is taken. Concurrent creators of
+                one event id or tick: exactly one wins.
             StoreError: A dict field is not JSON-serialisable.
         """
         ...
@@ -451,6 +465,14 @@ def is_stale(record: RunRecord, *, now: datetime | None = None) -> bool:
         return True
     lease = record.lease_until
     return lease is not None and _as_utc(lease) < (now or datetime.now(UTC))
+
+
+def tick_key(record: RunRecord) -> tuple[str, datetime] | None:
+    """What makes a scheduled run unique: `(pipeline, scheduled_for)`, for a run a schedule
+    started (a retry shares its parent's tick and is not held to it); None for others."""
+    if record.scheduled_for is None or record.parent_run_id is not None:
+        return None
+    return (record.pipeline, _as_utc(record.scheduled_for))
 
 
 def _check_run_id(run_id: object) -> str:

@@ -10,6 +10,11 @@ retry or a resume superseded, and `dp_schedule`, the scheduler's last fire times
 
 Version 3 added `dp_sources`: each polling source's cursor, last poll, circuit and lease; and
 `queue` on task runs and attempts: the broker queue an attempt was sent to (Celery executor).
+
+Version 4 added `results` on runs: where a run's results are.
+
+Version 5 added `scheduled_for` and `schedule_tz` (the tick a cron run is for, and its zone)
+and `parent_run_id` (the run a retry re-runs) on runs.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from dp.store.records import (
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration"]
 
 #: The schema version this code reads and writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 Migration = Callable[[sa.Connection], None]
 
 
@@ -90,6 +95,7 @@ class _StorableText(sa.types.TypeDecorator[str]):
 
 
 _metadata = sa.MetaData()
+_ONE_PER_TICK = "scheduled_for IS NOT NULL AND parent_run_id IS NULL"
 
 _runs = sa.Table(
     "dp_runs",
@@ -113,11 +119,27 @@ _runs = sa.Table(
     sa.Column("owner_host", sa.String),
     sa.Column("owner_pid", sa.Integer),
     sa.Column("lease_until", _UTCDateTime),
+    sa.Column("results", sa.Text, nullable=False, server_default=""),
+    # A cron run's tick; its key is `event_id` (`{pipeline}/cron-{trigger}-{tick in UTC}`),
+    # made from the same value, so one tick of one pipeline is one run.
+    sa.Column("scheduled_for", _UTCDateTime),
+    sa.Column("schedule_tz", sa.String(100)),
+    sa.Column("parent_run_id", sa.String(200)),
     sa.Index("ix_dp_runs_status", "status"),
     sa.Index("ix_dp_runs_pipeline", "pipeline"),
     sa.Index("ix_dp_runs_created_at", "created_at"),
+    sa.Index("ix_dp_runs_parent_run_id", "parent_run_id"),
     # NULLs never collide, so only runs started by an event are held to one per event.
     sa.Index("ux_dp_runs_event_id", "event_id", unique=True),
+    # One run per tick of a pipeline (a retry shares its parent's tick): `tick_key`.
+    sa.Index(
+        "ux_dp_runs_schedule",
+        "pipeline",
+        "scheduled_for",
+        unique=True,
+        sqlite_where=sa.text(_ONE_PER_TICK),
+        postgresql_where=sa.text(_ONE_PER_TICK),
+    ),
 )
 
 
@@ -245,9 +267,33 @@ def _add_attempt_queues(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN queue {spec}"))
 
 
+def _add_results_url(conn: sa.Connection) -> None:
+    """Version 3 -> 4: where each run's results are (runs recorded before: "", not known)."""
+    conn.execute(sa.text("ALTER TABLE dp_runs ADD COLUMN results TEXT NOT NULL DEFAULT ''"))
+
+
+def _add_schedule_and_lineage(conn: sa.Connection) -> None:
+    """Version 4 -> 5: a cron run's tick and zone, a retry's parent (earlier runs: None)."""
+    for column in (_runs.c.scheduled_for, _runs.c.schedule_tz, _runs.c.parent_run_id):
+        spec = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE dp_runs ADD COLUMN {column.name} {spec}"))
+    conn.execute(sa.text("CREATE INDEX ix_dp_runs_parent_run_id ON dp_runs (parent_run_id)"))
+    conn.execute(
+        sa.text(
+            "CREATE UNIQUE INDEX ux_dp_runs_schedule ON dp_runs (pipeline, scheduled_for) "
+            f"WHERE {_ONE_PER_TICK}"
+        )
+    )
+
+
 #: `MIGRATIONS[n]` upgrades a version-`n` schema to `n + 1`, inside the transaction that
 #: opens the store. A new store gets the current tables directly.
-MIGRATIONS: dict[int, Migration] = {1: _add_ownership_and_attempts, 2: _add_sources}
+MIGRATIONS: dict[int, Migration] = {
+    1: _add_ownership_and_attempts,
+    2: _add_sources,
+    3: _add_results_url,
+    4: _add_schedule_and_lineage,
+}
 
 
 def _upsert_statement(
@@ -294,6 +340,10 @@ def _run_row(record: RunRecord) -> dict[str, Any]:
         "owner_host": record.owner_host,
         "owner_pid": record.owner_pid,
         "lease_until": record.lease_until,
+        "results": record.results,
+        "scheduled_for": record.scheduled_for,
+        "schedule_tz": record.schedule_tz,
+        "parent_run_id": record.parent_run_id,
     }
 
 

@@ -57,6 +57,7 @@ from dp.store.records import (
     _fire_time,
     _not_json_error,
     _status_filter,
+    tick_key,
 )
 from dp.store.schema import (
     _ATTEMPT_KEY,
@@ -210,6 +211,11 @@ class SQLRunStore:
                 owner = self.find_run_by_event(record.event_id)
                 if owner is not None:
                     raise DuplicateRunError(owner.run_id, record.event_id) from None
+            tick = tick_key(record)
+            if tick is not None:
+                holder = self._run_of_tick(*tick)
+                if holder is not None:
+                    raise DuplicateRunError(holder, record.event_id) from None
             if self._exists(record.run_id):
                 raise DuplicateRunError(record.run_id) from None
             raise StoreError(f"could not record run {record.run_id!r}: {exc.orig}") from exc
@@ -522,6 +528,15 @@ class SQLRunStore:
             # PostgreSQL refuses to upsert one key twice in a statement; the later one wins.
             earlier = {(r.run_id, r.task_name, r.instance, r.attempt): r for r in attempts}
             conn.execute(self._upsert_attempts, [_task_row(r) for r in earlier.values()])
+
+    def _run_of_tick(self, pipeline: str, scheduled_for: datetime) -> str | None:
+        c = _runs.c
+        query = sa.select(c.run_id).where(
+            c.pipeline == pipeline, c.scheduled_for == scheduled_for, c.parent_run_id.is_(None)
+        )
+        with self._engine.connect() as conn:
+            found: str | None = conn.execute(query).scalar_one_or_none()
+        return found
 
     def _exists(self, run_id: str) -> bool:
         query = sa.select(_runs.c.run_id).where(_runs.c.run_id == run_id)

@@ -35,6 +35,17 @@ export function time(iso) {
   return date.toLocaleString(undefined, { hour12: false });
 }
 
+// A run's scheduled time in its schedule's zone ("29/03/2026, 00:00:00 Europe/Berlin").
+export function scheduled(run) {
+  if (!run.scheduled_for) return "";
+  const zone = run.schedule_tz || "UTC";
+  try {
+    return `${new Date(run.scheduled_for).toLocaleString(undefined, { hour12: false, timeZone: zone })} ${zone}`;
+  } catch {
+    return `${new Date(run.scheduled_for).toISOString()} UTC`; // a zone this browser does not know
+  }
+}
+
 export function duration(seconds) {
   if (seconds === undefined || seconds === null) return "";
   if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;

@@ -2,9 +2,9 @@
 // attempt, each task's attempts with output and traceback, its parameters, Cancel and Resume.
 
 import { api, stream } from "./api.js";
-import { badge, clear, debounce, duration, h, message, setLive, time, fill } from "./dom.js";
+import { badge, clear, debounce, duration, h, message, runLink, scheduled, setLive, time, fill } from "./dom.js";
 import { drawGantt } from "./gantt.js";
-import { resumable, resume } from "./runs.js";
+import { resumable, resume, retry, retryable } from "./runs.js";
 
 const COLUMN = 230;
 const ROW = 34;
@@ -75,6 +75,15 @@ export function runPage(main, runId) {
       actions.append(action("Cancel", "cancel", () => api(`/runs/${encodeURIComponent(runId)}/cancel`, { method: "POST" }), feedback));
     }
     if (resumable(run)) actions.append(action("Resume", "resume", () => resume(run), feedback));
+    if (retryable(run)) {
+      actions.append(
+        action("Retry from failure", "retry", async () => {
+          const started = await retry(run);
+          location.hash = `#/run/${encodeURIComponent(started.run_id)}`;
+        }, feedback),
+      );
+    }
+    const reused = Object.entries(run.reused || {});
     fill(header, 
       h("h1", {}, h("span", { class: "mono", text: run.run_id }), " ", badge(run.status), run.stale ? h("span", { class: "badge stale", text: "stale" }) : null),
       h(
@@ -82,10 +91,14 @@ export function runPage(main, runId) {
         { class: "facts" },
         fact("pipeline", h("a", { href: `#/runs?pipeline=${encodeURIComponent(run.pipeline)}`, text: run.pipeline })),
         fact("trigger", run.trigger),
+        run.scheduled_for ? fact("scheduled for", h("span", { class: "scheduled", text: scheduled(run) })) : null,
+        run.parent_run_id ? fact("retry of", runLink(run.parent_run_id)) : null,
+        reused.length ? fact("reused", h("span", { class: "reused" }, ...reused.flatMap(([task, from], i) => [i ? ", " : "", `${task} from `, runLink(from)]))) : null,
         fact("created", time(run.created_at)),
         fact("started", time(run.started_at)),
         fact("finished", time(run.finished_at)),
         fact("duration", duration(run.duration)),
+        run.results ? fact("results", h("span", { class: "mono", text: run.results })) : null,
       ),
       run.error ? h("p", { class: "run-error", text: run.error }) : null,
       h("details", { open: Object.keys(run.params || {}).length > 0 }, h("summary", { text: "Parameters" }), h("pre", { class: "params", text: JSON.stringify(run.params, null, 2) })),

@@ -1,10 +1,10 @@
 // Runs: a page of runs at a time, filtered by pipeline, status and trigger; live.
 
 import { api, stream } from "./api.js";
-import { badge, clear, debounce, duration, h, message, runLink, setLive, time, fill } from "./dom.js";
+import { badge, clear, debounce, duration, h, message, runLink, scheduled, setLive, time, fill } from "./dom.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "partial", "interrupted", "cancelled"];
-const TRIGGERS = ["api", "cron", "event", "manual"];
+const TRIGGERS = ["api", "cron", "event", "manual", "retry"];
 const PAGE = 50;
 
 export function runsPage(main, query) {
@@ -58,7 +58,7 @@ export function runsPage(main, query) {
         ? h(
             "table",
             {},
-            h("thead", {}, h("tr", {}, ["run", "pipeline", "status", "trigger", "created", "duration", "error", ""].map((t) => h("th", { text: t })))),
+            h("thead", {}, h("tr", {}, ["run", "pipeline", "status", "trigger", "scheduled for", "created", "duration", "error", ""].map((t) => h("th", { text: t })))),
             h("tbody", {}, rows),
           )
         : message("No runs match.", "info"),
@@ -106,6 +106,15 @@ export function resumable(run) {
   return run.status === "interrupted" || Boolean(run.stale);
 }
 
+// A finished run that did not succeed can be re-run from its failure (a new, linked run).
+export function retryable(run) {
+  return ["failed", "partial", "cancelled"].includes(run.status);
+}
+
+export async function retry(run) {
+  return api(`/runs/${encodeURIComponent(run.run_id)}/retry`, { method: "POST", body: {} });
+}
+
 export async function resume(run) {
   return api(`/runs/${encodeURIComponent(run.run_id)}/resume`, { method: "POST", body: { force: Boolean(run.stale) } });
 }
@@ -133,7 +142,8 @@ function runRow(run, reload) {
     h("td", {}, runLink(run.run_id)),
     h("td", { text: run.pipeline }),
     h("td", {}, badge(run.status), run.stale ? h("span", { class: "badge stale", title: "its owner is gone", text: "stale" }) : null),
-    h("td", { class: "mono", text: run.trigger }),
+    h("td", { class: "mono" }, run.parent_run_id ? h("span", { title: `retry of ${run.parent_run_id}`, text: run.trigger }) : run.trigger),
+    h("td", { class: "scheduled", text: scheduled(run) }),
     h("td", { text: time(run.created_at) }),
     h("td", { text: duration(run.duration) }),
     error,
