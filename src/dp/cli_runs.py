@@ -64,7 +64,7 @@ def runs_cancel(
     except DPError as exc:
         raise fail(exc) from exc
     host, pid = owner_of(before)
-    live = before.status in (RunStatus.RUNNING, RunStatus.QUEUED) and not is_stale(before)
+    live = before.status.live and not is_stale(before)
     owner = f" (its owner {host}:{pid} is fenced and stops)" if live else ""
     print(f"run {run_id} {record.status.value}; it was {before.status.value}{owner}")
 

@@ -409,7 +409,7 @@ class Orchestrator:
             )
         if run_id in self._active:
             raise ResumeError(run_id, f"it is still running in this process ({os.getpid()})")
-        live = record.status in (RunStatus.RUNNING, RunStatus.QUEUED) and not is_stale(record)
+        live = record.status.live and not is_stale(record)
         host, pid = owner_of(record)
         if live and host == HOST and pid != os.getpid() and pid_alive(pid):
             raise ResumeError(run_id, f"it is still running in process {pid}")

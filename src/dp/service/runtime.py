@@ -42,7 +42,8 @@ from dp.planner import ExecutionPlan
 from dp.service.lifecycle import LifecycleEvents, Metrics
 from dp.service.starts import START_GROUP, StartEvents
 from dp.service.storecheck import StoreCheck
-from dp.store.records import RunStatus, is_stale
+from dp.statuses import LIVE_RUN, RunStatus
+from dp.store.records import is_stale
 
 if TYPE_CHECKING:
     from dp.scheduler import Scheduler
@@ -353,7 +354,7 @@ class Service:
         assert store is not None
         records = await asyncio.to_thread(
             store.list_runs,
-            status=[RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.QUEUED],
+            status=[RunStatus.INTERRUPTED, *LIVE_RUN],
             limit=1000,
         )
         active = {handle.run_id for handle in self.orchestrator.active_runs()}
