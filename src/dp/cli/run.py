@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from dp import config
-from dp.cli_common import (
+from dp.cli.common import (
     EXIT_UNAVAILABLE,
     ExecutorOpt,
     MaxResumeOpt,

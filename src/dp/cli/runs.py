@@ -1,6 +1,6 @@
 """`dp runs list|show|logs|result|cancel`: the runs recorded in the run store.
 
-`dp runs resume` runs a pipeline again, so it is written beside `dp run` in `dp.cli_run`."""
+`dp runs resume` runs a pipeline again, so it is written beside `dp run` in `dp.cli.run`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.pretty import Pretty
 
 from dp import config
-from dp.cli_common import (
+from dp.cli.common import (
     ResultsOpt,
     RootOpt,
     StoreOpt,
@@ -25,7 +25,7 @@ from dp.cli_common import (
     open_store,
     settings_for,
 )
-from dp.cli_run import runs_resume
+from dp.cli.run import runs_resume
 from dp.display import (
     pipeline_label,
     plural,
