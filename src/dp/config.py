@@ -33,7 +33,7 @@ from dp.settings import (
     mask,
     resolve,
 )
-from dp.store import MemoryRunStore, SQLRunStore
+from dp.store import MemoryRunStore
 from dp.store.records import RunStore
 
 __all__ = [
@@ -77,6 +77,9 @@ def open_store(settings: Settings, *, must_exist: bool = False) -> RunStore:
                 "a memory:// run store holds only the runs of its own process",
             )
         return MemoryRunStore()
+    # SQLAlchemy costs ~130 ms to import: `dp plan`, `dp --help` and memory:// never pay it
+    from dp.store.sql import SQLRunStore
+
     if scheme == "sqlite":
         file, _, query = settings.store.removeprefix("sqlite:///").partition("?")
         path = Path(file).absolute()
@@ -160,7 +163,8 @@ def build_orchestrator(settings: Settings, **options: Any) -> Orchestrator:
         )
     executor: str | Executor = settings.executor
     if executor == "celery":
-        # celery and redis-py are an extra (dp[celery]) that may not be installed
+        # the Celery modules cost ~30 ms to import; only runs on the celery executor pay it
+        # (celery and redis-py themselves, an extra, are imported when it starts)
         from dp.engine.celery_executor import CeleryExecutor
 
         executor = CeleryExecutor(celery_broker(settings))

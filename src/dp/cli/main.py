@@ -156,6 +156,7 @@ def serve(
     Tasks run in worker processes by default (-e process), so no task can take the
     service down; -e inprocess runs them on threads of the service itself.
     """
+    # the server (FastAPI, uvicorn) costs ~170 ms to import: only `dp serve` pays it
     from dp.service.server import serve as serve_forever
 
     settings = settings_for(

@@ -36,6 +36,7 @@ from dp.display import (
 )
 from dp.engine.takeover import cancel_recorded
 from dp.errors import CLIError, DPError
+from dp.jsonable import jsonable
 from dp.store.records import HOST, RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
 
 __all__ = ["runs_app"]
@@ -277,8 +278,6 @@ def runs_result(
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Print the result a task stored in a run (each chunk, for a streaming or mapped task)."""
-    from dp.jsonable import jsonable
-
     settings = settings_for(root, store=store, results=results)
     run_store = open_store(ctx, settings)
     get_run(run_store, run_id)

@@ -43,6 +43,7 @@ from dp.scheduler.circuit import Circuit
 from dp.scheduler.clock import Clock, SystemClock
 from dp.scheduler.health import MetricSample
 from dp.sources import Source, collect, items_of
+from dp.store.memory import MemoryRunStore
 from dp.store.records import HOST, SourceRecord
 
 __all__ = [
@@ -209,8 +210,6 @@ class SourcePoller:
         if lease <= 0:
             raise InvalidArgumentError("lease", lease, "a positive number of seconds")
         if state is None:
-            from dp.store.memory import MemoryRunStore
-
             state = MemoryRunStore()
         self._entries = {s.name: _Entry(s) for s in sources}
         self._publisher = publisher

@@ -15,7 +15,7 @@ import dataclasses
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
 from dp.errors import (
@@ -39,15 +39,13 @@ from dp.events import (
 from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
+from dp.scheduler import Scheduler, create_cron_trigger, create_event_trigger
+from dp.scheduler.poller import SourcePoller
 from dp.service.lifecycle import LifecycleEvents, Metrics
 from dp.service.starts import START_GROUP, StartEvents
 from dp.service.storecheck import StoreCheck
 from dp.statuses import LIVE_RUN, RunStatus
 from dp.store.records import is_stale
-
-if TYPE_CHECKING:
-    from dp.scheduler import Scheduler
-    from dp.scheduler.poller import SourcePoller
 
 __all__ = [
     "START_GROUP",
@@ -107,8 +105,6 @@ class Service:
         self.publisher: Publisher = self.broker
         self.consumer: Consumer = BrokerConsumer(self.broker)
         if scheduler is None:
-            from dp.scheduler import Scheduler
-
             scheduler = Scheduler(self.publisher)
         self.scheduler: Scheduler = scheduler
         self.target = target
@@ -321,8 +317,6 @@ class Service:
                 raise InvalidPipelineError(definition.name, f"has a bad trigger: {exc}") from exc
 
     async def _register_pipeline_triggers(self, definition: Pipeline) -> None:
-        from dp.scheduler import create_cron_trigger, create_event_trigger
-
         topic = definition.start_topic
         for index, cron in enumerate(definition.schedules):
             name = f"{definition.name}.cron{index}" if index else f"{definition.name}.cron"
