@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from dp.backoff import Backoff
 from dp.errors import InvalidArgumentError, PollTimeoutError, SourceBusyError
 from dp.events import EventBase, Publisher
 from dp.logs import get_logger
@@ -401,9 +402,9 @@ class SourcePoller:
     def _next_due(self, entry: _Entry, due: datetime, now: datetime) -> datetime:
         every = entry.source.every
         if entry.circuit == "open":
-            exponent = max(entry.consecutive - entry.source.max_failures, 0)
-            backoff = min(every * 2 ** min(exponent + 1, 60), entry.source.max_backoff)
-            return now + timedelta(seconds=backoff)
+            beyond = max(entry.consecutive - entry.source.max_failures, 0)
+            backoff = Backoff(first=every * 2, cap=entry.source.max_backoff)
+            return now + timedelta(seconds=backoff.delay(beyond + 1))
         # Fixed rate, keeping the phase: a poll that overran skips the ticks it covered.
         ticks = max(1, math.ceil((now - due).total_seconds() / every + 1e-9))
         return due + timedelta(seconds=every * ticks)
