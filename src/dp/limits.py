@@ -21,7 +21,6 @@ rule; `preview(value)` makes anything showable (the dashboard), never raising.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -31,6 +30,7 @@ from functools import cache
 from typing import Any, overload
 
 from dp.errors import ConfigError, UnstorableValueError
+from dp.jsonable import compact_json
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -116,7 +116,7 @@ def check_storable(value: Any, *, where: str, limits: Limits | None = None) -> N
     """
     limits = current_limits() if limits is None else limits
     try:
-        text = _strict_encode(value)
+        text = compact_json(value)
     except (TypeError, ValueError, RecursionError):
         text = ""
     if not text or not plain_json(text, limits):
@@ -141,11 +141,6 @@ def plain_json(text: str | bytes, limits: Limits | None = None) -> bool:
         and text.count(b"[") + text.count(b"{") <= limits.depth
         and b"\\u" not in text
     )
-
-
-_strict_encode = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
-).encode
 
 
 def _utf8(text: str) -> bool:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from dp.errors import DPError, InvalidArgumentError, SourceDefinitionError
 from dp.events.event import EventBase
 from dp.events.topics import validate_topic
 from dp.ids import name_problem
+from dp.jsonable import canonical_json
 
 __all__ = [
     "Poll",
@@ -327,7 +327,7 @@ def source_event_id(name: str, payload: Mapping[str, Any]) -> str:
     """The id of the event source `name` publishes for `payload`: the same payload seen
     again (a re-poll after a crash, another instance) gives the same id."""
     try:
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        text = canonical_json(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(
             f"a payload of source {name!r}", payload, "a JSON-ready mapping", hint=str(exc)

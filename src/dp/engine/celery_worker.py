@@ -55,7 +55,6 @@ from dp.tasks import TaskMetadata
 if TYPE_CHECKING:
     from celery import Celery
 
-    from dp.config import Settings
     from dp.io import IOManager
     from dp.store.records import RunStore
 
@@ -211,10 +210,22 @@ def _transport_options(visibility: float) -> dict[str, float]:
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """What a worker process needs besides the task messages: the same backends as the
-    orchestrator (results, run store) and the broker the replies go to."""
+    orchestrator (results, run store) and the broker the replies go to.
 
-    settings: Settings
+    The backends come as factories (ports), built by `dp worker` from the settings: each pool
+    process calls them on its first task, so no connection crosses a fork, and the engine
+    never imports the wiring (`dp.config`) that knows the URLs.
+
+    Attributes:
+        broker_url: the Redis broker the replies go to.
+        open_results: opens the results, the same ones the orchestrator writes.
+        open_store: opens the run store (epoch checks, attempts); None when the run store
+            is in the orchestrator's memory, which no worker can reach.
+    """
+
     broker_url: str
+    open_results: Callable[[], IOManager]
+    open_store: Callable[[], RunStore] | None
     capture_output: bool = True
 
 
@@ -234,14 +245,9 @@ class _Backends:
     def __init__(self, config: WorkerConfig) -> None:
         import redis
 
-        from dp.config import open_results, open_store
-
-        settings = config.settings
         self.redis = redis.Redis.from_url(config.broker_url)
-        self.io: IOManager = open_results(settings)
-        self.store: RunStore | None = (
-            None if settings.store == "memory://" else open_store(settings, must_exist=True)
-        )
+        self.io: IOManager = config.open_results()
+        self.store: RunStore | None = None if config.open_store is None else config.open_store()
         self.worker = Worker(self.io, capture_output=config.capture_output)
         self.tasks: dict[str, TaskMetadata | str] = {}
         self.loop: asyncio.AbstractEventLoop | None = None

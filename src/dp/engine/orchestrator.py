@@ -31,8 +31,9 @@ from dp.errors import (
 )
 from dp.io import FilesystemIOManager, IOManager, check_results, results_url
 from dp.jsonable import jsonable
+from dp.loader import load_tasks
 from dp.logs import get_logger
-from dp.planner import ExecutionPlan
+from dp.planner import DAGBuilder, ExecutionPlan, Planner
 from dp.store.records import (
     HOST,
     RunRecord,
@@ -43,7 +44,7 @@ from dp.store.records import (
     owner_of,
     pid_alive,
 )
-from dp.tasks import TaskRegistry
+from dp.tasks import TaskRegistry, get_registry
 
 __all__ = [
     "ExecutionContext",
@@ -88,6 +89,7 @@ def make_executor(executor: str | Executor, workers: int | None = None) -> Execu
     if executor in ("inprocess", "threads"):
         return InProcessExecutor(max_threads=workers)
     if executor in ("process", "processes"):
+        # worker processes (multiprocessing, pickling) cost an import only runs that use them
         from dp.engine.process import ProcessExecutor
 
         return ProcessExecutor(workers=workers)
@@ -160,6 +162,7 @@ class Orchestrator:
     @classmethod
     def embedded(cls, root: str | os.PathLike[str] = ".dp", **options: Any) -> Orchestrator:
         """The zero-service setup: results under `root/results`, runs in `root/runs.db`."""
+        # SQLAlchemy costs ~130 ms to import: only the embedded setup (and the CLI) pays it
         from dp.store import SQLRunStore
 
         root = Path(root)
@@ -421,7 +424,7 @@ class Orchestrator:
             )
         if run_id in self._active:
             raise ResumeError(run_id, f"it is still running in this process ({os.getpid()})")
-        live = record.status in (RunStatus.RUNNING, RunStatus.QUEUED) and not is_stale(record)
+        live = record.status.live and not is_stale(record)
         host, pid = owner_of(record)
         if live and host == HOST and pid != os.getpid() and pid_alive(pid):
             raise ResumeError(run_id, f"it is still running in process {pid}")
@@ -621,12 +624,7 @@ def plan_for_record(record: RunRecord, registry: TaskRegistry | None = None) -> 
         ResumeError: no registry is given and the run has no recorded task file.
         LoadError: the task file cannot be imported.
     """
-    from dp.planner import DAGBuilder, Planner
-
     if registry is None:
-        from dp.loader import load_tasks
-        from dp.tasks import get_registry
-
         if not record.target:
             raise ResumeError(
                 record.run_id, "it has no recorded task file; pass its plan or its task registry"

@@ -5,22 +5,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from dp.engine.executors import QueueingExecutor
+from dp.engine.executors import Executor, QueueingExecutor
+from dp.engine.lease import LeaseKeeper
 from dp.engine.model import (
     ExecutableTask,
     ExecutionContext,
     RunHandle,
+    RunListener,
     RunResult,
     TaskOutcome,
     TaskRunResult,
     manifest_result_id,
 )
 from dp.engine.recorder import RunRecorder, task_run_record
-from dp.engine.resolver import TaskDependencyResolver
+from dp.engine.resolver import PlanIndex, TaskDependencyResolver
 from dp.engine.worker import format_error
 from dp.engine.writebehind import WriteBehind
 from dp.errors import (
@@ -30,13 +32,11 @@ from dp.errors import (
     StoreUnavailableError,
 )
 from dp.logs import get_logger
+from dp.planner import ExecutionPlan
 from dp.store.records import RunStatus, TaskRunRecord, TaskStatus
 from dp.tasks import SCHEDULED_FOR
 
-if TYPE_CHECKING:
-    from dp.engine.orchestrator import Orchestrator
-
-__all__ = ["ActiveRun"]
+__all__ = ["ActiveRun", "RunHost"]
 
 _log = get_logger("dp.engine")
 
@@ -46,12 +46,34 @@ def _describe(key: tuple[str, str]) -> str:
     return f"{name}[{instance}]" if instance else name
 
 
+class PlanIndexes(Protocol):
+    """The resolver's index of each plan, derived once for all the runs of the plan."""
+
+    def index(self, plan: ExecutionPlan) -> PlanIndex: ...
+
+
+class RunHost(Protocol):
+    """What a run needs of whoever starts it (the `Orchestrator`): a port, so that this
+    module does not import the orchestrator that imports it."""
+
+    @property
+    def executor(self) -> Executor: ...
+    @property
+    def listeners(self) -> Sequence[RunListener]: ...
+    @property
+    def plans(self) -> PlanIndexes: ...
+    @property
+    def max_parallel_tasks(self) -> int | None: ...
+    @property
+    def leases(self) -> LeaseKeeper | None: ...
+
+
 class ActiveRun:
     """One run in progress: the executor's `TaskSink`, driving the resolver."""
 
     def __init__(
         self,
-        orchestrator: Orchestrator,
+        orchestrator: RunHost,
         context: ExecutionContext,
         recorder: RunRecorder,
         *,

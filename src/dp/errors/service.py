@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from dp.errors.base import DPError
-
-if TYPE_CHECKING:
-    from dp.store.records import RunStatus
+from dp.statuses import RunStatus
 
 __all__ = [
     "ApiDisabledError",

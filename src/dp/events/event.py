@@ -23,6 +23,7 @@ from typing import Any, Self
 
 from dp.errors import EventFormatError, InvalidTopicError, UnstorableValueError
 from dp.events.topics import _valid_topics, validate_topic
+from dp.jsonable import compact_json
 from dp.limits import check_storable, plain_json
 
 __all__ = ["EventBase", "new_event_id"]
@@ -43,8 +44,6 @@ def new_event_id() -> str:
     return (_random.getrandbits(128) & _VERSION_MASK | _VERSION_BITS).to_bytes(16).hex()
 
 
-# allow_nan=False: JSON has no NaN or infinity, and other languages' decoders refuse them
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 _quote = json.encoder.encode_basestring  # a str as a JSON string literal, quotes included
 
 
@@ -144,7 +143,7 @@ class EventBase:
                     f'{{"eventId":{_quote(self.event_id)},"eventType":{_quote(self.event_type)},'
                     f'"topic":{_quote(self.topic)},'
                     f'"timestamp":"{_format_timestamp(self.timestamp)}",'
-                    f'"source":{_quote(self.source)},"payload":{_encode(self.payload)},'
+                    f'"source":{_quote(self.source)},"payload":{compact_json(self.payload)},'
                     f'"correlationId":'
                     f"{'null' if correlation_id is None else _quote(correlation_id)}}}"
                 )
@@ -152,7 +151,7 @@ class EventBase:
             pass  # the general path below names the field that is wrong
         if text is None:
             try:
-                text = _encode(self.to_dict())
+                text = compact_json(self.to_dict())
             except (TypeError, ValueError, RecursionError) as exc:
                 self._check(self.to_dict)  # names a broken rule, with the field
                 raise EventFormatError(

@@ -18,14 +18,12 @@ import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from dp.errors import GroupError, NotPendingError
 from dp.events.event import EventBase
+from dp.events.mailbox import Mailbox
 from dp.events.ports import DeadLetter
-
-if TYPE_CHECKING:
-    from dp.events.memory import _Mailbox
 
 __all__ = ["InMemoryDurableSubscription", "default_consumer_name", "validate_group"]
 
@@ -85,7 +83,7 @@ class _Delivery:
 class MemoryGroup:
     """A group's state inside an `InMemoryBroker`."""
 
-    def __init__(self, name: str, box: _Mailbox, clock: Callable[[], float]) -> None:
+    def __init__(self, name: str, box: Mailbox, clock: Callable[[], float]) -> None:
         self.name = name
         self.box = box  # the undelivered events; the broker publishes into it
         self.clock = clock

@@ -10,12 +10,10 @@ subscriber's deque, and a waiting consumer is woken only if it is actually waiti
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Literal, Self, get_args
+from typing import Any, Self, get_args
 
 from dp.errors import (
     BrokerClosedError,
@@ -31,8 +29,9 @@ from dp.events.groups import (
     default_consumer_name,
     validate_group,
 )
+from dp.events.mailbox import Mailbox, Overflow
 from dp.events.ports import BrokerStats, DeadLetter, StartFrom, Subscription
-from dp.events.topics import Predicate, compile_pattern, validate_topic
+from dp.events.topics import compile_pattern, validate_topic
 
 __all__ = [
     "BrokerStats",
@@ -43,56 +42,7 @@ __all__ = [
     "Overflow",
 ]
 
-Overflow = Literal["block", "drop_oldest", "raise"]
-"""What publishing does when a subscriber's buffer is full: wait for room (backpressure),
-discard the subscriber's oldest event, or raise `QueueFullError`."""
-
 _ROUTE_CACHE_SIZE = 10_000  # distinct topics remembered; cleared when full
-
-
-class _Mailbox:
-    """A subscriber's buffer and wake-up state, as the broker sees it."""
-
-    __slots__ = (
-        "buffer",
-        "closed",
-        "dropped",
-        "getter",
-        "limit",
-        "matches",
-        "maxsize",
-        "overflow",
-        "pattern",
-        "putters",
-    )
-
-    def __init__(self, pattern: str, matches: Predicate, maxsize: int, overflow: Overflow) -> None:
-        self.pattern = pattern
-        self.matches = matches
-        self.maxsize = maxsize
-        self.limit = maxsize if maxsize > 0 else sys.maxsize
-        self.overflow = overflow
-        self.buffer: deque[EventBase] = deque()
-        self.getter: asyncio.Future[None] | None = None  # set only while the consumer waits
-        self.putters: list[asyncio.Future[None]] = []  # publishers waiting for room
-        self.dropped = 0
-        self.closed = False
-
-    def wake_getter(self) -> None:
-        getter, self.getter = self.getter, None
-        if getter is not None and not getter.done():
-            getter.set_result(None)
-
-    def wake_putters(self) -> None:
-        for putter in self.putters:
-            if not putter.done():
-                putter.set_result(None)
-        self.putters.clear()
-
-    def close(self) -> None:
-        self.closed = True
-        self.wake_getter()
-        self.wake_putters()
 
 
 class InMemoryBroker:
@@ -126,8 +76,8 @@ class InMemoryBroker:
         # topic -> (publish sequence number, publish time, event). A plain dict keeps publish
         # cheap; the least recently published entries are found by sorting, only on overflow.
         self._retained: dict[str, tuple[int, float, EventBase]] = {}
-        self._mailboxes: tuple[_Mailbox, ...] = ()
-        self._routes: dict[str, tuple[_Mailbox, ...]] = {}  # valid topic -> matching mailboxes
+        self._mailboxes: tuple[Mailbox, ...] = ()
+        self._routes: dict[str, tuple[Mailbox, ...]] = {}  # valid topic -> matching mailboxes
         self._groups: dict[str, MemoryGroup] = {}
         self._closed = False
         self._published = 0
@@ -158,7 +108,7 @@ class InMemoryBroker:
         """
         if overflow is not None:
             _check_overflow(overflow)
-        box = _Mailbox(
+        box = Mailbox(
             pattern,
             compile_pattern(pattern),
             self.maxsize if maxsize is None else maxsize,
@@ -210,7 +160,7 @@ class InMemoryBroker:
         state = self._groups.get(group)
         if state is None:
             limit = self.maxsize if maxsize is None else maxsize
-            box = _Mailbox(pattern, matches, limit, self.overflow)
+            box = Mailbox(pattern, matches, limit, self.overflow)
             state = self._groups[group] = MemoryGroup(group, box, self._clock)
             self._mailboxes = (*self._mailboxes, box)
             self._routes.clear()
@@ -250,7 +200,7 @@ class InMemoryBroker:
         """
         return self._group(group).replay(ids)
 
-    def _remove(self, box: _Mailbox) -> None:
+    def _remove(self, box: Mailbox) -> None:
         box.close()
         box.buffer.clear()
         if box in self._mailboxes:
@@ -283,7 +233,7 @@ class InMemoryBroker:
         if stuck is not None:
             raise QueueFullError(f"subscriber {stuck[0].pattern!r}", stuck[0].maxsize)
 
-    def _deliver(self, topic: str, event: EventBase) -> list[_Mailbox] | None:
+    def _deliver(self, topic: str, event: EventBase) -> list[Mailbox] | None:
         """Append `event` where there is room; return the full `block`/`raise` mailboxes."""
         if self._closed:
             raise BrokerClosedError(topic)
@@ -323,7 +273,7 @@ class InMemoryBroker:
                     getter.set_result(None)
         return stuck
 
-    def _route(self, topic: str) -> tuple[_Mailbox, ...]:
+    def _route(self, topic: str) -> tuple[Mailbox, ...]:
         validate_topic(topic)
         mailboxes = tuple(box for box in self._mailboxes if box.matches(topic))
         if len(self._routes) >= _ROUTE_CACHE_SIZE:
@@ -331,7 +281,7 @@ class InMemoryBroker:
         self._routes[topic] = mailboxes
         return mailboxes
 
-    async def _deliver_stuck(self, topic: str, event: EventBase, stuck: list[_Mailbox]) -> None:
+    async def _deliver_stuck(self, topic: str, event: EventBase, stuck: list[Mailbox]) -> None:
         refused = [box for box in stuck if box.overflow == "raise"]
         for box in stuck:
             if box.overflow != "block":
@@ -414,7 +364,7 @@ class InMemorySubscription:
 
     __slots__ = ("__weakref__", "_box", "_broker", "_unsubscribe")
 
-    def __init__(self, broker: InMemoryBroker, box: _Mailbox) -> None:
+    def __init__(self, broker: InMemoryBroker, box: Mailbox) -> None:
         self._broker = broker
         self._box = box
         self._unsubscribe = weakref.finalize(self, broker._remove, box)

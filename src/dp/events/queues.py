@@ -31,12 +31,16 @@ from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import Any, Generic, Self, TypeVar
 
+from dp.backoff import Backoff
 from dp.errors import QueueClosedError, QueueFullError, UnpicklableItemError
 from dp.events.ports import QueueEmptyError
 
 __all__ = ["InMemoryQueue", "MultiprocessQueue"]
 
 T = TypeVar("T")
+
+#: the pauses of `put` while the queue is full: 0.5 ms, doubling up to 50 ms
+_FULL_BACKOFF = Backoff(first=0.0005, cap=0.05)
 
 
 class InMemoryQueue(Generic[T]):
@@ -290,13 +294,13 @@ class MultiprocessQueue(Generic[T]):
         Raises:
             QueueClosedError: if the queue is closed.
         """
-        pause = 0.0005
+        tries = 0
         while True:
             try:
                 return self.put_nowait(item)
             except QueueFullError:
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.05)
+                tries += 1
+                await asyncio.sleep(_FULL_BACKOFF.delay(tries))
 
     # --- getting ----------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from dp.events.redis_entries import (
     parse_id,
     text,
 )
+from dp.events.redis_reader import RedisDurableSubscription, RedisSubscription
 from dp.events.remote import RemoteBroker
 from dp.events.topics import compile_pattern, validate_topic
 from dp.logs import get_logger
@@ -58,9 +59,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
         "the Redis event bus needs redis-py; install it with: pip install 'dp[redis]'"
     ) from exc
-
-if TYPE_CHECKING:
-    from dp.events.redis_reader import RedisDurableSubscription, RedisSubscription
 
 __all__ = ["RedisBroker"]
 
@@ -313,8 +311,6 @@ class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"])
         """Not durable: events published while nobody reads are only there as long as
         retention keeps them. Pattern subscriptions find new topics within `topic_refresh`
         seconds and read them from the subscription's start."""
-        from dp.events.redis_reader import RedisSubscription
-
         return RedisSubscription(self, pattern, replay_retained=replay_retained)
 
     def _group(
@@ -330,8 +326,6 @@ class RedisBroker(RemoteBroker["RedisSubscription", "RedisDurableSubscription"])
         `durable()` (with `start="earliest"`: at each stream's first entry) and is
         registered by the first read (a subscription never read creates no group). A group
         taken by another pattern raises `GroupError` from the first read."""
-        from dp.events.redis_reader import RedisDurableSubscription
-
         return RedisDurableSubscription(
             self,
             pattern,

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, cast
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from dp.backoff import Backoff
 from dp.errors import EventFormatError, GroupError, NotPendingError
 from dp.events.event import EventBase
 from dp.events.groups import not_acknowledged
-from dp.events.ports import StartFrom
+from dp.events.ports import StartFrom, Subscription
 from dp.events.redis_entries import CONNECTION_ERRORS, Entries, decode_entry, parse_id, text
 from dp.events.remote import BufferedReader
 from dp.logs import get_logger
@@ -26,9 +26,47 @@ from dp.logs import get_logger
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from dp.events.redis import RedisBroker
+__all__ = ["RedisDurableSubscription", "RedisStreams", "RedisSubscription"]
 
-__all__ = ["RedisDurableSubscription", "RedisSubscription"]
+T = TypeVar("T")
+
+
+class RedisStreams(Protocol):
+    """What the readers need of their broker (`RedisBroker`): its client, its keys, its
+    settings and its retrying call. A port, so this module does not import the broker that
+    imports it."""
+
+    @property
+    def redis(self) -> aioredis.Redis: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def topic_refresh(self) -> float: ...
+    @property
+    def publish_timeout(self) -> float | None: ...
+    @property
+    def topics_key(self) -> str: ...
+    @property
+    def groups_key(self) -> str: ...
+    @property
+    def last_ids(self) -> dict[str, bytes]: ...
+
+    def forget(self, subscription: Subscription) -> None: ...
+    def stream_key(self, topic: str) -> str: ...
+    def topic_of(self, key: bytes | str) -> str: ...
+    def dlq_key(self, group: str) -> str: ...
+    def replay_key(self, group: str) -> str: ...
+    def errors_key(self, group: str) -> str: ...
+    async def call(
+        self, op: Callable[[aioredis.Redis], Awaitable[T]], *, wait: float | None
+    ) -> T: ...
+    async def start_id_at(self, local_time: float) -> str: ...
+    async def retained(
+        self, pattern: str = "**", *, until: Callable[[str], str] | None = None
+    ) -> list[EventBase]: ...
+
 
 _log = get_logger("dp.events.redis")
 _BACKOFF = Backoff(first=0.02, cap=1.0)  # between tries to read after a lost connection
@@ -41,7 +79,7 @@ Found = list[tuple[bytes, Entries]]
 class _Reader(BufferedReader[_Item]):
     """What both subscriptions share: the reader's retry loop and the streams it reads."""
 
-    def __init__(self, broker: RedisBroker, pattern: str) -> None:
+    def __init__(self, broker: RedisStreams, pattern: str) -> None:
         super().__init__(broker, pattern, broker.batch)
         self._broker = broker
         self._exact = "*" not in pattern
@@ -109,7 +147,7 @@ class _Reader(BufferedReader[_Item]):
 class RedisSubscription(_Reader):
     """Events matching a pattern, published after the subscription was made (`XREAD`)."""
 
-    def __init__(self, broker: RedisBroker, pattern: str, *, replay_retained: bool) -> None:
+    def __init__(self, broker: RedisStreams, pattern: str, *, replay_retained: bool) -> None:
         super().__init__(broker, pattern)
         self._replay_retained = replay_retained
         self._start_id = "0-0"
@@ -172,7 +210,7 @@ class RedisDurableSubscription(_Reader):
 
     def __init__(
         self,
-        broker: RedisBroker,
+        broker: RedisStreams,
         pattern: str,
         *,
         group: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from functools import lru_cache
 from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
@@ -22,9 +23,29 @@ from dp.planner.schema import type_name
 if TYPE_CHECKING:
     from pydantic import TypeAdapter
 
-    from dp.planner.plan import RunParameter
+__all__ = ["RunParameter", "check_storable", "jsonable", "validate_param"]
 
-__all__ = ["check_storable", "jsonable", "validate_param"]
+
+@dataclass(frozen=True, slots=True)
+class RunParameter:
+    """An input supplied when a run starts, not by a dependency."""
+
+    name: str
+    annotation: Any
+    required: bool
+    tasks: tuple[str, ...]
+    default: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "type": type_name(self.annotation),
+            "required": self.required,
+            "tasks": list(self.tasks),
+        }
+        if not self.required:
+            data["default"] = jsonable(self.default)
+        return data
 
 
 def check_storable(param: RunParameter, value: Any) -> Any:

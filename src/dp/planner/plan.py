@@ -25,9 +25,8 @@ from dp.errors import (
     SeveralStreamsError,
     UnknownRunParameterError,
 )
-from dp.jsonable import jsonable
 from dp.planner.dag import DAG, DAGBuilder
-from dp.planner.params import check_storable, validate_param
+from dp.planner.params import RunParameter, check_storable, validate_param
 from dp.planner.schema import is_compatible, type_name
 from dp.tasks import SCHEDULED_FOR, TaskMetadata, TaskRegistry
 
@@ -57,28 +56,6 @@ class Edge(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         return self._asdict()
-
-
-@dataclass(frozen=True, slots=True)
-class RunParameter:
-    """An input supplied when a run starts, not by a dependency."""
-
-    name: str
-    annotation: Any
-    required: bool
-    tasks: tuple[str, ...]
-    default: Any = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "name": self.name,
-            "type": type_name(self.annotation),
-            "required": self.required,
-            "tasks": list(self.tasks),
-        }
-        if not self.required:
-            data["default"] = jsonable(self.default)
-        return data
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """A registered trigger's bookkeeping, the circuit breaker over it, and how its events are
 addressed: what the scheduler's timer, its event consumers and `fire()` share.
 
-The breaker: after `failure_threshold` consecutive failures a trigger's circuit opens; after
-`reset_timeout` the next fire is a trial (half-open), whose success closes the circuit and
-whose failure opens it again. A cron trigger skips (and counts) the fires its open circuit
-refuses (`admit`); an event trigger waits instead (`hold`), so none of its events is skipped.
+The breaker (`dp.scheduler.circuit.Circuit`, the poller's too): after `failure_threshold`
+consecutive failures a trigger's circuit opens; after `reset_timeout` the next fire is a trial
+(half-open), whose success closes the circuit and whose failure opens it again. A cron trigger
+skips (and counts) the fires its open circuit refuses (`admit`); an event trigger waits
+instead (`hold`), so none of its events is skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from dp.errors import ArgumentTypeError, InvalidArgumentError
 from dp.events import EventBase
 from dp.logs import get_logger
+from dp.scheduler.circuit import Circuit
 from dp.scheduler.clock import Clock
 from dp.scheduler.health import CircuitState, TriggerStats
 from dp.scheduler.triggers import Trigger, TriggerKind
@@ -31,8 +33,7 @@ class Entry:
     """A registered trigger and its mutable bookkeeping."""
 
     __slots__ = (
-        "circuit",
-        "consecutive",
+        "breaker",
         "dead_lettered",
         "due",
         "failures",
@@ -43,7 +44,6 @@ class Entry:
         "last_fire_at",
         "name",
         "problem",
-        "retry_at",
         "skipped",
         "source",
         "target_topic",
@@ -64,12 +64,22 @@ class Entry:
         self.failures = 0
         self.skipped = 0
         self.dead_lettered = 0
-        self.consecutive = 0
         self.last_fire_at: datetime | None = None
         self.last_error: str | None = None
-        self.circuit: CircuitState = "closed"
-        self.retry_at: datetime | None = None
+        self.breaker = Circuit()
         self.problem: str | None = None
+
+    @property
+    def circuit(self) -> CircuitState:
+        return self.breaker.state
+
+    @property
+    def consecutive(self) -> int:
+        return self.breaker.consecutive
+
+    @property
+    def retry_at(self) -> datetime | None:
+        return self.breaker.retry_at
 
 
 def stats(entry: Entry) -> TriggerStats:
@@ -96,23 +106,23 @@ class Breaker:
 
     def admit(self, entry: Entry, now: datetime) -> bool:
         """Whether the circuit lets a fire through now; counts a skip when it does not."""
-        if entry.circuit == "open":
-            assert entry.retry_at is not None
-            if now < entry.retry_at:
-                entry.skipped += 1
-                return False
-            entry.circuit = "half_open"
+        was = entry.breaker.state
+        if not entry.breaker.allows(now):
+            entry.skipped += 1
+            return False
+        if was == "open":
             _log.info("trigger_circuit_half_open", trigger=entry.name)
         return True
 
     async def hold(self, entry: Entry, clock: Clock) -> None:
         """Wait while the circuit is open; then let one trial through (half-open)."""
-        if entry.circuit != "open":
+        breaker = entry.breaker
+        if breaker.state != "open":
             return
-        assert entry.retry_at is not None
-        if clock.now() < entry.retry_at:
-            await clock.sleep_until(entry.retry_at)
-        entry.circuit = "half_open"
+        assert breaker.retry_at is not None
+        if clock.now() < breaker.retry_at:
+            await clock.sleep_until(breaker.retry_at)
+        breaker.trial()
         _log.info("trigger_circuit_half_open", trigger=entry.name)
 
     @staticmethod
@@ -120,16 +130,14 @@ class Breaker:
         """A fire went through: count it and close the circuit."""
         entry.fires += 1
         entry.last_fire_at = now
-        entry.consecutive = 0
-        if entry.circuit != "closed":
-            entry.circuit = "closed"
-            entry.retry_at = None
+        if entry.breaker.succeeded():
             _log.info("trigger_circuit_closed", trigger=entry.name)
 
     def failed(self, entry: Entry, exc: Exception, now: datetime, *, what: str) -> None:
         """A fire failed at stage `what`: count it, log it, open the circuit if due."""
         entry.failures += 1
-        entry.consecutive += 1
+        breaker = entry.breaker
+        opened = breaker.failed(self.failure_threshold, now + self.reset_timeout)
         entry.last_error = f"{type(exc).__name__}: {exc}"
         _log.error(
             "trigger_failed",
@@ -140,9 +148,8 @@ class Breaker:
             error=entry.last_error,
             exc_info=exc,
         )
-        if entry.circuit == "half_open" or entry.consecutive >= self.failure_threshold:
-            entry.circuit = "open"
-            entry.retry_at = now + self.reset_timeout
+        if opened:
+            assert entry.retry_at is not None
             _log.error(
                 "trigger_circuit_opened",
                 trigger=entry.name,
@@ -153,9 +160,7 @@ class Breaker:
     @staticmethod
     def circuit(entry: Entry, now: datetime) -> CircuitState:
         """The circuit as seen now: an open one whose timeout passed reports half-open."""
-        if entry.circuit == "open" and entry.retry_at is not None and now >= entry.retry_at:
-            return "half_open"
-        return entry.circuit
+        return entry.breaker.seen(now)
 
 
 def cron_event_id(trigger: str, scheduled_for: datetime) -> str:

@@ -36,12 +36,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from dp.backoff import Backoff
 from dp.errors import InvalidArgumentError, PollTimeoutError, SourceBusyError
 from dp.events import EventBase, Publisher
 from dp.logs import get_logger
+from dp.scheduler.circuit import Circuit
 from dp.scheduler.clock import Clock, SystemClock
 from dp.scheduler.health import MetricSample
 from dp.sources import Source, collect, items_of
+from dp.store.memory import MemoryRunStore
 from dp.store.records import HOST, SourceRecord
 
 __all__ = [
@@ -132,8 +135,7 @@ class _Entry:
     """A source and this instance's bookkeeping of it."""
 
     __slots__ = (
-        "circuit",
-        "consecutive",
+        "breaker",
         "cursor",
         "events",
         "failures",
@@ -156,8 +158,9 @@ class _Entry:
         self.renew_at: datetime | None = None
         self.next_due: datetime | None = None
         self.polled_at: datetime | None = None
-        self.circuit: SourceCircuit = "closed"
-        self.consecutive = 0
+        #: opened after `max_failures` in a row; while open, the polls are its trials, spaced
+        #: by the backoff (`_next_due`), so it never turns half-open on its own
+        self.breaker = Circuit()
         self.last_error: str | None = None
         self.polls = 0
         self.failures = 0
@@ -165,6 +168,14 @@ class _Entry:
         self.inflight: threading.Event | None = None  # set once a sync poll's call returned
         self.task: asyncio.Task[None] | None = None
         self.waiting = False  # asleep on the clock between polls
+
+    @property
+    def circuit(self) -> SourceCircuit:
+        return "closed" if self.breaker.state == "closed" else "open"
+
+    @property
+    def consecutive(self) -> int:
+        return self.breaker.consecutive
 
 
 class SourcePoller:
@@ -200,8 +211,6 @@ class SourcePoller:
         if lease <= 0:
             raise InvalidArgumentError("lease", lease, "a positive number of seconds")
         if state is None:
-            from dp.store.memory import MemoryRunStore
-
             state = MemoryRunStore()
         self._entries = {s.name: _Entry(s) for s in sources}
         self._publisher = publisher
@@ -374,8 +383,9 @@ class SourcePoller:
                 record = await asyncio.to_thread(self.state.get_source, name)
                 if record is not None:
                     entry.cursor = record.cursor
-                    entry.consecutive = record.failures
-                    entry.circuit = "open" if record.circuit == "open" else "closed"
+                    entry.breaker.restore(
+                        "open" if record.circuit == "open" else "closed", record.failures
+                    )
                     entry.last_error = record.last_error
                     entry.polled_at = record.polled_at
                 entry.next_due = now
@@ -392,9 +402,9 @@ class SourcePoller:
     def _next_due(self, entry: _Entry, due: datetime, now: datetime) -> datetime:
         every = entry.source.every
         if entry.circuit == "open":
-            exponent = max(entry.consecutive - entry.source.max_failures, 0)
-            backoff = min(every * 2 ** min(exponent + 1, 60), entry.source.max_backoff)
-            return now + timedelta(seconds=backoff)
+            beyond = max(entry.consecutive - entry.source.max_failures, 0)
+            backoff = Backoff(first=every * 2, cap=entry.source.max_backoff)
+            return now + timedelta(seconds=backoff.delay(beyond + 1))
         # Fixed rate, keeping the phase: a poll that overran skips the ticks it covered.
         ticks = max(1, math.ceil((now - due).total_seconds() / every + 1e-9))
         return due + timedelta(seconds=every * ticks)
@@ -411,9 +421,8 @@ class SourcePoller:
             await self._failed(entry, exc)
             return
         now = self._clock.now()
-        recovered = entry.circuit == "open"
         entry.cursor, entry.polled_at = cursor, now
-        entry.consecutive, entry.circuit, entry.last_error = 0, "closed", None
+        recovered, entry.last_error = entry.breaker.succeeded(), None
         try:
             await self._save(entry)  # the cursor is committed only after its events went out
         except Exception as exc:
@@ -454,7 +463,7 @@ class SourcePoller:
     async def _failed(self, entry: _Entry, exc: Exception) -> None:
         definition = entry.source
         entry.failures += 1
-        entry.consecutive += 1
+        opened = entry.breaker.failed(definition.max_failures)
         entry.last_error = f"{type(exc).__name__}: {exc}"
         entry.polled_at = self._clock.now()
         _log.error(
@@ -464,9 +473,6 @@ class SourcePoller:
             error=entry.last_error,
             exc_info=exc,
         )
-        opened = entry.circuit == "closed" and entry.consecutive >= definition.max_failures
-        if opened:
-            entry.circuit = "open"
         with contextlib.suppress(Exception):  # the store being down may be the failure
             await self._save(entry)
         if opened:

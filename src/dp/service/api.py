@@ -28,7 +28,7 @@ from dp.errors import (
     TaskRunNotFoundError,
 )
 from dp.limits import current_limits
-from dp.service import handlers
+from dp.service import dashboard, handlers
 from dp.service.handlers import RETRY_AFTER
 from dp.service.middleware import SAFE_METHODS, BearerAuth, BodyLimit, HostAllowList
 from dp.service.models import EventRequest, FireRequest, RunRequest
@@ -75,7 +75,6 @@ def create_app(
         any_ip_host: with `allowed_hosts`, also accept any IP address as the host (a
             service bound to every address).
     """
-    from dp.service import dashboard
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

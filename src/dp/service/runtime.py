@@ -16,7 +16,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dp.engine import Orchestrator, RunHandle, TooManyPipelinesError
 from dp.engine.retry import Lineage
@@ -43,14 +43,13 @@ from dp.events.ports import BusHealth
 from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
+from dp.scheduler import Scheduler, create_cron_trigger, create_event_trigger
+from dp.scheduler.poller import SourcePoller
 from dp.service.lifecycle import LifecycleEvents, Metrics
 from dp.service.starts import START_GROUP, StartEvents
 from dp.service.storecheck import StoreCheck
-from dp.store.records import RunStatus, is_stale
-
-if TYPE_CHECKING:
-    from dp.scheduler import Scheduler
-    from dp.scheduler.poller import SourcePoller
+from dp.statuses import LIVE_RUN, RunStatus
+from dp.store.records import is_stale
 
 __all__ = [
     "START_GROUP",
@@ -110,8 +109,6 @@ class Service:
         self.publisher: Publisher = self.broker
         self.consumer: Consumer = BrokerConsumer(self.broker)
         if scheduler is None:
-            from dp.scheduler import Scheduler
-
             scheduler = Scheduler(self.publisher)
         self.scheduler: Scheduler = scheduler
         self.target = target
@@ -362,8 +359,6 @@ class Service:
                 raise InvalidPipelineError(definition.name, f"has a bad trigger: {exc}") from exc
 
     async def _register_pipeline_triggers(self, definition: Pipeline) -> None:
-        from dp.scheduler import create_cron_trigger, create_event_trigger
-
         topic = definition.start_topic
         for index, cron in enumerate(definition.schedules):
             name = f"{definition.name}.cron{index}" if index else f"{definition.name}.cron"
@@ -395,7 +390,7 @@ class Service:
         assert store is not None
         records = await asyncio.to_thread(
             store.list_runs,
-            status=[RunStatus.INTERRUPTED, RunStatus.RUNNING, RunStatus.QUEUED],
+            status=[RunStatus.INTERRUPTED, *LIVE_RUN],
             limit=1000,
         )
         active = {handle.run_id for handle in self.orchestrator.active_runs()}

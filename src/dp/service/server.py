@@ -35,8 +35,11 @@ from dp.events.ports import BusHealth
 from dp.loader import load_tasks
 from dp.logs import configure_logging, get_logger
 from dp.pipelines import get_pipelines
+from dp.scheduler import FileScheduleState, Scheduler
+from dp.scheduler.poller import SourcePoller
 from dp.service.api import create_app
 from dp.service.runtime import Service
+from dp.sources import get_sources
 
 __all__ = ["ServeError", "allowed_hosts", "is_loopback", "listen", "serve"]
 
@@ -248,10 +251,6 @@ def build_service(
 
     Every pipeline is planned here, so a broken definition fails before anything listens.
     """
-    from dp.scheduler import FileScheduleState, Scheduler
-    from dp.scheduler.poller import SourcePoller
-    from dp.sources import get_sources
-
     text = os.fspath(target)
     load_tasks(text)
     recorded = str(Path(text).resolve()) if text.endswith(".py") else text

@@ -35,7 +35,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "SQLRunStore":
+    if name == "SQLRunStore":  # SQLAlchemy costs ~130 ms: paid only by who opens a SQL store
         from dp.store.sql import SQLRunStore
 
         return SQLRunStore

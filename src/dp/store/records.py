@@ -13,12 +13,14 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Protocol, overload, runtime_checkable
 
 from dp.errors import InvalidArgumentError, StoreError
 from dp.ids import check_id
+from dp.statuses import LIVE_RUN, RunStatus, TaskStatus
 
+#: RunStatus and TaskStatus live in dp.statuses; they are re-exported here for the code that
+#: imported them from the store before.
 __all__ = [
     "HOST",
     "RunRecord",
@@ -35,51 +37,6 @@ __all__ = [
 
 #: this machine's name, recorded as the owner of the runs (and attempts) it executes
 HOST = socket.gethostname()
-
-
-class RunStatus(StrEnum):
-    """Where a run is in its life cycle."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    PARTIAL = "partial"
-    INTERRUPTED = "interrupted"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        """Whether the run is over for good; an interrupted run can still be resumed."""
-        return self in _FINISHED
-
-
-_FINISHED = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.CANCELLED}
-)
-
-
-class TaskStatus(StrEnum):
-    """Where one task (or one mapped instance of it) is within a run."""
-
-    PENDING = "pending"
-    #: handed to a broker (the Celery executor), waiting in its queue until a worker takes it
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-    #: its owner died (or was fenced) while this attempt ran; a resume runs it again
-    INTERRUPTED = "interrupted"
-    #: (an earlier attempt) its worker stopped answering or died, and the attempt was handed
-    #: out again as the next one (Celery executor); never a task's final status
-    LOST = "lost"
-
-    @property
-    def finished(self) -> bool:
-        """Whether this task (instance) will not change any more in this run."""
-        return self not in (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING)
 
 
 def _now() -> datetime:
@@ -458,7 +415,7 @@ def is_stale(record: RunRecord, *, now: datetime | None = None) -> bool:
     """Whether a run that says it is running (or queued) has lost its owner: the owner process
     is gone from this machine, or its lease ran out without being renewed. A stale run can be
     resumed (`dp runs resume`); an interrupted one was stopped on purpose and is not stale."""
-    if record.status not in (RunStatus.RUNNING, RunStatus.QUEUED):
+    if record.status not in LIVE_RUN:
         return False
     host, pid = owner_of(record)
     if host == HOST and pid is not None and pid != os.getpid() and not pid_alive(pid):

@@ -5,6 +5,7 @@ import { api, stream } from "./api.js";
 import { badge, clear, debounce, duration, h, message, runLink, scheduled, setLive, time, fill } from "./dom.js";
 import { drawGantt } from "./gantt.js";
 import { resumable, resume, retry, retryable } from "./runs.js";
+import { live } from "./statuses.js";
 
 const COLUMN = 230;
 const ROW = 34;
@@ -71,7 +72,7 @@ export function runPage(main, runId) {
     const run = state.run;
     const actions = h("div", { class: "actions" });
     const feedback = h("div", { class: "form-error", role: "alert" });
-    if (run.status === "running" || run.status === "queued") {
+    if (live(run)) {
       actions.append(action("Cancel", "cancel", () => api(`/runs/${encodeURIComponent(runId)}/cancel`, { method: "POST" }), feedback));
     }
     if (resumable(run)) actions.append(action("Resume", "resume", () => resume(run), feedback));

@@ -2,8 +2,8 @@
 
 import { api, stream } from "./api.js";
 import { badge, clear, debounce, duration, h, message, runLink, scheduled, setLive, time, fill } from "./dom.js";
+import { RUN_STATUSES } from "./statuses.js";
 
-const STATUSES = ["queued", "running", "succeeded", "failed", "partial", "interrupted", "cancelled"];
 const TRIGGERS = ["api", "cron", "event", "manual", "retry"];
 const PAGE = 50;
 
@@ -19,7 +19,7 @@ export function runsPage(main, query) {
     "form",
     { class: "filters" },
     pipelineSelect,
-    select("status", STATUSES, filters.status, "any status"),
+    select("status", RUN_STATUSES, filters.status, "any status"),
     select("trigger", TRIGGERS, filters.trigger, "any trigger"),
   );
   form.addEventListener("change", () => {

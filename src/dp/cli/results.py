@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dp import config
-from dp.cli_common import (
+from dp.cli.common import (
     ResultsOpt,
     RootOpt,
     StoreOpt,

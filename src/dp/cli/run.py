@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from dp import config
-from dp.cli_common import (
+from dp.cli.common import (
     EXIT_UNAVAILABLE,
     ExecutorOpt,
     MaxResumeOpt,
@@ -37,7 +37,7 @@ from dp.cli_common import (
     run_results,
     settings_for,
 )
-from dp.cli_results import rerun_list
+from dp.cli.results import rerun_list
 from dp.display import (
     LiveProgress,
     duration_text,

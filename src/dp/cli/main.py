@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from dp import cli_run, cli_worker
-from dp.cli_common import (
+from dp.cli import run as cli_run
+from dp.cli import worker as cli_worker
+from dp.cli.common import (
     BusOpt,
     ExecutorOpt,
     MaxResumeOpt,
@@ -27,9 +28,9 @@ from dp.cli_common import (
     plan_tasks,
     settings_for,
 )
-from dp.cli_events import events_app
-from dp.cli_runs import runs_app
-from dp.cli_sources import sources_app
+from dp.cli.events import events_app
+from dp.cli.runs import runs_app
+from dp.cli.sources import sources_app
 from dp.display import print_plan
 from dp.errors import DPError, ListenError
 
@@ -155,6 +156,7 @@ def serve(
     Tasks run in worker processes by default (-e process), so no task can take the
     service down; -e inprocess runs them on threads of the service itself.
     """
+    # the server (FastAPI, uvicorn) costs ~170 ms to import: only `dp serve` pays it
     from dp.service.server import serve as serve_forever
 
     settings = settings_for(
@@ -240,7 +242,7 @@ def show_config(
 
 
 # --- the commands, in the order `dp --help` lists them -------------------------------------
-# A command group of its own module (cli_runs, cli_events, ...) is registered here too.
+# A command group of its own module (dp.cli.runs, dp.cli.events, ...) is registered here too.
 
 app.command()(plan)
 app.command()(cli_run.run)
@@ -254,7 +256,3 @@ app.add_typer(sources_app, name="sources")
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Annotated
@@ -69,6 +70,7 @@ def worker(
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Celery's log level.")] = "INFO",
 ) -> None:
     """Run the tasks of TARGET for `--executor celery` orchestrators, on this machine."""
+    # celery and redis-py are an extra (dp[celery]): imported only by the command that needs them
     from dp.engine.celery_beat import Heartbeat
     from dp.engine.celery_worker import (
         DEFAULT_QUEUE,
@@ -103,7 +105,12 @@ def worker(
     except DPError as exc:
         _errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
-    configure(WorkerConfig(settings, broker))
+    open_store = (
+        None
+        if settings.store == "memory://"
+        else functools.partial(config.open_store, settings, must_exist=True)
+    )
+    configure(WorkerConfig(broker, functools.partial(config.open_results, settings), open_store))
     heartbeat = Heartbeat(broker, names)
     celery_worker = app.Worker(
         concurrency=concurrency or os.cpu_count() or 2,

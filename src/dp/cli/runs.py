@@ -1,6 +1,6 @@
 """`dp runs list|show|logs|result|verify|cancel`: the runs recorded in the run store.
 
-`dp runs resume` runs a pipeline again, so it is written beside `dp run` in `dp.cli_run`."""
+`dp runs resume` runs a pipeline again, so it is written beside `dp run` in `dp.cli.run`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.pretty import Pretty
 
 from dp import config
-from dp.cli_common import (
+from dp.cli.common import (
     ResultsOpt,
     RootOpt,
     StoreOpt,
@@ -26,8 +26,8 @@ from dp.cli_common import (
     run_results,
     settings_for,
 )
-from dp.cli_results import runs_verify
-from dp.cli_run import runs_resume, runs_retry
+from dp.cli.results import runs_verify
+from dp.cli.run import runs_resume, runs_retry
 from dp.display import (
     lineage_lines,
     pipeline_label,
@@ -40,6 +40,7 @@ from dp.display import (
 from dp.engine.retry import reused_map, stored_in
 from dp.engine.takeover import cancel_recorded
 from dp.errors import CLIError, DPError
+from dp.jsonable import jsonable
 from dp.store.records import HOST, RunStatus, TaskRunRecord, TaskStatus, is_stale, owner_of
 
 __all__ = ["runs_app"]
@@ -70,7 +71,7 @@ def runs_cancel(
     except DPError as exc:
         raise fail(exc) from exc
     host, pid = owner_of(before)
-    live = before.status in (RunStatus.RUNNING, RunStatus.QUEUED) and not is_stale(before)
+    live = before.status.live and not is_stale(before)
     owner = f" (its owner {host}:{pid} is fenced and stops)" if live else ""
     print(f"run {run_id} {record.status.value}; it was {before.status.value}{owner}")
 
@@ -295,8 +296,6 @@ def runs_result(
     root: RootOpt = Path(".dp"),
 ) -> None:
     """Print the result a task stored in a run (each chunk, for a streaming or mapped task)."""
-    from dp.jsonable import jsonable
-
     settings = settings_for(root, store=store, results=results)
     run_store = open_store(ctx, settings)
     record = get_run(run_store, run_id)

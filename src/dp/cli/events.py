@@ -53,6 +53,7 @@ def _with_broker(url: str | None, prefix: str, work: Callable[..., Awaitable[T]]
             )
 
         async def run() -> T:
+            # the networked buses need their extras (aiokafka, redis-py): imported when chosen
             if url.startswith("kafka://"):  # replays need no idempotent producer
                 from dp.events.kafka import KafkaBroker
                 from dp.events.kafka_options import kafka_url

@@ -1,0 +1,5 @@
+"""`python -m dp.cli ...` is `dp ...` (the tests start dp this way)."""
+
+from dp.cli.main import main
+
+main()
