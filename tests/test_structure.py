@@ -23,7 +23,7 @@ KNOWN_CIRCLES = [{"dp.events.kafka", "dp.events.kafka_reader"}]
 #: measured import cost (a comment at each says which)
 DEFERRED = {
     ("dp.config", "dp.engine.celery_executor"),  # Celery modules, ~30 ms
-    ("dp.config", "dp.io_s3"),  # boto3, dp[s3]
+    ("dp.config", "dp.io.s3"),  # boto3, dp[s3]
     ("dp.config", "dp.store.sql"),  # SQLAlchemy, ~130 ms
     ("dp.engine.orchestrator", "dp.engine.process"),  # worker processes
     ("dp.engine.orchestrator", "dp.store"),  # SQLAlchemy, ~130 ms
@@ -34,6 +34,7 @@ DEFERRED = {
     ("dp.cli.events", "dp.events.kafka"),  # aiokafka: dp[kafka]
     ("dp.cli.events", "dp.events.redis"),  # redis-py: dp[redis]
     ("dp.events.kafka", "dp.events.kafka_reader"),  # the known circle above
+    ("dp.settings", "dp.events.kafka_options"),  # a URL parser; dp.events would load the buses
 }
 
 

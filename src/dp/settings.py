@@ -31,7 +31,6 @@ from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
 
 from dp.errors import ConfigError, ConfigFileError, InvalidBusURLError, InvalidResultsURLError
-from dp.events.kafka_options import parse_kafka_url
 from dp.io.s3 import parse_s3_url  # no boto3 here: only the URL is read
 
 __all__ = [
@@ -329,8 +328,11 @@ def _check_bus(value: str, source: str) -> str:
             )
         return value
     if scheme == "kafka":
+        # only the URL parser, no aiokafka; at the top it would load dp.events (the buses)
+        from dp.events.kafka_options import parse_kafka_url
+
         try:
-            parse_kafka_url(value)  # no aiokafka: only the URL is read
+            parse_kafka_url(value)
         except InvalidBusURLError as exc:
             raise ConfigError("bus", mask(value), source, exc.problem, BUS_SCHEMES) from None
         return value

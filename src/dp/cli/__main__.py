@@ -2,4 +2,5 @@
 
 from dp.cli.main import main
 
-main()
+if __name__ == "__main__":
+    main()

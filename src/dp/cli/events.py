@@ -14,6 +14,7 @@ from rich.table import Table
 
 from dp import config
 from dp.errors import DPError, InvalidBusURLError
+from dp.events.kafka_options import kafka_url
 from dp.events.ports import Broker, DeadLetter
 
 __all__ = ["events_app"]
@@ -56,7 +57,6 @@ def _with_broker(url: str | None, prefix: str, work: Callable[..., Awaitable[T]]
             # the networked buses need their extras (aiokafka, redis-py): imported when chosen
             if url.startswith("kafka://"):  # replays need no idempotent producer
                 from dp.events.kafka import KafkaBroker
-                from dp.events.kafka_options import kafka_url
 
                 quick = kafka_url(url, request_timeout=3.0, idempotence=False)
                 async with KafkaBroker(quick) as kafka:

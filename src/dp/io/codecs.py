@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, Final
 
+from dp.errors import InvalidArgumentError
 from dp.safetext import describe_exception
 
 __all__ = ["CODECS", "FRAMES", "PARQUET", "PICKLE", "ParquetCodec", "PickleCodec", "codecs_for"]
@@ -102,8 +103,11 @@ def codecs_for(frames: str) -> tuple[PickleCodec | ParquetCodec, ...]:
         try:
             import pyarrow  # noqa: F401
         except ModuleNotFoundError:
-            raise ValueError(
-                "frames=parquet needs pyarrow, which is not installed; pip install 'dp[parquet]'"
+            raise InvalidArgumentError(
+                "frames",
+                frames,
+                "'pickle' or 'parquet' with pyarrow installed",
+                hint="frames=parquet needs pyarrow: pip install 'dp[parquet]'",
             ) from None
         return (PARQUET, PICKLE)
-    raise ValueError(f"frames={frames!r} is not one of {', '.join(FRAMES)}")
+    raise InvalidArgumentError("frames", frames, f"one of {', '.join(FRAMES)}")

@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dp.config import open_results_url
 from dp.engine.retry import stored_in
 from dp.engine.takeover import cancel_recorded
 from dp.errors import (
@@ -19,6 +18,7 @@ from dp.errors import (
     AttemptNotFoundError,
     InvalidTopicError,
     NoRunStoreError,
+    ResultsUnavailableError,
     ServiceUnavailableError,
     TaskRunNotFoundError,
     TriggerNotFoundError,
@@ -276,7 +276,11 @@ def routes() -> APIRouter:
         result_ids = [rid for row in rows for rid in row.result_ids]
         io = service.orchestrator.io_manager
         if record.results and record.results != results_url(io):
-            io = open_results_url(record.results)
+            if service.open_results is None:
+                raise ResultsUnavailableError(
+                    record.results, f"read run {run_id}'s results", "this service cannot open them"
+                )
+            io = service.open_results(record.results)
         source = stored_in(record, task)  # a retry's reused task: where its parent stored it
         values = await asyncio.to_thread(lambda: [io.load(source, task, r) for r in result_ids])
         streamed = len(result_ids) != 1 or any(r.instance for r in rows)

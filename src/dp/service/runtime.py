@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import time
 from collections import Counter as Tally
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +40,7 @@ from dp.events import (
     Publisher,
 )
 from dp.events.ports import BusHealth
+from dp.io import IOManager
 from dp.logs import get_logger
 from dp.pipelines import Pipeline, PipelineRegistry
 from dp.planner import ExecutionPlan
@@ -86,6 +87,9 @@ class Service:
         claim_idle: seconds an event this instance took (a start event, or an `on=` event)
             may stay unacknowledged before another instance of its group takes it over;
             events held through an outage are kept from that meanwhile.
+        open_results: opens the results a run recorded elsewhere than the orchestrator's
+            (its results URL); the server hands down the configuration's (default: none, and
+            such results are not served).
     """
 
     def __init__(
@@ -101,8 +105,10 @@ class Service:
         task_events: bool = True,
         sources: SourcePoller | None = None,
         claim_idle: float = 60.0,
+        open_results: Callable[[str], IOManager] | None = None,
     ) -> None:
         self.pipelines = {p.name: p for p in pipelines}
+        self.open_results = open_results
         self.sources = sources
         self.orchestrator = orchestrator
         self.broker: Broker = broker if broker is not None else InMemoryBroker()

@@ -19,7 +19,14 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from dp.config import Settings, build_orchestrator, mask, open_broker, resolve
+from dp.config import (
+    Settings,
+    build_orchestrator,
+    mask,
+    open_broker,
+    open_results_url,
+    resolve,
+)
 from dp.engine.lease import DEFAULT_LEASE_SECONDS
 from dp.errors import (
     BusRefusedError,
@@ -290,6 +297,7 @@ def build_service(
         grace=grace,
         sources=sources,
         claim_idle=claim_idle,
+        open_results=open_results_url,
     )
 
 
