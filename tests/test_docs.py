@@ -141,3 +141,11 @@ def test_every_test_the_guarantees_name_exists() -> None:
         if not source.exists() or not re.search(rf"def {test}\b", source.read_text()):
             missing.append(f"{module}::{test}")
     assert missing == []
+
+
+def test_the_readme_example_plans_and_runs(tmp_path: Path) -> None:
+    """The example at the top of the README is a working pipeline file."""
+    (python,) = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+    (tmp_path / "sales.py").write_text(python)
+    for command in ("dp plan sales.py", "dp run sales.py -p day=2026-03-01"):
+        _run(command, tmp_path, [])
