@@ -217,7 +217,9 @@ class KafkaSubscription(_Reader):
         for record in last.values():
             if record.topic not in newest or record.timestamp > newest[record.topic].timestamp:
                 newest[record.topic] = record
-        await self._fill(sorted(newest.values(), key=lambda r: r.timestamp))
+        # Kafka's timestamps are milliseconds: events published within one tie, and the
+        # event's own (microsecond) timestamp orders them, oldest first
+        await self._fill(sorted(newest.values(), key=lambda r: (r.timestamp, _event_time(r))))
         return {tp: record.offset for tp, record in last.items()}
 
 
@@ -508,3 +510,12 @@ class KafkaDurableSubscription(_Reader):
         self._dirty = True
         with contextlib.suppress(Exception):
             await self._commit()
+
+
+def _event_time(record: Record) -> str:
+    """The event's own timestamp in a record (ISO 8601 UTC, so text order is time order), or
+    "" when the record does not decode (it is ordered by the broker's timestamp alone)."""
+    try:
+        return decode(record, own_topic=None).timestamp.isoformat()
+    except (EventFormatError, ValueError):  # not a dp event (or one breaking the input rule)
+        return ""
