@@ -149,3 +149,12 @@ def test_the_readme_example_plans_and_runs(tmp_path: Path) -> None:
     (tmp_path / "sales.py").write_text(python)
     for command in ("dp plan sales.py", "dp run sales.py -p day=2026-03-01"):
         _run(command, tmp_path, [])
+
+
+def test_every_dp_variable_the_code_reads_is_in_the_readme() -> None:
+    """A setting a user (or a test) changes through the environment is documented."""
+    code = " ".join(path.read_text() for path in (ROOT / "src" / "dp").rglob("*.py"))
+    variables = set(re.findall(r"\"(DP_[A-Z0-9_]+)\"", code))
+    readme = (ROOT / "README.md").read_text()
+    assert len(variables) >= 15
+    assert sorted(v for v in variables if v not in readme) == []
