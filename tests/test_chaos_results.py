@@ -21,7 +21,7 @@ from dp.engine.worker import Worker
 from dp.io import FilesystemIOManager
 from dp.store import SQLRunStore, TaskStatus
 from dp.tasks import TaskRegistry, task
-from test_cli_run import PIPELINE, _env, _recorded_running, dp, executions
+from test_cli_run import PIPELINE, _recorded_running, dp, executions, sigkill_when
 
 
 @pytest.fixture
@@ -32,24 +32,13 @@ def project(tmp_path: Path) -> Path:
 
 def _killed_at_c(project: Path) -> str:
     """`dp run` SIGKILLed while task c runs (a and b stored and recorded); the run id."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dp.cli", "run", "pipeline.py"],
-        cwd=project,
-        env=_env(project),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    sigkill_when(
+        project,
+        ["run", "pipeline.py"],
+        lambda: "c" in executions(project) and _recorded_running(project, "c"),
+        "task c",
+        patience=60,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while "c" not in executions(project) or not _recorded_running(project, "c"):
-            assert time.monotonic() < deadline, "the run never reached task c"
-            assert process.poll() is None, "dp run exited early"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
-    finally:
-        if process.poll() is None:
-            process.kill()
     store = SQLRunStore(path=project / ".dp" / "runs.db")
     try:
         (record,) = store.list_runs()

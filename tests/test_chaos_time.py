@@ -4,17 +4,16 @@ effects counted through a file each task appends to."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from dp.store import RunStatus, SQLRunStore
+from test_cli_run import sigkill_when
 
 PIPELINE = textwrap.dedent(
     """
@@ -98,25 +97,14 @@ def test_a_killed_retry_resumes_still_reading_its_parents_results(tmp_path: Path
     (parent,) = run_ids(project)
     (project / "FAIL").unlink()
 
-    retry = subprocess.Popen(
-        [sys.executable, "-m", "dp.cli", "runs", "retry", parent],
-        cwd=project,
+    sigkill_when(
+        project,
+        ["runs", "retry", parent],
+        lambda: "c" in executions(project),
+        "task c",
         env=_env(project),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        patience=60,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while "c" not in executions(project):
-            assert time.monotonic() < deadline, "the retry never reached c"
-            assert retry.poll() is None, "dp runs retry exited early"
-            time.sleep(0.02)
-        retry.send_signal(signal.SIGKILL)
-        retry.wait(10)
-    finally:
-        if retry.poll() is None:
-            retry.kill()
-            retry.wait(10)
     child = run_ids(project)[-1]
     assert child != parent
 

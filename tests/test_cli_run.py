@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,38 @@ def _env(project: Path) -> dict[str, str]:
     }
 
 
+def sigkill_when(
+    project: Path,
+    args: Sequence[str],
+    reached: Callable[[], bool],
+    what: str,
+    *,
+    env: dict[str, str] | None = None,
+    patience: float = 30.0,
+) -> None:
+    """Start `dp ARGS` in `project`, SIGKILL it as soon as `reached()`, and fail if it exits
+    first or never gets there within `patience` seconds (`what` says where it should get)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dp.cli", *args],
+        cwd=project,
+        env=_env(project) if env is None else env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + patience
+        while not reached():
+            assert time.monotonic() < deadline, f"dp {args[0]} never reached {what}"
+            assert process.poll() is None, f"dp {args[0]} exited early"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
 def executions(project: Path) -> list[str]:
     log = project / "log.txt"
     return log.read_text().split() if log.exists() else []
@@ -145,25 +178,13 @@ def test_runs_show_and_logs_tell_what_happened(project: Path) -> None:
 
 def test_resume_after_the_orchestrator_is_killed(project: Path) -> None:
     """SIGKILL `dp run` mid-run; `dp runs resume` finishes it without redoing finished tasks."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dp.cli", "run", "pipeline.py"],
-        cwd=project,
-        env=_env(project),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # until c is running and recorded so (task states are written every 0.2 s)
+    sigkill_when(
+        project,
+        ["run", "pipeline.py"],
+        lambda: "c" in executions(project) and _recorded_running(project, "c"),
+        "task c",
     )
-    try:
-        deadline = time.monotonic() + 30
-        # until c is running and recorded so (task states are written every 0.2 s)
-        while "c" not in executions(project) or not _recorded_running(project, "c"):
-            assert time.monotonic() < deadline, "the run never reached task c"
-            assert process.poll() is None, "dp run exited early"
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
-    finally:
-        if process.poll() is None:
-            process.kill()
     store = SQLRunStore(path=project / ".dp" / "runs.db")
     (record,) = store.list_runs()
     assert record.status == RunStatus.RUNNING  # nobody was left to record the end
