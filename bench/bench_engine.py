@@ -588,10 +588,11 @@ def _per_task_row(
     missing: str | None,
     *,
     target: str,
+    section: str = OVERHEAD,
 ) -> None:
     _row(
         report,
-        OVERHEAD,
+        section,
         f"{name}, {workload.tasks:,} tasks",
         times,
         lambda seconds: seconds / workload.tasks * 1e6,

@@ -35,6 +35,7 @@ from bench.bench_engine import (
     _event_loop,
     _guarded,
     _in_process,
+    _per_task_row,
     _places,
     _row,
     _sync_timer,
@@ -80,7 +81,7 @@ def _vs_raw(report: Report, workloads: list[_Workload]) -> None:
                         {"dp": _dp_timer(loop, orchestrator, w.plan), "base": _raw_timer(raw, w)},
                         ROUNDS,
                     )
-                    _per_task(
+                    _per_task_row(
                         report,
                         f"{w.name} in-process, FilesystemIOManager on {where} {label}",
                         w,
@@ -88,6 +89,7 @@ def _vs_raw(report: Report, workloads: list[_Workload]) -> None:
                         "pickle.dump to a temporary file + os.replace, same layout",
                         None,
                         target="<= 1.3x",
+                        section=PERSISTED,
                     )
                     if dask_get is not None and where == "disk":
                         graph, keys = dask_graph(w.registry), [m.name for m in w.registry]
@@ -98,7 +100,7 @@ def _vs_raw(report: Report, workloads: list[_Workload]) -> None:
                             },
                             ROUNDS,
                         )
-                        _per_task(
+                        _per_task_row(
                             report,
                             f"{w.name} in-process, FilesystemIOManager on {where} {label}",
                             w,
@@ -106,6 +108,7 @@ def _vs_raw(report: Report, workloads: list[_Workload]) -> None:
                             f"Dask threaded scheduler ({dask_threads} threads), persists nothing",
                             missing,
                             target="for scale",
+                            section=PERSISTED,
                         )
             finally:
                 loop.run_until_complete(orchestrator.shutdown())
@@ -143,7 +146,7 @@ def _vs_dagster(report: Report, workloads: list[_Workload]) -> None:
         import dagster
     except ImportError:
         for w in workloads:
-            _per_task(
+            _per_task_row(
                 report,
                 f"{w.name} in-process, FilesystemIOManager on disk",
                 w,
@@ -151,6 +154,7 @@ def _vs_dagster(report: Report, workloads: list[_Workload]) -> None:
                 "Dagster in-process executor + fs_io_manager",
                 "Dagster not installed: pip install dagster",
                 target="<= 0.05x",
+                section=PERSISTED,
             )
         return
     logging.getLogger("dagster").setLevel(logging.ERROR)
@@ -176,7 +180,7 @@ def _vs_dagster(report: Report, workloads: list[_Workload]) -> None:
                     {"dp": _dp_timer(loop, orchestrator, w.plan), "base": _sync_timer(dagster_run)},
                     DAGSTER_ROUNDS,
                 )
-                _per_task(
+                _per_task_row(
                     report,
                     f"{w.name} in-process, FilesystemIOManager on disk",
                     w,
@@ -184,6 +188,7 @@ def _vs_dagster(report: Report, workloads: list[_Workload]) -> None:
                     f"Dagster {dagster.__version__} in-process executor + fs_io_manager",
                     None,
                     target="<= 0.05x",
+                    section=PERSISTED,
                 )
         finally:
             loop.run_until_complete(orchestrator.shutdown())
@@ -286,27 +291,3 @@ def _parquet(report: Report) -> None:
 
 def _timed(fn: Callable[[], None]) -> Timer:
     return _sync_timer(fn)
-
-
-def _per_task(
-    report: Report,
-    name: str,
-    workload: _Workload,
-    times: dict[str, float | str],
-    baseline_name: str,
-    missing: str | None,
-    *,
-    target: str,
-) -> None:
-    _row(
-        report,
-        PERSISTED,
-        f"{name}, {workload.tasks:,} tasks",
-        times,
-        lambda seconds: seconds / workload.tasks * 1e6,
-        "µs/task",
-        baseline_name,
-        missing,
-        target=target,
-        higher_is_better=False,
-    )
